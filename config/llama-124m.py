@@ -1,0 +1,11 @@
+# A Llama-3-style block at GPT-2 small's size, for architecture comparisons on the same data and budget:
+# RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention (4 KV heads for 12 query heads), no biases.
+#   torchrun --nproc_per_node=8 train.py config/llama-124m.py
+# Same data, batch and schedule as config/gpt2.py, so the two val-loss curves compare step for step.
+exec(open('config/gpt2.py').read())
+out_dir = 'out-llama-124m'
+norm = 'rmsnorm'
+pos_emb = 'rope'
+mlp = 'swiglu'
+n_kv_head = 4
+bias = False
