@@ -1,0 +1,577 @@
+"""
+The GPT language model, in one file.
+
+GPT-2 exactly (so OpenAI's checkpoints load and published numbers reproduce), plus the architecture
+changes of the Llama-3 block as plain config options: RMSNorm, rotary position embeddings (RoPE),
+grouped-query attention (GQA), SwiGLU, untied embeddings. Also here: GPT-2 initialisation, generation
+with a KV cache, loading Hugging Face GPT-2 weights, and the parameter / FLOP accounting used by the
+training log and the scaling-law fits.
+
+References:
+1) nanoGPT (Karpathy): the structure and names of this file.
+2) OpenAI GPT-2 (TensorFlow) and Hugging Face transformers/models/gpt2/modeling_gpt2.py.
+3) Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position Embedding", eq. 34.
+4) Ainslie et al. 2023, "GQA"; Shazeer 2019 (multi-query); Shazeer 2020, "GLU Variants Improve Transformer".
+5) Zhang & Sennrich 2019, "Root Mean Square Layer Normalization".
+6) Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1.
+7) Chowdhery et al. 2022, "PaLM", Appendix B (model FLOPs utilisation).
+8) Brown et al. 2020, "Language Models are Few-Shot Learners" (GPT-3), Table 2.1.
+"""
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class ModelError(Exception):
+    """A user-facing problem (bad config, missing or unreadable weights): the message is one line."""
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257       # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True             # biases in Linear layers and LayerNorms (GPT-2: True; Llama: False)
+    n_kv_head: int = None         # key/value heads: None or n_head = multi-head, 1 = multi-query, else GQA
+    norm: str = 'layernorm'       # 'layernorm' (GPT-2) | 'rmsnorm' (Llama)
+    pos_emb: str = 'learned'      # 'learned' absolute positions (GPT-2) | 'rope' (Llama)
+    mlp: str = 'gelu'             # 'gelu' (GPT-2, tanh approximation) | 'swiglu' (Llama)
+    tie_weights: bool = True      # lm_head shares the token embedding (GPT-2: True; Llama-3 8B: False)
+    pad_vocab_multiple: int = 1   # 64 pads 50257 -> 50304 rows: faster matmuls, same function
+    rope_theta: float = 10000.0   # RoPE base (RoFormer: 10000; Llama 3: 500000)
+    norm_eps: float = 1e-5        # GPT-2's layer_norm_epsilon
+    mlp_hidden: int = None        # None: 4*n_embd for gelu; for swiglu 8/3*n_embd rounded up to a multiple of 64
+
+    def __post_init__(self):
+        def check(ok, msg):
+            if not ok:
+                raise ModelError(f"bad model config: {msg}")
+        check(self.norm in ('layernorm', 'rmsnorm'), f"norm={self.norm!r}, expected 'layernorm' or 'rmsnorm'")
+        check(self.pos_emb in ('learned', 'rope'), f"pos_emb={self.pos_emb!r}, expected 'learned' or 'rope'")
+        check(self.mlp in ('gelu', 'swiglu'), f"mlp={self.mlp!r}, expected 'gelu' or 'swiglu'")
+        for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple'):
+            check(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, f"{k}={getattr(self, k)!r} must be an int >= 1")
+        check(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        check(self.n_kv_head is None or (isinstance(self.n_kv_head, int) and self.n_kv_head >= 1),
+              f"n_kv_head={self.n_kv_head!r} must be None or an int >= 1")
+        check(self.n_head % self.kv_heads == 0, f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
+        check(self.pos_emb != 'rope' or self.head_dim % 2 == 0, f"rope needs an even head size, got {self.head_dim}")
+        check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self):
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def padded_vocab_size(self):
+        m = self.pad_vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @property
+    def hidden_dim(self):
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == 'gelu':
+            return 4 * self.n_embd
+        # SwiGLU has three matrices instead of two: 2/3 of 4*n_embd keeps the parameter count of the GELU MLP
+        # (Shazeer 2020); rounded up to a multiple of 64 for matmul efficiency (Llama rounds to 256).
+        return (8 * self.n_embd // 3 + 63) // 64 * 64
+
+
+_GPT2 = dict(vocab_size=50257, block_size=1024, bias=True)
+_GPT3 = dict(vocab_size=50257, block_size=2048, bias=True)
+PRESETS = {
+    # OpenAI GPT-2 (Radford et al. 2019); nanoGPT's shapes. 124M, 350M, 774M, 1558M parameters.
+    'gpt2':        dict(_GPT2, n_layer=12, n_head=12, n_embd=768),
+    'gpt2-medium': dict(_GPT2, n_layer=24, n_head=16, n_embd=1024),
+    'gpt2-large':  dict(_GPT2, n_layer=36, n_head=20, n_embd=1280),
+    'gpt2-xl':     dict(_GPT2, n_layer=48, n_head=25, n_embd=1600),
+    # GPT-3 paper Table 2.1 (n_ctx 2048). GPT-3 alternates dense and locally banded sparse attention; here
+    # all layers are dense. Two rows do not fit a config where n_embd = n_head * head_dim and are left out:
+    # GPT-3 XL (1.3B: d_model 2048, 24 heads of 128 = 3072) and 13B (d_model 5140, 40 heads of 128 = 5120).
+    'gpt3-small':  dict(_GPT3, n_layer=12, n_head=12, n_embd=768),      # 125M
+    'gpt3-medium': dict(_GPT3, n_layer=24, n_head=16, n_embd=1024),     # 350M
+    'gpt3-large':  dict(_GPT3, n_layer=24, n_head=16, n_embd=1536),     # 760M
+    'gpt3-2.7b':   dict(_GPT3, n_layer=32, n_head=32, n_embd=2560),     # 2.7B
+    'gpt3-6.7b':   dict(_GPT3, n_layer=32, n_head=32, n_embd=4096),     # 6.7B
+    'gpt3-175b':   dict(_GPT3, n_layer=96, n_head=96, n_embd=12288),    # 175B
+    # The GPT-2 small shape with the Llama-3 block: RMSNorm, RoPE (Llama 3's theta), GQA with 4 kv heads,
+    # SwiGLU (hidden 2048), no biases, untied embeddings. 75.5M non-embedding, 152.7M parameters.
+    'llama-small': dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, n_kv_head=4,
+                        bias=False, norm='rmsnorm', pos_emb='rope', mlp='swiglu', tie_weights=False,
+                        rope_theta=500000.0, pad_vocab_multiple=64),
+}
+
+
+# -----------------------------------------------------------------------------
+# Accounting: the one place that counts parameters and FLOPs (train.py's log and scaling.py use it)
+
+def count_params(config):
+    """Parameters of GPT(config), from the config alone (works for shapes too big to build).
+    n_params: all parameters, vocab counted unpadded (padding rows never affect the output or get a gradient).
+    n_params_nonembed: Kaplan et al. 2020's N: everything except the token embedding, the position embedding
+    and an untied lm_head (the per-vocabulary matrices). Norms and biases are included."""
+    c = config
+    C, hd, H, Hkv, Fh, b = c.n_embd, c.head_dim, c.n_head, c.kv_heads, c.hidden_dim, int(c.bias)
+    attn = C * (H + 2 * Hkv) * hd + b * (H + 2 * Hkv) * hd + C * C + b * C   # c_attn (q, k, v) + c_proj
+    n_up = 2 if c.mlp == 'swiglu' else 1                                       # swiglu: gate and up
+    mlp = n_up * (C * Fh + b * Fh) + Fh * C + b * C
+    norm = C + (b * C if c.norm == 'layernorm' else 0)
+    nonembed = c.n_layer * (attn + mlp + 2 * norm) + norm                      # + ln_f
+    wte = c.vocab_size * C
+    wpe = c.block_size * C if c.pos_emb == 'learned' else 0
+    lm_head = 0 if c.tie_weights else c.vocab_size * C
+    return dict(n_params=nonembed + wte + wpe + lm_head, n_params_nonembed=nonembed)
+
+
+def flops_per_token(config, formula='palm', seq_len=None):
+    """Training FLOPs (forward + backward) per token at context length seq_len (default block_size).
+    'palm': PaLM Appendix B, as nanoGPT's estimate_mfu: 6N + 12*L*H*Q*T, N = the parameters that take part in
+        matmuls: all parameters minus the position embedding (for untied weights also minus the token
+        embedding, which is a lookup; the lm_head matmul is counted once either way). 12*L*H*Q*T counts
+        QK^T and AV in full (the causal mask's saving is not subtracted, as in PaLM).
+    'kaplan': Kaplan et al. 2020 Table 1: C_forward = 2N + 2*n_layer*n_ctx*d_attn with N non-embedding;
+        training = 3 x forward (C ~ 6ND). It leaves out the de-embedding matmul (2*d_model*n_vocab)."""
+    T = config.block_size if seq_len is None else seq_len
+    L, H, Q = config.n_layer, config.n_head, config.head_dim
+    n_nonembed = count_params(config)['n_params_nonembed']
+    if formula == 'palm':
+        N = n_nonembed + config.vocab_size * config.n_embd
+        return 6 * N + 12 * L * H * Q * T
+    if formula == 'kaplan':
+        return 3 * (2 * n_nonembed + 2 * L * T * H * Q)
+    raise ModelError(f"unknown FLOP formula {formula!r}, expected 'palm' or 'kaplan'")
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1; nanoGPT's class)."""
+
+    def __init__(self, ndim, bias, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): no centring, no bias."""
+
+    def __init__(self, ndim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def make_norm(config):
+    if config.norm == 'rmsnorm':
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return LayerNorm(config.n_embd, config.bias, config.norm_eps)
+
+
+def rope_tables(head_dim, length, theta):
+    """cos and sin tables (length, head_dim) for apply_rope. Angles in float64: position m times
+    theta_i = theta^(-2i/d), i = 0 .. d/2-1 (RoFormer eq. 15), each angle used for the pair (i, i + d/2)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x, cos, sin):
+    """Rotary embedding, rotate-half layout (GPT-NeoX, Hugging Face Llama): dimension i is paired with
+    i + d/2 rather than 2i with 2i+1 as written in the RoFormer paper. The two layouts are the same
+    rotation up to a fixed permutation of the head dimensions (which the learned q/k weights absorb);
+    rotate-half is what Hugging Face Llama checkpoints use. x: (B, H, T, d); cos, sin: (T, d)."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, preallocated to block_size.
+    Keys are stored after RoPE (rotated at their absolute position), so they are never recomputed."""
+
+    def __init__(self, config, batch_size):
+        self.shape = (batch_size, config.kv_heads, config.block_size, config.head_dim)
+        self.k = [None] * config.n_layer
+        self.v = [None] * config.n_layer
+        self.pos = 0   # positions filled; GPT.features advances it after all layers
+
+    def update(self, layer, k, v):
+        if self.k[layer] is None:   # allocate lazily: dtype follows autocast
+            self.k[layer] = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
+            self.v[layer] = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
+        p, T = self.pos, k.size(2)
+        self.k[layer][:, :, p:p + T] = k
+        self.v[layer][:, :, p:p + T] = v
+        return self.k[layer][:, :, :p + T], self.v[layer][:, :, :p + T]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.layer_idx = layer_idx
+        self.dropout = config.dropout
+        # q, k and v in one matmul (GPT-2's c_attn); with GQA k and v have n_kv_head heads each
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, kv_cache=None):
+        B, T, C = x.size()
+        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([H * hd, Hkv * hd, Hkv * hd], dim=2)
+        q = q.view(B, T, H, hd).transpose(1, 2)      # (B, H, T, hd)
+        k = k.view(B, T, Hkv, hd).transpose(1, 2)    # (B, Hkv, T, hd)
+        v = v.view(B, T, Hkv, hd).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        if Hkv != H:   # query head h reads kv head h // (H/Hkv), as Hugging Face Llama's repeat_kv
+            k = k.repeat_interleave(H // Hkv, dim=1)
+            v = v.repeat_interleave(H // Hkv, dim=1)
+        Tk = k.size(2)
+        dropout_p = self.dropout if self.training else 0.0
+        if Tk == T:      # training, or the first chunk into an empty cache: plain causal attention
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:     # one new token after a cached prefix: it may see every cached position
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:            # a chunk after a cached prefix: is_causal would align the mask top-left, wrong here
+            mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.swiglu = config.mlp == 'swiglu'
+        hidden = config.hidden_dim
+        # swiglu: gate and up projections fused in one matmul, split in forward
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        x = self.c_fc(x)
+        if self.swiglu:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        else:
+            x = F.gelu(x, approximate='tanh')   # GPT-2's gelu ("gelu_new"); nanoGPT's exact erf GELU differs
+        return self.dropout(self.c_proj(x))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
+        if config.pos_emb == 'learned':
+            modules['wpe'] = nn.Embedding(config.block_size, config.n_embd)
+        modules['drop'] = nn.Dropout(config.dropout)
+        modules['h'] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        modules['ln_f'] = make_norm(config)
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if config.tie_weights:   # https://paperswithcode.com/method/weight-tying
+            self.transformer.wte.weight = self.lm_head.weight
+        if config.pos_emb == 'rope':   # not persistent: recomputed from the config, kept out of checkpoints
+            cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
+        # GPT-2 init: N(0, 0.02) for weights and embeddings, zero biases, and the projections that write into
+        # the residual stream scaled by 1/sqrt(2*n_layer) (two per block; GPT-2 paper sec. 2.3)
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():
+            if pn.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def features(self, idx, kv_cache=None):
+        """Final hidden states (B, T, n_embd) after ln_f. With a kv_cache, idx holds the tokens at
+        positions kv_cache.pos .. kv_cache.pos+T-1 and the cache is extended by them."""
+        B, T = idx.size()
+        pos0 = 0 if kv_cache is None else kv_cache.pos
+        if pos0 + T > self.config.block_size:
+            raise ModelError(f"cannot forward {pos0 + T} positions, block_size is {self.config.block_size}")
+        x = self.transformer.wte(idx)
+        if self.config.pos_emb == 'learned':
+            x = x + self.transformer.wpe(torch.arange(pos0, pos0 + T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
+        rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T]) if self.config.pos_emb == 'rope' else None
+        for block in self.transformer.h:
+            x = block(x, rope, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx (B, T) token ids -> (logits (B, T, padded_vocab_size), loss or None). Columns >= vocab_size
+        are padding: the loss is the cross-entropy over the real vocabulary only (in float32, targets -1
+        ignored), so a padded model is the same function as an unpadded one."""
+        logits = self.lm_head(self.features(idx, kv_cache))
+        loss = None
+        if targets is not None:
+            V = self.config.vocab_size
+            real = logits if logits.size(-1) == V else logits[..., :V]
+            loss = F.cross_entropy(real.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, kv_cache=True):
+        """Continue the prompts idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens).
+        Each token is drawn from the model's distribution given the last block_size tokens (nanoGPT's
+        sliding window). temperature=0 is greedy; top_k / top_p filter as in sample_next; generator is a
+        torch.Generator for reproducible draws. Runs in eval mode (dropout off) and restores the mode.
+
+        With kv_cache=True the keys/values of earlier positions are kept and each step feeds one token.
+        When the window slides (the cache holds block_size positions), every kept token changes position
+        (and with it, from layer 2 on, every key and value), so the cache is rebuilt from scratch from the
+        last block_size tokens. Rolling the cache would be wrong with learned positions and, for RoPE,
+        only an approximation. So past block_size each step costs a full forward, as without the cache,
+        and both paths give the same tokens (the tests check this)."""
+        was_training = self.training
+        self.eval()
+        try:
+            bs = self.config.block_size
+            cache = None
+            for _ in range(max_new_tokens):
+                if not kv_cache:
+                    h = self.features(idx[:, -bs:])
+                elif cache is None or cache.pos == bs:   # first step, or the window slid: (re)build
+                    cache = KVCache(self.config, idx.size(0))
+                    h = self.features(idx[:, -bs:], cache)
+                else:
+                    h = self.features(idx[:, -1:], cache)
+                logits = self.lm_head(h[:, -1, :])   # only the last position is needed
+                idx_next = sample_next(logits, self.config.vocab_size, temperature, top_k, top_p, generator)
+                idx = torch.cat((idx, idx_next), dim=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **overrides):
+        """GPT-2 weights from a local Hugging Face directory (config.json with model.safetensors or
+        pytorch_model.bin, or their sharded *.index.json), or by name ('gpt2', 'gpt2-medium', 'gpt2-large',
+        'gpt2-xl') downloaded from the Hugging Face hub into ~/.cache/gpt-scaling/<name>.
+        overrides: dropout and/or pad_vocab_multiple."""
+        bad = set(overrides) - {'dropout', 'pad_vocab_multiple'}
+        if bad:
+            raise ModelError(f"from_pretrained can only override dropout and pad_vocab_multiple, not {sorted(bad)}")
+        path = name_or_path if os.path.isdir(name_or_path) else download_gpt2(name_or_path)
+        config = GPTConfig(**_config_from_hf(path), **overrides)
+        model = cls(config)
+        ours = model.state_dict()   # tensors share storage with the parameters
+        loaded = set()
+        # Hugging Face keeps OpenAI's Conv1D layout (in, out) for these; nn.Linear is (out, in)
+        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+        with torch.no_grad():
+            for key, w in _load_hf_weights(path).items():
+                if key.endswith(('.attn.bias', '.attn.masked_bias')):   # causal-mask buffers, not weights
+                    continue
+                if key == 'lm_head.weight' and config.tie_weights:   # the same tensor as wte
+                    continue
+                name = key if key.startswith('lm_head.') else 'transformer.' + key.removeprefix('transformer.')
+                if name not in ours:
+                    raise ModelError(f"{path}: unexpected weight {key!r} for a GPT-2 model")
+                if name.endswith(transposed):
+                    w = w.t()
+                dst = ours[name]
+                if name == 'transformer.wte.weight' or name == 'lm_head.weight':
+                    dst[config.vocab_size:].zero_()   # padding rows, if any: unused
+                    dst = dst[:config.vocab_size]
+                if w.shape != dst.shape:
+                    raise ModelError(f"{path}: weight {key!r} has shape {tuple(w.shape)}, expected {tuple(dst.shape)}")
+                dst.copy_(w)
+                loaded.add(name)
+        missing = set(ours) - loaded - ({'lm_head.weight'} if config.tie_weights else set())
+        if missing:
+            raise ModelError(f"{path}: {len(missing)} weights missing, e.g. {sorted(missing)[0]!r}")
+        return model
+
+
+def sample_next(logits, vocab_size, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from logits (B, V_padded) -> (B, 1). Padded columns (>= vocab_size) are dropped
+    first, so they are never drawn. temperature 0: argmax. Then (order as Hugging Face) temperature,
+    top_k (keep the k largest), top_p (nucleus, Holtzman et al. 2019: keep the smallest set of most
+    probable tokens whose probability reaches top_p)."""
+    logits = logits[:, :vocab_size].float()
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float('-inf'))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p   # the tokens before this one already reach top_p
+        drop[:, 0] = False                             # always keep the most probable token
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float('-inf')))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# -----------------------------------------------------------------------------
+# GPT-2 weights in Hugging Face format
+
+HF_REPOS = {'gpt2': 'openai-community/gpt2', 'gpt2-medium': 'openai-community/gpt2-medium',
+            'gpt2-large': 'openai-community/gpt2-large', 'gpt2-xl': 'openai-community/gpt2-xl'}
+
+
+def _config_from_hf(path):
+    try:
+        with open(os.path.join(path, 'config.json')) as f:
+            hf = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read config.json ({e})") from None
+    if hf.get('model_type') != 'gpt2':
+        raise ModelError(f"{path}: model_type is {hf.get('model_type')!r}, only 'gpt2' checkpoints load")
+    if hf.get('activation_function', 'gelu_new') not in ('gelu_new', 'gelu_pytorch_tanh'):
+        raise ModelError(f"{path}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
+    if hf.get('scale_attn_by_inverse_layer_idx') or not hf.get('scale_attn_weights', True):
+        raise ModelError(f"{path}: non-standard attention scaling is not supported")
+    return dict(block_size=hf['n_positions'], vocab_size=hf['vocab_size'], n_layer=hf['n_layer'],
+                n_head=hf['n_head'], n_embd=hf['n_embd'], bias=True, norm_eps=hf.get('layer_norm_epsilon', 1e-5),
+                mlp_hidden=hf.get('n_inner'), tie_weights=hf.get('tie_word_embeddings', True))
+
+
+def _load_hf_weights(path):
+    """All tensors of the checkpoint in path: model.safetensors or pytorch_model.bin, or shards listed in
+    their .index.json."""
+    for fname, load in (('model.safetensors', read_safetensors),
+                        ('pytorch_model.bin', lambda p: torch.load(p, map_location='cpu', weights_only=True))):
+        f = os.path.join(path, fname)
+        try:
+            if os.path.exists(f):
+                return load(f)
+            if os.path.exists(f + '.index.json'):
+                with open(f + '.index.json') as fi:
+                    shards = sorted(set(json.load(fi)['weight_map'].values()))
+                return {k: v for s in shards for k, v in load(os.path.join(path, s)).items()}
+        except ModelError:
+            raise
+        except Exception as e:   # truncated file, bad pickle, missing shard: say which file
+            msg = (str(e).splitlines() or [''])[0]
+            raise ModelError(f"{f}: cannot read weights ({type(e).__name__}: {msg})") from None
+    raise ModelError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+_ST_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+              'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
+              'BOOL': torch.bool}
+
+
+def read_safetensors(fname):
+    """A .safetensors file as {name: tensor} without the safetensors package. Format: u64 little-endian
+    header size, a JSON header {name: {dtype, shape, data_offsets}}, then the raw little-endian bytes.
+    The file is memory-mapped (copy-on-write), so reading gpt2-xl does not need 6 GB of extra RAM."""
+    import mmap
+    with open(fname, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        header = json.loads(f.read(n))
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    out = {}
+    for name, info in header.items():
+        if name == '__metadata__':
+            continue
+        if info['dtype'] not in _ST_DTYPES:
+            raise ModelError(f"{fname}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        dtype = _ST_DTYPES[info['dtype']]
+        start, end = info['data_offsets']
+        count = (end - start) // dtype.itemsize
+        t = (torch.frombuffer(buf, dtype=dtype, count=count, offset=8 + n + start) if count
+             else torch.empty(0, dtype=dtype))
+        out[name] = t.reshape(info['shape'])
+    return out
+
+
+def download_gpt2(name):
+    """config.json and model.safetensors of OpenAI's GPT-2 `name` from the Hugging Face hub (or $HF_ENDPOINT)
+    into $XDG_CACHE_HOME/gpt-scaling/<name> (default ~/.cache), atomically; returns the directory."""
+    if name not in HF_REPOS:
+        raise ModelError(f"{name!r} is neither a local directory nor one of {', '.join(HF_REPOS)}")
+    import requests
+    cache_root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    out_dir = os.path.join(cache_root, 'gpt-scaling', name)
+    os.makedirs(out_dir, exist_ok=True)
+    endpoint = os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')
+    for fname in ('config.json', 'model.safetensors'):
+        dst = os.path.join(out_dir, fname)
+        if os.path.exists(dst):
+            continue
+        url = f"{endpoint}/{HF_REPOS[name]}/resolve/main/{fname}"
+        tmp = dst + '.tmp'
+        try:
+            with requests.get(url, stream=True, timeout=30) as r:
+                r.raise_for_status()
+                expected, got = int(r.headers.get('Content-Length', -1)), 0
+                with open(tmp, 'wb') as f:
+                    for chunk in r.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+                        got += len(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+            if expected >= 0 and got != expected:
+                raise requests.RequestException(f"got {got} of {expected} bytes")
+        except requests.RequestException as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelError(f"cannot download {url} ({reason}); if offline, download the model elsewhere and "
+                             f"pass its directory (config.json + model.safetensors)") from None
+        os.replace(tmp, dst)
+    return out_dir
