@@ -319,7 +319,7 @@ def _reason(e):
     import requests
     if isinstance(e, requests.Timeout):
         return "timed out"
-    m = re.search(r"\[Errno -?\d+\] [^'\")]+", str(e))
+    m = re.search(r"\[Errno -?\d+\] [^'\")]+|Connection broken: [^'\"]+", str(e))
     return m.group(0) if m else (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
@@ -370,7 +370,7 @@ def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
                 total = offset + int(length) if length is not None else None
                 with open(part, "ab" if offset else "wb") as f, \
                         tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
-                    for chunk in r.iter_content(1 << 20):
+                    for chunk in r.iter_content(1 << 16):  # small: a dropped connection loses little
                         f.write(chunk)
                         bar.update(len(chunk))
             size = os.path.getsize(part)
