@@ -9,6 +9,7 @@ Train a GPT, from one CPU core to many GPUs, with exact resume and a JSONL run l
 The defaults below are the quick start; config files are plain Python that reassign some of them.
 """
 import ast
+import builtins
 import contextlib
 import dataclasses
 import difflib
@@ -108,7 +109,7 @@ def parse_config(argv, defaults):
                 raise ConfigError(f"config file {arg} does not exist")
             namespace = {}
             try:
-                exec(compile(open(arg).read(), arg, 'exec'), {}, namespace)  # the user's own config file
+                exec(builtins.compile(open(arg).read(), arg, 'exec'), {}, namespace)  # `compile` is a knob here
             except Exception as e:
                 raise ConfigError(f"{arg}: {type(e).__name__}: {e}")
             for k, v in namespace.items():
@@ -430,6 +431,8 @@ def train(cfg):
                 log_record(log_path, {'type': 'eval', 'step': step, 'tokens': tokens, 'flops': fpt * tokens,
                                       'val_loss': val_loss})
         if step > start_step and (last or (c.checkpoint_interval and step % c.checkpoint_interval == 0)):
+            # a finite loss can still follow an update with inf gradients: check the weights we are about to keep
+            nonfinite += sum((~torch.isfinite(p)).sum() for p in raw_model.parameters())
             if nonfinite.item():
                 break
             if rt.master:
@@ -487,7 +490,7 @@ def train(cfg):
         torch.distributed.destroy_process_group()
     if nonfinite.item():
         raise FloatingPointError(
-            f"loss became NaN or infinite before step {step}; stopped without saving, the last good checkpoint "
+            f"loss or weights became NaN or infinite by step {step}; stopped without saving, the last good checkpoint "
             f"in {c.out_dir} is kept (try a lower learning_rate or grad_clip)")
     return raw_model
 
