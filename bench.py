@@ -2,18 +2,61 @@
 Benchmark training throughput, MFU against this device's peak, sampling speed, and multi-process scaling.
 
     python bench.py                                   # the quick-start model (train.py's defaults) on this device
-    python bench.py config/gpt2.py --batch_size=1 --block_size=1024 --dtype=float32
-    python bench.py --peak_tflops=312                 # MFU against a peak you supply (unknown GPU, or to compare)
+    python bench.py config/gpt2.py --batch_size=1 --compile=False --dtype=float32
+    python bench.py config/gpt2.py --peak_tflops=312  # MFU against a peak you give (unknown GPU, or to compare)
     python bench.py --nprocs=1,2                      # strong and weak scaling under torchrun (gloo on CPU)
     python bench.py --json >> results.jsonl           # one JSON object per run
 
-MFU = model FLOPs per token * tokens/s / peak FLOP/s of the devices used. The peak is a table of dense
-(not 2:4-sparse) tensor-core figures by CUDA device name, or a matrix-product microbenchmark on CPU.
+Same configuration as train.py (a config file, then --key=value), plus the bench knobs below. A run builds the
+model, runs `warmup_steps` untimed optimizer steps, then `repeats` x `timed_steps` timed ones (the device is
+synchronized before and after each timed region) and reports the median and spread over repeats.
+A second, separate pass synchronizes between phases to split a step into data / forward / backward / optimizer,
+so the split never slows the headline number.
+
+MFU = model FLOPs per token x tokens/s / (peak FLOP/s per device x devices). Model FLOPs come from
+model.flops_per_token with two formulas side by side: PaLM's 6N + 12*L*H*Q*T (nanoGPT's estimate_mfu) and
+Kaplan's 6N (+ 6*L*T*d_attn). The peak is the dense (not 2:4-sparse) datasheet figure for the GPU's name, a
+matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no MFU rather than a guess.
 """
+import contextlib
+import json
+import math
+import os
 import re
+import resource
+import statistics
+import subprocess
+import sys
 import time
 
 import torch
+
+# -----------------------------------------------------------------------------
+# bench knobs, on top of train.py's defaults (so config/*.py files work unchanged)
+BENCH_DEFAULTS = dict(
+    warmup_steps=3,      # untimed optimizer steps first: allocator, autotuning, torch.compile
+    timed_steps=10,      # timed optimizer steps per repeat
+    repeats=3,           # median and spread are over repeats
+    grad_accum=1,        # micro-steps per optimizer step per process; None = from total_batch_size, as train.py
+    data='auto',         # 'auto' (shards in data_dir if any, else random tokens) | 'shards' | 'random'
+    vocab_size=None,     # random tokens: vocabulary (None: data_dir's meta.json if present, else GPT-2's 50257)
+    peak_tflops=None,    # dense peak TFLOP/s of one device, instead of the table / the CPU microbenchmark
+    phases=True,         # the separate, synchronized pass that splits a step into its phases
+    sample_tokens=64,    # tokens generated with and without the KV cache (0 = skip sampling)
+    sample_prompt=32,    # prompt length for sampling (random tokens)
+    sample_batch=1,      # sequences generated at once
+    nprocs=None,         # e.g. 1,2 or 1,2,4,8: strong and weak scaling, each count under torchrun
+    json=False,          # print one JSON object instead of the table
+    scaling_totals=None,  # set by --nprocs for its torchrun workers: tokens/step values to time in one launch
+)
+
+FORMULAS = {'palm': '6N + 12*L*H*Q*T (PaLM app. B, nanoGPT; N = params without wpe)',
+            'kaplan': '6N + 6*L*T*d_attn (Kaplan et al. 2020; N non-embedding)'}
+
+
+class BenchError(Exception):
+    pass
+
 
 # -----------------------------------------------------------------------------
 # peak FLOP/s
@@ -42,8 +85,8 @@ _GPU_PEAKS = [
     (r'\bH20\b', dict(bf16=148.0, fp16=148.0, tf32=74.0, fp32=44.0)),
     # Ampere. A100 datasheet: bf16/fp16 312, tf32 156 dense (624/312 sparse), fp32 19.5; PCIe and SXM alike.
     # A800 = A100 compute. A30: 165 / 82 / 10.3. A40: 149.7 / 74.8 / 37.4. A10: 125 / 62.5 / 31.2.
-    # A10G (AWS g5): AWS quotes no tensor figure; GA102 at 80 SMs, 1710 MHz with half-rate fp32 accumulate like
-    # the GeForce parts gives ~70 bf16 (consistent with measured g5 matmul throughput); fp32 31.2.
+    # A10G (AWS g5): AWS publishes no tensor figure; it behaves like the GeForce GA102 parts (half-rate fp32
+    # accumulate): bf16 matmuls measured at 69.5 TFLOP/s (10240^3, torch 2.7), so 70 dense; fp32 31.2.
     (r'A100|A800', dict(bf16=312.0, fp16=312.0, tf32=156.0, fp32=19.5)),
     (r'\bA30\b', dict(bf16=165.0, fp16=165.0, tf32=82.0, fp32=10.3)),
     (r'\bA40\b', dict(bf16=149.7, fp16=149.7, tf32=74.8, fp32=37.4)),
@@ -110,22 +153,511 @@ def measure_matmul_flops(device, dtype, n=2048, repeats=5):
     return _measured[key]
 
 
+def gpu_peak_tflops(name, dtype, tf32=True):
+    """Dense peak TFLOP/s of the GPU called `name` (as torch.cuda.get_device_name) for matmuls in `dtype`;
+    None if the name is not in the table or the GPU lacks the dtype. float32 counts as TF32 when allowed."""
+    key = {torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float32: 'tf32' if tf32 else 'fp32'}.get(dtype)
+    for pattern, peaks in _GPU_PEAKS:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            if key == 'tf32' and peaks['tf32'] is None:  # no TF32 units (pre-Ampere): float32 runs as float32
+                key = 'fp32'
+            return peaks.get(key)
+    return None
+
+
+_measured = {}  # (device, dtype, threads, n) -> FLOP/s: train.py and repeated calls pay the microbenchmark once
+
+
+def device_sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device.type == 'mps':
+        torch.mps.synchronize()
+
+
+def measure_matmul_flops(device, dtype, n=2048, repeats=5):
+    """Best FLOP/s of an n x n x n matrix product in `dtype` on `device` (2*n^3 FLOPs each)."""
+    device = torch.device(device)
+    key = (str(device), dtype, torch.get_num_threads(), n)
+    if key not in _measured:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+        b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+        best = float('inf')
+        for i in range(repeats + 1):  # the first product warms up kernels and allocator and is not counted
+            device_sync(device)
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            device_sync(device)
+            if i:
+                best = min(best, time.perf_counter() - t0)
+        _measured[key] = 2 * n ** 3 / best
+    return _measured[key]
+
+
+def peak_info(device, dtype):
+    """(dense peak FLOP/s of one device for matmuls in dtype, or None; where the number comes from)."""
+    device = torch.device(device)
+    dname = str(dtype).replace('torch.', '')
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+        tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+        tflops = gpu_peak_tflops(name, dtype, tf32=tf32)
+        if tflops is None:
+            return None, f"unknown: {name!r} with {dname} is not in bench.py's table (give --peak_tflops)"
+        return tflops * 1e12, f"datasheet: {name}, dense {'tf32' if tf32 else dname}"
+    if device.type in ('cpu', 'mps'):
+        try:
+            flops = measure_matmul_flops(device, dtype)
+        except (RuntimeError, TypeError) as e:  # dtype not supported by this backend
+            return None, f"unknown: {dname} matmul failed on {device.type} ({str(e).splitlines()[0][:80]})"
+        return flops, (f"measured: best 2048^3 {dname} matmul on {device.type}"
+                       + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else ''))
+    return None, f"unknown: no peak for {device.type}"
+
+
 def peak_flops(device, dtype):
     """
     Dense peak FLOP/s of one device for matmuls in `dtype`, or None when unknown.
-    CUDA: the datasheet table above by device name (unknown name -> None: never a silent A100 guess).
-    CPU: measured with a 2048^3 matrix product in `dtype` (best of 5, cached in-process), so MFU on CPU is
-    relative to what this machine's BLAS reaches, not a vendor figure. MPS: measured the same way.
+    CUDA: the datasheet table above by device name (unknown name -> None: never a silent A100 guess);
+    float32 counts as TF32 when torch.backends.cuda.matmul.allow_tf32 is on (train.py turns it on).
+    CPU and MPS: measured, a 2048^3 matrix product in `dtype` (best of 5, cached in-process per thread
+    count), so MFU there is relative to what this machine's BLAS reaches, not to a vendor figure.
     """
-    device = torch.device(device)
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        tflops = gpu_peak_tflops(name, dtype, tf32=tf32)
-        return tflops * 1e12 if tflops else None
-    if device.type in ('cpu', 'mps'):
+    return peak_info(device, dtype)[0]
+
+
+def mfu(flops_per_token, tokens_per_s, peak_per_device, n_devices=1):
+    """Model FLOPs utilization: achieved model FLOP/s over the peak of all devices used; None without a peak."""
+    if not peak_per_device:
+        return None
+    return flops_per_token * tokens_per_s / (peak_per_device * n_devices)
+
+
+# -----------------------------------------------------------------------------
+# the training benchmark (train.py's pieces: config, runtime, loader, optimizer; only the loop is restated)
+
+from model import GPT, GPTConfig, PRESETS, ModelError, count_params, flops_per_token  # noqa: E402
+from prepare import DataError, read_meta, shard_paths  # noqa: E402
+from train import (DEFAULTS as TRAIN_DEFAULTS, ConfigError, TokenLoader, check_config,  # noqa: E402
+                   configure_optimizer, load_checkpoint, model_config_from, parse_config, setup_runtime)
+
+DEFAULTS = {**TRAIN_DEFAULTS, **BENCH_DEFAULTS}
+
+
+def build_model_config(cfg, vocab_size):
+    """The shape to benchmark: train.py's config, a GPT-2/GPT-3 preset named by init_from (random weights: speed
+    does not depend on them), or the model of the checkpoint in out_dir for init_from='resume'."""
+    name = cfg['init_from']
+    if name == 'scratch':
+        return model_config_from(cfg, vocab_size)
+    if name == 'resume':
+        return GPTConfig(**load_checkpoint(cfg['out_dir'])['model_config'])
+    if name in PRESETS:
+        return GPTConfig(**{**PRESETS[name], 'dropout': cfg['dropout']})
+    raise ConfigError(f"bench.py takes init_from = scratch, resume or one of {', '.join(PRESETS)}; got {name!r}")
+
+
+def make_batches(cfg, rt):
+    """-> (get_batch(first_seq, micro) -> (x, y), vocab_size, description). Real shards as train.py reads them
+    (the same sequences in the same order), or uniformly random tokens when there are none or data='random'."""
+    data_dir, B, T = cfg['data_dir'], cfg['batch_size'], cfg['block_size']
+    if cfg['data'] not in ('auto', 'shards', 'random'):
+        raise ConfigError(f"data must be 'auto', 'shards' or 'random', got {cfg['data']!r}")
+    has_meta = os.path.isfile(os.path.join(data_dir, 'meta.json'))
+    use_shards = cfg['data'] == 'shards'
+    if cfg['data'] == 'auto':
         try:
-            return measure_matmul_flops(device, dtype)
-        except (RuntimeError, TypeError):  # dtype not supported by this backend
-            return None
-    return None
+            use_shards = bool(shard_paths(data_dir, 'train'))
+        except DataError:
+            use_shards = False
+    if use_shards:
+        if cfg['vocab_size'] is not None:
+            raise ConfigError("vocab_size is for random tokens; with shards it comes from their meta.json")
+        meta = read_meta(data_dir)
+        loader = TokenLoader(data_dir, 'train', T, seed=cfg['seed'])
+
+        def get_batch(first_seq, micro):
+            return loader.batch(first_seq + (micro * rt.world + rt.rank) * B, B, rt.device)
+        return get_batch, meta['vocab_size'], f"shards in {data_dir} ({meta['tokenizer']} tokens)"
+    vocab = cfg['vocab_size'] or (read_meta(data_dir)['vocab_size'] if has_meta else 50257)
+    gen = torch.Generator().manual_seed(cfg['seed'] * 1000 + rt.rank)
+    pin = rt.device.type == 'cuda'
+
+    def get_batch(first_seq, micro):
+        buf = torch.randint(vocab, (B, T + 1), generator=gen)  # made on the CPU like a loader's batch
+        buf = buf.pin_memory().to(rt.device, non_blocking=True) if pin else buf.to(rt.device)
+        return buf[:, :-1], buf[:, 1:]
+    why = 'data=random' if cfg['data'] == 'random' else f'no shards in {data_dir}'
+    return get_batch, vocab, f"random tokens, vocab {vocab} ({why})"
+
+
+def optimizer_step(model, optimizer, scaler, get_batch, first_seq, accum, rt, grad_clip, times=None):
+    """One optimizer step as train.py's loop takes it: accum micro-steps (DDP all-reduces on the last one only),
+    clip, step, zero_grad. With `times` (a dict), waits for the device after each phase and adds its seconds."""
+    t = time.perf_counter()
+
+    def mark(phase):
+        nonlocal t
+        if times is not None:
+            device_sync(rt.device)
+            now = time.perf_counter()
+            times[phase] = times.get(phase, 0.0) + now - t
+            t = now
+    for micro in range(accum):
+        x, y = get_batch(first_seq, micro)
+        mark('data')
+        sync = micro == accum - 1 or not rt.ddp
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with rt.autocast:
+                _, loss = model(x, y)
+            mark('forward')
+            scaler.scale(loss / accum).backward()
+            mark('backward')
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    mark('optimizer')
+
+
+def _max_over_ranks(values, rt):
+    """Per-rank timings -> the slowest rank's (a step is done when every rank is done)."""
+    if not rt.ddp:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
+def peak_memory(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device), 'torch.cuda.max_memory_allocated'
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss * (1 if sys.platform == 'darwin' else 1024), 'process peak RSS (getrusage ru_maxrss)'
+
+
+@torch.no_grad()
+def sampling_throughput(model, rt, cfg, vocab):
+    """Generation tokens/s with and without the KV cache: median over repeats of one generate() call each."""
+    T = model.config.block_size
+    prompt = max(1, min(cfg['sample_prompt'], T - cfg['sample_tokens']))
+    new = min(cfg['sample_tokens'], T - prompt)  # stay inside the window: past it the cache is rebuilt per token
+    B = cfg['sample_batch']
+    idx = torch.randint(vocab, (B, prompt), generator=torch.Generator().manual_seed(cfg['seed'])).to(rt.device)
+    out = {'batch': B, 'prompt': prompt, 'new_tokens': new}
+    for kv in (True, False):
+        with rt.autocast:
+            model.generate(idx, min(2, new), kv_cache=kv)  # warm-up
+            times = []
+            for _ in range(cfg['repeats']):
+                device_sync(rt.device)
+                t0 = time.perf_counter()
+                model.generate(idx, new, kv_cache=kv)
+                device_sync(rt.device)
+                times.append(time.perf_counter() - t0)
+        out['kv_cache_tok_s' if kv else 'no_cache_tok_s'] = B * new / statistics.median(times)
+    out['kv_cache_speedup'] = out['kv_cache_tok_s'] / out['no_cache_tok_s']
+    return out
+
+
+def check_knobs(cfg):
+    for key in ('warmup_steps', 'timed_steps', 'repeats', 'sample_tokens', 'sample_prompt', 'sample_batch'):
+        if not isinstance(cfg[key], int) or cfg[key] < (0 if key in ('warmup_steps', 'sample_tokens') else 1):
+            raise ConfigError(f"{key} must be a {'non-negative' if key in ('warmup_steps', 'sample_tokens') else 'positive'} int, got {cfg[key]!r}")
+    if cfg['grad_accum'] is not None and (not isinstance(cfg['grad_accum'], int) or cfg['grad_accum'] < 1):
+        raise ConfigError(f"grad_accum must be a positive int or None, got {cfg['grad_accum']!r}")
+    totals = cfg['scaling_totals']
+    if totals is not None and (not isinstance(totals, (tuple, list)) or not totals
+                               or not all(isinstance(t, int) and t > 0 for t in totals)):
+        raise ConfigError(f"scaling_totals must be a tuple of positive ints, got {totals!r}")
+    p = cfg['peak_tflops']
+    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0):
+        raise ConfigError(f"peak_tflops must be a positive number (dense TFLOP/s of one device), got {p!r}")
+
+
+def bench(cfg):
+    """Run the benchmark described by cfg -> (record dict, is_master)."""
+    check_knobs(cfg)
+    rt = setup_runtime(cfg)
+    cfg = dict(cfg)
+    B, T = cfg['batch_size'], cfg['block_size']
+    if cfg['grad_accum'] is not None:  # the bench's default: one micro-step per process, whatever the config says
+        cfg['total_batch_size'] = B * T * rt.world * cfg['grad_accum']
+    totals = list(cfg['scaling_totals'] or [cfg['total_batch_size']])
+    accums = [check_config({**cfg, 'total_batch_size': total}, rt.world) for total in totals]
+    get_batch, vocab, data_desc = make_batches(cfg, rt)
+    mconf = build_model_config(cfg, vocab)
+    if T > mconf.block_size:
+        raise ConfigError(f"block_size {T} exceeds the model's {mconf.block_size}")
+    if vocab > mconf.vocab_size:
+        raise ConfigError(f"the data has {vocab} token ids, the model's vocabulary only {mconf.vocab_size}")
+    torch.manual_seed(cfg['seed'])
+    raw_model = GPT(mconf).to(rt.device)
+    model = torch.compile(raw_model) if cfg['compile'] else raw_model
+    if rt.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.local_rank] if rt.device.type == 'cuda' else None)
+    optimizer = configure_optimizer(raw_model, cfg, rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
+    next_seq = 0
+
+    def one_step(total, accum, times=None):
+        nonlocal next_seq
+        optimizer_step(model, optimizer, scaler, get_batch, next_seq, accum, rt, cfg['grad_clip'], times)
+        next_seq += total // T
+
+    # warm-up, then the timed repeats: no synchronization inside a repeat, only around it
+    if rt.device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    runs = []
+    for total, accum in zip(totals, accums):
+        for _ in range(cfg['warmup_steps']):
+            one_step(total, accum)
+        step_times = []
+        for _ in range(cfg['repeats']):
+            device_sync(rt.device)
+            t0 = time.perf_counter()
+            for _ in range(cfg['timed_steps']):
+                one_step(total, accum)
+            device_sync(rt.device)
+            step_times.append((time.perf_counter() - t0) / cfg['timed_steps'])
+        runs.append((total, accum, _max_over_ranks(step_times, rt)))
+    mem_bytes, mem_kind = peak_memory(rt.device)
+
+    # the phase split: a separate pass that waits for the device between phases
+    phases = None
+    if cfg['phases']:
+        names, split = ('data', 'forward', 'backward', 'optimizer'), []
+        for _ in range(cfg['timed_steps']):
+            times = dict.fromkeys(names, 0.0)
+            one_step(totals[0], accums[0], times)
+            split.append(_max_over_ranks([times[k] for k in names], rt))
+        phases = {k: statistics.median(r[i] for r in split) for i, k in enumerate(names)}
+        phases['sum'] = sum(phases.values())
+
+    sampling = None
+    if cfg['sample_tokens'] > 0 and not rt.ddp:
+        sampling = sampling_throughput(raw_model, rt, cfg, vocab)
+
+    # accounting
+    if cfg['peak_tflops'] is not None:
+        peak, peak_source = cfg['peak_tflops'] * 1e12, 'given: --peak_tflops'
+    else:
+        peak, peak_source = peak_info(rt.device, rt.ptdtype)
+    fpt = {f: flops_per_token(mconf, formula=f, seq_len=T) for f in FORMULAS}
+
+    def summary(total, accum, step_times):
+        t_med = statistics.median(step_times)
+        tok_s = total / t_med
+        return {'tokens_per_step': total, 'grad_accum': accum,
+                'step_time_s': {'median': t_med, 'min': min(step_times), 'max': max(step_times),
+                                'spread': (max(step_times) - min(step_times)) / t_med, 'repeats': step_times},
+                'tokens_per_s': tok_s,
+                'tflops_per_device': {f: v * tok_s / rt.world / 1e12 for f, v in fpt.items()},
+                'mfu': {f: mfu(v, tok_s, peak, rt.world) for f, v in fpt.items()} if peak else None}
+    summaries = [summary(*run) for run in runs]
+    first = summaries[0]
+    record = {
+        'bench': 'train', 'time': time.time(), 'torch': torch.__version__,
+        'device': str(rt.device),
+        'device_name': torch.cuda.get_device_name(rt.device) if rt.device.type == 'cuda' else rt.device.type,
+        'threads': torch.get_num_threads(), 'dtype': rt.dtype, 'compile': cfg['compile'], 'world_size': rt.world,
+        'model': {**{k: getattr(mconf, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')},
+                  **count_params(mconf)},
+        'data': data_desc, 'batch_size': B, 'block_size': T, 'grad_accum': first['grad_accum'],
+        'tokens_per_step': first['tokens_per_step'],
+        'warmup_steps': cfg['warmup_steps'], 'timed_steps': cfg['timed_steps'], 'repeats': cfg['repeats'],
+        'step_time_s': first['step_time_s'], 'tokens_per_s': first['tokens_per_s'], 'phases_s': phases,
+        'flops_per_token': fpt, 'flops_formula': FORMULAS, 'tflops_per_device': first['tflops_per_device'],
+        'peak_tflops_per_device': peak / 1e12 if peak else None, 'peak_source': peak_source, 'mfu': first['mfu'],
+        'peak_memory_bytes': mem_bytes, 'peak_memory_kind': mem_kind,
+        'sampling': sampling,
+    }
+    if cfg['scaling_totals']:
+        record['scaling_runs'] = summaries
+    if rt.ddp:
+        torch.distributed.destroy_process_group()
+    return record, rt.master
+
+
+# -----------------------------------------------------------------------------
+# scaling across processes: the same model under torchrun at each count
+
+def parse_nprocs(value):
+    """1 | (1, 2) | '1,2' -> sorted list of distinct process counts, or None."""
+    if value is None:
+        return None
+    items = value.split(',') if isinstance(value, str) else value if isinstance(value, (tuple, list)) else [value]
+    try:
+        counts = sorted({int(x) for x in items if str(x).strip()})
+    except (TypeError, ValueError):
+        counts = []
+    if not counts or counts[0] < 1 or any(isinstance(x, (bool, float)) for x in items):
+        raise ConfigError(f"nprocs must be process counts like 1,2 or 1,2,4,8; got {value!r}")
+    return counts
+
+
+def run_worker(n, argv, totals):
+    """Time each tokens/step value in `totals` with n processes under torchrun -> rank 0's JSON record."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}',
+           os.path.abspath(__file__), *argv, '--nprocs=None', '--json=True', '--phases=False', '--sample_tokens=0',
+           '--grad_accum=None', f'--scaling_totals={tuple(totals)!r}']
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    records = [line for line in proc.stdout.splitlines() if line.startswith('{')]
+    if proc.returncode or not records:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        why = next((ln for ln in reversed(lines) if ln.startswith('error:')), lines[-1] if lines else 'no output')
+        raise BenchError(f"the run with {n} process(es) failed (exit {proc.returncode}): {why}")
+    return json.loads(records[-1])
+
+
+def scaling(cfg, argv, counts):
+    """Strong scaling (global batch fixed) and weak scaling (per-process batch fixed) over `counts` processes.
+    Strong: speed-up = t_1 / t_N, efficiency = speed-up / N. Weak: efficiency = t_1 / t_N (ideal: constant step
+    time), scaled speed-up = N * t_1 / t_N (the throughput ratio). With a smallest count n0 > 1, N is read as N/n0.
+    One torchrun launch per count times both (back to back, so background load hits them alike)."""
+    check_knobs(cfg)
+    B, T, ga = cfg['batch_size'], cfg['block_size'], cfg['grad_accum']
+    per_proc = B * T * ga if ga is not None else cfg['total_batch_size']
+    # strong: the largest count takes as many micro-steps per process as every count does in the weak runs
+    strong_total = per_proc * math.lcm(*counts) if ga is not None else cfg['total_batch_size']
+    out = {'strong': [], 'weak': []}
+    for n in counts:
+        totals = {'strong': strong_total, 'weak': per_proc * n}
+        for mode, total in totals.items():
+            if total % (B * T * n):
+                raise ConfigError(f"{mode} scaling: {total} tokens/step do not split over {n} processes of "
+                                  f"{B}x{T}; use grad_accum or a total_batch_size divisible by it")
+        r = run_worker(n, argv, list(totals.values()))
+        for mode, run in zip(totals, r.pop('scaling_runs')):
+            out[mode].append({'nprocs': n, 'threads_per_proc': r['threads'], 'world_size': r['world_size'],
+                              'tokens_per_step': run['tokens_per_step'], 'grad_accum': run['grad_accum'],
+                              'step_time_s': run['step_time_s']['median'], 'spread': run['step_time_s']['spread'],
+                              'tokens_per_s': run['tokens_per_s'], 'mfu': run['mfu']})
+    for mode, rows in out.items():
+        n0, t0 = rows[0]['nprocs'], rows[0]['step_time_s']
+        for row in rows:
+            k = row['nprocs'] / n0
+            if mode == 'strong':
+                row['speedup'] = t0 / row['step_time_s']
+                row['efficiency'] = row['speedup'] / k
+            else:
+                row['efficiency'] = t0 / row['step_time_s']
+                row['speedup'] = k * row['efficiency']
+    return {'bench': 'scaling', 'time': time.time(), 'torch': torch.__version__, 'device': r['device'],
+            'device_name': r['device_name'], 'dtype': r['dtype'], 'model': r['model'], 'data': r['data'],
+            'batch_size': B, 'block_size': T, 'nprocs': counts, 'base_nprocs': counts[0],
+            'warmup_steps': r['warmup_steps'], 'timed_steps': r['timed_steps'], 'repeats': r['repeats'],
+            'peak_source': r['peak_source'],
+            'definitions': {'strong': 'global batch fixed; speedup = t1/tN, efficiency = speedup/N',
+                            'weak': 'per-process batch fixed; efficiency = t1/tN, speedup = N*t1/tN'},
+            **out}
+
+
+# -----------------------------------------------------------------------------
+# output
+
+def _ms(seconds):
+    ms = seconds * 1e3
+    return f"{ms:.1f} ms" if ms >= 100 else f"{ms:.3g} ms"
+
+
+def format_train(r):
+    m, st = r['model'], r['step_time_s']
+    lines = [
+        f"model      {m['n_params'] / 1e6:.2f}M parameters ({m['n_params_nonembed'] / 1e6:.2f}M non-embedding): "
+        f"n_layer={m['n_layer']} n_head={m['n_head']} n_embd={m['n_embd']} vocab={m['vocab_size']}",
+        f"device     {r['device_name']} ({r['device']}, {r['threads']} threads), {r['dtype']}"
+        f"{', torch.compile' if r['compile'] else ''}, {r['world_size']} process(es), torch {r['torch']}",
+        f"batch      {r['batch_size']} x {r['block_size']} tokens x {r['grad_accum']} micro-step(s) x "
+        f"{r['world_size']} process(es) = {r['tokens_per_step']:,} tokens/step; data: {r['data']}",
+        f"timing     {r['warmup_steps']} warm-up steps, then {r['repeats']} repeats of {r['timed_steps']} optimizer "
+        f"steps, device synchronized around each repeat",
+        "",
+        f"step time           {_ms(st['median'])} median (min {_ms(st['min'])}, max {_ms(st['max'])}, "
+        f"spread {100 * st['spread']:.1f}%)",
+        f"tokens/s            {r['tokens_per_s']:,.0f}",
+    ]
+    if r['phases_s']:
+        p = r['phases_s']
+        lines.append(f"step split          separate pass, synchronized after each phase (sum {_ms(p['sum'])}):")
+        for k in ('data', 'forward', 'backward', 'optimizer'):
+            lines.append(f"  {k:<18}{_ms(p[k])} ({100 * p[k] / p['sum']:.0f}%)")
+    fpt, tf = r['flops_per_token'], r['tflops_per_device']
+    lines += [
+        f"FLOPs/token         palm {fpt['palm'] / 1e6:,.3f}M | kaplan {fpt['kaplan'] / 1e6:,.3f}M",
+        f"achieved            palm {tf['palm']:.4g} | kaplan {tf['kaplan']:.4g} TFLOP/s per device",
+    ]
+    if r['mfu']:
+        lines += [f"peak                {r['peak_tflops_per_device']:.4g} TFLOP/s per device ({r['peak_source']})",
+                  f"MFU                 palm {100 * r['mfu']['palm']:.2f}% | kaplan {100 * r['mfu']['kaplan']:.2f}%"]
+    else:
+        lines += [f"peak                n/a ({r['peak_source']})", "MFU                 n/a (no known peak)"]
+    lines.append(f"peak memory         {r['peak_memory_bytes'] / 2 ** 20:,.1f} MiB ({r['peak_memory_kind']})")
+    s = r['sampling']
+    if s:
+        lines.append(f"sampling            KV cache {s['kv_cache_tok_s']:,.1f} tok/s | no cache {s['no_cache_tok_s']:,.1f} "
+                     f"tok/s | {s['kv_cache_speedup']:.2f}x (batch {s['batch']}, prompt {s['prompt']}, "
+                     f"{s['new_tokens']} new tokens)")
+    lines += ["", *(f"{k}: {v}" for k, v in r['flops_formula'].items())]
+    return "\n".join(lines)
+
+
+def format_scaling(r):
+    m = r['model']
+    lines = [f"scaling    {m['n_params'] / 1e6:.2f}M-parameter model, {r['batch_size']} x {r['block_size']} per "
+             f"micro-step, on {r['device_name']} ({r['dtype']}), processes {','.join(map(str, r['nprocs']))} "
+             f"under torchrun; base N={r['base_nprocs']}"]
+    for mode, title, sp, ef in (('strong', 'strong scaling: global batch fixed', 'speed-up t1/tN', 'efficiency'),
+                                ('weak', 'weak scaling: per-process batch fixed', 'speed-up N*t1/tN',
+                                 'efficiency t1/tN')):
+        lines += ["", title,
+                  f"  {'procs':>5} {'threads':>7} {'tokens/step':>11} {'accum':>5} {'step time':>12} {'spread':>6} "
+                  f"{'tokens/s':>10} {sp:>16} {ef:>16}"]
+        for row in r[mode]:
+            lines.append(f"  {row['nprocs']:>5} {row['threads_per_proc']:>7} {row['tokens_per_step']:>11,} "
+                         f"{row['grad_accum']:>5} {_ms(row['step_time_s']):>12} {100 * row['spread']:>5.1f}% "
+                         f"{row['tokens_per_s']:>10,.0f} {row['speedup']:>16.2f} {100 * row['efficiency']:>15.0f}%")
+    return "\n".join(lines)
+
+
+def normalize_argv(argv):
+    """Accept `--json` and `--nprocs 1,2` (space-separated bench knobs) besides train.py's --key=value."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == '--json':
+            a = '--json=True'
+        elif (a.startswith('--') and '=' not in a and a[2:] in BENCH_DEFAULTS and i + 1 < len(argv)
+              and not argv[i + 1].startswith('--')):
+            a, i = f"{a}={argv[i + 1]}", i + 1
+        out.append(a)
+        i += 1
+    return out
+
+
+def main(argv):
+    try:
+        argv = normalize_argv(argv)
+        cfg = parse_config(argv, DEFAULTS)
+        counts = parse_nprocs(cfg['nprocs'])
+        if counts:
+            record, master = scaling(cfg, argv, counts), True
+        else:
+            record, master = bench(cfg)
+    except (ConfigError, DataError, ModelError, BenchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if master:
+        if cfg['json']:
+            print(json.dumps(record))
+        else:
+            print(format_scaling(record) if record['bench'] == 'scaling' else format_train(record))
+    return record
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
