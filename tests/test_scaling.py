@@ -1,0 +1,425 @@
+"""Tests for scaling.py: published numbers, synthetic recovery by every method, the optimizer, inputs, plan/--run."""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import scaling as S
+
+# Besiroglu et al. 2024's refit of Chinchilla's approach 3 (their Table 1): a realistic ground truth
+E, A, B, ALPHA, BETA = 1.82, 482.01, 2085.43, 0.3478, 0.3658
+TRUTH = S.chinchilla_params([math.log(A), math.log(B), math.log(E), ALPHA, BETA])
+
+
+def chinchilla_loss(N, D):
+    return E + A / N ** ALPHA + B / D ** BETA
+
+
+def sweep(budgets=(1e18, 1e19, 1e20, 1e21), sizes=7, span=30.0, noise=0.0, seed=0, npts=10, loss=chinchilla_loss):
+    """IsoFLOP runs centred on the true optimum, each with a training curve of npts points (D/npts ... D)."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for C in budgets:
+        n0 = TRUTH['G'] * (C / 6) ** TRUTH['a']
+        for N in n0 * span ** np.linspace(-0.5, 0.5, sizes):
+            Ds = C / (6 * N) * np.arange(1, npts + 1) / npts
+            L = loss(N, Ds) * np.exp(rng.normal(0, noise, npts))
+            runs.append(S.Run(f"C{C:g}_N{N:.3g}", N, Ds, 6 * N * Ds, L))
+    return runs
+
+
+def write_log(out_dir, N, curve, max_iters, tokens_per_step=1000, n_layer=2, n_head=2, n_embd=32, extra=(),
+              finish=True):
+    """A log.jsonl in train.py's format (INTERFACES.md): a run record, train records, eval records."""
+    os.makedirs(out_dir, exist_ok=True)
+    recs = [dict(type='run', n_params=N, n_params_nonembed=int(N * 0.8), flops_per_token=6.5 * N,
+                 flops_formula='palm', tokens_per_step=tokens_per_step, world_size=1, device='cpu', dtype='float32',
+                 model=dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd),
+                 config=dict(max_iters=max_iters, n_layer=n_layer), resumed=False, time=0.0)]
+    steps = np.linspace(0, max_iters, len(curve) + 1).astype(int)
+    for s, loss in zip(steps, [curve[0] + 1.0] + list(curve)):
+        if s == max_iters and not finish:
+            break
+        t = int(s * tokens_per_step)
+        recs.append(dict(type='train', step=int(s), tokens=t, flops=6.5 * N * t, lr=1e-3, loss=loss + 0.01, dt=0.1,
+                         tok_per_s=1e4, mfu=None))
+        recs.append(dict(type='eval', step=int(s), tokens=t, flops=6.5 * N * t, val_loss=loss))
+    recs += list(extra)
+    with open(os.path.join(out_dir, 'log.jsonl'), 'w') as f:
+        f.write("\n".join(json.dumps(r) for r in recs) + "\n")
+
+
+def write_sweep(root, noise=0.003, seed=0, budgets=(1e18, 1e19, 1e20), sizes=5):
+    for r in sweep(budgets=budgets, sizes=sizes, noise=noise, seed=seed, npts=8):
+        steps = 80
+        write_log(os.path.join(root, r.name), r.N, r.L, steps, tokens_per_step=r.D[-1] / steps)
+
+
+# -----------------------------------------------------------------------------
+# published numbers
+
+def test_closed_form_with_chinchillas_unrounded_and_rounded_constants():
+    # Hoffmann et al. 2022's TeX source (unrounded) vs the rounded numbers printed in the paper's eq. 10;
+    # Besiroglu et al. 2024 point out the rounding moves N_opt by ~20%. Table A3 lists 9.2B tokens for 400M.
+    C = np.array([2.21e19])
+    unrounded = dict(method='approach3', params=S.chinchilla_params([6.0073404, 6.0179186, 0.5267228,
+                                                                      0.33917084, 0.2849083]))
+    N, D, L = S.optimal(unrounded, C)
+    assert N[0] == pytest.approx(389e6, rel=0.01) and D[0] == pytest.approx(9.47e9, rel=0.01)
+    rounded = dict(method='approach3', params=S.chinchilla_params([math.log(406.4), math.log(410.7), math.log(1.69),
+                                                                    0.34, 0.28]))
+    N, D, L = S.optimal(rounded, C)
+    assert N[0] == pytest.approx(326e6, rel=0.01) and D[0] == pytest.approx(11.3e9, rel=0.01)
+    assert 6 * N[0] * D[0] == pytest.approx(C[0], rel=1e-9)
+
+
+# Hoffmann et al. 2022, Table 3 ("Estimated optimal training FLOPs and training tokens for various model sizes",
+# projections of approach 1), typed in from arXiv:2203.15556: parameters, FLOPs, tokens.
+CHINCHILLA_TABLE3 = [
+    (400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.23e22, 205.1e9), (67e9, 5.76e23, 1.5e12),
+    (175e9, 3.85e24, 3.7e12), (280e9, 9.90e24, 5.9e12), (520e9, 3.43e25, 11.0e12), (1e12, 1.27e26, 21.2e12),
+    (10e12, 1.30e28, 216.2e12)]
+
+
+def test_chinchilla_table3_refits_to_a_half():
+    N, C, D = map(np.array, zip(*CHINCHILLA_TABLE3))
+    a, _ = S.fit_power(C, N)
+    b, _ = S.fit_power(C, D)
+    assert a == pytest.approx(0.50, abs=0.01) and b == pytest.approx(0.50, abs=0.01)  # the paper: 0.50 and 0.50
+
+
+def test_grid_is_the_papers_4500_starts():
+    g = S.chinchilla_grid()
+    assert g.shape == (4500, 5) and len({tuple(r) for r in g}) == 4500
+    assert sorted(set(g[:, 0])) == [0, 5, 10, 15, 20, 25] and sorted(set(g[:, 2])) == [-1, -0.5, 0, 0.5, 1]
+    assert sorted(set(g[:, 3])) == sorted(set(g[:, 4])) == [0, 0.5, 1, 1.5, 2]
+
+
+# -----------------------------------------------------------------------------
+# the optimizer
+
+def test_objective_gradient_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    N, D = np.exp(rng.uniform(18, 23, 20)), np.exp(rng.uniform(21, 26, 20))
+    y = np.log(chinchilla_loss(N, D)) + rng.normal(0, 0.05, 20)  # residuals mostly beyond delta and some within
+    for X, slopes, scaled, th in [
+            (np.stack([np.log(N), np.log(D), 0 * N]), np.array([np.nan, np.nan, 0.]), False, [6., 7., .5, .3, .4]),
+            (np.stack([np.log(N), np.log(D)]), np.array([np.nan, 1.]), True, [20., 30., .8, .1])]:
+        fun = S.lse_objective(X, y, slopes, scaled, delta=0.02)
+        th = np.array([th])
+        _, g = fun(th, None)
+        for j in range(th.shape[1]):
+            e = np.zeros_like(th)
+            e[0, j] = 1e-6
+            fd = (fun(th + e, None)[0] - fun(th - e, None)[0]) / 2e-6
+            assert g[0, j] == pytest.approx(fd[0], rel=1e-4, abs=1e-7)
+
+
+def test_lbfgs_solves_many_rosenbrocks_at_once():
+    def fun(x, idx):
+        a, b = x[:, 0], x[:, 1]
+        return (1 - a) ** 2 + 100 * (b - a * a) ** 2, np.stack([-2 * (1 - a) - 400 * a * (b - a * a),
+                                                                 200 * (b - a * a)], 1)
+    x0 = np.random.default_rng(0).uniform(-2, 2, (50, 2))
+    x, f = S.lbfgs(fun, x0, gtol=1e-8, ftol=0)
+    assert np.allclose(x, 1, atol=1e-4) and f.max() < 1e-8
+
+
+def test_summed_huber_converges_where_averaged_huber_stalls():
+    # Besiroglu et al. 2024: Chinchilla's reported fit is what L-BFGS gives on the Huber loss AVERAGED over points;
+    # its tiny scale meets the optimizer's default absolute tolerances at once. Same minimiser, noise-free data.
+    rng = np.random.default_rng(0)
+    N, D = np.exp(rng.uniform(np.log(7e7), np.log(1.6e10), 60)), np.exp(rng.uniform(np.log(5e9), np.log(5e11), 60))
+    X, y = np.stack([np.log(N), np.log(D), 0 * N]), np.log(chinchilla_loss(N, D))
+    truth = np.array([math.log(A), math.log(B), math.log(E), ALPHA, BETA])
+    starts = S.chinchilla_grid()[::10]  # 450 of the 4,500 starts keep the test short
+    reached, found = {}, {}
+    for reduce in ('sum', 'mean'):
+        fun = S.lse_objective(X, y, np.array([np.nan, np.nan, 0.]), reduce=reduce)
+        assert fun(truth[None], None)[0][0] < 1e-20  # the truth minimises both objectives
+        x, f = S.lbfgs(fun, starts)
+        reached[reduce] = int((np.abs(x - truth).max(1) < 0.01).sum())
+        found[reduce] = S.chinchilla_params(x[np.argmin(f)])
+    assert reached['sum'] >= 3 and reached['mean'] == 0
+    assert found['sum']['alpha'] == pytest.approx(ALPHA, abs=1e-3) and found['sum']['beta'] == pytest.approx(BETA, abs=1e-3)
+    assert abs(found['mean']['beta'] - BETA) > 0.05  # stopped short: a wrong allocation
+
+
+# -----------------------------------------------------------------------------
+# synthetic recovery by every method (noise 0.5% of the loss, 4 budgets x 7 sizes spanning 30x)
+
+@pytest.fixture(scope='module')
+def noisy_fits():
+    runs = sweep(noise=0.005, seed=2)
+    return runs, {r['method']: r for r in S.fit(runs, 'all')}
+
+
+def test_every_method_recovers_the_allocation_exponent(noisy_fits):
+    _, res = noisy_fits
+    assert set(res) == {'kaplan', 'approach1', 'approach2', 'approach3'}
+    for method, r in res.items():  # measured errors over 4 seeds were <= 0.014; tolerance 0.03
+        assert r['params']['a'] == pytest.approx(TRUTH['a'], abs=0.03), method
+        assert r['params']['a'] + r['params']['b'] == pytest.approx(1, abs=1e-6), method  # C = 6ND
+
+
+def test_approach3_recovers_the_loss_surface(noisy_fits):
+    p = noisy_fits[1]['approach3']['params']
+    assert p['E'] == pytest.approx(E, abs=0.1)
+    assert p['alpha'] == pytest.approx(ALPHA, abs=0.05) and p['beta'] == pytest.approx(BETA, abs=0.05)
+    N, D, L = S.optimal(noisy_fits[1]['approach3'], np.array([1e22]))  # extrapolated a decade past the data
+    assert N[0] == pytest.approx(TRUTH['G'] * (1e22 / 6) ** TRUTH['a'], rel=0.2)
+    assert L[0] == pytest.approx(chinchilla_loss(N[0], D[0]), rel=0.01)
+
+
+def test_approach3_exact_on_noise_free_data():
+    runs = sweep(noise=0.0, sizes=5, budgets=(1e18, 1e19, 1e20))
+    D, C, L, N = S.final_points(runs)
+    p = S.fit_approach3(N, D, L)['params']
+    for k, v in dict(E=E, A=A, B=B, alpha=ALPHA, beta=BETA).items():
+        assert p[k] == pytest.approx(v, rel=1e-3), k
+
+
+def test_approach2_parabola_and_spline_noise_free():
+    D, C, L, N = S.final_points(sweep(noise=0.0, sizes=9))
+    for how in ('parabola', 'spline'):
+        r = S.fit_approach2(N, D, C, L, how=how)
+        assert r['params']['a'] == pytest.approx(TRUTH['a'], abs=0.01), how
+        assert len(r['minima']) == 4 and not r['notes']
+
+
+def test_spline_is_less_biased_than_the_parabola_off_centre():
+    C = 1e20
+    n0 = TRUTH['G'] * (C / 6) ** TRUTH['a']
+    N = n0 * 30 ** np.linspace(-0.2, 0.8, 9)  # sampled mostly above the optimum, minimum still interior
+    D = C / (6 * N)
+    err = {how: math.log(S.isoflop_minimum(N, D, chinchilla_loss(N, D), how)[0] / n0) for how in ('parabola', 'spline')}
+    assert abs(err['parabola']) > 0.02 and abs(err['spline']) < abs(err['parabola']) / 2
+
+
+def test_approach2_refuses_a_budget_with_its_minimum_on_the_edge():
+    D, C, L, N = S.final_points(sweep(noise=0.0, sizes=9))
+    below = N < 0.9 * TRUTH['G'] * (C / 6) ** TRUTH['a']  # sizes below each budget's optimum
+    keep = (C < 5e20) | below  # the largest budget's lowest loss is now at its largest sampled size
+    r = S.fit_approach2(N[keep], D[keep], C[keep], L[keep])
+    assert len(r['minima']) == 3 and len(r['notes']) == 1
+    assert r['notes'][0].startswith('budget C=1e+21 (4 runs) refused: lowest loss at the largest sampled size')
+    keep = (C < 5e18) | below  # three budgets refused, one left: no fit
+    with pytest.raises(S.ScalingError, match='2\\+ budgets with an interior minimum, got 1'):
+        S.fit_approach2(N[keep], D[keep], C[keep], L[keep])
+
+
+def test_kaplan_laws_recovered():
+    # eq. 1.5 with Kaplan et al.'s constants (alpha_N 0.076, alpha_D 0.095, N_c 8.8e13, D_c 5.4e13)
+    def kaplan(N, D):
+        return ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
+    rng = np.random.default_rng(0)
+    runs = []
+    for N in np.logspace(7, 9, 7):
+        Ds = np.logspace(8, 10.5, 12) * (N / 1e8) ** 0.3
+        runs.append(S.Run(f"N{N:.2g}", N, Ds, 6 * N * Ds, kaplan(N, Ds) * np.exp(rng.normal(0, 0.003, 12))))
+    p = S.fit_kaplan(runs, points='all')['params']
+    assert p['alpha_N_eq15'] == pytest.approx(0.076, rel=0.05) and p['alpha_D_eq15'] == pytest.approx(0.095, rel=0.05)
+    assert p['N_c_eq15'] == pytest.approx(8.8e13, rel=0.2) and p['D_c_eq15'] == pytest.approx(5.4e13, rel=0.2)
+    x = np.logspace(6, 9, 8)  # the single-variable laws, with and without an irreducible term
+    assert S.fit_law(x, (8.8e13 / x) ** 0.076)[0] == pytest.approx(dict(alpha=0.076, x_c=8.8e13), rel=1e-3)
+    q = S.fit_law(x, 1.5 + (1e5 / x) ** 0.3, irreducible=True)[0]
+    assert q == pytest.approx(dict(alpha=0.3, x_c=1e5, E=1.5), rel=1e-3)
+
+
+def test_bootstrap_intervals_cover_the_truth():
+    runs = sweep(noise=0.005, seed=3, sizes=7)
+    res = {r['method']: r for r in S.fit(runs, 'all', boot=20, boot_starts=16, seed=0)}
+    for method in ('approach1', 'approach2', 'approach3', 'kaplan'):
+        r = res[method]
+        assert len(r['boot']) >= 18, method  # nearly every resample fits
+        pint, tint = S.intervals(r, 0.95, np.array([1e19, 1e22]))
+        lo, hi = pint['a']
+        assert lo <= r['params']['a'] <= hi and hi - lo < 0.2, method
+        assert tint.shape == (2, 3, 2) and (tint[0] <= tint[1]).all()
+    lo, hi = S.intervals(res['approach3'])[0]['alpha']
+    assert lo < ALPHA < hi
+
+
+# -----------------------------------------------------------------------------
+# inputs: run logs and CSV
+
+def test_logs_load_finished_runs_and_keep_the_last_record_per_step(tmp_path, capsys):
+    write_log(tmp_path / 'a', 1e6, [3.0, 2.5, 2.2, 2.0], 40)
+    write_log(tmp_path / 'b', 2e6, [2.9, 2.4, 2.1, 1.9], 40,
+              extra=[dict(type='run', n_params=2e6, n_params_nonembed=1, config=dict(max_iters=40)),
+                     dict(type='eval', step=40, tokens=40000, flops=1.0, val_loss=1.85)])  # replayed after resume
+    write_log(tmp_path / 'c', 3e6, [2.8, 2.3, 2.0, 1.8], 40, finish=False)
+    runs = S.load([str(tmp_path)])
+    assert [r.name for r in runs] == ['a', 'b'] and 'unfinished' in capsys.readouterr().err
+    assert runs[1].L[-1] == 1.85 and runs[1].D[-1] == 40000 and runs[0].C[-1] == 6 * 1e6 * 40000
+    runs = S.load([str(tmp_path / 'a'), str(tmp_path / 'b' / 'log.jsonl')], n='nonembed', compute='logged')
+    assert runs[0].N == 8e5 and runs[0].C[-1] == pytest.approx(6.5e6 * 40000)
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        S.main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda p: write_log(p / 'r1', 1e6, [3.0, float('nan'), 2.2], 30), 'val_loss is nan'),
+    (lambda p: (p / 'r1').mkdir() or (p / 'r1' / 'log.jsonl').write_text('{"type": "eval", "step": 1}\n'),
+     "no 'run' record"),
+    (lambda p: (p / 'r1').mkdir() or (p / 'r1' / 'log.jsonl').write_text(
+        '{"type": "run", "n_params": 5}\n{"type": "eval", "step": 3, "tokens": 10}\n'), "lacks a number 'val_loss'"),
+    (lambda p: (p / 'r1').mkdir() or (p / 'r1' / 'log.jsonl').write_text('{"type": "run"}\nnot json\n{}\n'),
+     'r1/log.jsonl:2: not a JSON object'),
+])
+def test_bad_logs_give_one_clear_line(tmp_path, capsys, make, message):
+    write_log(tmp_path / 'r0', 2e6, [3.0, 2.5, 2.2], 30)
+    write_log(tmp_path / 'r2', 4e6, [2.9, 2.4, 2.1], 30)
+    make(tmp_path)
+    code, out, err = run_cli(['fit', str(tmp_path)], capsys)
+    assert code == 1 and err.startswith('error: ') and message in err and 'Traceback' not in err
+    code, out, err = run_cli(['fit', str(tmp_path), '--skip_bad', '--method', 'approach3'], capsys)
+    assert code == 1 and 'skipped' in err and 'needs at least 6 points' in err  # 2 good runs are left
+
+
+def test_single_run_missing_input_and_cut_off_last_line(tmp_path, capsys):
+    write_log(tmp_path / 'only', 1e6, [3.0, 2.5], 20)
+    code, _, err = run_cli(['fit', str(tmp_path / 'only')], capsys)
+    assert code == 1 and 'at least 2 finished runs, got 1' in err
+    code, _, err = run_cli(['fit', str(tmp_path / 'nothing')], capsys)
+    assert code == 1 and 'no such file or directory' in err
+    with open(tmp_path / 'only' / 'log.jsonl', 'a') as f:
+        f.write('{"type": "eval", "ste')  # a crash mid-write: ignored with a warning
+    assert S.load_log(str(tmp_path / 'only'))[1] and 'incomplete last line' in capsys.readouterr().err
+
+
+def test_csv_points(tmp_path, capsys):
+    runs = sweep(noise=0.0, sizes=7, budgets=(1e18, 1e19, 1e20))
+    D, C, L, N = S.final_points(runs)
+    path = tmp_path / 'points.csv'
+    path.write_text("N,D,loss\n" + "".join(f"{float(n)!r},{float(d)!r},{float(l)!r}\n" for n, d, l in zip(N, D, L)))
+    res = S.fit(S.load([str(path)]), 'approach2')[0]
+    assert res['params']['a'] == pytest.approx(TRUTH['a'], abs=0.01)
+    path.write_text("N,D,loss,C\n1e6,1e9,3.0,7e15\n2e6,1e9,2.9,1.3e16\n")
+    assert [r.C[0] for r in S.load([str(path)])] == [7e15, 1.3e16]  # an explicit C column wins over 6ND
+    path.write_text("N,tokens,loss\n1,2,3\n")
+    code, _, err = run_cli(['fit', str(path)], capsys)
+    assert code == 1 and 'missing d' in err
+    path.write_text("N,D,loss\n1e6,1e9,3.0\n2e6,abc,2.9\n")
+    code, _, err = run_cli(['fit', str(path)], capsys)
+    assert code == 1 and 'points.csv:3' in err
+
+
+def test_fit_cli_end_to_end_with_json_and_plots(tmp_path, capsys):
+    pytest.importorskip('matplotlib')
+    write_sweep(tmp_path / 'sweep')
+    code, out, err = run_cli(['fit', str(tmp_path / 'sweep'), '--json', str(tmp_path / 'fit.json'),
+                              '--plots', str(tmp_path / 'figs'), '--budgets', '1e19,1e22'], capsys)
+    assert code == 0, err
+    assert 'Chinchilla approach 3' in out and 'compute-optimal (approach2)' in out
+    res = {r['method']: r for r in json.load(open(tmp_path / 'fit.json'))['results']}
+    assert set(res) == {'kaplan', 'approach1', 'approach2', 'approach3'}
+    assert [row['C'] for row in res['approach3']['table']] == [1e19, 1e22]
+    assert res['approach2']['params']['a'] == pytest.approx(TRUTH['a'], abs=0.05)
+    figs = sorted(os.listdir(tmp_path / 'figs'))
+    assert figs == ['contours.png', 'd_opt.png', 'frontier.png', 'isoflop.png', 'n_opt.png']
+    assert all(open(tmp_path / 'figs' / f, 'rb').read(8) == b'\x89PNG\r\n\x1a\n' for f in figs)
+
+
+def test_fit_without_matplotlib_says_how_to_get_plots(tmp_path, capsys, monkeypatch):
+    write_sweep(tmp_path / 'sweep', budgets=(1e18, 1e19))
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib now raises ImportError
+    code, out, err = run_cli(['fit', str(tmp_path / 'sweep'), '--method', 'approach2', '--plots',
+                              str(tmp_path / 'figs')], capsys)
+    assert code == 0 and 'compute-optimal (approach2)' in out
+    assert 'pip install matplotlib' in err and not (tmp_path / 'figs').exists()
+
+
+# -----------------------------------------------------------------------------
+# planning and running a sweep
+
+def test_plan_spans_the_optimum_and_its_commands_parse_in_train_py(tmp_path):
+    model = pytest.importorskip('model')
+    (tmp_path / 'meta.json').write_text(json.dumps(dict(vocab_size=257, train=dict(tokens=5_000_000))))
+    rows = S.plan([1e13, 1e14], sizes=5, span=10, data_dir=str(tmp_path), out_root=str(tmp_path / 'sweep'))
+    assert len(rows) == 10
+    for C in (1e13, 1e14):
+        mine = [r for r in rows if r['budget'] == C]
+        Ns = [r['N'] for r in mine]
+        assert Ns == sorted(Ns) and len(set(Ns)) == 5
+        assert min(Ns) < math.sqrt(C / 120) < max(Ns) and max(Ns) / min(Ns) > 5  # around D = 20 N
+        for r in mine:
+            c = r['config']
+            counted = model.count_params(model.GPTConfig(n_layer=c['n_layer'], n_head=c['n_head'],
+                                                         n_embd=c['n_embd'], vocab_size=257, block_size=256))
+            assert r['N'] == counted['n_params'] and c['n_embd'] == 16 * c['n_head']
+            assert r['D'] == c['max_iters'] * 8192 and r['C'] == pytest.approx(C, rel=0.5 / c['max_iters'] + 1e-9)
+            assert c['warmup_iters'] == max(1, round(0.05 * c['max_iters'])) and c['lr_decay_iters'] == c['max_iters']
+            assert r['epochs'] == pytest.approx(r['D'] / 5e6)
+    train = pytest.importorskip('train')
+    cfg = train.parse_config(rows[0]['args'], train.DEFAULTS)  # every knob exists and every value parses
+    assert {k: cfg[k] for k in rows[0]['config']} == rows[0]['config']
+
+
+FAKE_TRAIN = r'''
+import json, os, sys
+cfg = dict(a[2:].split('=', 1) for a in sys.argv[1:])
+cfg = {k: eval(v) if v[:1] in "'0123456789" else v for k, v in cfg.items()}
+out = cfg['out_dir']
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(os.path.dirname(out), 'calls.txt'), 'a') as f:
+    f.write(os.path.basename(out) + ' ' + cfg.get('init_from', 'scratch') + '\n')
+if os.path.exists(os.path.join(os.path.dirname(out), 'FAIL')):
+    sys.exit(3)
+with open(os.path.join(out, 'log.jsonl'), 'a') as f:
+    f.write(json.dumps(dict(type='run', n_params=1000, n_params_nonembed=900, config=cfg,
+                            model=dict(n_layer=cfg['n_layer'], n_head=cfg['n_head'], n_embd=cfg['n_embd']))) + '\n')
+    f.write(json.dumps(dict(type='eval', step=cfg['max_iters'], tokens=1, flops=1, val_loss=2.0)) + '\n')
+'''
+
+
+def test_plan_run_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, capsys):
+    pytest.importorskip('model')
+    (tmp_path / 'train_fake.py').write_text(FAKE_TRAIN)
+    root = tmp_path / 'sweep'
+    argv = ['plan', '--budgets', '1e13,3e13', '--sizes', '3', '--vocab_size', '257', '--out_root', str(root),
+            '--run', '--train_script', str(tmp_path / 'train_fake.py')]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    calls = (root / 'calls.txt').read_text().split('\n')[:-1]
+    assert len(calls) == 6 and all(c.endswith('scratch') for c in calls)
+    assert out.count('python train.py ') == 6 and out.count(': starting') == 6
+    # interrupt one run: its log loses the final eval, a checkpoint is left behind
+    name = calls[2].split()[0]
+    log = root / name / 'log.jsonl'
+    log.write_text(log.read_text().split('\n')[0] + '\n')
+    (root / name / 'ckpt.pt').write_bytes(b'x')
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and out.count('finished, skipped') == 5
+    assert (root / 'calls.txt').read_text().split('\n')[-2] == f"{name} resume"
+    (root / 'FAIL').write_text('')
+    log.write_text(log.read_text().split('\n')[0] + '\n')
+    code, out, err = run_cli(argv, capsys)
+    assert code == 1 and 'exited with status 3' in err
+    other = json.loads((root / calls[0].split()[0] / 'log.jsonl').read_text().split('\n')[0])
+    other['model']['n_layer'] += 1  # a directory holding another shape is never reused
+    (root / calls[0].split()[0] / 'log.jsonl').write_text(json.dumps(other) + '\n')
+    code, out, err = run_cli(argv, capsys)
+    assert code == 1 and 'holds a different run' in err and 'n_layer' in err
+
+
+def test_plan_rejects_bad_settings(tmp_path, capsys):
+    pytest.importorskip('model')
+    code, _, err = run_cli(['plan', '--budgets', '1e13', '--data_dir', str(tmp_path)], capsys)
+    assert code == 1 and 'vocab_size' in err
+    code, _, err = run_cli(['plan', '--budgets', '1e13', '--vocab_size', '257', '--total_batch_size', '1000'], capsys)
+    assert code == 1 and 'not a multiple' in err
+    code, _, err = run_cli(['plan', '--budgets', '1e9', '--vocab_size', '257'], capsys)
+    assert code == 1 and 'steps' in err
+    with pytest.raises(SystemExit):
+        S.main(['plan', '--budgets', 'abc'])
+    assert 'comma-separated numbers' in capsys.readouterr().err
