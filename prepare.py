@@ -502,12 +502,18 @@ _WORKER_TOK = None
 
 def _init_worker(tokenizer, cache_dir):
     global _WORKER_TOK
-    _WORKER_TOK = get_tokenizer(tokenizer, cache_dir)
+    try:
+        _WORKER_TOK = get_tokenizer(tokenizer, cache_dir)
+    except Exception as e:  # raised by the first task instead: a failing initializer makes Pool respawn forever
+        _WORKER_TOK = e
 
 
 def _encode_batch(texts, tok=None):
     """One array of all tokens plus each document's length: far cheaper to pickle than many lists."""
-    arrays = [(tok or _WORKER_TOK).encode_array(t) for t in texts]
+    tok = tok or _WORKER_TOK
+    if isinstance(tok, Exception):
+        raise tok
+    arrays = [tok.encode_array(t) for t in texts]
     flat = np.concatenate(arrays) if arrays else np.empty(0, dtype=np.uint16)
     return flat, np.array([len(a) for a in arrays], dtype=np.int64)
 

@@ -37,6 +37,12 @@ def corpus(megabytes):
     return out, size
 
 
+def cpu_seconds():
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--mb", type=float, default=50)
@@ -68,19 +74,22 @@ def main():
         # interleaved rounds, best time of each: load from other users hits all three alike
         methods = [("encode_ordinary loop, 1 process", loop), ("prepare.py --num_proc 1", lambda: run(1)),
                    (f"prepare.py --num_proc {args.num_proc}", lambda: run(args.num_proc))]
-        times, counts = {m: [] for m, _ in methods}, {}
+        times, cpus, counts = {m: [] for m, _ in methods}, {m: [] for m, _ in methods}, {}
         for _ in range(args.repeats):
             for m, f in methods:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu_seconds()
                 counts[m] = f()
                 times[m].append(time.perf_counter() - t0)
-        rows = [(m, counts[m], min(times[m])) for m, _ in methods]
+                cpus[m].append(cpu_seconds() - c0)
+        rows = [(m, counts[m], min(times[m]), min(cpus[m])) for m, _ in methods]
     n, n1, nn = (r[1] for r in rows)
     assert n == n1 == nn, (n, n1, nn)
     base = rows[0][1] / rows[0][2]
-    print(f"\n{'method':<36} {'tokens':>12} {'seconds':>8} {'M tok/s':>8} {'speed-up':>8}")
-    for name, n, t in rows:
-        print(f"{name:<36} {n:>12,} {t:>8.2f} {n / t / 1e6:>8.2f} {n / t / base:>7.2f}x")
+    print(f"\n{'method':<36} {'tokens':>12} {'seconds':>8} {'M tok/s':>8} {'speed-up':>8} {'CPU s':>6}")
+    for name, n, t, c in rows:
+        print(f"{name:<36} {n:>12,} {t:>8.2f} {n / t / 1e6:>8.2f} {n / t / base:>7.2f}x {c:>6.2f}")
+    print("(best of each over interleaved rounds; CPU s = this process plus its finished workers, "
+          "a measure of total work that other users' load does not inflate much)")
     print(f"\ngoal: >= {0.8 * args.num_proc:.1f}x (0.8 x {args.num_proc} processes); "
           f"load average now {os.getloadavg()[0]:.2f}")
 
