@@ -391,7 +391,8 @@ class GPT(nn.Module):
                 if not kv_cache:
                     h = self.features(idx[:, -bs:])
                 elif cache is None or cache.pos == bs:   # first step, or the window slid: (re)build
-                    cache = KVCache(self.config, idx.size(0))
+                    cache = cache or KVCache(self.config, idx.size(0))
+                    cache.pos = 0                          # reuse the buffers, overwrite from position 0
                     h = self.features(idx[:, -bs:], cache)
                 else:
                     h = self.features(idx[:, -1:], cache)
@@ -452,7 +453,7 @@ def sample_next(logits, vocab_size, temperature=1.0, top_k=None, top_p=None, gen
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
-    if top_k is not None:
+    if top_k:   # None or 0: off
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float('-inf'))
     if top_p is not None and top_p < 1.0:
