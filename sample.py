@@ -1,0 +1,261 @@
+"""
+Sample text from a trained checkpoint or from OpenAI's GPT-2 weights: KV cache, streaming, reproducible.
+
+    python sample.py                                             # the quick start's checkpoint in out/
+    python sample.py --out_dir=out-shakespeare --start="ROMEO:" --max_new_tokens=300
+    python sample.py --init_from=gpt2-xl --start=FILE:prompt.txt --num_samples=3 --top_p=0.95
+    python sample.py --temperature=0                             # greedy: the same text every time
+    python sample.py config/my_sampling.py --seed=7              # a config file of the knobs below, then overrides
+
+The text (prompt included) goes to stdout, streamed token by token when num_samples=1; samples are separated
+by a line of dashes. A tokens/s line and what was loaded go to stderr, so `> out.txt` captures only text.
+The tokenizer is the one the checkpoint's run used (recorded in the checkpoint; GPT-2 BPE for GPT-2 weights).
+"""
+import contextlib
+import os
+import sys
+import time
+
+import torch
+
+from model import GPT, GPTConfig, KVCache, ModelError, count_params, sample_next
+from prepare import DataError, get_tokenizer
+from train import ConfigError, load_checkpoint, parse_config, setup_runtime
+
+# -----------------------------------------------------------------------------
+# defaults (same --key=value / config-file style as train.py)
+init_from = 'resume'       # 'resume' (latest checkpoint in out_dir) | 'gpt2' ... 'gpt2-xl' | a local Hugging Face dir
+out_dir = 'out'            # a run's directory (reads <out_dir>/ckpt.pt), or the path of a .pt file
+start = '\n'               # the prompt; 'FILE:path' reads it from a file; '' = a document start (end-of-text token)
+num_samples = 1            # independent samples, generated as one batch
+max_new_tokens = 500       # tokens generated per sample
+temperature = 0.8          # 0 = greedy (argmax); 1 = the model's distribution; < 1 sharper, > 1 flatter
+top_k = 200                # keep only the k most likely tokens (None or 0 = all)
+top_p = None               # nucleus sampling: keep the most likely tokens up to this total probability (None = off)
+seed = 1337                # same seed, same text (for a given device, dtype and batch)
+device = 'auto'            # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
+dtype = 'auto'             # 'auto' (bfloat16/float16 on CUDA, float32 elsewhere: see sample()) | 'float32' | 'bfloat16'
+compile = False            # torch.compile the forward pass (pays off for long runs on GPU)
+kv_cache = True            # reuse earlier keys/values: one token per step instead of the whole window
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items()
+            if not k.startswith('_') and k != 'DEFAULTS' and isinstance(v, (int, float, str, bool, type(None)))}
+
+SEPARATOR = '---------------'
+
+
+def check_config(cfg):
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(msg)
+    need(cfg['num_samples'] >= 1, f"num_samples must be >= 1, got {cfg['num_samples']}")
+    need(cfg['max_new_tokens'] >= 1, f"max_new_tokens must be >= 1, got {cfg['max_new_tokens']}")
+    need(cfg['temperature'] >= 0, f"temperature must be >= 0 (0 = greedy), got {cfg['temperature']}")
+    k, p = cfg['top_k'], cfg['top_p']
+    need(k is None or k >= 0, f"top_k must be None, 0 (both: off) or a positive int, got {k}")
+    need(p is None or (isinstance(p, (int, float)) and not isinstance(p, bool) and 0 < p <= 1),
+         f"top_p must be None or a number in (0, 1], got {p!r}")
+
+
+# -----------------------------------------------------------------------------
+# model and tokenizer
+
+def load_model(cfg):
+    """-> (model on CPU in eval mode, tokenizer, a one-line description). The tokenizer is read from the run."""
+    if cfg['init_from'] == 'resume':
+        path = cfg['out_dir']
+        ckpt = load_checkpoint(path)   # weights_only=True: a checkpoint cannot run code
+        try:
+            model = GPT(GPTConfig(**ckpt['model_config']))
+        except (TypeError, ModelError) as e:   # keys this model.py does not know, or impossible values
+            raise ConfigError(f"checkpoint in {path} has a model_config this model.py cannot build ({e})") from None
+        check_state_dict(model.state_dict(), ckpt['model'], path)
+        model.load_state_dict(ckpt['model'])
+        if not ckpt.get('tokenizer'):
+            raise ConfigError(f"checkpoint in {path} does not record its tokenizer (key 'tokenizer'); "
+                              f"it was not written by this train.py")
+        tokenizer = get_tokenizer(ckpt['tokenizer'])
+        where = f"{path} (step {ckpt['step']})"
+        del ckpt
+    elif cfg['init_from'] == 'scratch':
+        raise ConfigError("init_from must be 'resume', a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face directory")
+    else:
+        model = GPT.from_pretrained(cfg['init_from'])   # ModelError with one line for names/dirs it cannot use
+        tokenizer = get_tokenizer('gpt2')                # OpenAI's GPT-2 weights come with GPT-2 BPE, always
+        where = cfg['init_from']
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ConfigError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer "
+                          f"{tokenizer.name!r} has {tokenizer.vocab_size} tokens")
+    model.eval()
+    return model, tokenizer, where
+
+
+def check_state_dict(expected, got, path):
+    """The checkpoint's tensors must be exactly those of its model_config: say which ones are not, in one line."""
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    shapes = [f"{k} is {tuple(got[k].shape)}, expected {tuple(v.shape)}"
+              for k, v in expected.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
+    if missing or extra or shapes:
+        parts = ([f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}"] if shapes else []) + \
+                ([f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []) + \
+                ([f"{len(extra)} unexpected, e.g. {extra[0]}"] if extra else [])
+        raise ConfigError(f"checkpoint in {path} does not match its own model_config: {'; '.join(parts)}")
+
+
+def encode_prompt(text_or_file, tokenizer, block_size):
+    """start -> (token ids, the prompt's text). 'FILE:path' reads the prompt from a UTF-8 file. An empty prompt
+    is the end-of-text token, which is how every training document begins (prepare.py). A prompt longer than
+    the context is an error rather than silently cut: the model would never see its beginning."""
+    text = text_or_file
+    if text.startswith('FILE:'):
+        path = text[len('FILE:'):]
+        try:
+            with open(path, encoding='utf-8') as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise ConfigError(f"start file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"start file {path} is unreadable ({type(e).__name__}: {e})") from None
+    ids = tokenizer.encode(text) or [tokenizer.eot]
+    if len(ids) > block_size:
+        raise ConfigError(f"the prompt is {len(ids)} tokens but the model's context is {block_size}; nothing was "
+                          f"generated (shorten it to at most {block_size} tokens: the model sees no more)")
+    return ids, text
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, kv_cache=True):
+    """Yield the next token of every row, (B, 1), one step at a time, so text can be printed as it comes.
+    This is GPT.generate's loop (model.py) restated as a generator, step for step the same computation
+    and random draws; tests/test_sample.py checks that the tokens equal model.generate's, with and without
+    the cache and across the sliding window. Call it under torch.no_grad() (a generator cannot hold that
+    context for its caller). Past block_size the window slides: the cache is rebuilt from
+    the last block_size tokens each step (a full forward, as without the cache; see GPT.generate)."""
+    bs = model.config.block_size
+    cache = None
+    for _ in range(max_new_tokens):
+        if not kv_cache:
+            h = model.features(idx[:, -bs:])
+        elif cache is None or cache.pos == bs:   # first step, or the window slid: (re)build
+            cache = cache or KVCache(model.config, idx.size(0))
+            cache.pos = 0                          # reuse the buffers, overwrite from position 0
+            h = model.features(idx[:, -bs:], cache)
+        else:
+            h = model.features(idx[:, -1:], cache)
+        logits = model.lm_head(h[:, -1, :])   # only the last position is needed
+        idx_next = sample_next(logits, model.config.vocab_size, temperature, top_k, top_p, generator)
+        idx = torch.cat((idx, idx_next), dim=1)
+        yield idx_next
+
+
+class StreamDecoder:
+    """Token ids in, text out, as they come. A character can span several tokens (a byte-level token is one
+    byte of a multi-byte UTF-8 character; a GPT-2 token can end mid-character), and decoding an unfinished
+    character yields U+FFFD. So the pending tokens are decoded together and trailing U+FFFDs are held back
+    until more tokens complete them (or finish() flushes them): the pieces joined equal tokenizer.decode of all
+    the tokens, and no piece ever shows a character that is still being written."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.pending, self.shown = tokenizer, [], 0   # shown: characters of decode(pending) printed
+
+    def push(self, ids):
+        self.pending.extend(ids)
+        text = self.tok.decode(self.pending)
+        ready = len(text.rstrip('\ufffd'))
+        piece = text[self.shown:ready]
+        if ready == len(text):   # ends on a whole character: a clean boundary, start afresh (keeps decode O(1))
+            self.pending, self.shown = [], 0
+        else:
+            self.shown = ready
+        return piece
+
+    def finish(self):
+        piece = self.tok.decode(self.pending)[self.shown:]
+        self.pending, self.shown = [], 0
+        return piece
+
+
+def sample(cfg):
+    """Load, generate and print. Returns the texts (prompt included), one per sample."""
+    check_config(cfg)
+    try:
+        rt = setup_runtime(cfg)
+    except RuntimeError as e:   # torch.device('gpu') and the like
+        raise ConfigError(f"device {cfg['device']!r}: {str(e).splitlines()[0]}") from None
+    if cfg['dtype'] == 'auto' and rt.device.type != 'cuda':
+        # sampling's 'auto' off CUDA is float32, not train.py's bfloat16: one token at a time is latency-bound and
+        # bfloat16 autocast only adds casts (quick-start model, this 2-core AVX-512-bf16 CPU, 1 thread: 1477 tokens/s
+        # float32 vs 763 bfloat16 with the cache); and float32's finer rounding makes it less likely that the
+        # cache and no-cache paths, which round differently, flip a near-tie in greedy decoding
+        rt.dtype, rt.ptdtype, rt.autocast = 'float32', torch.float32, contextlib.nullcontext()
+    model, tok, where = load_model(cfg)
+    model.to(rt.device)
+    if cfg['compile']:
+        model.features = torch.compile(model.features, dynamic=True)   # generation calls features(), not forward()
+    prompt, prompt_text = encode_prompt(cfg['start'], tok, model.config.block_size)
+    n_params = count_params(model.config)['n_params']
+    print(f"{where}: {n_params / 1e6:.2f}M parameters, {tok.name} tokenizer, {rt.device} {rt.dtype}, "
+          f"prompt {len(prompt)} tokens", file=sys.stderr)
+
+    torch.manual_seed(cfg['seed'])
+    generator = torch.Generator(device=rt.device).manual_seed(cfg['seed'])
+    B, T = cfg['num_samples'], cfg['max_new_tokens']
+    idx = torch.tensor([prompt] * B, dtype=torch.long, device=rt.device)
+    out = sys.stdout
+    rows = [[] for _ in range(B)]
+    live = StreamDecoder(tok) if B == 1 else None   # one sample streams; a batch prints when done
+    if live:
+        out.write(prompt_text)
+        out.flush()
+    _sync(rt.device)
+    t0 = time.perf_counter()
+    with torch.no_grad(), rt.autocast:
+        for nxt in stream(model, idx, T, cfg['temperature'], cfg['top_k'], cfg['top_p'], generator, cfg['kv_cache']):
+            ids = nxt[:, 0].tolist()   # waits for the device, so the timing below is honest
+            for row, i in zip(rows, ids):
+                row.append(i)
+            if live:
+                out.write(live.push(ids))
+                out.flush()
+    dt = time.perf_counter() - t0
+    texts = [prompt_text + tok.decode(row) for row in rows]
+    if live:
+        out.write(live.finish() + '\n')
+    else:
+        out.write(f"\n{SEPARATOR}\n".join(texts) + '\n')
+    out.flush()
+
+    bs = model.config.block_size
+    slid = max(0, len(prompt) + T - 1 - bs)   # steps whose input (prompt + tokens so far) exceeds the window
+    window = f"; the last {slid} each recompute the full {bs}-token window (context full)" if slid else ""
+    compiled = ", torch.compile's compilation included" if cfg['compile'] else ""
+    print(f"{B * T} tokens in {dt:.2f} s: {B * T / dt:.1f} tokens/s (kv_cache={cfg['kv_cache']}, {B} x {T} new "
+          f"tokens{window}{compiled})", file=sys.stderr)
+    return texts
+
+
+def _sync(dev):
+    if dev.type == 'cuda':
+        torch.cuda.synchronize(dev)
+
+
+def main(argv):
+    try:
+        sample(parse_config(argv, DEFAULTS))
+    except (ConfigError, DataError, ModelError) as e:
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stdout.write('\n')
+        sys.exit(130)
+    except BrokenPipeError:   # `python sample.py | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

