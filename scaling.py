@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def _records(path):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # a line cut short by a crash mid-write: the run is unfinished anyway
+            if i == len(lines) - 1:  # no newline after it: cut short by a crash mid-write, the run is unfinished
                 warn(f"{path}:{i + 1}: incomplete last line ignored")
                 continue
             raise ScalingError(f"{path}:{i + 1}: not a JSON object")
@@ -306,10 +307,16 @@ def best_fit(X, y, slopes, starts, scaled=False, delta=1e-3, reduce='sum', weigh
         f = np.where(np.isfinite(f), f, np.inf)
         best = np.argmin(f)
         return x[best], f[best], np.vstack([x[best], starts[np.argsort(f)[:keep - 1]]])
-    owner = np.repeat(np.arange(n_owner), len(starts))
-    x, f = lbfgs(lse_objective(X, y, slopes, scaled, delta, reduce, weights, owner), np.tile(starts, (n_owner, 1)))
-    f = np.where(np.isfinite(f), f, np.inf).reshape(n_owner, len(starts))
-    return x.reshape(n_owner, len(starts), -1)[np.arange(n_owner), f.argmin(1)], f.min(1), None
+    ths, fs = [], []
+    chunk = max(1, int(4e6 // (len(starts) * X.size)))  # owners per batch: bounds memory to a few hundred MB
+    for lo in range(0, n_owner, chunk):
+        W = weights[lo:lo + chunk]
+        owner = np.repeat(np.arange(len(W)), len(starts))
+        x, f = lbfgs(lse_objective(X, y, slopes, scaled, delta, reduce, W, owner), np.tile(starts, (len(W), 1)))
+        f = np.where(np.isfinite(f), f, np.inf).reshape(len(W), len(starts))
+        ths.append(x.reshape(len(W), len(starts), -1)[np.arange(len(W)), f.argmin(1)])
+        fs.append(f.min(1))
+    return np.concatenate(ths), np.concatenate(fs), None
 
 
 # -----------------------------------------------------------------------------
@@ -342,7 +349,7 @@ def fit_approach3(N, D, L, delta=1e-3, reduce='sum', starts=None, boot=0, boot_s
     # the parameter order of the grid is (a, b, e, alpha, beta): c_1 = a, c_2 = b, c_3 = e, then the free slopes
     th, f, warm = best_fit(X, np.log(L), slopes, starts, delta=delta, reduce=reduce, keep=boot_starts)
     res = dict(method='approach3', params=chinchilla_params(th), objective=float(f), n_points=len(L),
-               n_starts=len(starts), theta=th.tolist())
+               n_starts=len(starts), delta=delta, reduce=reduce, theta=th.tolist())
     if boot:
         rng = rng or np.random.default_rng(0)
         # all refits in one batch: resampling = multinomial weights on the points; each refit starts from the
@@ -426,6 +433,12 @@ def _curves(runs):
     return out
 
 
+def _winners(runs, C, win):
+    """N and D of the envelope's winning runs at compute C (D read off the winner's own curve)."""
+    return (np.array([runs[w].N for w in win]),
+            np.array([math.exp(np.interp(math.log(c), np.log(runs[w].C), np.log(runs[w].D))) for c, w in zip(C, win)]))
+
+
 def fit_approach1(runs, n_grid=200):
     runs = _curves(runs)
     C, L, win, interior = envelope(runs, 'C', n_grid)
@@ -433,8 +446,7 @@ def fit_approach1(runs, n_grid=200):
         raise ScalingError("approach 1: fewer than 2 model sizes win the loss envelope away from the sampled edges; "
                            "add smaller and larger models")
     C, L, win = C[interior], L[interior], win[interior]
-    Nopt = np.array([runs[w].N for w in win])
-    Dopt = np.array([math.exp(np.interp(math.log(c), np.log(runs[w].C), np.log(runs[w].D))) for c, w in zip(C, win)])
+    Nopt, Dopt = _winners(runs, C, win)
     return dict(method='approach1', params=_opt_power(C, Nopt, Dopt, L), n_points=len(C), n_runs=len(runs),
                 envelope=dict(C=C.tolist(), N=Nopt.tolist(), D=Dopt.tolist(), L=L.tolist()))
 
@@ -545,8 +557,9 @@ def fit_kaplan(runs, irreducible=False, points='final', delta=1e-3, warm=None):
     th, _, new_warm['eq15'] = best_fit(X, np.log(L), slopes, warm.get('eq15', starts), scaled=True, delta=delta)
     p.update(alpha_N_eq15=th[2] * th[3], alpha_D_eq15=th[3], N_c_eq15=math.exp(th[0] / th[2]),
              D_c_eq15=math.exp(th[1]))
-    a, kN = fit_power(Cg, np.array([curves[w].N for w in win]))
-    p.update(a=a, N_coef=kN, b=1 - a, D_coef=1 / (6 * kN))  # D_opt = C / (6 N_opt)
+    Nopt, Dopt = _winners(curves, Cg, win)
+    (a, kN), (b, kD) = fit_power(Cg, Nopt), fit_power(Cg, Dopt)
+    p.update(a=a, N_coef=kN, b=b, D_coef=kD)
     return dict(method='kaplan', params=p, n_points=len(L), irreducible=irreducible, warm=new_warm,
                 frontier=dict(C=Cg.tolist(), L=LCg.tolist()))
 
@@ -653,19 +666,21 @@ def summarize(results, budgets, ci=0.95):
         Nopt, Dopt, Lopt = optimal(res, budgets)
         table = []
         for j, c in enumerate(budgets):
-            row = dict(C=float(c), N_opt=float(Nopt[j]), D_opt=float(Dopt[j]), tokens_per_param=float(Dopt[j] / Nopt[j]),
-                       loss=float(Lopt[j]))
+            row = dict(C=float(c), N_opt=float(Nopt[j]), D_opt=float(Dopt[j]),
+                       tokens_per_param=float(Dopt[j] / Nopt[j]), loss=float(Lopt[j]))
             if tint is not None:
-                row.update(N_opt_ci=tint[:, 0, j].tolist(), D_opt_ci=tint[:, 1, j].tolist(), loss_ci=tint[:, 2, j].tolist())
+                row.update({f"{k}_ci": tint[:, i, j].tolist() for i, k in enumerate(('N_opt', 'D_opt', 'loss'))})
             table.append(row)
         s = {k: v for k, v in res.items() if k not in ('boot', 'theta', 'warm')}
         s.update(ci=pint, ci_level=ci, n_boot_ok=len(res.get('boot') or []), table=table)
         out.append(s)
-        nb = f", {s['n_boot_ok']}/{res['n_boot']} bootstrap fits, {ci:.0%} percentile intervals" if res['n_boot'] else ""
+        nb = (f", {s['n_boot_ok']}/{res['n_boot']} bootstrap fits, {ci:.0%} percentile intervals"
+              if res['n_boot'] else "")
         lines += ["", f"== {TITLES[res['method']]}", f"   {res['n_points']} points{nb}"]
         if res['method'] == 'approach3':
-            lines.append(f"   summed Huber (delta as given) of log-loss residuals, L-BFGS from {res['n_starts']} starts, "
-                         f"best objective {res['objective']:.6g}")
+            how = dict(sum='summed', mean='averaged')[res['reduce']]
+            lines.append(f"   Huber (delta {res['delta']:g}, {how} over points) of log-loss residuals, "
+                         f"L-BFGS from {res['n_starts']} starts, best objective {res['objective']:.6g}")
         if res['method'] == 'approach2':
             lines.append(f"   minimum per budget: {res['minimum']}; budgets used: " +
                          ", ".join(f"{m['C']:.3g}" for m in res['minima']))
@@ -673,12 +688,13 @@ def summarize(results, budgets, ci=0.95):
         for k, v in res['params'].items():
             lines.append(f"   {k:<14} {v:>12.4g}" + (f"   [{pint[k][0]:.4g}, {pint[k][1]:.4g}]" if k in pint else ""))
         lines.append(f"   compute-optimal ({res['method']}):")
-        lines.append(f"   {'C (FLOPs)':>10} {'N_opt':>22} {'D_opt':>22} {'D/N':>7} {'loss':>16}")
+        w = 30 if tint is not None else 10
+        lines.append(f"   {'C (FLOPs)':>10} {'N_opt':>{w}} {'D_opt':>{w}} {'D/N':>7} {'loss':>{w - 6}}")
         cell = lambda r, k, fmt: f"{r[k]:{fmt}}" + (f" [{r[k + '_ci'][0]:.3g}, {r[k + '_ci'][1]:.3g}]"
                                                      if k + '_ci' in r else "")
         for r in table:
-            lines.append(f"   {r['C']:>10.3g} {cell(r, 'N_opt', '.3g'):>22} {cell(r, 'D_opt', '.3g'):>22} "
-                         f"{r['tokens_per_param']:>7.1f} {cell(r, 'loss', '.4g'):>16}")
+            lines.append(f"   {r['C']:>10.3g} {cell(r, 'N_opt', '.3g'):>{w}} {cell(r, 'D_opt', '.3g'):>{w}} "
+                         f"{r['tokens_per_param']:>7.1f} {cell(r, 'loss', '.4g'):>{w - 6}}")
     return out, "\n".join(lines)
 
 
@@ -737,13 +753,12 @@ def plots(results, runs, outdir, budgets, ci=0.95):
         fr = by['kaplan']['frontier']
         ax.plot(fr['C'], fr['L'], 'k--', lw=1, label='frontier (minimum over runs)')
         p = by['kaplan']['params']
-        ax.plot(fr['C'], law(dict(alpha=p['alpha_C'], x_c=p['C_c'], **({'E': p['E_C']} if 'E_C' in p else {})), fr['C']),
-                'r-', lw=1, label=f"L(C) fit, alpha_C={p['alpha_C']:.3g}")
+        ax.plot(fr['C'], optimal(by['kaplan'], fr['C'])[2], 'r-', lw=1, label=f"L(C) fit, alpha_C={p['alpha_C']:.3g}")
     if 'approach1' in by:
         env = by['approach1']['envelope']
         ax.plot(env['C'], env['L'], 'm.', ms=3, label='approach 1 envelope (interior)')
     save(fig, ax, 'frontier.png', 'compute C (FLOPs)', 'loss', 'loss vs compute (colour: model size)')
-    Cg = np.logspace(np.log10(C.min()), np.log10(max(C.max(), max(budgets))), 60)
+    Cg = np.logspace(np.log10(C.min() / 2), np.log10(max(C.max(), max(budgets))), 60)
     for col, key, name in ((0, 'N', 'N_opt'), (1, 'D', 'D_opt')):  # the allocation, with bootstrap bands
         fig, ax = plt.subplots(figsize=(6, 4))
         for k, res in enumerate(results):
@@ -762,8 +777,9 @@ def plots(results, runs, outdir, budgets, ci=0.95):
         p = by['approach3']['params']
         cc, nn = np.meshgrid(Cg, np.logspace(np.log10(N.min() / 3), np.log10(N.max() * 3), 80))
         fig, ax = plt.subplots(figsize=(6, 4))
-        cs = ax.contourf(cc, nn, p['E'] + p['A'] / nn ** p['alpha'] + p['B'] / (cc / (6 * nn)) ** p['beta'], 20,
-                         cmap='viridis_r')
+        Lg = p['E'] + p['A'] / nn ** p['alpha'] + p['B'] / (cc / (6 * nn)) ** p['beta']
+        levels = np.linspace(np.nanmin(Lg), np.nanpercentile(Lg, 75), 20)  # the far corners would swamp the scale
+        cs = ax.contourf(cc, nn, Lg, levels, cmap='viridis_r', extend='max')
         fig.colorbar(cs, ax=ax, label='predicted loss')
         ax.plot(Cg, optimal(by['approach3'], Cg)[0], 'r-', label='N_opt(C)')
         ax.scatter(C, N, c='w', s=8, edgecolors='k', linewidths=.5, label='runs')
@@ -791,18 +807,25 @@ def _parse_value(text):
         return text  # bare words stay strings, as in train.py
 
 
+def _shell(arg):
+    """--key='value' stays as it is (the shell drops the quotes, train.py reads bare words as strings);
+    anything else a shell would split or expand is quoted."""
+    return arg if re.fullmatch(r"[\w@%+=:,./'-]+", arg) else shlex.quote(arg)
+
+
 def shape_for(target, aspect, head_dim, count):
     """The stated rule: n_layer = round((target / (12 aspect^2))^(1/3)) from N ~ 12 L d^2 with d = aspect * L;
-    then n_embd = the multiple of head_dim whose total parameter count is closest to target (log scale)."""
+    then n_embd = the multiple of head_dim (one head per head_dim) whose total parameter count is closest to
+    target on a log scale."""
     L = max(1, round((target / (12 * aspect ** 2)) ** (1 / 3)))
-    best, k = None, 1
-    while True:
+    best = None
+    for k in range(1, 4097):
         n = count(L, k, k * head_dim)
-        if best is None or abs(math.log(n / target)) < abs(math.log(best[2] / target)):
-            best = (L, k, n)
-        if n > target or k >= 1024:
-            return dict(n_layer=L, n_head=best[1], n_embd=best[1] * head_dim)
-        k += 1
+        if best is None or abs(math.log(n / target)) < best[0]:
+            best = (abs(math.log(n / target)), k)
+        if n > target:
+            break
+    return dict(n_layer=L, n_head=best[1], n_embd=best[1] * head_dim)
 
 
 def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_dim=16, block_size=256,
@@ -842,33 +865,42 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
     rows = []
     for C in budgets:
         n_star = math.sqrt(C / (6 * tokens_per_param))
-        seen = set()
-        for t in (n_star * span ** np.linspace(-0.5, 0.5, sizes) if sizes > 1 else [n_star]):
+        seen, budget_rows = set(), []
+        targets = n_star * span ** np.linspace(-0.5, 0.5, sizes) if sizes > 1 else np.array([n_star])
+        for t in sorted(targets, key=lambda t: abs(math.log(t / n_star))):  # centre first: collisions go outward
             s = shape_for(t, aspect, head_dim, count)
-            key = (s['n_layer'], s['n_embd'])
-            if key in seen:
-                warn(f"budget {C:g}: target N={t:.3g} gives the same shape as a smaller target; dropped (raise --span)")
+            if (s['n_layer'], s['n_embd']) in seen:
+                warn(f"budget {C:g}: N={t:.3g} gets the same shape as a size nearer the optimum; dropped "
+                     f"(shapes are coarse at this size: a wider --span or a smaller --head_dim helps)")
                 continue
-            seen.add(key)
+            seen.add((s['n_layer'], s['n_embd']))
             counts = count(s['n_layer'], s['n_head'], s['n_embd'], True)
             N = counts['n_params']
             steps = round(C / (6 * N) / total_batch_size)
             if steps < min_steps:
                 raise ScalingError(f"budget {C:g} with N={N:.3g} gives {steps} steps of {total_batch_size} tokens "
                                    f"(fewer than {min_steps}): lower --total_batch_size or raise the budget")
-            name = f"C{C:g}_N{N / 1e3:.0f}k" if N < 1e6 else f"C{C:g}_N{N / 1e6:.3g}M"
-            name = name.replace('e+', 'e')
+            name = (f"C{C:g}_N{N / 1e3:.0f}k" if N < 1e6 else f"C{C:g}_N{N / 1e6:.3g}M").replace('e+', 'e')
+            if any(r['name'] == name for r in budget_rows):
+                name += f"_L{s['n_layer']}d{s['n_embd']}"
             cfg = dict(out_dir=os.path.join(out_root, name), data_dir=data_dir, **s, block_size=block_size,
                        batch_size=batch_size, total_batch_size=total_batch_size, max_iters=steps,
                        warmup_iters=max(1, round(warmup_frac * steps)), lr_decay_iters=steps,
-                       learning_rate=learning_rate, min_lr=float(f'{learning_rate * min_lr_ratio:.6g}'), schedule=schedule,
+                       learning_rate=learning_rate, min_lr=float(f'{learning_rate * min_lr_ratio:.6g}'),
+                       schedule=schedule,
                        eval_interval=max(1, steps // evals), eval_iters=eval_iters,
                        checkpoint_interval=max(1, math.ceil(steps / checkpoints)), seed=seed)
             args = ([train_config] if train_config else []) + [f"--{k}={v!r}" for k, v in cfg.items()] + extra
             D = steps * total_batch_size
-            rows.append(dict(name=name, budget=float(C), N=N, N_nonembed=counts['n_params_nonembed'], D=D,
-                             C=6.0 * N * D, tokens_per_param=D / N, epochs=D / train_tokens if train_tokens else None,
-                             config=cfg, args=args, cmd=" ".join(["python", "train.py"] + args)))
+            budget_rows.append(dict(name=name, budget=float(C), N=N, N_nonembed=counts['n_params_nonembed'], D=D,
+                                    C=6.0 * N * D, tokens_per_param=D / N, config=cfg, args=args,
+                                    epochs=D / train_tokens if train_tokens else None,
+                                    cmd=" ".join(["python", "train.py"] + [_shell(a) for a in args])))
+        rows += sorted(budget_rows, key=lambda r: r['N'])
+    over = [r['name'] for r in rows if (r['epochs'] or 0) > 4]
+    if over:  # Muennighoff et al. 2023: up to ~4 epochs of repeated data cost little, beyond that it adds less
+        warn(f"{len(over)} run(s) repeat the train split more than 4 times ({', '.join(over[:3])}"
+             f"{', ...' if len(over) > 3 else ''}): more data or smaller budgets keep them within ~4 epochs")
     return rows
 
 
