@@ -10,7 +10,8 @@ figures, and plan (and run) IsoFLOP sweeps.
 
 Conventions. N counts all parameters by default (Chinchilla does; Pearce & Song 2024 show that dropping embeddings
 biases small-scale exponents), --n nonembed counts Kaplan's non-embedding N. C = 6*N*D by default (the budget the
-plan uses), --compute logged takes train.py's logged FLOPs instead. Losses are val losses. A run is finished when its
+plan uses), --compute logged takes train.py's logged FLOPs instead; IsoFLOP groups always follow the planned budget
+(6 * total N * D, within --rtol). Losses are val losses. A run is finished when its
 log holds an eval record at step == max_iters (train.py always evaluates at its last step); unfinished runs are left
 out with a warning. Every nonlinear fit minimises the summed Huber loss (delta 1e-3) of log-loss residuals, as in
 Chinchilla's appendix D.2, with a batched float64 L-BFGS from a grid of starts.
@@ -48,6 +49,7 @@ class Run:
     D: np.ndarray       # tokens seen at each point of the curve, ascending, > 0
     C: np.ndarray       # compute at each point
     L: np.ndarray       # loss at each point; the last point is the run's final loss
+    budget: float = 0.0  # the FLOP budget it was planned for: 6 * total N * final D (or a CSV's C column)
 
 
 def _records(path):
@@ -105,7 +107,8 @@ def load_log(path, n='total', compute='6nd', loss='val'):
     max_iters = (runs[-1].get('config') or {}).get('max_iters')
     finished = max_iters is None or ('eval', max_iters) in by_step
     name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return Run(name, float(N), np.array(D, float), np.array(C, float), np.array(L, float)), finished
+    budget = 6.0 * runs[-1]['n_params'] * D[-1] if isinstance(runs[-1].get('n_params'), (int, float)) else C[-1]
+    return Run(name, float(N), np.array(D, float), np.array(C, float), np.array(L, float), budget), finished
 
 
 def load_csv(path):
@@ -138,7 +141,7 @@ def load_csv(path):
         if len({p[3] for p in pts}) > 1:
             raise ScalingError(f"{path}: run '{key}' has rows with different N")
         D, C, L, Ns = map(np.array, zip(*pts))
-        runs.append(Run(key, float(Ns[0]), D, C, L))
+        runs.append(Run(key, float(Ns[0]), D, C, L, float(C[-1])))
     return runs
 
 
@@ -477,8 +480,8 @@ def _spline(x, y, xs):
         + (y[i + 1] / hi - M[i + 1] * hi / 6) * t0
 
 
-def isoflop_minimum(N, D, L, how='parabola'):
-    """Loss minimum of one IsoFLOP group over log N -> (N*, D*, L*), or a str saying why it is refused.
+def isoflop_minimum(N, D, L, how='parabola', C=None):
+    """Loss minimum of one IsoFLOP group over log N -> (N*, D*, L*, C*), or a str saying why it is refused.
     parabola: the paper's quadratic in log N over all sizes (biased when samples sit off-centre);
     spline: a natural cubic spline through the (size-averaged) points, minimised between the lowest point's
     neighbours (follows the data, noise included)."""
@@ -503,23 +506,26 @@ def isoflop_minimum(N, D, L, how='parabola'):
         grid = np.linspace(xs[i - 1], xs[i + 1], 2001)
         vals = _spline(xs, ys, grid)
         x0, l0 = grid[np.argmin(vals)], vals.min()
-    lnD = np.polyval(np.polyfit(np.log(N), np.log(D), 1), x0)  # with C = 6ND, exactly D = C / (6 N*)
-    return math.exp(x0), math.exp(lnD), float(l0)
+    # D and C at the minimum, read off log-linear fits along the group: with C = 6ND exactly D = C / (6 N*) and C*
+    # the budget; in other conventions (--compute logged, --n nonembed) C varies a little along the group
+    at = lambda v: math.exp(np.polyval(np.polyfit(np.log(N), np.log(v), 1), x0))
+    return math.exp(x0), at(D), float(l0), at(6 * N * D if C is None else C)
 
 
-def fit_approach2(N, D, C, L, how='parabola', rtol=0.1, rng=None, boot=0):
+def fit_approach2(N, D, C, L, how='parabola', rtol=0.1, rng=None, boot=0, budget=None):
+    """IsoFLOP groups: runs whose planned budget (default: C) agrees within rtol. Each group's minimum over log N
+    (refused on the edge of the sampled sizes), then N_opt ~ C^a, D_opt ~ C^b through the minima."""
     N, D, C, L = (np.asarray(v, float) for v in (N, D, C, L))
-    groups = group_budgets(C, rtol)
+    groups = group_budgets(C if budget is None else np.asarray(budget, float), rtol)
 
     def once(groups):
         minima, refused = [], []
         for g in groups:
-            c = float(np.exp(np.log(C[g]).mean()))
-            m = isoflop_minimum(N[g], D[g], L[g], how)
+            m = isoflop_minimum(N[g], D[g], L[g], how, C[g])
             if isinstance(m, str):
-                refused.append(f"budget C={c:.3g} ({len(g)} runs) refused: {m}")
+                refused.append(f"budget C={np.exp(np.log(C[g]).mean()):.3g} ({len(g)} runs) refused: {m}")
             else:
-                minima.append((c,) + m)
+                minima.append((m[3],) + m[:3])
         if len(minima) < 2:
             raise ScalingError(f"approach 2 needs 2+ budgets with an interior minimum, got {len(minima)}"
                                + (f" ({'; '.join(refused)})" if refused else ""))
@@ -609,7 +615,7 @@ def fit(runs, method='all', points='final', how='parabola', irreducible=False, b
     jobs = {
         'kaplan': lambda: fit_kaplan(runs, irreducible, points, delta),
         'approach1': lambda: fit_approach1(runs),
-        'approach2': lambda: fit_approach2(fN, fD, fC, fL, how=how, rtol=rtol, rng=rng, boot=boot),
+        'approach2': lambda: fit_approach2(fN, fD, fC, fL, how, rtol, rng, boot, [r.budget or r.C[-1] for r in runs]),
         'approach3': lambda: fit_approach3(N, D, L, delta, boot=boot, boot_starts=boot_starts, rng=rng),
     }
     resample = {  # bootstraps by resampling runs, for the methods that use whole curves
@@ -651,7 +657,7 @@ TITLES = {
 def default_budgets(runs):
     """The sweep's budgets (IsoFLOP groups of the final points), then 10x and 100x the largest."""
     C = final_points(runs)[1]
-    groups = group_budgets(C)
+    groups = group_budgets(np.array([r.budget or r.C[-1] for r in runs]))
     base = [float(np.exp(np.log(C[g]).mean())) for g in groups]
     if len(base) > 8:
         base = list(np.logspace(np.log10(C.min()), np.log10(C.max()), 5))
@@ -735,7 +741,7 @@ def plots(results, runs, outdir, budgets, ci=0.95):
 
     if 'approach2' in by:  # IsoFLOP curves with their minima
         fig, ax = plt.subplots(figsize=(6, 4))
-        groups = group_budgets(C)
+        groups = group_budgets(np.array([r.budget or r.C[-1] for r in runs]))
         for k, g in enumerate(groups):
             col = cmap(k / max(1, len(groups) - 1))
             ax.scatter(N[g], L[g], color=col, s=14, label=f"C={np.exp(np.log(C[g]).mean()):.2g}")
@@ -976,7 +982,7 @@ def parse_args(argv):
     f.add_argument('--compute', default='6nd', choices=['6nd', 'logged'], help="C = 6ND or train.py's logged FLOPs")
     f.add_argument('--loss', default='val', choices=['val', 'train'])
     f.add_argument('--points', default='final', choices=['final', 'all'],
-                   help='points for approach 3 and Kaplan L(N): final losses only, or every eval')
+                   help="points for approach 3 and Kaplan's L(N) and eq. 1.5: final losses, or every eval")
     f.add_argument('--minimum', default='parabola', choices=['parabola', 'spline'], help='approach 2 minimum')
     f.add_argument('--irreducible', action='store_true', help="Kaplan L(N), L(D), L(C) with a constant E")
     f.add_argument('--bootstrap', type=int, default=0, help='bootstrap refits (e.g. 100)')

@@ -259,6 +259,18 @@ def test_logs_load_finished_runs_and_keep_the_last_record_per_step(tmp_path, cap
     assert runs[0].N == 8e5 and runs[0].C[-1] == pytest.approx(6.5e6 * 40000)
 
 
+def test_isoflop_groups_survive_other_flop_and_parameter_conventions(tmp_path):
+    # runs planned at one budget (6 * total N * D) no longer share C under --compute logged / --n nonembed:
+    # approach 2 still groups them by their planned budget and reads C off at each minimum
+    write_sweep(tmp_path, noise=0.0, budgets=(1e18, 1e19, 1e20), sizes=7)
+    for n, compute in (('total', 'logged'), ('nonembed', '6nd')):
+        res = S.fit(S.load([str(tmp_path)], n=n, compute=compute), 'approach2')[0]
+        assert len(res['minima']) == 3 and not res['notes']
+        assert res['params']['a'] == pytest.approx(TRUTH['a'], abs=0.02)
+        scale = 6.5 / 6 if compute == 'logged' else 0.8  # write_log: flops_per_token 6.5 N, nonembed = 0.8 N
+        assert [m['C'] for m in res['minima']] == pytest.approx([scale * c for c in (1e18, 1e19, 1e20)], rel=0.03)
+
+
 def run_cli(argv, capsys):
     with pytest.raises(SystemExit) as e:
         S.main(argv)
