@@ -95,7 +95,7 @@ def load_log(path, n='total', compute='6nd', loss='val'):
         for k in ('tokens', field) + (('flops',) if compute == 'logged' else ()):
             if not isinstance(r.get(k), (int, float)):
                 raise ScalingError(f"{path}:{ln}: {kind} record at step {step} lacks a number '{k}'")
-        if not math.isfinite(r[field]):
+        if not (math.isfinite(r[field]) and r[field] > 0):
             raise ScalingError(f"{path}:{ln}: {field} is {r[field]} at step {step} (a diverged run? leave it out "
                                f"or pass --skip_bad)")
         if r['tokens'] > 0:
@@ -843,6 +843,8 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
     round(D / total_batch_size), warm-up warmup_frac of the steps, cosine to min_lr at the last step, `evals`
     evaluations per run. Returns one dict per run with its train.py command line."""
     GPTConfig, count_params = _model_api()
+    if sizes < 1 or (sizes > 1 and not span > 1) or not tokens_per_param > 0 or not 0 <= warmup_frac < 1:
+        raise ScalingError("need --sizes >= 1, --span > 1, --tokens_per_param > 0 and 0 <= --warmup_frac < 1")
     if total_batch_size % (batch_size * block_size):
         raise ScalingError(f"total_batch_size {total_batch_size} is not a multiple of batch_size*block_size = "
                            f"{batch_size * block_size}")
@@ -1023,6 +1025,8 @@ def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if a.cmd == 'fit':
+            if not 0 < a.ci < 1 or a.bootstrap < 0 or a.boot_starts < 1 or not a.delta > 0:
+                raise ScalingError("need 0 < --ci < 1, --bootstrap >= 0, --boot_starts >= 1 and --delta > 0")
             runs = load(a.inputs, a.n, a.compute, a.loss, a.skip_bad, a.include_unfinished)
             results = fit(runs, a.method, a.points, a.minimum, a.irreducible, a.bootstrap, a.boot_starts, a.delta,
                           a.seed, a.rtol)
@@ -1053,6 +1057,7 @@ def main(argv=None):
             if a.json:
                 write_json(a.json, dict(options=vars(a), runs=rows))
             if a.run:
+                sys.stdout.flush()  # the plan before the runs' own output
                 run_plan(rows, a.train_script, a.keep_going)
     except ScalingError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -304,6 +304,8 @@ def test_single_run_missing_input_and_cut_off_last_line(tmp_path, capsys):
     assert code == 1 and 'at least 2 finished runs, got 1' in err
     code, _, err = run_cli(['fit', str(tmp_path / 'nothing')], capsys)
     assert code == 1 and 'no such file or directory' in err
+    code, _, err = run_cli(['fit', str(tmp_path / 'only'), '--ci', '95'], capsys)
+    assert code == 1 and '0 < --ci < 1' in err
     with open(tmp_path / 'only' / 'log.jsonl', 'a') as f:
         f.write('{"type": "eval", "ste')  # a crash mid-write: ignored with a warning
     assert S.load_log(str(tmp_path / 'only'))[1] and 'incomplete last line' in capsys.readouterr().err
@@ -432,6 +434,8 @@ def test_plan_rejects_bad_settings(tmp_path, capsys):
     assert code == 1 and 'not a multiple' in err
     code, _, err = run_cli(['plan', '--budgets', '1e9', '--vocab_size', '257'], capsys)
     assert code == 1 and 'steps' in err
+    code, _, err = run_cli(['plan', '--budgets', '1e13', '--vocab_size', '257', '--span', '1'], capsys)
+    assert code == 1 and '--span > 1' in err
     with pytest.raises(SystemExit):
         S.main(['plan', '--budgets', 'abc'])
     assert 'comma-separated numbers' in capsys.readouterr().err
