@@ -194,7 +194,7 @@ def load_checkpoint(path, map_location='cpu'):
     if os.path.isdir(path):
         path = os.path.join(path, 'ckpt.pt')
     if not os.path.isfile(path):
-        raise ConfigError(f"no checkpoint at {path}")
+        raise ConfigError(f"no checkpoint at {path} (train one with train.py, or start from GPT-2 with --init_from=gpt2)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -218,7 +218,10 @@ def setup_runtime(cfg):
         name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     if name == 'cuda' and ddp:
         name = f'cuda:{local_rank}'
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     if device.type == 'cuda':
         if not torch.cuda.is_available():
             raise ConfigError("device is cuda but torch sees no CUDA GPU")

@@ -287,6 +287,7 @@ def test_two_processes_match_one(data_dir, tmp_path):
     (['--max_iters=ten'], 'max_iters must be int'),
     (['--total_batch_size=1000'], 'not a multiple'),
     (["--data_dir='/nonexistent/dir'"], '/nonexistent/dir'),
+    (['--device=gpu'], "got 'gpu'"),
 ])
 def test_cli_errors(data_dir, tmp_path, extra, message):
     r = run_script(['train.py', f"--data_dir={data_dir!r}", f"--out_dir={str(tmp_path)!r}", '--device=cpu', *extra])
