@@ -6,6 +6,7 @@ Wall time and process CPU time are both printed: on a shared machine the CPU-tim
 
     python benchmarks/model_speed.py                   # both parts (a few minutes on 2 CPU cores)
     python benchmarks/model_speed.py --part train --iters 5
+    python benchmarks/model_speed.py --threads 1       # one thread: CPU time is a steadier measure on a busy machine
 """
 import argparse
 import contextlib
@@ -75,7 +76,10 @@ if __name__ == '__main__':
     p.add_argument('--iters', type=int, default=3)
     p.add_argument('--prompt_len', type=int, default=32)
     p.add_argument('--new_tokens', type=int, default=256)
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default, one per core)')
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**PRESETS[args.preset]))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
