@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig, count_params, flops_per_token
+from model import GPT, GPTConfig, ModelError, count_params, flops_per_token
 from prepare import DataError, read_meta, read_shard, shard_paths
 
 # -----------------------------------------------------------------------------
@@ -52,6 +52,9 @@ pos_emb = 'learned'                # 'learned' | 'rope'
 mlp = 'gelu'                       # 'gelu' | 'swiglu'
 tie_weights = True
 pad_vocab_multiple = 1             # 64 pads GPT-2's 50257 to 50304 for faster matmuls on GPU
+mlp_hidden = None                  # None = 4*n_embd (gelu) or 8/3*n_embd rounded to 64 (swiglu)
+rope_theta = 10000.0               # RoPE base (Llama 3 uses 5e5)
+norm_eps = 1e-5
 # optimizer: AdamW, weight decay on matrices only
 learning_rate = 2e-3               # peak learning rate
 max_iters = 1500                   # optimizer steps; 1500 * 8192 tokens = 12.3M tokens, ~2.4 epochs of 5.1M bytes
@@ -365,10 +368,7 @@ def train(cfg):
     else:
         if meta['tokenizer'] != 'gpt2':
             raise ConfigError(f"init_from={c.init_from} needs GPT-2 tokens, {c.data_dir} has {meta['tokenizer']}")
-        model = GPT.from_pretrained(c.init_from)
-        if c.block_size > model.config.block_size:
-            raise ConfigError(f"block_size {c.block_size} exceeds {c.init_from}'s {model.config.block_size}")
-        model.config.dropout = c.dropout
+        model = GPT.from_pretrained(c.init_from, dropout=c.dropout)
     mconf = model.config
     if c.block_size > mconf.block_size:
         raise ConfigError(f"block_size {c.block_size} exceeds the model's {mconf.block_size}")
@@ -401,7 +401,7 @@ def train(cfg):
     log_path = os.path.join(c.out_dir, 'log.jsonl')
     if rt.master:
         log_record(log_path, {
-            'type': 'run', **counts, 'flops_per_token': fpt, 'flops_formula': 'palm: 6N + 12*L*H*Q*T (N without wpe)',
+            'type': 'run', **counts, 'flops_per_token': fpt, 'flops_formula': 'palm: 6N + 12*L*H*Q*T (PaLM appendix B; N = matmul parameters, as nanoGPT)',
             'tokens_per_step': c.total_batch_size, 'world_size': rt.world, 'device': str(rt.device),
             'device_name': torch.cuda.get_device_name(rt.device) if rt.device.type == 'cuda' else rt.device.type,
             'dtype': rt.dtype, 'tokenizer': meta['tokenizer'], 'model': dataclasses.asdict(mconf), 'config': cfg,
@@ -506,7 +506,7 @@ def _hms(seconds):
 def main(argv):
     try:
         train(parse_config(argv, DEFAULTS))
-    except (ConfigError, DataError, FloatingPointError) as e:
+    except (ConfigError, DataError, ModelError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
