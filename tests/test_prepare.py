@@ -289,13 +289,13 @@ def test_interrupted_run_keeps_the_previous_dataset(tmp_path, capsys, monkeypatc
     before = {f: (tmp_path / "o" / f).read_bytes() for f in os.listdir(tmp_path / "o")}
     calls = []
 
-    def interrupted(path, tokens):
-        calls.append(path)
+    def interrupted(self):
+        calls.append(self)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return write_shard(path, tokens)
-    write_shard = prepare.write_shard
-    monkeypatch.setattr(prepare, "write_shard", interrupted)
+        return flush(self)
+    flush = prepare.ShardWriter.flush
+    monkeypatch.setattr(prepare.ShardWriter, "flush", interrupted)
     rc, _, err = run_main(capsys, *args, "--force")
     assert rc == 130 and "interrupted" in err
     assert {f: (tmp_path / "o" / f).read_bytes() for f in os.listdir(tmp_path / "o")} == before
