@@ -106,6 +106,10 @@ def _check(key, value, defaults, where):
 def parse_config(argv, defaults):
     """[config.py] [--key=value ...] -> dict. Values parse with ast.literal_eval (bare words stay strings)."""
     cfg = dict(defaults)
+    if '-h' in argv or '--help' in argv:
+        print((sys.modules['__main__'].__doc__ or '').strip() + '\n\nknobs and their defaults:')
+        print('\n'.join(f'  --{k}={v!r}' for k, v in defaults.items()))
+        sys.exit(0)
     for arg in argv:
         if not arg.startswith('--'):
             if not os.path.isfile(arg):

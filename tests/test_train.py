@@ -88,6 +88,11 @@ def test_parse_config_errors(argv, message):
         train.parse_config(argv, train.DEFAULTS)
 
 
+def test_help_lists_knobs():
+    r = run_script(['train.py', '--help'])
+    assert r.returncode == 0 and 'torchrun' in r.stdout and "--data_dir='data/shakespeare_bytes'" in r.stdout
+
+
 def test_unknown_key_names_close_matches():
     with pytest.raises(train.ConfigError, match='did you mean.*learning_rate'):
         train.parse_config(['--learning_rat=1e-3'], train.DEFAULTS)
