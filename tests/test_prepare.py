@@ -316,6 +316,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_error(404)
         m = re.match(r"bytes=(\d+)-", self.headers.get("Range") or "")
         start = int(m.group(1)) if m and st["ranges"] else 0
+        if m and st["wrong_range"]:  # a 206 for another range than the one asked for
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return self.wfile.write(data)
         if start >= len(data) and start:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -341,7 +347,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(monkeypatch):
-    state = {"files": {}, "fail": {}, "cut": {}, "requests": [], "headers": {}, "ranges": True, "sleeps": []}
+    state = {"files": {}, "fail": {}, "cut": {}, "requests": [], "headers": {}, "ranges": True, "wrong_range": False,
+             "sleeps": []}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.state = state
     threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
@@ -393,6 +400,15 @@ def test_download_server_ignoring_range_starts_over(tmp_path, server):
     server["files"]["/f.bin"], server["ranges"] = data, False
     (tmp_path / "f.bin.part").write_bytes(b"junk" * 100)
     prepare.download(server["url"] + "/f.bin", str(tmp_path / "f.bin"), sha256=sha(data))
+    assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_download_refuses_a_206_for_another_range(tmp_path, server):
+    data = blob()
+    server["files"]["/f.bin"], server["wrong_range"] = data, True
+    (tmp_path / "f.bin.part").write_bytes(data[:1000])
+    prepare.download(server["url"] + "/f.bin", str(tmp_path / "f.bin"), sha256=sha(data))
+    assert [r for _, r in server["requests"]] == ["bytes=1000-", None]
     assert (tmp_path / "f.bin").read_bytes() == data
 
 
@@ -499,6 +515,7 @@ def test_fineweb_source(tmp_path, server, capsys, monkeypatch):
     ("bad_utf8", ["invalid UTF-8 at byte 3", "nothing was written", "--bad_utf8 replace"]),
     ("bad_json", ["bad.jsonl:2: invalid JSON"]),
     ("no_text", ["bad.jsonl:1: no string field 'text'"]),
+    ("surrogate", ["bad.jsonl:1: invalid UTF-8", "nothing was written"]),
     ("no_input", ["needs --input"]),
     ("fineweb_bytes", ["pre-tokenized with gpt2"]),
     ("fineweb_shards", ["--train_shards must be between 1 and 103"]),
@@ -524,6 +541,8 @@ def test_bad_inputs(tmp_path, capsys, case, needles):
         (d / "bad.jsonl").write_text('{"text": "ok"}\n{"text": oops}\n')
     elif case == "no_text":
         (d / "bad.jsonl").write_text('{"content": "x"}\n')
+    elif case == "surrogate":  # valid JSON, but a lone surrogate is no Unicode text
+        (d / "bad.jsonl").write_text('{"text": "a\\ud800b"}\n')
     elif case == "no_input":
         args = ["text", "--out", out]
     elif case == "fineweb_bytes":
