@@ -582,6 +582,8 @@ def write_documents(texts, n_docs, out_dir, name, tokenizer="gpt2", val=(), shar
     try:
         with tqdm(total=n_docs, unit="doc", desc=f"tokenizing ({tokenizer}, {num_proc} proc)") as bar:
             for flat, lengths in _encode_stream(texts, tokenizer, cache_dir, num_proc):
+                if i + len(lengths) > n_docs:
+                    raise DataError(f"the input changed while being read: more than the {n_docs} documents counted")
                 is_val = val_mask[i:i + len(lengths)]
                 tokens = np.insert(flat, np.cumsum(lengths) - lengths, tok.eot)  # eot before every document
                 in_val = np.repeat(is_val, lengths + 1)
