@@ -85,11 +85,13 @@ def main():
     n, n1, nn = (r[1] for r in rows)
     assert n == n1 == nn, (n, n1, nn)
     base = rows[0][1] / rows[0][2]
-    print(f"\n{'method':<36} {'tokens':>12} {'seconds':>8} {'M tok/s':>8} {'speed-up':>8} {'CPU s':>6}")
+    print(f"\n{'method':<34} {'tokens':>11} {'seconds':>7} {'M tok/s':>7} {'speed-up':>8} "
+          f"{'CPU s':>6} {'cores got':>9} {'M tok/CPU s':>11}")
     for name, n, t, c in rows:
-        print(f"{name:<36} {n:>12,} {t:>8.2f} {n / t / 1e6:>8.2f} {n / t / base:>7.2f}x {c:>6.2f}")
-    print("(best of each over interleaved rounds; CPU s = this process plus its finished workers, "
-          "a measure of total work that other users' load does not inflate much)")
+        print(f"{name:<34} {n:>11,} {t:>7.2f} {n / t / 1e6:>7.2f} {n / t / base:>7.2f}x "
+              f"{c:>6.2f} {c / t:>9.2f} {n / c / 1e6:>11.2f}")
+    print("best time of each over interleaved rounds. CPU s: this process plus its workers (best round); "
+          "cores got = CPU s / seconds: below the process count, other users' load took the rest.")
     print(f"\ngoal: >= {0.8 * args.num_proc:.1f}x (0.8 x {args.num_proc} processes); "
           f"load average now {os.getloadavg()[0]:.2f}")
 
