@@ -81,7 +81,8 @@ def main():
                 counts[m] = f()
                 times[m].append(time.perf_counter() - t0)
                 cpus[m].append(cpu_seconds() - c0)
-        rows = [(m, counts[m], min(times[m]), min(cpus[m])) for m, _ in methods]
+        best = {m: times[m].index(min(times[m])) for m, _ in methods}
+        rows = [(m, counts[m], times[m][best[m]], cpus[m][best[m]]) for m, _ in methods]
     n, n1, nn = (r[1] for r in rows)
     assert n == n1 == nn, (n, n1, nn)
     base = rows[0][1] / rows[0][2]
@@ -90,7 +91,7 @@ def main():
     for name, n, t, c in rows:
         print(f"{name:<34} {n:>11,} {t:>7.2f} {n / t / 1e6:>7.2f} {n / t / base:>7.2f}x "
               f"{c:>6.2f} {c / t:>9.2f} {n / c / 1e6:>11.2f}")
-    print("best time of each over interleaved rounds. CPU s: this process plus its workers (best round); "
+    print("best time of each over interleaved rounds. CPU s: this process plus its workers in that round; "
           "cores got = CPU s / seconds: below the process count, other users' load took the rest.")
     print(f"\ngoal: >= {0.8 * args.num_proc:.1f}x (0.8 x {args.num_proc} processes); "
           f"load average now {os.getloadavg()[0]:.2f}")
