@@ -13,6 +13,7 @@ Each measurement is repeated and the best time kept (the machine may be shared).
 """
 import argparse
 import glob
+import multiprocessing as mp
 import os
 import sys
 import sysconfig
@@ -41,6 +42,23 @@ def cpu_seconds():
     import resource
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _spin(n):
+    x = 0
+    for i in range(n):
+        x += i
+
+
+def available_speedup(num_proc, n=5_000_000):
+    """What the machine gives right now: pure-Python busy work in num_proc processes against one."""
+    t0 = time.perf_counter()
+    _spin(n)
+    t1 = time.perf_counter() - t0
+    with mp.Pool(num_proc) as pool:
+        t0 = time.perf_counter()
+        pool.map(_spin, [n] * num_proc)
+        return num_proc * t1 / (time.perf_counter() - t0)
 
 
 def main():
@@ -75,7 +93,9 @@ def main():
         methods = [("encode_ordinary loop, 1 process", loop), ("prepare.py --num_proc 1", lambda: run(1)),
                    (f"prepare.py --num_proc {args.num_proc}", lambda: run(args.num_proc))]
         times, cpus, counts = {m: [] for m, _ in methods}, {m: [] for m, _ in methods}, {}
+        avail = []
         for _ in range(args.repeats):
+            avail.append(available_speedup(args.num_proc))
             for m, f in methods:
                 t0, c0 = time.perf_counter(), cpu_seconds()
                 counts[m] = f()
@@ -95,6 +115,10 @@ def main():
           "cores got = CPU s / seconds: below the process count, other users' load took the rest.")
     print(f"\ngoal: >= {0.8 * args.num_proc:.1f}x (0.8 x {args.num_proc} processes); "
           f"load average now {os.getloadavg()[0]:.2f}")
+    print("speed-up the machine offered {} processes per round (busy loop, {} vs 1 process): {}".format(
+        args.num_proc, args.num_proc, ", ".join(f"{a:.2f}x" for a in avail)))
+    print("per round, seconds: " + "; ".join(
+        f"loop {times[methods[0][0]][r]:.2f} / prepare {times[methods[2][0]][r]:.2f}" for r in range(args.repeats)))
 
 
 if __name__ == "__main__":
