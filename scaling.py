@@ -837,11 +837,13 @@ def shape_for(target, aspect, head_dim, count):
 def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_dim=16, block_size=256,
          batch_size=16, total_batch_size=8192, learning_rate=1e-3, min_lr_ratio=0.1, warmup_frac=0.05, evals=10,
          eval_iters=20, checkpoints=4, data_dir='data/shakespeare_bytes', vocab_size=None, out_root='out-sweep',
-         seed=1337, schedule='cosine', train_config=None, train_args='', min_steps=20):
+         seed=1337, schedule='cosine', train_config=None, train_args='', min_steps=20, lr_points=None):
     """An IsoFLOP sweep: per budget C, `sizes` models log-spaced over a factor `span` around the prior optimum
     N = sqrt(C / (6 tokens_per_param)) (Chinchilla's ~20 tokens per parameter), D = C / (6N) tokens, steps =
     round(D / total_batch_size), warm-up warmup_frac of the steps, cosine to min_lr at the last step, `evals`
-    evaluations per run. Returns one dict per run with its train.py command line."""
+    evaluations per run. lr_points [(N, lr), ...], measured optima, set each run's peak learning rate by a power law
+    in N fitted through them (Kaplan et al. 2020 eq. D.1: the best learning rate falls with model size); without
+    them every run gets learning_rate. Returns one dict per run with its train.py command line."""
     GPTConfig, count_params = _model_api()
     if sizes < 1 or (sizes > 1 and not span > 1) or not tokens_per_param > 0 or not 0 <= warmup_frac < 1:
         raise ScalingError("need --sizes >= 1, --span > 1, --tokens_per_param > 0 and 0 <= --warmup_frac < 1")
@@ -891,10 +893,11 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
             name = (f"C{C:g}_N{N / 1e3:.0f}k" if N < 1e6 else f"C{C:g}_N{N / 1e6:.3g}M").replace('e+', 'e')
             if any(r['name'] == name for r in budget_rows):
                 name += f"_L{s['n_layer']}d{s['n_embd']}"
+            lr = lr_for(N, learning_rate, lr_points)
             cfg = dict(out_dir=os.path.join(out_root, name), data_dir=data_dir, **s, block_size=block_size,
                        batch_size=batch_size, total_batch_size=total_batch_size, max_iters=steps,
                        warmup_iters=max(1, round(warmup_frac * steps)), lr_decay_iters=steps,
-                       learning_rate=learning_rate, min_lr=float(f'{learning_rate * min_lr_ratio:.6g}'),
+                       learning_rate=lr, min_lr=float(f'{lr * min_lr_ratio:.6g}'),
                        schedule=schedule,
                        eval_interval=max(1, steps // evals), eval_iters=eval_iters,
                        checkpoint_interval=max(1, math.ceil(steps / checkpoints)), seed=seed)
@@ -910,6 +913,17 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
         warn(f"{len(over)} run(s) repeat the train split more than 4 times ({', '.join(over[:3])}"
              f"{', ...' if len(over) > 3 else ''}): more data or smaller budgets keep them within ~4 epochs")
     return rows
+
+
+def lr_for(N, learning_rate, lr_points=None):
+    """Peak learning rate for N parameters: a power law lr = k * N^s through the measured optima lr_points (least
+    squares in log-log; exact for two points), or learning_rate when none are given."""
+    if not lr_points:
+        return learning_rate
+    if len(lr_points) < 2:
+        raise ScalingError("--lr_points needs at least two N:lr pairs")
+    slope, intercept = np.polyfit(np.log([n for n, _ in lr_points]), np.log([lr for _, lr in lr_points]), 1)
+    return float(f'{math.exp(intercept + slope * math.log(N)):.4g}')
 
 
 def run_status(row):
@@ -973,6 +987,13 @@ def _floats(text):
     return vals
 
 
+def _lr_points(text):
+    try:
+        return [tuple(float(x) for x in pair.split(':')) for pair in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N:lr,N:lr (e.g. 16.5e3:0.012,948e3:0.006), got {text!r}")
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog='scaling.py', description=__doc__.split('\n\n')[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1012,6 +1033,8 @@ def parse_args(argv):
                      warmup_frac=0.05, evals=10, eval_iters=20, checkpoints=4, seed=1337, min_steps=20).items():
         p.add_argument(f'--{k}', type=type(v), default=v)
     p.add_argument('--schedule', default='cosine', choices=['cosine', 'wsd'])
+    p.add_argument('--lr_points', type=_lr_points, help='measured best learning rates N:lr,N:lr; each run gets the '
+                   'power law in N through them (instead of --learning_rate)')
     p.add_argument('--train_config', help='a train.py config file to put first on every command line')
     p.add_argument('--train_args', default='', help='more --key=value for train.py, e.g. "--dtype=\'bfloat16\'"')
     p.add_argument('--json', help='write the plan here')
@@ -1044,7 +1067,7 @@ def main(argv=None):
         else:
             keys = ('budgets sizes span tokens_per_param aspect head_dim block_size batch_size total_batch_size '
                     'learning_rate min_lr_ratio warmup_frac evals eval_iters checkpoints data_dir vocab_size '
-                    'out_root seed schedule train_config train_args min_steps').split()
+                    'out_root seed schedule train_config train_args min_steps lr_points').split()
             rows = plan(**{k: getattr(a, k) for k in keys})
             print(f"# IsoFLOP sweep: {len(rows)} runs, {sum(r['C'] for r in rows):.3g} FLOPs in all (C = 6ND)")
             print(f"# {'name':<20} {'N':>9} {'L':>3} {'d':>5} {'steps':>7} {'D':>9} {'D/N':>6} {'epochs':>6}")

@@ -439,3 +439,15 @@ def test_plan_rejects_bad_settings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         S.main(['plan', '--budgets', 'abc'])
     assert 'comma-separated numbers' in capsys.readouterr().err
+
+
+def test_lr_points_power_law():
+    """--lr_points: the peak LR of each run follows the power law through the measured optima."""
+    pts = [(16.5e3, 0.012), (948e3, 0.006)]
+    assert S.lr_for(16.5e3, 1e-3, pts) == pytest.approx(0.012, rel=1e-3)
+    assert S.lr_for(948e3, 1e-3, pts) == pytest.approx(0.006, rel=1e-3)
+    mid = math.sqrt(16.5e3 * 948e3)  # geometric mean of N -> geometric mean of lr
+    assert S.lr_for(mid, 1e-3, pts) == pytest.approx(math.sqrt(0.012 * 0.006), rel=1e-3)
+    assert S.lr_for(1e5, 3e-3, None) == 3e-3
+    with pytest.raises(S.ScalingError):
+        S.lr_for(1e5, 3e-3, [(1e4, 0.01)])
