@@ -26,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -944,32 +945,65 @@ def run_status(row):
     return 'resume' if os.path.exists(os.path.join(out, 'ckpt.pt')) else 'new'
 
 
-def run_plan(rows, train_script=None, keep_going=False):
-    """Run the sweep one run after another; finished runs are skipped and interrupted ones resumed from their
-    checkpoint, so the same command continues a sweep after any interruption."""
+def run_plan(rows, train_script=None, keep_going=False, jobs=1):
+    """Run the sweep; finished runs are skipped and interrupted ones resumed from their checkpoint, so the same
+    command continues a sweep after any interruption. jobs > 1 runs that many at once, longest first, each with
+    cores/jobs threads and its console in <out_dir>/console.log: on a CPU, small models use one core far better
+    than two, and two threads per process stall whenever anything else runs (measured: README of experiments/)."""
     train_script = train_script or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
-    failed = []
+    todo = []
     for i, row in enumerate(rows):
         status = run_status(row)
         if status == 'done':
             print(f"[{i + 1}/{len(rows)}] {row['name']}: finished, skipped", flush=True)
-            continue
-        args = row['args'] + (["--init_from='resume'"] if status == 'resume' else [])
-        print(f"[{i + 1}/{len(rows)}] {row['name']}: {'resuming' if status == 'resume' else 'starting'}", flush=True)
-        proc = subprocess.Popen([sys.executable, train_script] + args)
-        try:
-            rc = proc.wait()
-        except KeyboardInterrupt:  # the child got the same SIGINT: let it stop cleanly, then stop the sweep
+        else:
+            todo.append((i, row, status))
+    if jobs > 1:
+        todo.sort(key=lambda t: -t[1]['C'] / t[1]['N'] ** 0.5)  # rough cost: FLOPs, and small models run slower
+    env = {**os.environ, 'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // jobs))} if jobs > 1 else None
+    running, failed = {}, []
+
+    def finish(proc):
+        i, row = running.pop(proc)
+        if proc.returncode != 0:
+            if not keep_going:
+                for other in running:
+                    other.terminate()
+                raise ScalingError(f"{row['name']}: train.py exited with status {proc.returncode}; fix it and "
+                                   f"rerun to continue")
+            failed.append(row['name'])
+            warn(f"{row['name']}: train.py exited with status {proc.returncode}; going on")
+        elif jobs > 1:
+            print(f"[{i + 1}/{len(rows)}] {row['name']}: finished", flush=True)
+
+    try:
+        for i, row, status in todo:
+            while len(running) >= jobs:
+                done = [p for p in running if p.poll() is not None]
+                for p in done:
+                    finish(p)
+                if not done:
+                    time.sleep(0.2)
+            args = row['args'] + (["--init_from='resume'"] if status == 'resume' else [])
+            print(f"[{i + 1}/{len(rows)}] {row['name']}: {'resuming' if status == 'resume' else 'starting'}",
+                  flush=True)
+            out = None
+            if jobs > 1:
+                os.makedirs(row['config']['out_dir'], exist_ok=True)
+                out = open(os.path.join(row['config']['out_dir'], 'console.log'), 'a')
+            running[subprocess.Popen([sys.executable, train_script] + args, env=env, stdout=out,
+                                     stderr=subprocess.STDOUT if out else None)] = (i, row)
+        while running:
+            proc = next(iter(running))
+            proc.wait()
+            finish(proc)
+    except KeyboardInterrupt:  # the children got the same SIGINT: let them stop cleanly, then stop the sweep
+        for proc in running:
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-            raise
-        if rc != 0:
-            if not keep_going:
-                raise ScalingError(f"{row['name']}: train.py exited with status {rc}; fix it and rerun to continue")
-            failed.append(row['name'])
-            warn(f"{row['name']}: train.py exited with status {rc}; going on")
+        raise
     if failed:
         raise ScalingError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
 
@@ -1040,6 +1074,7 @@ def parse_args(argv):
     p.add_argument('--json', help='write the plan here')
     p.add_argument('--run', action='store_true', help='run the sweep now; finished runs are skipped')
     p.add_argument('--keep_going', action='store_true', help='with --run: go on after a failed run')
+    p.add_argument('--jobs', type=int, default=1, help='with --run: runs at once, each with cores/jobs threads')
     p.add_argument('--train_script', help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -1081,7 +1116,7 @@ def main(argv=None):
                 write_json(a.json, dict(options=vars(a), runs=rows))
             if a.run:
                 sys.stdout.flush()  # the plan before the runs' own output
-                run_plan(rows, a.train_script, a.keep_going)
+                run_plan(rows, a.train_script, a.keep_going, a.jobs)
     except ScalingError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -387,6 +387,9 @@ out = cfg['out_dir']
 os.makedirs(out, exist_ok=True)
 with open(os.path.join(os.path.dirname(out), 'calls.txt'), 'a') as f:
     f.write(os.path.basename(out) + ' ' + cfg.get('init_from', 'scratch') + '\n')
+with open(os.path.join(os.path.dirname(out), 'threads.txt'), 'a') as f:
+    f.write(os.environ.get('OMP_NUM_THREADS', '-') + '\n')
+print('training', out)
 if os.path.exists(os.path.join(os.path.dirname(out), 'FAIL')):
     sys.exit(3)
 with open(os.path.join(out, 'log.jsonl'), 'a') as f:
@@ -424,6 +427,25 @@ def test_plan_run_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, cap
     (root / calls[0].split()[0] / 'log.jsonl').write_text(json.dumps(other) + '\n')
     code, out, err = run_cli(argv, capsys)
     assert code == 1 and 'holds a different run' in err and 'n_layer' in err
+
+
+def test_plan_run_jobs_runs_everything_in_parallel(tmp_path, capsys, monkeypatch):
+    pytest.importorskip('model')
+    monkeypatch.setattr(S.os, 'cpu_count', lambda: 4)
+    (tmp_path / 'train_fake.py').write_text(FAKE_TRAIN)
+    root = tmp_path / 'sweep'
+    argv = ['plan', '--budgets', '1e13,3e13', '--sizes', '3', '--vocab_size', '257', '--out_root', str(root),
+            '--run', '--jobs', '2', '--train_script', str(tmp_path / 'train_fake.py')]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    calls = sorted((root / 'calls.txt').read_text().split())
+    assert len(calls) == 12 and calls.count('scratch') == 6  # every run once
+    assert set((root / 'threads.txt').read_text().split()) == {'2'}  # 4 cores / 2 jobs
+    assert out.count(': finished') == 6
+    for d in (p for p in root.iterdir() if p.is_dir()):
+        assert 'training' in (d / 'console.log').read_text()  # each run's console went to its own file
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and out.count('finished, skipped') == 6
 
 
 def test_plan_rejects_bad_settings(tmp_path, capsys):
