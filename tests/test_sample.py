@@ -253,7 +253,8 @@ def test_bad_input_through_cli(tmp_path):
     """The real process: one line, exit 1, no traceback."""
     r = run_cli(f'--out_dir={tmp_path}')
     assert r.returncode == 1 and r.stdout == ''
-    assert r.stderr == f"error: no checkpoint at {tmp_path / 'ckpt.pt'}\n"
+    assert r.stderr.startswith(f"error: no checkpoint at {tmp_path / 'ckpt.pt'} (train one with train.py")
+    assert r.stderr.count('\n') == 1
 
 
 # -----------------------------------------------------------------------------
