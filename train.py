@@ -423,12 +423,19 @@ def train(cfg):
             'config': cfg, 'tokenizer': meta['tokenizer']})
 
     nonfinite = torch.zeros((), device=rt.device)  # checked at sync points, so the hot loop never waits on the GPU
+
+    def diverged():
+        """Has any rank seen a non-finite loss or weight? All ranks must agree, or one would wait forever."""
+        if rt.ddp:
+            torch.distributed.all_reduce(nonfinite, op=torch.distributed.ReduceOp.MAX)
+        return nonfinite.item() > 0
+
     t_start, t_last, steps_since_log = time.time(), time.time(), 0
     while True:
         tokens = step * c.total_batch_size
         last = step == c.max_iters
         if step % c.eval_interval == 0 or last:
-            if nonfinite.item():
+            if diverged():
                 break
             t_eval = time.time()
             val_loss = evaluate(model, val_loader, n_val_seqs, rt, c.batch_size)
@@ -440,7 +447,7 @@ def train(cfg):
         if step > start_step and (last or (c.checkpoint_interval and step % c.checkpoint_interval == 0)):
             # a finite loss can still follow an update with inf gradients: check the weights we are about to keep
             nonfinite += sum((~torch.isfinite(p)).sum() for p in raw_model.parameters())
-            if nonfinite.item():
+            if diverged():
                 break
             if rt.master:
                 checkpoint()
