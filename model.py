@@ -374,7 +374,19 @@ class GPT(nn.Module):
         """Continue the prompts idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens).
         Each token is drawn from the model's distribution given the last block_size tokens (nanoGPT's
         sliding window). temperature=0 is greedy; top_k / top_p filter as in sample_next; generator is a
-        torch.Generator for reproducible draws. Runs in eval mode (dropout off) and restores the mode.
+        torch.Generator for reproducible draws. Runs in eval mode (dropout off) and restores the mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, kv_cache))
+        finally:
+            self.train(was_training)
+        return torch.cat([idx] + new, dim=1)
+
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+                        kv_cache=True):
+        """generate() one step at a time: yields the next token of every row, (B, 1), so text can be shown as it
+        comes (sample.py). Call it in eval mode under torch.no_grad(): a generator cannot hold those for its caller.
 
         With kv_cache=True the keys/values of earlier positions are kept and each step feeds one token.
         When the window slides (the cache holds block_size positions), every kept token changes position
@@ -382,26 +394,21 @@ class GPT(nn.Module):
         last block_size tokens. Rolling the cache would be wrong with learned positions and, for RoPE,
         only an approximation. So past block_size each step costs a full forward, as without the cache,
         and both paths give the same tokens (the tests check this)."""
-        was_training = self.training
-        self.eval()
-        try:
-            bs = self.config.block_size
-            cache = None
-            for _ in range(max_new_tokens):
-                if not kv_cache:
-                    h = self.features(idx[:, -bs:])
-                elif cache is None or cache.pos == bs:   # first step, or the window slid: (re)build
-                    cache = cache or KVCache(self.config, idx.size(0))
-                    cache.pos = 0                          # reuse the buffers, overwrite from position 0
-                    h = self.features(idx[:, -bs:], cache)
-                else:
-                    h = self.features(idx[:, -1:], cache)
-                logits = self.lm_head(h[:, -1, :])   # only the last position is needed
-                idx_next = sample_next(logits, self.config.vocab_size, temperature, top_k, top_p, generator)
-                idx = torch.cat((idx, idx_next), dim=1)
-        finally:
-            self.train(was_training)
-        return idx
+        bs = self.config.block_size
+        cache = None
+        for _ in range(max_new_tokens):
+            if not kv_cache:
+                h = self.features(idx[:, -bs:])
+            elif cache is None or cache.pos == bs:   # first step, or the window slid: (re)build
+                cache = cache or KVCache(self.config, idx.size(0))
+                cache.pos = 0                          # reuse the buffers, overwrite from position 0
+                h = self.features(idx[:, -bs:], cache)
+            else:
+                h = self.features(idx[:, -1:], cache)
+            logits = self.lm_head(h[:, -1, :])   # only the last position is needed
+            idx_next = sample_next(logits, self.config.vocab_size, temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+            yield idx_next
 
     @classmethod
     def from_pretrained(cls, name_or_path, **overrides):

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from model import GPT, GPTConfig, KVCache, ModelError, count_params, sample_next
+from model import GPT, GPTConfig, ModelError, count_params
 from prepare import DataError, get_tokenizer
 from train import ConfigError, load_checkpoint, parse_config, setup_runtime
 
@@ -127,30 +127,6 @@ def encode_prompt(text_or_file, tokenizer, block_size):
 # -----------------------------------------------------------------------------
 # generation
 
-def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, kv_cache=True):
-    """Yield the next token of every row, (B, 1), one step at a time, so text can be printed as it comes.
-    This is GPT.generate's loop (model.py) restated as a generator, step for step the same computation
-    and random draws; tests/test_sample.py checks that the tokens equal model.generate's, with and without
-    the cache and across the sliding window. Call it under torch.no_grad() (a generator cannot hold that
-    context for its caller). Past block_size the window slides: the cache is rebuilt from
-    the last block_size tokens each step (a full forward, as without the cache; see GPT.generate)."""
-    bs = model.config.block_size
-    cache = None
-    for _ in range(max_new_tokens):
-        if not kv_cache:
-            h = model.features(idx[:, -bs:])
-        elif cache is None or cache.pos == bs:   # first step, or the window slid: (re)build
-            cache = cache or KVCache(model.config, idx.size(0))
-            cache.pos = 0                          # reuse the buffers, overwrite from position 0
-            h = model.features(idx[:, -bs:], cache)
-        else:
-            h = model.features(idx[:, -1:], cache)
-        logits = model.lm_head(h[:, -1, :])   # only the last position is needed
-        idx_next = sample_next(logits, model.config.vocab_size, temperature, top_k, top_p, generator)
-        idx = torch.cat((idx, idx_next), dim=1)
-        yield idx_next
-
-
 class StreamDecoder:
     """Token ids in, text out, as they come. A character can span several tokens (a byte-level token is one
     byte of a multi-byte UTF-8 character; a GPT-2 token can end mid-character), and decoding an unfinished
@@ -213,7 +189,7 @@ def sample(cfg):
     _sync(rt.device)
     t0 = time.perf_counter()
     with torch.no_grad(), rt.autocast:
-        for nxt in stream(model, idx, T, cfg['temperature'], cfg['top_k'], cfg['top_p'], generator, cfg['kv_cache']):
+        for nxt in model.generate_stream(idx, T, cfg['temperature'], cfg['top_k'], cfg['top_p'], generator, cfg['kv_cache']):
             ids = nxt[:, 0].tolist()   # waits for the device, so the timing below is honest
             for row, i in zip(rows, ids):
                 row.append(i)

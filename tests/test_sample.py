@@ -88,20 +88,6 @@ def gen(ckpt_dir, capsys, *args):
 # -----------------------------------------------------------------------------
 # generation
 
-@pytest.mark.parametrize('kv', [True, False])
-def test_stream_is_model_generate(kv):
-    """sample.stream restates GPT.generate as a generator: same tokens, same random draws, also past the window."""
-    model = tiny_gpt().eval()
-    idx = torch.tensor([[72, 105], [10, 200]])
-    n = BLOCK + 20   # the window slides for the last ~20 steps
-    want = model.generate(idx, n, temperature=0.9, top_k=50, top_p=0.95,
-                          generator=torch.Generator().manual_seed(3), kv_cache=kv)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        got = torch.cat([idx] + list(sample.stream(model, idx, n, 0.9, 50, 0.95, g, kv_cache=kv)), dim=1)
-    assert torch.equal(got, want)
-
-
 def test_greedy_is_deterministic(ckpt_dir, capsys):
     a = gen(ckpt_dir, capsys, '--temperature=0', '--max_new_tokens=40', '--start=Hi', '--seed=1')
     b = gen(ckpt_dir, capsys, '--temperature=0', '--max_new_tokens=40', '--start=Hi', '--seed=2')
