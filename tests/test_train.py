@@ -117,7 +117,8 @@ def test_batch_that_does_not_divide():
     cfg = {**train.DEFAULTS, 'total_batch_size': 1000}
     with pytest.raises(train.ConfigError, match='not a multiple of batch_size\\*block_size\\*world_size'):
         train.check_config(cfg, world=1)
-    assert train.check_config({**train.DEFAULTS, 'total_batch_size': 4 * 32 * 256}, world=2) == 2
+    assert train.check_config({**train.DEFAULTS, 'batch_size': 32, 'block_size': 256, 'total_batch_size': 4 * 32 * 256},
+                              world=2) == 2
 
 
 # -----------------------------------------------------------------------------
