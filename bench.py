@@ -31,6 +31,12 @@ import time
 
 import torch
 
+from model import GPT, GPTConfig, PRESETS, ModelError, count_params, flops_per_token
+from prepare import DataError, read_meta, shard_paths
+# train.py imports bench.peak_flops lazily (inside train()), so importing train here is not circular
+from train import (DEFAULTS as TRAIN_DEFAULTS, ConfigError, TokenLoader, check_config, configure_optimizer,
+                   load_checkpoint, model_config_from, parse_config, setup_runtime)
+
 # -----------------------------------------------------------------------------
 # bench knobs, on top of train.py's defaults (so config/*.py files work unchanged)
 BENCH_DEFAULTS = dict(
@@ -50,6 +56,7 @@ BENCH_DEFAULTS = dict(
     scaling_totals=None,  # set by --nprocs for its torchrun workers: tokens/step values to time in one launch
 )
 
+DEFAULTS = {**TRAIN_DEFAULTS, **BENCH_DEFAULTS}
 FORMULAS = {'palm': '6N + 12*L*H*Q*T (PaLM app. B, nanoGPT; N = params without wpe)',
             'kaplan': '6N + 6*L*T*d_attn (Kaplan et al. 2020; N non-embedding)'}
 
@@ -237,13 +244,6 @@ def mfu(flops_per_token, tokens_per_s, peak_per_device, n_devices=1):
 # -----------------------------------------------------------------------------
 # the training benchmark (train.py's pieces: config, runtime, loader, optimizer; only the loop is restated)
 
-from model import GPT, GPTConfig, PRESETS, ModelError, count_params, flops_per_token  # noqa: E402
-from prepare import DataError, read_meta, shard_paths  # noqa: E402
-from train import (DEFAULTS as TRAIN_DEFAULTS, ConfigError, TokenLoader, check_config,  # noqa: E402
-                   configure_optimizer, load_checkpoint, model_config_from, parse_config, setup_runtime)
-
-DEFAULTS = {**TRAIN_DEFAULTS, **BENCH_DEFAULTS}
-
 
 def build_model_config(cfg, vocab_size):
     """The shape to benchmark: train.py's config, a GPT-2/GPT-3 preset named by init_from (random weights: speed
@@ -364,9 +364,10 @@ def sampling_throughput(model, rt, cfg, vocab):
 
 
 def check_knobs(cfg):
-    for key in ('warmup_steps', 'timed_steps', 'repeats', 'sample_tokens', 'sample_prompt', 'sample_batch'):
-        if not isinstance(cfg[key], int) or cfg[key] < (0 if key in ('warmup_steps', 'sample_tokens') else 1):
-            raise ConfigError(f"{key} must be a {'non-negative' if key in ('warmup_steps', 'sample_tokens') else 'positive'} int, got {cfg[key]!r}")
+    for key, low in (('warmup_steps', 0), ('timed_steps', 1), ('repeats', 1), ('sample_tokens', 0),
+                     ('sample_prompt', 1), ('sample_batch', 1)):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < low:
+            raise ConfigError(f"{key} must be an int >= {low}, got {cfg[key]!r}")
     if cfg['grad_accum'] is not None and (not isinstance(cfg['grad_accum'], int) or cfg['grad_accum'] < 1):
         raise ConfigError(f"grad_accum must be a positive int or None, got {cfg['grad_accum']!r}")
     totals = cfg['scaling_totals']
