@@ -136,42 +136,6 @@ def gpu_peak_tflops(name, dtype, tf32=True):
     return None
 
 
-_measured = {}  # (device, dtype, threads) -> FLOP/s, so train.py and repeated calls pay the microbenchmark once
-
-
-def measure_matmul_flops(device, dtype, n=2048, repeats=5):
-    """Best FLOP/s of an n x n x n matrix product in `dtype` on `device` (2*n^3 FLOPs each)."""
-    device = torch.device(device)
-    key = (str(device), dtype, torch.get_num_threads(), n)
-    if key not in _measured:
-        g = torch.Generator(device='cpu').manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-        b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-        sync = torch.mps.synchronize if device.type == 'mps' else (lambda: None)
-        best = float('inf')
-        for i in range(repeats + 1):  # the first product warms up the kernels and allocator; not counted
-            sync()
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            sync()
-            if i:
-                best = min(best, time.perf_counter() - t0)
-        _measured[key] = 2 * n ** 3 / best
-    return _measured[key]
-
-
-def gpu_peak_tflops(name, dtype, tf32=True):
-    """Dense peak TFLOP/s of the GPU called `name` (as torch.cuda.get_device_name) for matmuls in `dtype`;
-    None if the name is not in the table or the GPU lacks the dtype. float32 counts as TF32 when allowed."""
-    key = {torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float32: 'tf32' if tf32 else 'fp32'}.get(dtype)
-    for pattern, peaks in _GPU_PEAKS:
-        if re.search(pattern, name, flags=re.IGNORECASE):
-            if key == 'tf32' and peaks['tf32'] is None:  # no TF32 units (pre-Ampere): float32 runs as float32
-                key = 'fp32'
-            return peaks.get(key)
-    return None
-
-
 _measured = {}  # (device, dtype, threads, n) -> FLOP/s: train.py and repeated calls pay the microbenchmark once
 
 
