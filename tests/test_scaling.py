@@ -473,3 +473,20 @@ def test_lr_points_power_law():
     assert S.lr_for(1e5, 3e-3, None) == 3e-3
     with pytest.raises(S.ScalingError):
         S.lr_for(1e5, 3e-3, [(1e4, 0.01)])
+
+
+STUDY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments', 'isoflop-shakespeare')
+
+
+def test_committed_study_refits():
+    """experiments/isoflop-shakespeare: fit.json still follows from the committed run logs (refit, no bootstrap)."""
+    committed = json.load(open(os.path.join(STUDY, 'fit.json')))
+    o = committed['options']
+    runs = S.load([os.path.join(STUDY, 'runs')], o['n'], o['compute'], o['loss'])
+    assert len(runs) == 22 and len({round(r.C[-1], -10) for r in runs}) > 1
+    results = {r['method']: r for r in S.fit(runs, o['method'], o['points'], o['minimum'], o['irreducible'], 0,
+                                             o['boot_starts'], o['delta'], o['seed'], o['rtol'])}
+    assert set(results) == {c['method'] for c in committed['results']}
+    for c in committed['results']:
+        for k, v in c['params'].items():
+            assert results[c['method']]['params'][k] == pytest.approx(v, rel=1e-4, abs=1e-9), (c['method'], k)

@@ -6,6 +6,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
 bash "$here/lr_sweep.sh"
 bash "$here/sweep.sh"
+bash "$here/extra_sizes.sh"
 # the committed evidence: every run's log.jsonl, named as the run
 for d in out-sweep/*/ out-lr/*/; do
   dest="$here/$( [ "${d#out-lr}" != "$d" ] && echo lr_sweep || echo runs )/$(basename "$d")"
