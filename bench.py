@@ -92,8 +92,8 @@ _GPU_PEAKS = [
     (r'\bH20\b', dict(bf16=148.0, fp16=148.0, tf32=74.0, fp32=44.0)),
     # Ampere. A100 datasheet: bf16/fp16 312, tf32 156 dense (624/312 sparse), fp32 19.5; PCIe and SXM alike.
     # A800 = A100 compute. A30: 165 / 82 / 10.3. A40: 149.7 / 74.8 / 37.4. A10: 125 / 62.5 / 31.2.
-    # A10G (AWS g5): AWS publishes no tensor figure; it behaves like the GeForce GA102 parts (half-rate fp32
-    # accumulate): bf16 matmuls measured at 69.5 TFLOP/s (10240^3, torch 2.7), so 70 dense; fp32 31.2.
+    # A10G (AWS g5): AWS publishes no tensor figure; taken to behave like the GeForce GA102 parts (half-rate fp32
+    # accumulate), i.e. ~70 dense bf16 (an estimate, not measured here: no GPU was available); fp32 31.2.
     (r'A100|A800', dict(bf16=312.0, fp16=312.0, tf32=156.0, fp32=19.5)),
     (r'\bA30\b', dict(bf16=165.0, fp16=165.0, tf32=82.0, fp32=10.3)),
     (r'\bA40\b', dict(bf16=149.7, fp16=149.7, tf32=74.8, fp32=37.4)),
