@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import platform
 import re
 import resource
 import statistics
@@ -296,6 +297,16 @@ def _max_over_ranks(values, rt):
     return t.tolist()
 
 
+def device_name(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:  # the CPU model makes a results file comparable across machines
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or device.type
+
+
 def peak_memory(device):
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device), 'torch.cuda.max_memory_allocated'
@@ -428,8 +439,8 @@ def bench(cfg):
     record = {
         'bench': 'train', 'time': time.time(), 'torch': torch.__version__,
         'device': str(rt.device),
-        'device_name': torch.cuda.get_device_name(rt.device) if rt.device.type == 'cuda' else rt.device.type,
-        'threads': torch.get_num_threads(), 'dtype': rt.dtype, 'compile': cfg['compile'], 'world_size': rt.world,
+        'device_name': device_name(rt.device), 'threads': torch.get_num_threads(), 'dtype': rt.dtype,
+        'compile': cfg['compile'], 'world_size': rt.world,
         'model': {**{k: getattr(mconf, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')},
                   **count_params(mconf)},
         'data': data_desc, 'batch_size': B, 'block_size': T, 'grad_accum': first['grad_accum'],
@@ -564,7 +575,8 @@ def format_train(r):
     lines.append(f"peak memory         {r['peak_memory_bytes'] / 2 ** 20:,.1f} MiB ({r['peak_memory_kind']})")
     s = r['sampling']
     if s:
-        lines.append(f"sampling            KV cache {s['kv_cache_tok_s']:,.1f} tok/s | no cache {s['no_cache_tok_s']:,.1f} "
+        lines.append(f"sampling            KV cache {s['kv_cache_tok_s']:,.1f} tok/s | "
+                     f"no cache {s['no_cache_tok_s']:,.1f} "
                      f"tok/s | {s['kv_cache_speedup']:.2f}x (batch {s['batch']}, prompt {s['prompt']}, "
                      f"{s['new_tokens']} new tokens)")
     lines += ["", *(f"{k}: {v}" for k, v in r['flops_formula'].items())]
