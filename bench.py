@@ -18,7 +18,6 @@ model.flops_per_token with two formulas side by side: PaLM's 6N + 12*L*H*Q*T (na
 Kaplan's 6N (+ 6*L*T*d_attn). The peak is the dense (not 2:4-sparse) datasheet figure for the GPU's name, a
 matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no MFU rather than a guess.
 """
-import contextlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from model import GPT, GPTConfig, PRESETS, ModelError, count_params, flops_per_t
 from prepare import DataError, read_meta, shard_paths
 # train.py imports bench.peak_flops lazily (inside train()), so importing train here is not circular
 from train import (DEFAULTS as TRAIN_DEFAULTS, ConfigError, TokenLoader, check_config, configure_optimizer,
-                   load_checkpoint, model_config_from, parse_config, setup_runtime)
+                   load_checkpoint, model_config_from, parse_config, setup_runtime, train_step)
 
 # -----------------------------------------------------------------------------
 # bench knobs, on top of train.py's defaults (so config/*.py files work unchanged)
@@ -207,7 +206,7 @@ def mfu(flops_per_token, tokens_per_s, peak_per_device, n_devices=1):
 
 
 # -----------------------------------------------------------------------------
-# the training benchmark (train.py's pieces: config, runtime, loader, optimizer; only the loop is restated)
+# the training benchmark (train.py's pieces: config, runtime, loader, optimizer, train_step)
 
 
 def build_model_config(cfg, vocab_size):
@@ -255,37 +254,6 @@ def make_batches(cfg, rt):
         return buf[:, :-1], buf[:, 1:]
     why = 'data=random' if cfg['data'] == 'random' else f'no shards in {data_dir}'
     return get_batch, vocab, f"random tokens, vocab {vocab} ({why})"
-
-
-def optimizer_step(model, optimizer, scaler, get_batch, first_seq, accum, rt, grad_clip, times=None):
-    """One optimizer step as train.py's loop takes it: accum micro-steps (DDP all-reduces on the last one only),
-    clip, step, zero_grad. With `times` (a dict), waits for the device after each phase and adds its seconds."""
-    t = time.perf_counter()
-
-    def mark(phase):
-        nonlocal t
-        if times is not None:
-            device_sync(rt.device)
-            now = time.perf_counter()
-            times[phase] = times.get(phase, 0.0) + now - t
-            t = now
-    for micro in range(accum):
-        x, y = get_batch(first_seq, micro)
-        mark('data')
-        sync = micro == accum - 1 or not rt.ddp
-        with contextlib.nullcontext() if sync else model.no_sync():
-            with rt.autocast:
-                _, loss = model(x, y)
-            mark('forward')
-            scaler.scale(loss / accum).backward()
-            mark('backward')
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    mark('optimizer')
 
 
 def _max_over_ranks(values, rt):
@@ -381,8 +349,18 @@ def bench(cfg):
     next_seq = 0
 
     def one_step(total, accum, times=None):
+        """train.py's train_step; with `times` (a dict), waits for the device after each phase and adds its seconds."""
         nonlocal next_seq
-        optimizer_step(model, optimizer, scaler, get_batch, next_seq, accum, rt, cfg['grad_clip'], times)
+        t = time.perf_counter()
+
+        def mark(phase):
+            nonlocal t
+            device_sync(rt.device)
+            now = time.perf_counter()
+            times[phase] += now - t
+            t = now
+        train_step(model, optimizer, scaler, accum, rt, cfg['grad_clip'], lambda micro: get_batch(next_seq, micro),
+                   mark if times is not None else None)
         next_seq += total // T
 
     # warm-up, then the timed repeats: no synchronization inside a repeat, only around it

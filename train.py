@@ -334,6 +334,34 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
     return (total[0] / total[1]).item()
 
 
+def train_step(model, optimizer, scaler, accum, rt, grad_clip, get_batch, mark=None):
+    """One optimizer step: accum micro-steps of forward/backward (DDP all-reduces gradients on the last one
+    only), clip, step, zero_grad. get_batch(micro) -> (x, y). mark(phase), if given, is called after each
+    phase ('data', 'forward', 'backward', 'optimizer'): bench.py times them. Returns the summed micro-step
+    losses as a device tensor, so the caller decides when to wait for the device."""
+    mark = mark or (lambda phase: None)
+    loss_sum = torch.zeros((), device=rt.device)
+    for micro in range(accum):
+        x, y = get_batch(micro)
+        mark('data')
+        sync = micro == accum - 1 or not rt.ddp
+        with (contextlib.nullcontext() if sync else model.no_sync()):
+            with rt.autocast:
+                _, loss = model(x, y)
+            mark('forward')
+            scaler.scale(loss / accum).backward()
+            mark('backward')
+        loss_sum += loss.detach()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    mark('optimizer')
+    return loss_sum
+
+
 def log_record(path, record):
     with open(path, 'a') as f:
         f.write(json.dumps(record) + '\n')
@@ -459,20 +487,8 @@ def train(cfg):
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group['lr'] = lr
-        loss_sum = torch.zeros((), device=rt.device)
-        for micro in range(accum):
-            x, y = train_loader.batch(next_seq + (micro * rt.world + rt.rank) * c.batch_size, c.batch_size, rt.device)
-            sync = micro == accum - 1 or not rt.ddp
-            with (contextlib.nullcontext() if sync else model.no_sync()), rt.autocast:
-                _, loss = model(x, y)
-            scaler.scale(loss / accum).backward()
-            loss_sum += loss.detach()
-        if c.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        loss_sum = train_step(model, optimizer, scaler, accum, rt, c.grad_clip, lambda micro: train_loader.batch(
+            next_seq + (micro * rt.world + rt.rank) * c.batch_size, c.batch_size, rt.device))
         nonfinite += ~torch.isfinite(loss_sum)
         step += 1
         next_seq += seqs_per_step
