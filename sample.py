@@ -11,7 +11,6 @@ The text (prompt included) goes to stdout, streamed token by token when num_samp
 by a line of dashes. A tokens/s line and what was loaded go to stderr, so `> out.txt` captures only text.
 The tokenizer is the one the checkpoint's run used (recorded in the checkpoint; GPT-2 BPE for GPT-2 weights).
 """
-import contextlib
 import os
 import sys
 import time
@@ -34,7 +33,7 @@ top_k = 200                # keep only the k most likely tokens (None or 0 = all
 top_p = None               # nucleus sampling: keep the most likely tokens up to this total probability (None = off)
 seed = 1337                # same seed, same text (for a given device, dtype and batch)
 device = 'auto'            # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
-dtype = 'auto'             # 'auto' (bfloat16/float16 on CUDA, float32 elsewhere: see sample()) | 'float32' | 'bfloat16'
+dtype = 'auto'             # 'auto' (as train.py: bf16 or fp16 on CUDA, float32 elsewhere) | 'float32' | 'bfloat16'
 compile = False            # torch.compile the forward pass (pays off for long runs on GPU)
 kv_cache = True            # reuse earlier keys/values: one token per step instead of the whole window
 # -----------------------------------------------------------------------------
@@ -161,12 +160,6 @@ def sample(cfg):
         rt = setup_runtime(cfg)
     except RuntimeError as e:   # torch.device('gpu') and the like
         raise ConfigError(f"device {cfg['device']!r}: {str(e).splitlines()[0]}") from None
-    if cfg['dtype'] == 'auto' and rt.device.type != 'cuda':
-        # sampling's 'auto' off CUDA is float32, not train.py's bfloat16: one token at a time is latency-bound and
-        # bfloat16 autocast only adds casts (quick-start model, this 2-core AVX-512-bf16 CPU, 1 thread: 1477 tokens/s
-        # float32 vs 763 bfloat16 with the cache); and float32's finer rounding makes it less likely that the
-        # cache and no-cache paths, which round differently, flip a near-tie in greedy decoding
-        rt.dtype, rt.ptdtype, rt.autocast = 'float32', torch.float32, contextlib.nullcontext()
     model, tok, where = load_model(cfg)
     model.to(rt.device)
     if cfg['compile']:

@@ -801,9 +801,10 @@ def plots(results, runs, outdir, budgets, ci=0.95):
 def _model_api():
     try:
         from model import GPTConfig, count_params
+        from train import DEFAULTS
     except ImportError as e:
         raise ScalingError(f"plan counts parameters with model.py's GPTConfig and count_params: {e}")
-    return GPTConfig, count_params
+    return GPTConfig, count_params, DEFAULTS
 
 
 def _parse_value(text):
@@ -845,7 +846,7 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
     evaluations per run. lr_points [(N, lr), ...], measured optima, set each run's peak learning rate by a power law
     in N fitted through them (Kaplan et al. 2020 eq. D.1: the best learning rate falls with model size); without
     them every run gets learning_rate. Returns one dict per run with its train.py command line."""
-    GPTConfig, count_params = _model_api()
+    GPTConfig, count_params, train_defaults = _model_api()
     if sizes < 1 or (sizes > 1 and not span > 1) or not tokens_per_param > 0 or not 0 <= warmup_frac < 1:
         raise ScalingError("need --sizes >= 1, --span > 1, --tokens_per_param > 0 and 0 <= --warmup_frac < 1")
     if total_batch_size % (batch_size * block_size):
@@ -857,7 +858,7 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
     if not vocab_size:
         raise ScalingError(f"no {meta_path} to read vocab_size from: run prepare.py first or pass --vocab_size")
     fields = {f for f in GPTConfig.__dataclass_fields__}
-    model_kw = {}
+    model_kw = {k: v for k, v in train_defaults.items() if k in fields}  # the model train.py builds unless told
     if train_config:  # model fields a config file sets change the count too (plain assignments, as train.py reads it)
         ns = {}
         exec(compile(open(train_config).read(), train_config, 'exec'), {}, ns)

@@ -13,6 +13,7 @@ n_head = 12
 n_embd = 768
 block_size = 1024
 bias = True
+pos_emb = 'learned'  # GPT-2's learned absolute positions (train.py's default is RoPE, for the quick start)
 pad_vocab_multiple = 64
 # batch: 2**19 tokens per step; 64 x 1024 per GPU per micro-step, so 8 GPUs need no accumulation
 total_batch_size = 524288

@@ -110,6 +110,28 @@ def test_cache_and_no_cache_identical_through_cli(ckpt_dir):
     assert len(set(tokens)) > 5   # not a constant token: the comparison means something
 
 
+def test_quick_start_samples_one_token_per_step(monkeypatch):
+    """sample.py's default length after its default prompt fits the quick start's context (train.py's defaults), so
+    with the cache every step after the prompt feeds one token (the 10x of benchmarks/sample_speed.sh); past the
+    window each step would be a full-window forward."""
+    import train
+    prompt = get_tokenizer('bytes').encode(sample.DEFAULTS['start'])
+    assert len(prompt) + sample.DEFAULTS['max_new_tokens'] <= train.DEFAULTS['block_size']
+    model = GPT(train.model_config_from({**train.DEFAULTS, 'n_layer': 1}, 257)).eval()
+    fed = []
+    features = GPT.features
+    monkeypatch.setattr(GPT, 'features', lambda self, idx, kv_cache=None: fed.append(idx.size(1)) or
+                        features(self, idx, kv_cache))
+    idx = torch.tensor([prompt])
+    with torch.no_grad():
+        list(model.generate_stream(idx, sample.DEFAULTS['max_new_tokens']))
+    assert fed == [len(prompt)] + [1] * (sample.DEFAULTS['max_new_tokens'] - 1)
+    fed.clear()   # and one step past the window rebuilds the cache from a full window
+    with torch.no_grad():
+        list(model.generate_stream(torch.zeros(1, train.DEFAULTS['block_size'], dtype=torch.long), 2))
+    assert fed == [train.DEFAULTS['block_size']] * 2
+
+
 def test_seeds(ckpt_dir, capsys):
     args = ['--temperature=1.0', '--top_k=None', '--max_new_tokens=30', '--start=']
     a = gen(ckpt_dir, capsys, *args, '--seed=1')

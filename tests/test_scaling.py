@@ -358,6 +358,7 @@ def test_fit_without_matplotlib_says_how_to_get_plots(tmp_path, capsys, monkeypa
 
 def test_plan_spans_the_optimum_and_its_commands_parse_in_train_py(tmp_path):
     model = pytest.importorskip('model')
+    train = pytest.importorskip('train')
     (tmp_path / 'meta.json').write_text(json.dumps(dict(vocab_size=257, train=dict(tokens=5_000_000))))
     rows = S.plan([1e13, 1e14], sizes=5, span=10, data_dir=str(tmp_path), out_root=str(tmp_path / 'sweep'))
     assert len(rows) == 10
@@ -367,16 +368,19 @@ def test_plan_spans_the_optimum_and_its_commands_parse_in_train_py(tmp_path):
         assert Ns == sorted(Ns) and len(set(Ns)) == 5
         assert min(Ns) < math.sqrt(C / 120) < max(Ns) and max(Ns) / min(Ns) > 5  # around D = 20 N
         for r in mine:
-            c = r['config']
-            counted = model.count_params(model.GPTConfig(n_layer=c['n_layer'], n_head=c['n_head'],
-                                                         n_embd=c['n_embd'], vocab_size=257, block_size=256))
-            assert r['N'] == counted['n_params'] and c['n_embd'] == 16 * c['n_head']
+            c = r['config']  # N is the count of the model train.py builds from the run's command line
+            built = train.model_config_from(train.parse_config(r['args'], train.DEFAULTS), 257)
+            assert r['N'] == model.count_params(built)['n_params'] and c['n_embd'] == 16 * c['n_head']
             assert r['D'] == c['max_iters'] * 8192 and r['C'] == pytest.approx(C, rel=0.5 / c['max_iters'] + 1e-9)
             assert c['warmup_iters'] == max(1, round(0.05 * c['max_iters'])) and c['lr_decay_iters'] == c['max_iters']
             assert r['epochs'] == pytest.approx(r['D'] / 5e6)
-    train = pytest.importorskip('train')
     cfg = train.parse_config(rows[0]['args'], train.DEFAULTS)  # every knob exists and every value parses
     assert {k: cfg[k] for k in rows[0]['config']} == rows[0]['config']
+    # model fields in --train_args change the count (train.py's default is RoPE: no position embeddings)
+    for r in S.plan([1e13], sizes=5, span=10, data_dir=str(tmp_path), out_root=str(tmp_path / 'sweep'),
+                    train_args="--pos_emb=learned"):
+        built = train.model_config_from(train.parse_config(r['args'], train.DEFAULTS), 257)
+        assert built.pos_emb == 'learned' and r['N'] == model.count_params(built)['n_params']
 
 
 FAKE_TRAIN = r'''

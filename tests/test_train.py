@@ -339,4 +339,6 @@ def test_quick_start_learns(tmp_path):
                     '--max_iters=300', '--eval_interval=300'], timeout=900)
     assert r.returncode == 0, r.stderr
     val = losses(tmp_path / 'out', 'eval', 'val_loss')
-    assert val[300] < 2.45  # measured: 2.39 after 300 steps (614k tokens); the full quick start reaches 1.80
+    # measured: 2.02 after 300 steps (614k tokens), the full quick start 1.67; the 2026-11-21 quick start (learned
+    # positions, 128-byte context) was at 2.39 here, so this also guards the choice of RoPE
+    assert val[300] < 2.15

@@ -6,7 +6,7 @@
 # Finished runs (a checkpoint exists) are skipped, so the script can be rerun after an interruption.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-common="--data_dir='data/shakespeare_bytes' --block_size=128 --batch_size=16 --total_batch_size=2048 --eval_iters=20 --seed=1337 --schedule='cosine'"
+common="--data_dir='data/shakespeare_bytes' --block_size=128 --batch_size=16 --total_batch_size=2048 --eval_iters=20 --seed=1337 --schedule='cosine' --pos_emb=learned --dtype=bfloat16"
 run() {  # skip a run that finished here (checkpoint) or in an earlier session (log committed under lr_sweep/)
   [ -f "out-lr/$1/ckpt.pt" ] || [ -f "experiments/isoflop-shakespeare/lr_sweep/$1/log.jsonl" ] ||
     python train.py $common --out_dir="'out-lr/$1'" "${@:2}"
