@@ -253,18 +253,16 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
-        if Hkv != H:   # query head h reads kv head h // (H/Hkv), as Hugging Face Llama's repeat_kv
-            k = k.repeat_interleave(H // Hkv, dim=1)
-            v = v.repeat_interleave(H // Hkv, dim=1)
         Tk = k.size(2)
-        dropout_p = self.dropout if self.training else 0.0
+        # GQA: query head h reads kv head h // (H/Hkv), as Hugging Face Llama's repeat_kv, without copying k and v
+        sdpa = dict(dropout_p=self.dropout if self.training else 0.0, enable_gqa=Hkv != H)
         if Tk == T:      # training, or the first chunk into an empty cache: plain causal attention
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **sdpa)
         elif T == 1:     # one new token after a cached prefix: it may see every cached position
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q, k, v, **sdpa)
         else:            # a chunk after a cached prefix: is_causal would align the mask top-left, wrong here
             mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **sdpa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
