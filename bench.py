@@ -32,7 +32,7 @@ import time
 import torch
 
 from model import GPT, GPTConfig, PRESETS, ModelError, count_params, flops_per_token
-from prepare import DataError, read_meta, shard_paths
+from prepare import CACHE_DIR, DataError, read_meta, shard_paths
 # train.py imports bench.peak_flops lazily (inside train()), so importing train here is not circular
 from train import (DEFAULTS as TRAIN_DEFAULTS, ConfigError, TokenLoader, check_config, configure_optimizer,
                    load_checkpoint, model_config_from, parse_config, setup_runtime, train_step)
@@ -137,6 +137,10 @@ def gpu_peak_tflops(name, dtype, tf32=True):
 
 
 _measured = {}  # (device, dtype, threads, n) -> FLOP/s: train.py and repeated calls pay the microbenchmark once
+# The best matmul FLOP/s ever measured on this machine, per CPU model, threads, dtype, size and torch version. The
+# peak belongs to the hardware: a measurement taken while other jobs share the cores understates it, and MFU
+# against it would read high (train.py's console showed 90%+ so); against the best seen, a busy machine reads low.
+PEAK_CACHE = os.path.join(CACHE_DIR, 'matmul_peaks.json')
 
 
 def device_sync(device):
@@ -146,8 +150,32 @@ def device_sync(device):
         torch.mps.synchronize()
 
 
+def _best_so_far(key, measured):
+    """max(measured, what PEAK_CACHE holds for key), recording a new best there (atomically; best effort)."""
+    try:
+        with open(PEAK_CACHE) as f:
+            peaks = json.load(f)
+    except (OSError, ValueError):
+        peaks = {}
+    if not isinstance(peaks, dict):
+        peaks = {}
+    if isinstance(peaks.get(key), (int, float)) and peaks[key] >= measured:
+        return float(peaks[key])
+    peaks[key] = measured
+    try:
+        os.makedirs(os.path.dirname(PEAK_CACHE), exist_ok=True)
+        tmp = f"{PEAK_CACHE}.{os.getpid()}.tmp"
+        with open(tmp, 'w') as f:
+            json.dump(peaks, f, indent=1, sort_keys=True)
+        os.replace(tmp, PEAK_CACHE)
+    except OSError:
+        pass
+    return measured
+
+
 def measure_matmul_flops(device, dtype, n=2048, repeats=5):
-    """Best FLOP/s of an n x n x n matrix product in `dtype` on `device` (2*n^3 FLOPs each)."""
+    """Best FLOP/s of an n x n x n matrix product in `dtype` on `device` (2*n^3 FLOPs each): the best of this
+    measurement and of earlier ones on this machine (PEAK_CACHE)."""
     device = torch.device(device)
     key = (str(device), dtype, torch.get_num_threads(), n)
     if key not in _measured:
@@ -162,7 +190,9 @@ def measure_matmul_flops(device, dtype, n=2048, repeats=5):
             device_sync(device)
             if i:
                 best = min(best, time.perf_counter() - t0)
-        _measured[key] = 2 * n ** 3 / best
+        machine = f"{device_name(device)} | {device.type} | {str(dtype).replace('torch.', '')} | " \
+                  f"{torch.get_num_threads()} threads | n={n} | torch {torch.__version__}"
+        _measured[key] = _best_so_far(machine, 2 * n ** 3 / best)
     return _measured[key]
 
 
@@ -183,7 +213,8 @@ def peak_info(device, dtype):
         except (RuntimeError, TypeError) as e:  # dtype not supported by this backend
             return None, f"unknown: {dname} matmul failed on {device.type} ({str(e).splitlines()[0][:80]})"
         return flops, (f"measured: best 2048^3 {dname} matmul on {device.type}"
-                       + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else ''))
+                       + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else '')
+                       + f", this run or earlier ones in {os.path.relpath(PEAK_CACHE)}")
     return None, f"unknown: no peak for {device.type}"
 
 
