@@ -32,7 +32,7 @@ import time
 import torch
 
 from model import GPT, GPTConfig, PRESETS, ModelError, count_params, flops_per_token
-from prepare import CACHE_DIR, DataError, read_meta, shard_paths
+from prepare import CACHE_DIR, DataError, read_meta, shard_paths, write_json
 # train.py imports bench.peak_flops lazily (inside train()), so importing train here is not circular
 from train import (DEFAULTS as TRAIN_DEFAULTS, ConfigError, TokenLoader, check_config, configure_optimizer,
                    load_checkpoint, model_config_from, parse_config, setup_runtime, train_step)
@@ -164,10 +164,7 @@ def _best_so_far(key, measured):
     peaks[key] = measured
     try:
         os.makedirs(os.path.dirname(PEAK_CACHE), exist_ok=True)
-        tmp = f"{PEAK_CACHE}.{os.getpid()}.tmp"
-        with open(tmp, 'w') as f:
-            json.dump(peaks, f, indent=1, sort_keys=True)
-        os.replace(tmp, PEAK_CACHE)
+        write_json(PEAK_CACHE, peaks)
     except OSError:
         pass
     return measured

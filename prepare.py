@@ -157,7 +157,8 @@ def read_meta(data_dir):
     return meta
 
 
-def _write_json(path, obj):
+def write_json(path, obj):
+    """Atomic: a temp file in the same directory, fsync, rename (meta.json here; bench.py and scaling.py too)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
@@ -704,13 +705,13 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
         counts = {s: {"shards": len(w.paths), "tokens": w.tokens, "documents": w.documents} for s, w in writers.items()}
         meta = _meta(name, source, tokenizer, settings, counts, origin=origin)
         # swap in: meta.json says "incomplete" until every new shard is in place
-        _write_json(os.path.join(out, "meta.json"), {**meta, "complete": False})
+        write_json(os.path.join(out, "meta.json"), {**meta, "complete": False})
         for f in _own_shards(out, name):
             os.remove(os.path.join(out, f))
         for w in writers.values():
             for p in w.paths:
                 os.replace(p, os.path.join(out, os.path.basename(p)))
-        _write_json(os.path.join(out, "meta.json"), meta)
+        write_json(os.path.join(out, "meta.json"), meta)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if reader is not None and reader.replaced:
@@ -739,7 +740,7 @@ def _prepare_fineweb(source, out, name, tokenizer, val_fraction, shard_size, tra
     os.makedirs(out, exist_ok=True)
     meta_path = os.path.join(out, "meta.json")
     if os.path.exists(meta_path):
-        _write_json(meta_path, {"complete": False})
+        write_json(meta_path, {"complete": False})
     for f in _own_shards(out, name):
         if force or f not in wanted:
             os.remove(os.path.join(out, f))
@@ -764,7 +765,7 @@ def _prepare_fineweb(source, out, name, tokenizer, val_fraction, shard_size, tra
         paths = shard_paths(out, split)
         counts[split] = {"shards": len(paths), "tokens": sum(map(_check_header, paths))}
     meta = _meta(name, source, "gpt2", settings, counts, origin=f"{endpoint}/datasets/{repo}")
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta)
     print(f"wrote {_summary(out, meta)}")
     return out
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prepare import write_json
+
 
 class ScalingError(Exception):
     """Bad input or an impossible fit: one line for the user, no traceback."""
@@ -703,16 +705,6 @@ def summarize(results, budgets, ci=0.95):
             lines.append(f"   {r['C']:>10.3g} {cell(r, 'N_opt', '.3g'):>{w}} {cell(r, 'D_opt', '.3g'):>{w}} "
                          f"{r['tokens_per_param']:>7.1f} {cell(r, 'loss', '.4g'):>{w - 6}}")
     return out, "\n".join(lines)
-
-
-def write_json(path, obj):
-    """Atomic: a temp file in the same directory, fsync, rename."""
-    tmp = f"{path}.tmp"
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def plots(results, runs, outdir, budgets, ci=0.95):
