@@ -21,9 +21,6 @@ matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no M
 import json
 import math
 import os
-import platform
-import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,14 +28,16 @@ import time
 
 import torch
 
-from model import GPT, GPTConfig, PRESETS, ModelError, count_params, flops_per_token
-from prepare import CACHE_DIR, DataError, read_meta, shard_paths, write_json
-# train.py imports bench.peak_flops lazily (inside train()), so importing train here is not circular
-from train import (DEFAULTS as TRAIN_DEFAULTS, ConfigError, TokenLoader, check_config, configure_optimizer,
-                   load_checkpoint, model_config_from, parse_config, setup_runtime, train_step)
+from checkpoint import CheckpointError, load_model
+from configurator import ConfigError, parse_config, script_defaults
+from data import DataError, TokenLoader, read_meta, shard_paths
+from model import ModelError, count_params, flops_per_token
+from runtime import device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
+from training import configure_optimizer, train_step
 
 # -----------------------------------------------------------------------------
-# bench knobs, on top of train.py's defaults (so config/*.py files work unchanged)
+# bench knobs, on top of train.py's (read from its file, not imported: scripts never import each other), so
+# config/*.py files work unchanged
 BENCH_DEFAULTS = dict(
     warmup_steps=3,      # untimed optimizer steps first: allocator, autotuning, torch.compile
     timed_steps=10,      # timed optimizer steps per repeat
@@ -56,7 +55,8 @@ BENCH_DEFAULTS = dict(
     scaling_totals=None,  # set by --nprocs for its torchrun workers: tokens/step values to time in one launch
 )
 
-DEFAULTS = {**TRAIN_DEFAULTS, **BENCH_DEFAULTS}
+TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+DEFAULTS = {**script_defaults(TRAIN_PY), **BENCH_DEFAULTS}
 FORMULAS = {'palm': '6N + 12*L*H*Q*T (PaLM app. B, nanoGPT; N = params without wpe)',
             'kaplan': '6N + 6*L*T*d_attn (Kaplan et al. 2020; N non-embedding)'}
 
@@ -66,188 +66,17 @@ class BenchError(Exception):
 
 
 # -----------------------------------------------------------------------------
-# peak FLOP/s
-
-# Dense peak TFLOP/s per GPU from the vendors' datasheets/whitepapers. NVIDIA quotes tensor-core figures
-# "with sparsity" (2:4 structured) in headlines: those are 2x the dense numbers used here, e.g. H100 SXM's
-# 1979 bf16 TFLOP/s is sparse, 989.4 dense. 'tf32' is what float32 matmuls get when TF32 is allowed
-# (train.py allows it on CUDA); 'fp32' is the non-tensor-core figure. None = dtype not supported in hardware.
-# Patterns are tried in order against torch.cuda.get_device_name(), so more specific names come first.
-_GPU_PEAKS = [
-    # (regex on device name, {dtype: dense TFLOP/s})
-    # Blackwell. HGX B200 datasheet: FP16/BF16 4.5 PF, TF32 2.2 PF (sparse) per GPU, FP32 75 TF (Mar 2024).
-    (r'GB200', dict(bf16=2500.0, fp16=2500.0, tf32=1250.0, fp32=80.0)),  # GB200 NVL72 datasheet, per GPU, /2
-    (r'B200', dict(bf16=2250.0, fp16=2250.0, tf32=1100.0, fp32=75.0)),
-    (r'B100', dict(bf16=1750.0, fp16=1750.0, tf32=875.0, fp32=60.0)),  # HGX B100: 3.5 PF sparse bf16 per GPU
-    # Hopper. H100 datasheet (nvidia.com/en-us/data-center/h100): SXM bf16/fp16 1979, tf32 989 sparse, fp32 67;
-    # PCIe 1513 / 756 sparse, fp32 51; NVL 1671 / 835 sparse, fp32 60. H200 (SXM) = H100 SXM compute;
-    # H200 NVL = H100 NVL compute (H200 datasheet). GH200's Hopper = H100 SXM (GH200 datasheet).
-    # H800 = H100 with less NVLink, same compute; H20: 148 dense bf16, 74 tf32, 44 fp32 (H20 spec sheet).
-    (r'GH200', dict(bf16=989.4, fp16=989.4, tf32=494.7, fp32=66.9)),
-    (r'H200 NVL', dict(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60.0)),
-    (r'H200', dict(bf16=989.4, fp16=989.4, tf32=494.7, fp32=66.9)),
-    (r'H100 NVL', dict(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60.0)),
-    (r'H100 PCIe|H800 PCIe', dict(bf16=756.5, fp16=756.5, tf32=378.0, fp32=51.2)),
-    (r'H100|H800', dict(bf16=989.4, fp16=989.4, tf32=494.7, fp32=66.9)),  # "NVIDIA H100 80GB HBM3" = SXM
-    (r'\bH20\b', dict(bf16=148.0, fp16=148.0, tf32=74.0, fp32=44.0)),
-    # Ampere. A100 datasheet: bf16/fp16 312, tf32 156 dense (624/312 sparse), fp32 19.5; PCIe and SXM alike.
-    # A800 = A100 compute. A30: 165 / 82 / 10.3. A40: 149.7 / 74.8 / 37.4. A10: 125 / 62.5 / 31.2.
-    # A10G (AWS g5): AWS publishes no tensor figure; taken to behave like the GeForce GA102 parts (half-rate fp32
-    # accumulate), i.e. ~70 dense bf16 (an estimate, not measured here: no GPU was available); fp32 31.2.
-    (r'A100|A800', dict(bf16=312.0, fp16=312.0, tf32=156.0, fp32=19.5)),
-    (r'\bA30\b', dict(bf16=165.0, fp16=165.0, tf32=82.0, fp32=10.3)),
-    (r'\bA40\b', dict(bf16=149.7, fp16=149.7, tf32=74.8, fp32=37.4)),
-    (r'\bA10G\b', dict(bf16=70.0, fp16=70.0, tf32=35.0, fp32=31.2)),
-    (r'\bA10\b', dict(bf16=125.0, fp16=125.0, tf32=62.5, fp32=31.2)),
-    (r'RTX A6000', dict(bf16=154.8, fp16=154.8, tf32=77.4, fp32=38.7)),  # RTX A6000 datasheet (309.7 sparse)
-    # GeForce Ampere, GA102 whitepaper appendix: fp16/bf16 tensor with fp32 accumulate (what autocast uses),
-    # dense: RTX 3090 71, 3090 Ti 80; tf32 35.6 / 40; fp32 35.6 / 40.
-    (r'RTX 3090 Ti', dict(bf16=80.0, fp16=80.0, tf32=40.0, fp32=40.0)),
-    (r'RTX 3090', dict(bf16=71.0, fp16=71.0, tf32=35.6, fp32=35.6)),
-    # Ada. L40S datasheet: bf16/fp16 362.05 dense (733 sparse), tf32 183, fp32 91.6. L40: 181 / 90.5 / 90.5.
-    # L4 datasheet: 121 dense (242 sparse), tf32 60, fp32 30.3. RTX 4090, Ada whitepaper appendix: fp16/bf16
-    # with fp32 accumulate 165.2 dense (330.3 sparse), tf32 82.6, fp32 82.6.
-    (r'L40S', dict(bf16=362.05, fp16=362.05, tf32=183.0, fp32=91.6)),
-    (r'\bL40\b', dict(bf16=181.0, fp16=181.0, tf32=90.5, fp32=90.5)),
-    (r'\bL4\b', dict(bf16=121.0, fp16=121.0, tf32=60.0, fp32=30.3)),
-    (r'RTX 4090', dict(bf16=165.2, fp16=165.2, tf32=82.6, fp32=82.6)),
-    # Volta/Turing: no bf16 tensor cores. V100 datasheet: SXM2 fp16 tensor 125, fp32 15.7; PCIe 112 / 14;
-    # V100S 130 / 16.4. T4 datasheet: fp16 65, fp32 8.1.
-    (r'V100S', dict(bf16=None, fp16=130.0, tf32=None, fp32=16.4)),
-    (r'V100.*PCIE', dict(bf16=None, fp16=112.0, tf32=None, fp32=14.0)),
-    (r'V100', dict(bf16=None, fp16=125.0, tf32=None, fp32=15.7)),
-    (r'\bT4\b', dict(bf16=None, fp16=65.0, tf32=None, fp32=8.1)),
-    # AMD (ROCm torch reports these as cuda devices). MI300X/MI325X datasheets: bf16/fp16 1307.4 dense,
-    # tf32 653.7, fp32 matrix 163.4; MI250X: bf16/fp16 383, fp32 matrix 95.7 (no tf32).
-    (r'MI3[02]5X|MI300X', dict(bf16=1307.4, fp16=1307.4, tf32=653.7, fp32=163.4)),
-    (r'MI250X', dict(bf16=383.0, fp16=383.0, tf32=None, fp32=95.7)),
-]
-
-
-def gpu_peak_tflops(name, dtype, tf32=True):
-    """Dense peak TFLOP/s of the GPU called `name` (as torch.cuda.get_device_name) for matmuls in `dtype`;
-    None if the name is not in the table or the GPU lacks the dtype. float32 counts as TF32 when allowed."""
-    key = {torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float32: 'tf32' if tf32 else 'fp32'}.get(dtype)
-    for pattern, peaks in _GPU_PEAKS:
-        if re.search(pattern, name, flags=re.IGNORECASE):
-            if key == 'tf32' and peaks['tf32'] is None:  # no TF32 units (pre-Ampere): float32 runs as float32
-                key = 'fp32'
-            return peaks.get(key)
-    return None
-
-
-_measured = {}  # (device, dtype, threads, n) -> FLOP/s: train.py and repeated calls pay the microbenchmark once
-# The best matmul FLOP/s ever measured on this machine, per CPU model, threads, dtype, size and torch version. The
-# peak belongs to the hardware: a measurement taken while other jobs share the cores understates it, and MFU
-# against it would read high (train.py's console showed 90%+ so); against the best seen, a busy machine reads low.
-PEAK_CACHE = os.path.join(CACHE_DIR, 'matmul_peaks.json')
-
-
-def device_sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    elif device.type == 'mps':
-        torch.mps.synchronize()
-
-
-def _best_so_far(key, measured):
-    """max(measured, what PEAK_CACHE holds for key), recording a new best there (atomically; best effort)."""
-    try:
-        with open(PEAK_CACHE) as f:
-            peaks = json.load(f)
-    except (OSError, ValueError):
-        peaks = {}
-    if not isinstance(peaks, dict):
-        peaks = {}
-    if isinstance(peaks.get(key), (int, float)) and peaks[key] >= measured:
-        return float(peaks[key])
-    peaks[key] = measured
-    try:
-        os.makedirs(os.path.dirname(PEAK_CACHE), exist_ok=True)
-        write_json(PEAK_CACHE, peaks)
-    except OSError:
-        pass
-    return measured
-
-
-def measure_matmul_flops(device, dtype, n=2048, repeats=5):
-    """Best FLOP/s of an n x n x n matrix product in `dtype` on `device` (2*n^3 FLOPs each): the best of this
-    measurement and of earlier ones on this machine (PEAK_CACHE)."""
-    device = torch.device(device)
-    key = (str(device), dtype, torch.get_num_threads(), n)
-    if key not in _measured:
-        g = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-        b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-        best = float('inf')
-        for i in range(repeats + 1):  # the first product warms up kernels and allocator and is not counted
-            device_sync(device)
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            device_sync(device)
-            if i:
-                best = min(best, time.perf_counter() - t0)
-        machine = f"{device_name(device)} | {device.type} | {str(dtype).replace('torch.', '')} | " \
-                  f"{torch.get_num_threads()} threads | n={n} | torch {torch.__version__}"
-        _measured[key] = _best_so_far(machine, 2 * n ** 3 / best)
-    return _measured[key]
-
-
-def peak_info(device, dtype):
-    """(dense peak FLOP/s of one device for matmuls in dtype, or None; where the number comes from)."""
-    device = torch.device(device)
-    dname = str(dtype).replace('torch.', '')
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-        tflops = gpu_peak_tflops(name, dtype, tf32=tf32)
-        if tflops is None:
-            return None, f"unknown: {name!r} with {dname} is not in bench.py's table (give --peak_tflops)"
-        return tflops * 1e12, f"datasheet: {name}, dense {'tf32' if tf32 else dname}"
-    if device.type in ('cpu', 'mps'):
-        try:
-            flops = measure_matmul_flops(device, dtype)
-        except (RuntimeError, TypeError) as e:  # dtype not supported by this backend
-            return None, f"unknown: {dname} matmul failed on {device.type} ({str(e).splitlines()[0][:80]})"
-        return flops, (f"measured: best 2048^3 {dname} matmul on {device.type}"
-                       + (f", {torch.get_num_threads()} threads" if device.type == 'cpu' else '')
-                       + f", this run or earlier ones in {os.path.relpath(PEAK_CACHE)}")
-    return None, f"unknown: no peak for {device.type}"
-
-
-def peak_flops(device, dtype):
-    """
-    Dense peak FLOP/s of one device for matmuls in `dtype`, or None when unknown.
-    CUDA: the datasheet table above by device name (unknown name -> None: never a silent A100 guess);
-    float32 counts as TF32 when torch.backends.cuda.matmul.allow_tf32 is on (train.py turns it on).
-    CPU and MPS: measured, a 2048^3 matrix product in `dtype` (best of 5, cached in-process per thread
-    count), so MFU there is relative to what this machine's BLAS reaches, not to a vendor figure.
-    """
-    return peak_info(device, dtype)[0]
-
-
-def mfu(flops_per_token, tokens_per_s, peak_per_device, n_devices=1):
-    """Model FLOPs utilization: achieved model FLOP/s over the peak of all devices used; None without a peak."""
-    if not peak_per_device:
-        return None
-    return flops_per_token * tokens_per_s / (peak_per_device * n_devices)
-
-
-# -----------------------------------------------------------------------------
 # the training benchmark (train.py's pieces: config, runtime, loader, optimizer, train_step)
 
 
-def build_model_config(cfg, vocab_size):
-    """The shape to benchmark: train.py's config, a GPT-2/GPT-3 preset named by init_from (random weights: speed
-    does not depend on them), or the model of the checkpoint in out_dir for init_from='resume'."""
+def build_model(cfg, vocab_size):
+    """The model to benchmark: train.py's config, a GPT-2/GPT-3 preset named by init_from (random weights: speed
+    does not depend on them), or the checkpoint in out_dir for init_from='resume' (checkpoint.load_model)."""
+    from model import PRESETS
     name = cfg['init_from']
-    if name == 'scratch':
-        return model_config_from(cfg, vocab_size)
-    if name == 'resume':
-        return GPTConfig(**load_checkpoint(cfg['out_dir'])['model_config'])
-    if name in PRESETS:
-        return GPTConfig(**{**PRESETS[name], 'dropout': cfg['dropout']})
-    raise ConfigError(f"bench.py takes init_from = scratch, resume or one of {', '.join(PRESETS)}; got {name!r}")
+    if name not in ('scratch', 'resume') and name not in PRESETS:
+        raise ConfigError(f"bench.py takes init_from = scratch, resume or one of {', '.join(PRESETS)}; got {name!r}")
+    return load_model(name, cfg['out_dir'], cfg, vocab_size, pretrained=False)[0]
 
 
 def make_batches(cfg, rt):
@@ -293,23 +122,6 @@ def _max_over_ranks(values, rt):
     return t.tolist()
 
 
-def device_name(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    try:  # the CPU model makes a results file comparable across machines
-        with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        return platform.processor() or device.type
-
-
-def peak_memory(device):
-    if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device), 'torch.cuda.max_memory_allocated'
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss * (1 if sys.platform == 'darwin' else 1024), 'process peak RSS (getrusage ru_maxrss)'
-
-
 @torch.no_grad()
 def sampling_throughput(model, rt, cfg, vocab):
     """Generation tokens/s with and without the KV cache: median over repeats of one generate() call each."""
@@ -334,7 +146,14 @@ def sampling_throughput(model, rt, cfg, vocab):
     return out
 
 
-def check_knobs(cfg):
+def micro_steps(total, B, T, world):
+    if total % (B * T * world):
+        raise ConfigError(f"total_batch_size={total} is not a multiple of batch_size*block_size*world_size = "
+                          f"{B}*{T}*{world} = {B * T * world}")
+    return total // (B * T * world)
+
+
+def check_bench_knobs(cfg):
     for key, low in (('warmup_steps', 0), ('timed_steps', 1), ('repeats', 1), ('sample_tokens', 0),
                      ('sample_prompt', 1), ('sample_batch', 1)):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < low:
@@ -352,26 +171,27 @@ def check_knobs(cfg):
 
 def bench(cfg):
     """Run the benchmark described by cfg -> (record dict, is_master)."""
-    check_knobs(cfg)
+    check_bench_knobs(cfg)
     rt = setup_runtime(cfg)
     cfg = dict(cfg)
     B, T = cfg['batch_size'], cfg['block_size']
     if cfg['grad_accum'] is not None:  # the bench's default: one micro-step per process, whatever the config says
         cfg['total_batch_size'] = B * T * rt.world * cfg['grad_accum']
     totals = list(cfg['scaling_totals'] or [cfg['total_batch_size']])
-    accums = [check_config({**cfg, 'total_batch_size': total}, rt.world) for total in totals]
+    accums = [micro_steps(total, B, T, rt.world) for total in totals]
     get_batch, vocab, data_desc = make_batches(cfg, rt)
-    mconf = build_model_config(cfg, vocab)
+    torch.manual_seed(cfg['seed'])
+    raw_model = build_model(cfg, vocab)
+    mconf = raw_model.config
     if T > mconf.block_size:
         raise ConfigError(f"block_size {T} exceeds the model's {mconf.block_size}")
     if vocab > mconf.vocab_size:
         raise ConfigError(f"the data has {vocab} token ids, the model's vocabulary only {mconf.vocab_size}")
-    torch.manual_seed(cfg['seed'])
-    raw_model = GPT(mconf).to(rt.device)
+    raw_model = raw_model.to(rt.device)
     model = torch.compile(raw_model) if cfg['compile'] else raw_model
     if rt.ddp:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.local_rank] if rt.device.type == 'cuda' else None)
+            model, device_ids=[rt.device.index] if rt.device.type == 'cuda' else None)
     optimizer = configure_optimizer(raw_model, cfg, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
     next_seq = 0
@@ -501,7 +321,7 @@ def scaling(cfg, argv, counts):
     Strong: speed-up = t_1 / t_N, efficiency = speed-up / N. Weak: efficiency = t_1 / t_N (ideal: constant step
     time), scaled speed-up = N * t_1 / t_N (the throughput ratio). With a smallest count n0 > 1, N is read as N/n0.
     One torchrun launch per count times both (back to back, so background load hits them alike)."""
-    check_knobs(cfg)
+    check_bench_knobs(cfg)
     B, T, ga = cfg['batch_size'], cfg['block_size'], cfg['grad_accum']
     per_proc = B * T * ga if ga is not None else cfg['total_batch_size']
     # strong: the largest count takes as many micro-steps per process as every count does in the weak runs
@@ -607,32 +427,19 @@ def format_scaling(r):
     return "\n".join(lines)
 
 
-def normalize_argv(argv):
-    """Accept `--json` and `--nprocs 1,2` (space-separated bench knobs) besides train.py's --key=value."""
-    out, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a == '--json':
-            a = '--json=True'
-        elif (a.startswith('--') and '=' not in a and a[2:] in BENCH_DEFAULTS and i + 1 < len(argv)
-              and not argv[i + 1].startswith('--')):
-            a, i = f"{a}={argv[i + 1]}", i + 1
-        out.append(a)
-        i += 1
-    return out
-
-
 def main(argv):
     try:
-        argv = normalize_argv(argv)
-        cfg = parse_config(argv, DEFAULTS)
+        cfg = parse_config(argv, DEFAULTS, __doc__)
         counts = parse_nprocs(cfg['nprocs'])
         if counts:
             record, master = scaling(cfg, argv, counts), True
         else:
             record, master = bench(cfg)
-    except (ConfigError, DataError, ModelError, BenchError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, DataError, ModelError, CheckpointError, BenchError) as e:
+        print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         sys.exit(1)
     if master:
         if cfg['json']:

