@@ -12,6 +12,7 @@ Every document starts with the end-of-text token. meta.json is written last, so 
 meta.json is not finished.
 """
 import argparse
+import errno
 import json
 import multiprocessing as mp
 import os
@@ -273,6 +274,8 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
     """Make the dataset of a source in out (default data/<source>[_bytes]); return out."""
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r} ({', '.join(SOURCES)})")
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise DataError(f"--num_proc must be an int >= 1 (processes that tokenize), got {num_proc}")
     if tokenizer not in ("gpt2", "bytes"):
         raise DataError(f"unknown tokenizer {tokenizer!r} (gpt2 or bytes)")
     if (source == "text") != bool(inputs):
@@ -421,8 +424,13 @@ def main(argv=None):
     args["inputs"] = args.pop("input")
     try:
         prepare(**args)
-    except (DataError, OSError) as e:
+    except DataError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:   # a full disk, permissions: name the path (the previous dataset, if any, is intact)
+        where = f"{e.filename}: " if e.filename else ""
+        full = " (the disk is full: free space and run again)" if e.errno == errno.ENOSPC else ""
+        print(f"error: {where}{e.strerror or e}{full}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted (finished shards are kept only once meta.json is complete)", file=sys.stderr)

@@ -23,8 +23,8 @@ def configure_optimizer(model, cfg, device):
     if cfg['optimizer'] == 'muon':
         from muon import Muon, muon_param_groups
         groups = muon_param_groups(model, lr_adam=cfg['learning_rate'], lr_muon=cfg['muon_lr'],
-                                   weight_decay=cfg['weight_decay'], betas=betas, momentum=cfg['muon_momentum'])
-        optimizer = Muon(groups)
+                                   weight_decay=cfg['weight_decay'], betas=betas)
+        optimizer = Muon(groups, momentum=cfg['muon_momentum'])
     else:
         groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg['weight_decay']},
                   {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]

@@ -1,0 +1,194 @@
+"""
+The Muon and block-option ablation on the CPU quick start (train.py's defaults: 0.83M-parameter byte-level GPT,
+Shakespeare, 1000 steps x 2048 tokens). One command runs or continues everything, then writes the report:
+
+    python experiments/muon-ablation/ablation.py run [--jobs 2]     # finished runs are skipped: rerun to continue
+    python experiments/muon-ablation/ablation.py report             # results.md, results.json, curves.png
+
+Protocol (issue 16): AdamW at the quick start's tuned LR (6e-3) vs Muon with its LR from a short sweep (one seed
+per LR, the optimum bracketed by worse LRs on both sides), 3 seeds each; then each block option alone on top of the
+better optimizer, 3 seeds each. Every run evaluates every 50 steps on the same 20 x 4 x 512 val tokens. The
+headline: the tokens Muon needs to reach AdamW's final val loss (mean over AdamW's seeds), per Muon seed.
+Everything runs train.py as a subprocess (scripts never import each other) and reads the runs' log.jsonl.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+RUNS = os.path.join(HERE, 'runs')
+SEEDS = (1337, 1338, 1339)
+COMMON = ['--eval_interval=50', '--eval_iters=20', '--log_interval=50', '--checkpoint_interval=0', '--device=cpu',
+          '--dtype=float32']
+ADAMW = ['--optimizer=adamw']                       # learning_rate 6e-3: train.py's default, tuned for this model
+MUON_LRS = (0.005, 0.01, 0.02, 0.04)               # the sweep (Muon's matrices; AdamW keeps 6e-3 for the rest)
+OPTIONS = {'qk_norm': ['--qk_norm=True'], 'relu2': ['--mlp=relu2'], 'zero_init': ['--zero_init_proj=True'],
+           'softcap': ['--logit_softcap=15.0']}
+
+
+def evals(name):
+    """[(tokens, val_loss)] of a run (last record per step), and whether it finished."""
+    path = os.path.join(RUNS, name, 'log.jsonl')
+    if not os.path.exists(path):
+        return [], False
+    last, max_iters = {}, None
+    for line in open(path):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r['type'] == 'run':
+            max_iters = r['config']['max_iters']
+        elif r['type'] == 'eval':
+            last[r['step']] = r
+    pts = [(r['tokens'], r['val_loss']) for _, r in sorted(last.items())]
+    return pts, max_iters in last
+
+
+def launch(jobs, runs):
+    """Run [(name, args)] with `jobs` at once, one thread each (small models use one core better than two)."""
+    todo = [(n, a) for n, a in runs if not evals(n)[1]]
+    running = []
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    while todo or running:
+        while todo and len(running) < jobs:
+            name, args = todo.pop(0)
+            out = os.path.join(RUNS, name)
+            os.makedirs(out, exist_ok=True)
+            resume = ['--init_from=auto']   # an interrupted run continues from its checkpoint, if any
+            cmd = [sys.executable, 'train.py', f'--out_dir={out}', *COMMON, *args, *resume]
+            print(f"start {name}: {' '.join(cmd[1:])}", flush=True)
+            log = open(os.path.join(out, 'console.log'), 'a')
+            running.append((name, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(1)
+        for name, p in list(running):
+            if p.poll() is not None:
+                running.remove((name, p))
+                print(f"done  {name}: exit {p.returncode}", flush=True)
+                if p.returncode:
+                    sys.exit(f"error: {name} failed (see {RUNS}/{name}/console.log)")
+
+
+def final(name):
+    pts, done = evals(name)
+    return pts[-1][1] if done else None
+
+
+def best_muon_lr():
+    losses = {lr: final(f'muon_lr{lr:g}_s{SEEDS[0]}') for lr in MUON_LRS}
+    return min(losses, key=lambda lr: losses[lr] if losses[lr] is not None else float('inf')), losses
+
+
+def muon_args(lr):
+    return ['--optimizer=muon', f'--muon_lr={lr}']
+
+
+def run(jobs):
+    os.makedirs(RUNS, exist_ok=True)
+    sweep = [(f'muon_lr{lr:g}_s{SEEDS[0]}', muon_args(lr) + [f'--seed={SEEDS[0]}']) for lr in MUON_LRS]
+    adamw = [(f'adamw_s{s}', ADAMW + [f'--seed={s}']) for s in SEEDS]
+    launch(jobs, adamw + sweep)
+    lr, _ = best_muon_lr()
+    launch(jobs, [(f'muon_lr{lr:g}_s{s}', muon_args(lr) + [f'--seed={s}']) for s in SEEDS[1:]])
+    base_name, base_args = better_optimizer()
+    sys.path.insert(0, ROOT)
+    from model import GPTConfig   # a library module: the options must exist, or train.py would ignore them
+    missing = {'qk_norm', 'zero_init_proj', 'logit_softcap'} - set(GPTConfig.__dataclass_fields__)
+    if missing:
+        sys.exit(f"error: model.py lacks {sorted(missing)}: the block options cannot run yet")
+    launch(jobs, [(f'{base_name}+{opt}_s{s}', base_args + extra + [f'--seed={s}'])
+                  for opt, extra in OPTIONS.items() for s in SEEDS])
+
+
+def better_optimizer():
+    lr, _ = best_muon_lr()
+    muon = [final(f'muon_lr{lr:g}_s{s}') for s in SEEDS]
+    adamw = [final(f'adamw_s{s}') for s in SEEDS]
+    if None in muon or None in adamw:
+        sys.exit("error: the optimizer runs are not finished; run `ablation.py run` first")
+    if sum(muon) < sum(adamw):
+        return f'muon_lr{lr:g}', muon_args(lr)
+    return 'adamw', ADAMW
+
+
+def tokens_to_reach(pts, target):
+    """First token count where the val curve reaches target, linearly interpolated between evaluations."""
+    for (t0, l0), (t1, l1) in zip(pts, pts[1:]):
+        if l1 <= target:
+            return t0 + (t1 - t0) * (l0 - target) / (l0 - l1) if l0 > target else t0
+    return None
+
+
+def stats(xs):
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return m, sd, min(xs), max(xs)
+
+
+def report():
+    lr, sweep = best_muon_lr()
+    adamw = {s: evals(f'adamw_s{s}')[0] for s in SEEDS}
+    muon = {s: evals(f'muon_lr{lr:g}_s{s}')[0] for s in SEEDS}
+    target = stats([pts[-1][1] for pts in adamw.values()])[0]
+    total = adamw[SEEDS[0]][-1][0]
+    reach = [tokens_to_reach(muon[s], target) for s in SEEDS]
+    out = {'muon_lr_sweep': {f'{k:g}': v for k, v in sweep.items()}, 'muon_lr': lr,
+           'adamw_final': {s: adamw[s][-1][1] for s in SEEDS}, 'muon_final': {s: muon[s][-1][1] for s in SEEDS},
+           'target': target, 'tokens_per_run': total, 'muon_tokens_to_target': dict(zip(SEEDS, reach))}
+    lines = ['# Results', '', f'Muon LR sweep (seed {SEEDS[0]}, final val loss): ' +
+             ', '.join(f'{k:g}: {v:.4f}' if v else f'{k:g}: -' for k, v in sweep.items()) + f'; chosen {lr:g}.', '',
+             '| run | seeds | final val loss (mean +- sd, min..max) |', '|---|---|---|']
+    for label, runs in (('AdamW lr 6e-3', adamw), (f'Muon lr {lr:g}', muon)):
+        m, sd, lo, hi = stats([pts[-1][1] for pts in runs.values()])
+        lines.append(f'| {label} | {len(runs)} | {m:.4f} +- {sd:.4f} ({lo:.4f}..{hi:.4f}) |')
+    ok = [r for r in reach if r is not None]
+    if ok:
+        m, sd, lo, hi = stats([r / total for r in ok])
+        lines += ['', f'**Tokens Muon needs to reach AdamW\'s final val loss {target:.4f}: {m:.3f}x AdamW\'s '
+                  f'(sd {sd:.3f}, seeds {lo:.3f}..{hi:.3f}; {len(ok)} of {len(reach)} seeds reached it).**']
+    base_name, _ = better_optimizer()
+    base = [evals(f'{base_name}_s{s}' if base_name == 'adamw' else f'{base_name}_s{s}')[0][-1][1] for s in SEEDS]
+    lines += ['', f'Block options, one at a time on top of {base_name} (3 seeds each; delta vs {base_name} mean '
+              f'{stats(base)[0]:.4f}):', '', '| option | final val loss (mean +- sd) | delta |', '|---|---|---|']
+    out['options'] = {}
+    for opt in OPTIONS:
+        finals = [final(f'{base_name}+{opt}_s{s}') for s in SEEDS]
+        if None in finals:
+            lines.append(f'| {opt} | (not finished) | |')
+            continue
+        m, sd, _, _ = stats(finals)
+        out['options'][opt] = finals
+        lines.append(f'| {opt} | {m:.4f} +- {sd:.4f} | {m - stats(base)[0]:+.4f} |')
+    open(os.path.join(HERE, 'results.md'), 'w').write('\n'.join(lines) + '\n')
+    json.dump(out, open(os.path.join(HERE, 'results.json'), 'w'), indent=2)
+    print('\n'.join(lines))
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, runs, color in (('AdamW', adamw, 'C0'), (f'Muon {lr:g}', muon, 'C1')):
+        for i, pts in enumerate(runs.values()):
+            ax.plot([t for t, _ in pts], [v for _, v in pts], color=color, alpha=0.7, label=label if i == 0 else None)
+    ax.axhline(target, color='gray', ls=':', label="AdamW's final (mean)")
+    ax.set_ylim(target - 0.15, target + 0.8)
+    ax.set_xlabel('tokens')
+    ax.set_ylabel('val loss (nats/byte)')
+    ax.legend()
+    ax.set_title('quick start: AdamW vs Muon, 3 seeds each')
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, 'curves.png'), dpi=120)
+
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('cmd', choices=['run', 'report'])
+    ap.add_argument('--jobs', type=int, default=2)
+    a = ap.parse_args()
+    run(a.jobs) if a.cmd == 'run' else report()

@@ -1,0 +1,306 @@
+"""
+Muon for the hidden weight matrices of a GPT, AdamW for everything else, in one torch.optim.Optimizer.
+
+    from muon import Muon, muon_param_groups
+    optimizer = Muon(muon_param_groups(model, lr_adam=6e-3, weight_decay=0.1, betas=(0.9, 0.95)))
+
+Muon (MomentUm Orthogonalized by Newton-Schulz) keeps SGD momentum M for a weight matrix W and steps along the
+semi-orthogonal matrix nearest to M: with M = U S V^T (SVD), the step is U V^T, every singular value set to 1.
+Gradients of transformer matrices are close to low rank; the few dominant directions take nearly all of an SGD
+or Adam step, and orthogonalising gives the rare directions the same step size (Jordan 2024). U V^T is also
+the steepest-descent direction when step size is measured in the spectral norm (Bernstein & Newhouse 2024).
+Computing U V^T by an SVD is slow on GPUs; a few Newton-Schulz iterations, matrix products only, get close.
+
+Muon is for 2-D hidden matrices only. The token and position embeddings, the lm_head, biases and norm gains
+are updated by AdamW (Jordan 2024; Liu et al. 2025 sec. 2.2 do the same). Both kinds of parameter group live
+in one optimizer object, so a training loop, a GradScaler and a checkpoint see one optimizer.
+
+References:
+1) K. Jordan, Y. Jin, V. Boza, J. You, F. Cesista, L. Newhouse, J. Bernstein 2024, "Muon: An optimizer for
+   hidden layers in neural networks" (blog post): the update, the quintic Newton-Schulz iteration and its
+   coefficients, Nesterov momentum 0.95, the sqrt(max(1, out/in)) scale, AdamW for the other parameters.
+2) J. Liu, J. Su et al. (Moonshot AI) 2025, "Muon is Scalable for LLM Training" (Moonlight), arXiv:2502.16982:
+   Muon's momentum form (sec. 2.1); decoupled weight decay for Muon and the 0.2 * sqrt(max(A, B)) scale that
+   gives Muon's update the RMS of AdamW's, so Muon reuses AdamW's learning rate and weight decay (sec. 2.2).
+3) I. Loshchilov & F. Hutter 2019, "Decoupled Weight Decay Regularization" (AdamW, Algorithm 2); D. Kingma &
+   J. Ba 2015, "Adam" (Algorithm 1: bias correction). The AdamW branch is torch.optim.AdamW's arithmetic.
+4) J. Bernstein & L. Newhouse 2024, "Old Optimizer, New Norm: An Anthology" (steepest descent in the
+   spectral norm).
+
+Distributed data parallel: after DDP's all-reduce every rank holds the same gradient, and every rank runs this
+same deterministic step on the same weights and state, so the weights stay identical on all ranks with no
+extra communication. Each rank thus repeats all the Newton-Schulz work; the sharded variant (each rank
+orthogonalises 1/world of the matrices, then an all-gather; Jordan's and modded-nanogpt's distributed Muon) is
+only a speed optimisation for many large matrices and is not done here.
+
+Fused q, k, v: GPT's c_attn is one (q + 2 kv) x C matrix. By default Muon orthogonalises it as one matrix, as
+Muon does any parameter it is given. modded-nanogpt orthogonalises q, k and v separately (in its 2024 records
+by splitting the fused QKV gradient into three square blocks before Newton-Schulz, later by keeping them as
+separate matrices). A muon group may say split=(rows, rows, ...) to do the same here: the update is cut along
+dim 0 into those blocks, and each is orthogonalised and scaled by its own shape; muon_param_groups(...,
+split_qkv=True) sets it for c_attn (with GQA the blocks are n_head*head_dim, then twice n_kv_head*head_dim).
+SwiGLU's c_fc fuses the gate and up projections (2H x C) in the same way; it is orthogonalised whole.
+"""
+
+import math
+
+import torch
+
+# Jordan 2024: the quintic p(x) = a x + b x^3 + c x^5 with the largest slope at 0 (a) that still maps the
+# interval where the singular values start, (0, 1], into a band around 1 within 5 iterations.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(G, steps=5, dtype=None, eps=1e-7):
+    """Approximately orthogonalise G (..., m, n): return ~ U V^T for G = U S V^T, in G's dtype and shape.
+    Leading dimensions are a batch: each matrix is normalised and orthogonalised on its own.
+
+    The quintic Newton-Schulz iteration of Jordan 2024: X <- a X + (b A + c A^2) X with A = X X^T, which is
+    X <- U p(S) V^T with p(s) = a s + b s^3 + c s^5: an odd polynomial of X acts on the singular values only and
+    leaves the singular vectors alone. Dividing by the Frobenius norm first puts every singular value in
+    [0, 1] (the spectral norm is at most the Frobenius norm), where p pushes them toward 1.
+
+    The coefficients trade accuracy for speed: p'(0) = 3.4445 grows a small singular value ~3.4x per step, but
+    p has no fixed point at 1, so the values end in a band around 1, not at 1. Measured for the scalar map in
+    float64 (and checked on matrices in tests/test_muon.py): after 5 steps every singular value with
+    s_i / ||G||_F >= 1.6e-3 lands in [0.68, 1.21] (exactly [0.6818, 1.2024]; further steps keep it in
+    [0.6818, 1.1344]). A smaller one is multiplied by about a^5 = 489 and stays below 0.68: directions with
+    under ~0.2% of G's Frobenius norm are not fully equalised, which Jordan 2024 found harmless in practice.
+    In bfloat16 (the CUDA default; measured with CPU bf16 on 24-512-row Gaussian and ill-conditioned matrices)
+    rounding perturbs U^T O V by up to 0.02-0.08 and the band measured was [0.67, 1.21]; rounding noise also
+    lifts the tiny singular values a little (e.g. 3e-4 -> 0.08).
+
+    dtype: the compute dtype. Default bfloat16 on CUDA, as Jordan 2024 (the iteration is stable in bf16, and
+    its matmuls are the cost), and float32 elsewhere: CPUs without AVX-512-bf16 run bf16 matmuls ~130x slower
+    than float32 (shared/ENVIRONMENT.md), so no CPU is assumed to be fast in bf16. The Frobenius norm is
+    taken in at least float32. eps keeps a zero matrix at zero (a parameter that got no gradient).
+
+    Cost for m <= n: per step 2 m^2 n (A) + 2 m^3 (A^2) + 2 m^2 n ((bA + cA^2) X) FLOPs. A tall matrix
+    (m > n) is transposed first, so the Gram matrix A is the smaller one, (min x min)."""
+    if G.ndim < 2:
+        raise ValueError(f"newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
+    if dtype is None:
+        dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    a, b, c = NS_COEFFS
+    X = G.to(torch.promote_types(dtype, torch.float32))
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)    # Frobenius norm of each matrix: s_max <= 1
+    X = X.to(dtype)
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT                                                  # (..., n, m): now rows <= cols
+    shape = X.shape
+    X = X.reshape(-1, *shape[-2:])                                # (batch, rows, cols), batch 1 for a matrix
+    for _ in range(steps):
+        A = X @ X.mT                                              # (batch, rows, rows) Gram matrix
+        # B = b A + c A^2, then X = a X + B X; baddbmm(input, P, Q, beta, alpha) = beta input + alpha P Q does
+        # each sum inside the matrix product: the same math, measured ~20% faster on CPU than separate ops
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    X = X.reshape(shape)
+    if tall:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+def _update_scale(rows, cols, rule):
+    """The factor that multiplies an orthogonalised (rows x cols) update.
+    'moonlight' (Liu et al. 2025 sec. 2.2): 0.2 * sqrt(max(rows, cols)). A semi-orthogonal rows x cols matrix has
+        min(rows, cols) unit singular values, so its RMS is sqrt(min / (rows*cols)) = 1 / sqrt(max(rows, cols));
+        the factor makes the update's RMS 0.2, about the RMS of AdamW's update in LLM training (0.2-0.4, sec. 2.2),
+        so Muon can share AdamW's learning rate and weight decay, and the update RMS does not depend on shape.
+        With 5 Newton-Schulz steps the singular values average a little under 1 (band above), so the measured
+        RMS for Gaussian gradients is 0.16-0.18, not exactly 0.2 (tests/test_muon.py).
+    'jordan' (Jordan 2024): sqrt(max(1, rows/cols)) (rows = fan-out): a tall matrix's update is scaled up by
+        sqrt(out/in), which makes its RMS-to-RMS operator norm, sqrt(in/out) * ||O||_2, equal 1; square and wide
+        ones keep spectral norm ~1. Its RMS is 1/sqrt(in) (0.09 at in = 128), so it needs its own, larger lr (~0.02)."""
+    if rule == 'moonlight':
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1.0, rows / cols))
+
+
+def _orthogonalised_update(M, ns_steps, scale, split):
+    """The scaled Newton-Schulz update for a (out x in) momentum M: one block, or the blocks of split (rows)."""
+    blocks = M.split(list(split), dim=0) if split else [M]
+    out = [newton_schulz(B, ns_steps) * _update_scale(B.size(0), B.size(1), scale) for B in blocks]
+    return torch.cat(out) if split else out[0]
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for param groups with use_muon=True (2-D matrices), AdamW for groups with use_muon=False.
+    Every group must say which: muon_param_groups(model, ...) builds them for a GPT.
+
+    Options (any group may override the constructor's):
+      all groups:  lr, weight_decay (decoupled: W <- W * (1 - lr * weight_decay) before the update)
+      use_muon:    momentum (0.95), nesterov (True), ns_steps (5), scale ('moonlight' | 'jordan'),
+                   split (None, or dim-0 block sizes orthogonalised separately, e.g. fused q, k, v)
+      AdamW:       betas ((0.9, 0.999)), eps (1e-8): the defaults of torch.optim.AdamW, as is weight_decay 0.01
+
+    Muon step for W (out x in) with gradient G (Jordan 2024; Liu et al. 2025 sec. 2.1-2.2):
+      M <- momentum * M + G                        state 'momentum_buffer', (out x in)
+      V <- G + momentum * M if nesterov else M
+      O <- newton_schulz(V, ns_steps) * s          s = 0.2 sqrt(max(out, in)) ('moonlight') or sqrt(max(1, out/in))
+      W <- W * (1 - lr * weight_decay) - lr * O    (decoupled weight decay, Liu et al. 2025 sec. 2.2)
+    With the default 'moonlight' scale the RMS of lr * O is 0.2 * lr for an exact U V^T (0.16-0.18 lr after 5
+    Newton-Schulz steps), and Muon groups take AdamW's lr and weight decay (Liu et al. 2025 sec. 2.2); with
+    'jordan' use a Muon lr of the order of 0.02 (Jordan 2024).
+
+    AdamW step (torch.optim.AdamW's single-tensor arithmetic; state 'step', 'exp_avg', 'exp_avg_sq' as there):
+      t += 1; W <- W * (1 - lr * wd); m <- lerp(m, g, 1 - b1); v <- b2 v + (1 - b2) g^2
+      W <- W - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    All state is in self.state, so state_dict() / load_state_dict() resume exactly. The step is deterministic
+    (no randomness, a fixed order of operations), which is what keeps DDP ranks identical (module docstring).
+    torch.amp.GradScaler works as with any optimizer: it unscales every group's gradients and skips inf steps.
+
+    Cost, measured on the quick-start model (4 layers, d=128, 16 Muon matrices) on one CPU core: a Muon step
+    ~26 ms (Newton-Schulz 2.35 GFLOP, ~22 ms) against ~6 ms for torch.optim.AdamW, next to ~250 ms for the
+    forward+backward of one 4 x 512 batch. The Newton-Schulz FLOPs grow as d^3 per matrix and the model's as
+    d^2 x tokens, so for larger models and batches the share falls."""
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.01, momentum=0.95, nesterov=True, ns_steps=5,
+                 scale='moonlight', split=None, betas=(0.9, 0.999), eps=1e-8):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                        ns_steps=ns_steps, scale=scale, split=split, betas=betas, eps=eps)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group):
+        """torch's add_param_group, after checking the group's options (ValueError, one line)."""
+        if not isinstance(param_group, dict) or 'use_muon' not in param_group:
+            raise ValueError("Muon: every param group needs 'use_muon': True (2-D hidden matrices) or False "
+                             "(AdamW); build them with muon_param_groups(model, ...)")
+        group = dict(param_group)
+        params = group['params']
+        group['params'] = [params] if isinstance(params, torch.Tensor) else list(params)
+        o = {**self.defaults, **group}
+
+        def check(ok, msg):
+            if not ok:
+                raise ValueError(f"Muon: {msg}")
+        check(isinstance(o['use_muon'], bool), f"use_muon must be True or False, got {o['use_muon']!r}")
+        check(o['lr'] >= 0, f"lr={o['lr']} must be >= 0")
+        check(o['weight_decay'] >= 0, f"weight_decay={o['weight_decay']} must be >= 0")
+        if o['use_muon']:
+            check(0 <= o['momentum'] < 1, f"momentum={o['momentum']} must be in [0, 1)")
+            check(isinstance(o['ns_steps'], int) and o['ns_steps'] >= 1,
+                  f"ns_steps={o['ns_steps']!r} must be an int >= 1")
+            check(o['scale'] in ('moonlight', 'jordan'), f"scale={o['scale']!r}, expected 'moonlight' or 'jordan'")
+            for p in group['params']:
+                check(p.ndim == 2, f"a use_muon group holds a parameter of shape {tuple(p.shape)}; Muon "
+                                   f"orthogonalises 2-D matrices only: put it in a use_muon=False (AdamW) group")
+                check(o['split'] is None or (all(isinstance(r, int) and r >= 1 for r in o['split'])
+                                             and sum(o['split']) == p.size(0)),
+                      f"split={o['split']!r} must be positive ints summing to the rows of {tuple(p.shape)}")
+            if o['split'] is not None:
+                group['split'] = tuple(o['split'])
+        else:
+            b1, b2 = o['betas']
+            check(0 <= b1 < 1 and 0 <= b2 < 1, f"betas={o['betas']} must be in [0, 1)")
+            check(o['eps'] >= 0, f"eps={o['eps']} must be >= 0")
+        super().add_param_group(group)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient. closure: re-evaluates the model, returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group['use_muon']:
+                self._muon_step(group)
+            else:
+                self._adamw_step(group)
+        return loss
+
+    def _muon_step(self, group):
+        lr, wd, mu = group['lr'], group['weight_decay'], group['momentum']
+        for p in group['params']:
+            if p.grad is None:
+                continue
+            g = p.grad                                                         # (out, in)
+            if g.is_sparse:
+                raise RuntimeError("Muon does not support sparse gradients")
+            state = self.state[p]
+            if 'momentum_buffer' not in state:
+                state['momentum_buffer'] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf = state['momentum_buffer']
+            buf.mul_(mu).add_(g)                                               # M_t = mu M_{t-1} + G_t
+            update = g.add(buf, alpha=mu) if group['nesterov'] else buf        # Nesterov: G_t + mu M_t
+            O = _orthogonalised_update(update, group['ns_steps'], group['scale'], group['split'])
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            p.add_(O, alpha=-lr)
+
+    def _adamw_step(self, group):
+        lr, wd, eps = group['lr'], group['weight_decay'], group['eps']
+        beta1, beta2 = group['betas']
+        for p in group['params']:
+            if p.grad is None:
+                continue
+            g = p.grad
+            if g.is_sparse:
+                raise RuntimeError("Muon's AdamW branch does not support sparse gradients")
+            state = self.state[p]
+            if 'step' not in state:
+                # the layout of torch.optim.AdamW's state: a float32 scalar tensor counts steps
+                state['step'] = torch.tensor(0.0, dtype=torch.float32)
+                state['exp_avg'] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state['exp_avg_sq'] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avg, exp_avg_sq = state['exp_avg'], state['exp_avg_sq']
+            state['step'] += 1
+            t = state['step'].item()
+            if wd != 0:
+                p.mul_(1 - lr * wd)                                            # decoupled (Loshchilov & Hutter)
+            exp_avg.lerp_(g, 1 - beta1)                                        # m = b1 m + (1 - b1) g
+            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)             # v = b2 v + (1 - b2) g^2
+            bias_correction1 = 1 - beta1 ** t
+            bias_correction2 = 1 - beta2 ** t
+            denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
+            p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+
+def muon_param_groups(model, lr_adam, lr_muon=None, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8,
+                      split_qkv=False):
+    """Param groups for Muon(...) from a GPT (model.py): Muon for every 2-D parameter inside the transformer
+    blocks (names containing '.h.': attention c_attn and c_proj, MLP c_fc and c_proj weights); AdamW for the
+    token and position embeddings, the lm_head, and all biases and norm gains.
+
+    Weight decay as train.py's configure_optimizer: on matrices (Muon matrices, embeddings, lm_head), not on
+    biases and gains. A tied lm_head is the token embedding's tensor: model.named_parameters() yields it once,
+    and every parameter lands in exactly one group (checked). Parameters with requires_grad=False are left out.
+
+    lr_muon: the Muon groups' lr, default lr_adam. With the default 'moonlight' scale one lr fits both (Liu et
+    al. 2025 sec. 2.2), and a loop that writes the same scheduled lr into every group (train.py) is right; with
+    different lrs, multiply each group's own lr by the schedule's factor instead.
+    split_qkv: orthogonalise each c_attn's q, k and v blocks separately (module docstring; default off).
+    Groups that would be empty are left out. Returns a list of dicts for Muon(groups)."""
+    lr_muon = lr_adam if lr_muon is None else lr_muon
+    qkv_rows = {}   # id(c_attn.weight) -> (q rows, k rows, v rows)
+    if split_qkv:
+        for m in model.modules():
+            if hasattr(m, 'c_attn') and hasattr(m, 'n_kv_head'):
+                q, kv = m.n_head * m.head_dim, m.n_kv_head * m.head_dim
+                qkv_rows[id(m.c_attn.weight)] = (q, kv, kv)
+    muon, muon_split, adam_decay, adam_no_decay = [], {}, [], []
+    for name, p in model.named_parameters():     # de-duplicated: a tied weight comes once
+        if not p.requires_grad:
+            continue
+        if '.h.' in name and p.dim() == 2:
+            if id(p) in qkv_rows:
+                muon_split.setdefault(qkv_rows[id(p)], []).append(p)
+            else:
+                muon.append(p)
+        elif p.dim() >= 2:
+            adam_decay.append(p)
+        else:
+            adam_no_decay.append(p)
+    groups = [dict(params=muon, use_muon=True, lr=lr_muon, weight_decay=weight_decay)]
+    groups += [dict(params=ps, use_muon=True, lr=lr_muon, weight_decay=weight_decay, split=rows)
+               for rows, ps in muon_split.items()]
+    adam = dict(use_muon=False, lr=lr_adam, betas=tuple(betas), eps=eps)
+    groups += [dict(adam, params=adam_decay, weight_decay=weight_decay),
+               dict(adam, params=adam_no_decay, weight_decay=0.0)]
+    groups = [g for g in groups if g['params']]
+    ids = [id(p) for g in groups for p in g['params']]
+    assert len(ids) == len(set(ids)), "a parameter is in two groups"
+    return groups
