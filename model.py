@@ -3,9 +3,11 @@ The GPT language model, in one file.
 
 GPT-2 exactly (so OpenAI's checkpoints load and published numbers reproduce), plus the architecture
 changes of the Llama-3 block as plain config options: RMSNorm, rotary position embeddings (RoPE),
-grouped-query attention (GQA), SwiGLU, untied embeddings. Also here: GPT-2 initialisation, generation
-with a KV cache, loading Hugging Face GPT-2 weights, and the parameter / FLOP accounting used by the
-training log and the scaling-law fits.
+grouped-query attention (GQA), SwiGLU, untied embeddings; and, from modded-nanogpt / nanochat, QK-norm,
+squared ReLU, zero-initialised residual projections and logit soft-capping (all off by default). Also
+here: GPT-2 initialisation, generation with a KV cache (and a fixed-shape, compilable one-token step for
+GPUs), loading Hugging Face GPT-2 weights, and the parameter / FLOP / decode-bytes accounting used by the
+training log, the benchmark and the scaling-law fits.
 
 References:
 1) nanoGPT (Karpathy): the structure and names of this file.
@@ -16,6 +18,13 @@ References:
 6) Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1.
 7) Chowdhery et al. 2022, "PaLM", Appendix B (model FLOPs utilisation).
 8) Brown et al. 2020, "Language Models are Few-Shot Learners" (GPT-3), Table 2.1.
+9) Dehghani et al. 2023, "Scaling Vision Transformers to 22 Billion Parameters", sec. 3.1 (QK layernorm);
+   Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training instabilities", sec. 3.1.
+10) So et al. 2021, "Primer: Searching for Efficient Transformers for Language Modeling" (squared ReLU).
+11) Gemma Team 2024, "Gemma 2: Improving Open Language Models at a Practical Size", sec. 2 (logit soft-capping).
+12) modded-nanogpt (K. Jordan et al.) and nanochat (Karpathy): where the four options above were taken from.
+13) gpt-fast (PyTorch team 2023; blog "Accelerating Generative AI with PyTorch II: GPT, Fast"): static KV
+    cache + torch.compile(mode='reduce-overhead') decoding, and memory-bandwidth utilisation (MBU).
 """
 
 import json
@@ -45,12 +54,16 @@ class GPTConfig:
     n_kv_head: int = None         # key/value heads: None or n_head = multi-head, 1 = multi-query, else GQA
     norm: str = 'layernorm'       # 'layernorm' (GPT-2) | 'rmsnorm' (Llama)
     pos_emb: str = 'learned'      # 'learned' absolute positions (GPT-2) | 'rope' (Llama)
-    mlp: str = 'gelu'             # 'gelu' (GPT-2, tanh approximation) | 'swiglu' (Llama)
+    mlp: str = 'gelu'             # 'gelu' (GPT-2, tanh approximation) | 'swiglu' (Llama) | 'relu2' (Primer)
     tie_weights: bool = True      # lm_head shares the token embedding (GPT-2: True; Llama-3 8B: False)
     pad_vocab_multiple: int = 1   # 64 pads 50257 -> 50304 rows: faster matmuls, same function
     rope_theta: float = 10000.0   # RoPE base (RoFormer: 10000; Llama 3: 500000)
     norm_eps: float = 1e-5        # GPT-2's layer_norm_epsilon
-    mlp_hidden: int = None        # None: 4*n_embd for gelu; for swiglu 8/3*n_embd rounded up to a multiple of 64
+    mlp_hidden: int = None        # None: 4*n_embd for gelu and relu2; for swiglu 8/3*n_embd rounded up to 64s
+    # modded-nanogpt / nanochat options (references 9-12); off = GPT-2
+    qk_norm: bool = False         # RMS-normalise each head's queries and keys (parameter-free), before RoPE
+    zero_init_proj: bool = False  # attn.c_proj and mlp.c_proj weights start at 0 instead of N(0, 0.02/sqrt(2L))
+    logit_softcap: float = None   # None, or cap > 0: logits = cap * tanh(logits / cap) (modded-nanogpt 30, nanochat 15)
 
     def __post_init__(self):
         def check(ok, msg):
@@ -58,7 +71,7 @@ class GPTConfig:
                 raise ModelError(f"bad model config: {msg}")
         check(self.norm in ('layernorm', 'rmsnorm'), f"norm={self.norm!r}, expected 'layernorm' or 'rmsnorm'")
         check(self.pos_emb in ('learned', 'rope'), f"pos_emb={self.pos_emb!r}, expected 'learned' or 'rope'")
-        check(self.mlp in ('gelu', 'swiglu'), f"mlp={self.mlp!r}, expected 'gelu' or 'swiglu'")
+        check(self.mlp in ('gelu', 'swiglu', 'relu2'), f"mlp={self.mlp!r}, expected 'gelu', 'swiglu' or 'relu2'")
         for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple'):
             check(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, f"{k}={getattr(self, k)!r} must be an int >= 1")
         check(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
@@ -67,6 +80,11 @@ class GPTConfig:
         check(self.n_head % self.kv_heads == 0, f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         check(self.pos_emb != 'rope' or self.head_dim % 2 == 0, f"rope needs an even head size, got {self.head_dim}")
         check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        for k in ('qk_norm', 'zero_init_proj'):
+            check(isinstance(getattr(self, k), bool), f"{k}={getattr(self, k)!r} must be True or False")
+        cap = self.logit_softcap
+        check(cap is None or (isinstance(cap, (int, float)) and not isinstance(cap, bool) and 0 < cap < math.inf),
+              f"logit_softcap={cap!r} must be None or a finite number > 0")
 
     @property
     def head_dim(self):
@@ -85,7 +103,7 @@ class GPTConfig:
     def hidden_dim(self):
         if self.mlp_hidden is not None:
             return self.mlp_hidden
-        if self.mlp == 'gelu':
+        if self.mlp in ('gelu', 'relu2'):
             return 4 * self.n_embd
         # SwiGLU has three matrices instead of two: 2/3 of 4*n_embd keeps the parameter count of the GELU MLP
         # (Shazeer 2020); rounded up to a multiple of 64 for matmul efficiency (Llama rounds to 256).
@@ -124,11 +142,13 @@ def count_params(config):
     """Parameters of GPT(config), from the config alone (works for shapes too big to build).
     n_params: all parameters, vocab counted unpadded (padding rows never affect the output or get a gradient).
     n_params_nonembed: Kaplan et al. 2020's N: everything except the token embedding, the position embedding
-    and an untied lm_head (the per-vocabulary matrices). Norms and biases are included."""
+    and an untied lm_head (the per-vocabulary matrices). Norms and biases are included.
+    qk_norm adds no parameters (parameter-free RMS norm), relu2 has gelu's two matrices, logit_softcap and
+    zero_init_proj change no shapes."""
     c = config
     C, hd, H, Hkv, Fh, b = c.n_embd, c.head_dim, c.n_head, c.kv_heads, c.hidden_dim, int(c.bias)
     attn = C * (H + 2 * Hkv) * hd + b * (H + 2 * Hkv) * hd + C * C + b * C   # c_attn (q, k, v) + c_proj
-    n_up = 2 if c.mlp == 'swiglu' else 1                                       # swiglu: gate and up
+    n_up = 2 if c.mlp == 'swiglu' else 1                                       # swiglu: gate and up; gelu, relu2: up
     mlp = n_up * (C * Fh + b * Fh) + Fh * C + b * C
     norm = C + (b * C if c.norm == 'layernorm' else 0)
     nonembed = c.n_layer * (attn + mlp + 2 * norm) + norm                      # + ln_f
@@ -145,7 +165,9 @@ def flops_per_token(config, formula='palm', seq_len=None):
         embedding, which is a lookup; the lm_head matmul is counted once either way). 12*L*H*Q*T counts
         QK^T and AV in full (the causal mask's saving is not subtracted, as in PaLM).
     'kaplan': Kaplan et al. 2020 Table 1: C_forward = 2N + 2*n_layer*n_ctx*d_attn with N non-embedding;
-        training = 3 x forward (C ~ 6ND). It leaves out the de-embedding matmul (2*d_model*n_vocab)."""
+        training = 3 x forward (C ~ 6ND). It leaves out the de-embedding matmul (2*d_model*n_vocab).
+    Both count matmuls only: norms, activations, qk_norm and logit_softcap (element-wise) add nothing; relu2
+    has gelu's matmuls."""
     T = config.block_size if seq_len is None else seq_len
     L, H, Q = config.n_layer, config.n_head, config.head_dim
     n_nonembed = count_params(config)['n_params_nonembed']
@@ -155,6 +177,23 @@ def flops_per_token(config, formula='palm', seq_len=None):
     if formula == 'kaplan':
         return 3 * (2 * n_nonembed + 2 * L * T * H * Q)
     raise ModelError(f"unknown FLOP formula {formula!r}, expected 'palm' or 'kaplan'")
+
+
+def decode_bytes_per_token(config, dtype_bytes, kv_len, batch_size=1):
+    """Bytes read from memory per generated token when batch_size sequences decode one token per step,
+    each attending over kv_len cached positions. A decode step is memory-bound: it reads every weight once
+    (shared by the batch) for ~2 FLOPs per weight and row. So bytes/token x tokens/s / peak bandwidth is the
+    memory-bandwidth utilisation (MBU, as gpt-fast reports it). Counted, at dtype_bytes per number:
+    the weights that take part in a matmul or a norm (n_params_nonembed, biases and norms included) and the
+    whole lm_head matrix, padding rows included (the matmul reads them); per sequence, one row of wte (and
+    of wpe) for the lookups, and keys + values: 2 * n_layer * kv_heads * head_dim * kv_len. Not counted:
+    activations, logits, RoPE tables (all small next to the weights at batch 1). GPT.decode_step attends
+    over the whole block_size cache whatever the position, so for it kv_len = block_size is what it reads."""
+    c = config
+    weights = count_params(c)['n_params_nonembed'] + c.padded_vocab_size * c.n_embd
+    rows = c.n_embd * (2 if c.pos_emb == 'learned' else 1)
+    kv = 2 * c.n_layer * c.kv_heads * c.head_dim * kv_len
+    return dtype_bytes * (weights + batch_size * (rows + kv)) / batch_size
 
 
 # -----------------------------------------------------------------------------
@@ -212,7 +251,9 @@ def apply_rope(x, cos, sin):
 
 class KVCache:
     """Keys and values of every layer for the positions seen so far, preallocated to block_size.
-    Keys are stored after RoPE (rotated at their absolute position), so they are never recomputed."""
+    Keys are stored after RoPE (rotated at their absolute position), so they are never recomputed.
+    update() (features) returns the filled prefix, a new shape at every step; write() (decode_step)
+    returns the whole buffers, the same shapes at every step."""
 
     def __init__(self, config, batch_size):
         self.shape = (batch_size, config.kv_heads, config.block_size, config.head_dim)
@@ -221,13 +262,21 @@ class KVCache:
         self.pos = 0   # positions filled; GPT.features advances it after all layers
 
     def update(self, layer, k, v):
-        if self.k[layer] is None:   # allocate lazily: dtype follows autocast
+        buf = self.k[layer]
+        # allocate lazily: dtype follows autocast (again if a kept cache meets another dtype or device)
+        if buf is None or buf.dtype != k.dtype or buf.device != k.device:
             self.k[layer] = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
             self.v[layer] = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
         p, T = self.pos, k.size(2)
         self.k[layer][:, :, p:p + T] = k
         self.v[layer][:, :, p:p + T] = v
         return self.k[layer][:, :, :p + T], self.v[layer][:, :, :p + T]
+
+    def write(self, layer, k, v, pos):
+        """One position, given as a (1,) tensor pos: fixed shapes, one graph for every step (gpt-fast)."""
+        self.k[layer].index_copy_(2, pos, k)
+        self.v[layer].index_copy_(2, pos, v)
+        return self.k[layer], self.v[layer]
 
 
 class CausalSelfAttention(nn.Module):
@@ -237,26 +286,38 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.layer_idx = layer_idx
         self.dropout = config.dropout
+        self.qk_norm, self.norm_eps = config.qk_norm, config.norm_eps
         # q, k and v in one matmul (GPT-2's c_attn); with GQA k and v have n_kv_head heads each
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope=None, kv_cache=None):
+    def forward(self, x, rope=None, kv_cache=None, pos=None):
         B, T, C = x.size()
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([H * hd, Hkv * hd, Hkv * hd], dim=2)
         q = q.view(B, T, H, hd).transpose(1, 2)      # (B, H, T, hd)
         k = k.view(B, T, Hkv, hd).transpose(1, 2)    # (B, Hkv, T, hd)
         v = v.view(B, T, Hkv, hd).transpose(1, 2)
+        if self.qk_norm:
+            # QK-norm (Dehghani et al. 2023; Wortsman et al. 2023): bounds the attention logits, which otherwise
+            # grow and make training diverge. Parameter-free RMS norm over each head, as modded-nanogpt and
+            # nanochat (the papers' LayerNorm has a gain); before RoPE, a rotation that keeps the norm.
+            q = F.rms_norm(q, (hd,), eps=self.norm_eps).type_as(q)   # type_as: CUDA autocast may give float32
+            k = F.rms_norm(k, (hd,), eps=self.norm_eps).type_as(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if kv_cache is not None:
+        if pos is not None:
+            k, v = kv_cache.write(self.layer_idx, k, v, pos)
+        elif kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         Tk = k.size(2)
         # GQA: query head h reads kv head h // (H/Hkv), as Hugging Face Llama's repeat_kv, without copying k and v
         sdpa = dict(dropout_p=self.dropout if self.training else 0.0, enable_gqa=Hkv != H)
-        if Tk == T:      # training, or the first chunk into an empty cache: plain causal attention
+        if pos is not None:   # decode_step: one token over the whole cache; positions after pos are masked out
+            mask = (torch.arange(Tk, device=q.device) <= pos).view(1, Tk)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **sdpa)
+        elif Tk == T:    # training, or the first chunk into an empty cache: plain causal attention
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **sdpa)
         elif T == 1:     # one new token after a cached prefix: it may see every cached position
             y = F.scaled_dot_product_attention(q, k, v, **sdpa)
@@ -271,7 +332,7 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.swiglu = config.mlp == 'swiglu'
+        self.swiglu, self.relu2 = config.mlp == 'swiglu', config.mlp == 'relu2'
         hidden = config.hidden_dim
         # swiglu: gate and up projections fused in one matmul, split in forward
         self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * hidden, bias=config.bias)
@@ -283,6 +344,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = x.chunk(2, dim=-1)
             x = F.silu(gate) * up
+        elif self.relu2:
+            x = F.relu(x).square()   # Primer (So et al. 2021) sec. 4: squared ReLU; modded-nanogpt, nanochat
         else:
             x = F.gelu(x, approximate='tanh')   # GPT-2's gelu ("gelu_new"); nanoGPT's exact erf GELU differs
         return self.dropout(self.c_proj(x))
@@ -297,8 +360,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+    def forward(self, x, rope=None, kv_cache=None, pos=None):
+        x = x + self.attn(self.ln_1(x), rope, kv_cache, pos)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -323,11 +386,17 @@ class GPT(nn.Module):
             self.register_buffer('rope_cos', cos, persistent=False)
             self.register_buffer('rope_sin', sin, persistent=False)
         # GPT-2 init: N(0, 0.02) for weights and embeddings, zero biases, and the projections that write into
-        # the residual stream scaled by 1/sqrt(2*n_layer) (two per block; GPT-2 paper sec. 2.3)
+        # the residual stream scaled by 1/sqrt(2*n_layer) (two per block; GPT-2 paper sec. 2.3).
+        # zero_init_proj (modded-nanogpt, nanochat): those start at zero, so every block starts as the identity;
+        # their gradients are not zero (the weights before them are not), so they learn from the first step.
+        # Only these residual projections: nanochat also zeroes its (untied) lm_head, impossible when it is tied.
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():
             if pn.endswith('c_proj.weight'):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    torch.nn.init.zeros_(p)
+                else:
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -359,7 +428,7 @@ class GPT(nn.Module):
         """idx (B, T) token ids -> (logits (B, T, padded_vocab_size), loss or None). Columns >= vocab_size
         are padding: the loss is the cross-entropy over the real vocabulary only (in float32, targets -1
         ignored), so a padded model is the same function as an unpadded one."""
-        logits = self.lm_head(self.features(idx, kv_cache))
+        logits = self.lm_logits(self.features(idx, kv_cache))
         loss = None
         if targets is not None:
             V = self.config.vocab_size
@@ -367,8 +436,35 @@ class GPT(nn.Module):
             loss = F.cross_entropy(real.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def lm_logits(self, h):
+        """lm_head, then with logit_softcap: cap * tanh(logits / cap) (Gemma 2, sec. 2), in float32 so that
+        |logits| <= cap holds exactly and the loss sees the capped values. It bounds the logits smoothly
+        (their growth is a late-training instability); it never changes the argmax."""
+        logits = self.lm_head(h)
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
+
+    def decode_step(self, idx, cache, pos):
+        """One decoding step with fixed shapes (gpt-fast), so that one compiled graph (one CUDA graph) serves
+        every position: idx (B, 1) the tokens at position pos, a (1,) long tensor on idx's device (not an int:
+        a new int would be a new graph); cache a KVCache that already holds positions 0 .. pos-1 (a prefill
+        through features()). Writes position pos into the cache (cache.pos is left to the caller) and returns
+        the logits (B, padded_vocab_size) for the next token. Attention reads all block_size positions, those
+        after pos masked out: each step costs the same as the last one before the window slides."""
+        x = self.transformer.wte(idx)
+        if self.config.pos_emb == 'learned':
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
+        rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos_emb == 'rope' else None
+        for block in self.transformer.h:
+            x = block(x, rope, cache, pos)
+        return self.lm_logits(self.transformer.ln_f(x)[:, -1, :])
+
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, kv_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, kv_cache=True,
+                 compile_decode=False):
         """Continue the prompts idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens).
         Each token is drawn from the model's distribution given the last block_size tokens (nanoGPT's
         sliding window). temperature=0 is greedy; top_k / top_p filter as in sample_next; generator is a
@@ -376,13 +472,14 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, kv_cache))
+            new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, kv_cache,
+                                            compile_decode))
         finally:
             self.train(was_training)
         return torch.cat([idx] + new, dim=1)
 
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                        kv_cache=True):
+                        kv_cache=True, compile_decode=False):
         """generate() one step at a time: yields the next token of every row, (B, 1), so text can be shown as it
         comes (sample.py). Call it in eval mode under torch.no_grad(): a generator cannot hold those for its caller.
 
@@ -391,22 +488,56 @@ class GPT(nn.Module):
         (and with it, from layer 2 on, every key and value), so the cache is rebuilt from scratch from the
         last block_size tokens. Rolling the cache would be wrong with learned positions and, for RoPE,
         only an approximation. So past block_size each step costs a full forward, as without the cache,
-        and both paths give the same tokens (the tests check this)."""
+        and both paths give the same tokens (the tests check this).
+
+        compile_decode=True (with kv_cache; ignored without) runs the one-token steps through decode_step,
+        compiled once per model: on CUDA with torch.compile(mode='reduce-overhead', fullgraph=True), which
+        replays CUDA graphs (one launch per step instead of one per kernel, gpt-fast's approach); elsewhere
+        with plain torch.compile. The prompt and each rebuild keep the path above. The first call compiles
+        (tens of seconds); the same tokens as without it, up to floating-point rounding."""
         bs = self.config.block_size
-        cache = None
+        step = idx_next = None
+        if kv_cache:
+            step, cache = self._compiled_decode(idx) if compile_decode else (None, KVCache(self.config, idx.size(0)))
         for _ in range(max_new_tokens):
             if not kv_cache:
-                h = self.features(idx[:, -bs:])
-            elif cache is None or cache.pos == bs:   # first step, or the window slid: (re)build
-                cache = cache or KVCache(self.config, idx.size(0))
-                cache.pos = 0                          # reuse the buffers, overwrite from position 0
-                h = self.features(idx[:, -bs:], cache)
+                logits = self.lm_logits(self.features(idx[:, -bs:])[:, -1, :])   # only the last position is needed
+            elif cache.pos in (0, bs):   # first step, or the window slid: (re)build
+                cache.pos = 0            # reuse the buffers, overwrite from position 0
+                logits = self.lm_logits(self.features(idx[:, -bs:], cache)[:, -1, :])
+                if step is not None:
+                    pos = torch.tensor([cache.pos], device=idx.device)   # kept on the device, += 1 at each step
+                    if idx.is_cuda:   # the buffers never move: CUDA graphs read and write them in place
+                        for t in cache.k + cache.v:
+                            torch._dynamo.mark_static_address(t)
+            elif step is None:
+                logits = self.lm_logits(self.features(idx[:, -1:], cache)[:, -1, :])
             else:
-                h = self.features(idx[:, -1:], cache)
-            logits = self.lm_head(h[:, -1, :])   # only the last position is needed
+                if idx.is_cuda:
+                    torch.compiler.cudagraph_mark_step_begin()   # the last step's graph outputs are consumed
+                logits = step(idx_next, cache, pos)   # the token just drawn: (B, 1), the same strides every step
+                pos += 1
+                cache.pos += 1
             idx_next = sample_next(logits, self.config.vocab_size, temperature, top_k, top_p, generator)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next
+
+    def _compiled_decode(self, idx):
+        """decode_step compiled, and the KVCache it works in, kept on the model (not in its state_dict):
+        compiling again at every call would cost tens of seconds, and new cache buffers would be new graph
+        inputs (a recompile, or a CUDA graph re-record). Both are made again for another device type or
+        batch size. The cache (block_size positions per sequence) stays allocated until the model is freed;
+        being one, it serves one compile_decode generation at a time (do not interleave two such streams)."""
+        dev, B = idx.device.type, idx.size(0)
+        kept = getattr(self, '_decode', None)
+        if kept is None or kept['device'] != dev:
+            mode = dict(mode='reduce-overhead') if dev == 'cuda' else {}
+            self._decode = kept = dict(device=dev, cache=None,
+                                       step=torch.compile(self.decode_step, fullgraph=True, **mode))
+        if kept['cache'] is None or kept['cache'].shape[0] != B:
+            kept['cache'] = KVCache(self.config, B)
+        kept['cache'].pos = 0   # empty: the first step fills it
+        return kept['step'], kept['cache']
 
     @classmethod
     def from_pretrained(cls, name_or_path, **overrides):

@@ -310,6 +310,8 @@ def test_from_pretrained_matches_hugging_face_logits(tmp_path):
     assert (tmp_path / 'model.safetensors').exists()
     model = GPT.from_pretrained(str(tmp_path)).eval()
     assert model.config.block_size == 24 and model.config.vocab_size == 97
+    c = model.config   # GPT-2: the modded-nanogpt options stay off
+    assert (c.qk_norm, c.zero_init_proj, c.logit_softcap, c.mlp) == (False, False, None, 'gelu')
     idx = torch.randint(0, 97, (2, 24))
     with torch.no_grad():
         ref = hf(idx).logits
@@ -338,6 +340,7 @@ def test_from_pretrained_errors_are_one_line(tmp_path):
         return str(e.value)
     assert 'neither a local directory' in err('no-such-model')
     assert 'override' in err('gpt2', n_layer=3)
+    assert 'override' in err('gpt2', qk_norm=True)
     (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'llama'}))
     assert "only 'gpt2'" in err(str(tmp_path))
     hf_model(tmp_path)
