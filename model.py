@@ -27,10 +27,7 @@ References:
     cache + torch.compile(mode='reduce-overhead') decoding, and memory-bandwidth utilisation (MBU).
 """
 
-import json
 import math
-import os
-import struct
 from dataclasses import dataclass
 
 import torch
@@ -541,37 +538,37 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, **overrides):
-        """GPT-2 weights from a local Hugging Face directory (config.json with model.safetensors or
-        pytorch_model.bin, or their sharded *.index.json), or by name ('gpt2', 'gpt2-medium', 'gpt2-large',
-        'gpt2-xl') downloaded from the Hugging Face hub into ~/.cache/gpt-scaling/<name>.
+        """OpenAI's GPT-2 weights: a local Hugging Face directory (config.json with model.safetensors or
+        pytorch_model.bin, or their sharded *.index.json), or a name ('gpt2', 'gpt2-medium', 'gpt2-large',
+        'gpt2-xl') downloaded from the Hugging Face hub into ~/.cache/gpt-scaling/<name> (gpt2_weights.py).
         overrides: dropout and/or pad_vocab_multiple."""
+        from gpt2_weights import WeightsError, read_gpt2   # reads files only; it does not import this module
         bad = set(overrides) - {'dropout', 'pad_vocab_multiple'}
         if bad:
             raise ModelError(f"from_pretrained can only override dropout and pad_vocab_multiple, not {sorted(bad)}")
-        path = name_or_path if os.path.isdir(name_or_path) else download_gpt2(name_or_path)
-        config = GPTConfig(**_config_from_hf(path), **overrides)
+        try:
+            return cls._load_gpt2(*read_gpt2(name_or_path), overrides)
+        except WeightsError as e:
+            raise ModelError(str(e)) from None
+
+    @classmethod
+    def _load_gpt2(cls, path, hf_config, weights, overrides):
+        config = GPTConfig(**hf_config, **overrides)
         model = cls(config)
         ours = model.state_dict()   # tensors share storage with the parameters
         loaded = set()
-        # Hugging Face keeps OpenAI's Conv1D layout (in, out) for these; nn.Linear is (out, in)
-        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
         with torch.no_grad():
-            for key, w in _load_hf_weights(path).items():
-                if key.endswith(('.attn.bias', '.attn.masked_bias')):   # causal-mask buffers, not weights
+            for name, w in weights:
+                if name == 'lm_head.weight' and config.tie_weights:   # the same tensor as wte
                     continue
-                if key == 'lm_head.weight' and config.tie_weights:   # the same tensor as wte
-                    continue
-                name = key if key.startswith('lm_head.') else 'transformer.' + key.removeprefix('transformer.')
                 if name not in ours:
-                    raise ModelError(f"{path}: unexpected weight {key!r} for a GPT-2 model")
-                if name.endswith(transposed):
-                    w = w.t()
+                    raise ModelError(f"{path}: unexpected weight {name!r} for a GPT-2 model")
                 dst = ours[name]
-                if name == 'transformer.wte.weight' or name == 'lm_head.weight':
+                if name in ('transformer.wte.weight', 'lm_head.weight'):
                     dst[config.vocab_size:].zero_()   # padding rows, if any: unused
                     dst = dst[:config.vocab_size]
                 if w.shape != dst.shape:
-                    raise ModelError(f"{path}: weight {key!r} has shape {tuple(w.shape)}, expected {tuple(dst.shape)}")
+                    raise ModelError(f"{path}: weight {name!r} has shape {tuple(w.shape)}, expected {tuple(dst.shape)}")
                 dst.copy_(w)
                 loaded.add(name)
         missing = set(ours) - loaded - ({'lm_head.weight'} if config.tie_weights else set())
@@ -600,115 +597,3 @@ def sample_next(logits, vocab_size, temperature=1.0, top_k=None, top_p=None, gen
         logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float('-inf')))
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
-# -----------------------------------------------------------------------------
-# GPT-2 weights in Hugging Face format
-
-HF_REPOS = {'gpt2': 'openai-community/gpt2', 'gpt2-medium': 'openai-community/gpt2-medium',
-            'gpt2-large': 'openai-community/gpt2-large', 'gpt2-xl': 'openai-community/gpt2-xl'}
-
-
-def _config_from_hf(path):
-    try:
-        with open(os.path.join(path, 'config.json')) as f:
-            hf = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: cannot read config.json ({e})") from None
-    if hf.get('model_type') != 'gpt2':
-        raise ModelError(f"{path}: model_type is {hf.get('model_type')!r}, only 'gpt2' checkpoints load")
-    if hf.get('activation_function', 'gelu_new') not in ('gelu_new', 'gelu_pytorch_tanh'):
-        raise ModelError(f"{path}: activation {hf['activation_function']!r} is not GPT-2's tanh GELU")
-    if hf.get('scale_attn_by_inverse_layer_idx') or not hf.get('scale_attn_weights', True):
-        raise ModelError(f"{path}: non-standard attention scaling is not supported")
-    return dict(block_size=hf['n_positions'], vocab_size=hf['vocab_size'], n_layer=hf['n_layer'],
-                n_head=hf['n_head'], n_embd=hf['n_embd'], bias=True, norm_eps=hf.get('layer_norm_epsilon', 1e-5),
-                mlp_hidden=hf.get('n_inner'), tie_weights=hf.get('tie_word_embeddings', True))
-
-
-def _load_hf_weights(path):
-    """All tensors of the checkpoint in path: model.safetensors or pytorch_model.bin, or shards listed in
-    their .index.json."""
-    for fname, load in (('model.safetensors', read_safetensors),
-                        ('pytorch_model.bin', lambda p: torch.load(p, map_location='cpu', weights_only=True))):
-        f = os.path.join(path, fname)
-        try:
-            if os.path.exists(f):
-                return load(f)
-            if os.path.exists(f + '.index.json'):
-                with open(f + '.index.json') as fi:
-                    shards = sorted(set(json.load(fi)['weight_map'].values()))
-                return {k: v for s in shards for k, v in load(os.path.join(path, s)).items()}
-        except ModelError:
-            raise
-        except Exception as e:   # truncated file, bad pickle, missing shard: say which file
-            msg = (str(e).splitlines() or [''])[0]
-            raise ModelError(f"{f}: cannot read weights ({type(e).__name__}: {msg})") from None
-    raise ModelError(f"{path}: no model.safetensors or pytorch_model.bin")
-
-
-_ST_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
-              'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
-              'BOOL': torch.bool}
-
-
-def read_safetensors(fname):
-    """A .safetensors file as {name: tensor} without the safetensors package. Format: u64 little-endian
-    header size, a JSON header {name: {dtype, shape, data_offsets}}, then the raw little-endian bytes.
-    The file is memory-mapped (copy-on-write), so reading gpt2-xl does not need 6 GB of extra RAM."""
-    import mmap
-    with open(fname, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        header = json.loads(f.read(n))
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    out = {}
-    for name, info in header.items():
-        if name == '__metadata__':
-            continue
-        if info['dtype'] not in _ST_DTYPES:
-            raise ModelError(f"{fname}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        dtype = _ST_DTYPES[info['dtype']]
-        start, end = info['data_offsets']
-        count = (end - start) // dtype.itemsize
-        t = (torch.frombuffer(buf, dtype=dtype, count=count, offset=8 + n + start) if count
-             else torch.empty(0, dtype=dtype))
-        out[name] = t.reshape(info['shape'])
-    return out
-
-
-def download_gpt2(name):
-    """config.json and model.safetensors of OpenAI's GPT-2 `name` from the Hugging Face hub (or $HF_ENDPOINT)
-    into $XDG_CACHE_HOME/gpt-scaling/<name> (default ~/.cache), atomically; returns the directory."""
-    if name not in HF_REPOS:
-        raise ModelError(f"{name!r} is neither a local directory nor one of {', '.join(HF_REPOS)}")
-    import requests
-    cache_root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    out_dir = os.path.join(cache_root, 'gpt-scaling', name)
-    os.makedirs(out_dir, exist_ok=True)
-    endpoint = os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')
-    for fname in ('config.json', 'model.safetensors'):
-        dst = os.path.join(out_dir, fname)
-        if os.path.exists(dst):
-            continue
-        url = f"{endpoint}/{HF_REPOS[name]}/resolve/main/{fname}"
-        tmp = dst + '.tmp'
-        try:
-            with requests.get(url, stream=True, timeout=30) as r:
-                r.raise_for_status()
-                expected, got = int(r.headers.get('Content-Length', -1)), 0
-                with open(tmp, 'wb') as f:
-                    for chunk in r.iter_content(chunk_size=1 << 20):
-                        f.write(chunk)
-                        got += len(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-            if expected >= 0 and got != expected:
-                raise requests.RequestException(f"got {got} of {expected} bytes")
-        except requests.RequestException as e:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ModelError(f"cannot download {url} ({reason}); if offline, download the model elsewhere and "
-                             f"pass its directory (config.json + model.safetensors)") from None
-        os.replace(tmp, dst)
-    return out_dir

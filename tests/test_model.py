@@ -9,8 +9,10 @@ import threading
 import pytest
 import torch
 
+import data
+from gpt2_weights import hf_tensors
 from model import (GPT, PRESETS, GPTConfig, KVCache, ModelError, apply_rope, count_params, flops_per_token,
-                   read_safetensors, rope_tables, sample_next)
+                   rope_tables, sample_next)
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -319,7 +321,7 @@ def test_from_pretrained_matches_hugging_face_logits(tmp_path):
     assert ref.abs().max() > 1   # not a trivially small comparison
     assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5), (ours - ref).abs().max()
     # the same model from pytorch_model.bin, and padded to a multiple of 64
-    sd = read_safetensors(tmp_path / 'model.safetensors')
+    sd = dict(hf_tensors(str(tmp_path)))
     safetensors_torch = pytest.importorskip('safetensors.torch')
     for k, v in safetensors_torch.load_file(tmp_path / 'model.safetensors').items():
         assert torch.equal(sd[k], v), k
@@ -376,6 +378,7 @@ def test_from_pretrained_by_name_downloads_and_caches(tmp_path, monkeypatch):
     assert GPT.from_pretrained('gpt2').config == model.config   # from the cache: the server is gone
     # offline (nothing listens on the port), with no cache: a clear one-line error
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'empty'))
+    monkeypatch.setattr(data.time, 'sleep', lambda s: None)   # the downloader's back-off, without the wait
     with pytest.raises(ModelError, match='cannot download .*offline') as e:
         GPT.from_pretrained('gpt2-medium')
     assert '\n' not in str(e.value)
