@@ -18,6 +18,8 @@ model.flops_per_token with two formulas side by side: PaLM's 6N + 12*L*H*Q*T (na
 Kaplan's 6N (+ 6*L*T*d_attn). The peak is the dense (not 2:4-sparse) datasheet figure for the GPU's name, a
 matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no MFU rather than a guess.
 """
+import contextlib
+import copy
 import json
 import math
 import os
@@ -31,8 +33,8 @@ import torch
 from checkpoint import CheckpointError, load_model
 from configurator import ConfigError, parse_config, script_defaults
 from data import DataError, TokenLoader, read_meta, shard_paths
-from model import ModelError, count_params, flops_per_token
-from runtime import device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
+from model import ModelError, count_params, decode_bytes_per_token, flops_per_token
+from runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
 from training import configure_optimizer, train_step
 
 # -----------------------------------------------------------------------------
@@ -50,6 +52,7 @@ BENCH_DEFAULTS = dict(
     sample_tokens=64,    # tokens generated with and without the KV cache (0 = skip sampling)
     sample_prompt=32,    # prompt length for sampling (random tokens)
     sample_batch=1,      # sequences generated at once
+    sample_compile=False,  # also time the compiled static-cache decode (GPU: CUDA graphs; weights in bf16/fp16)
     nprocs=None,         # e.g. 1,2 or 1,2,4,8: strong and weak scaling, each count under torchrun
     json=False,          # print one JSON object instead of the table
     scaling_totals=None,  # set by --nprocs for its torchrun workers: tokens/step values to time in one launch
@@ -124,25 +127,45 @@ def _max_over_ranks(values, rt):
 
 @torch.no_grad()
 def sampling_throughput(model, rt, cfg, vocab):
-    """Generation tokens/s with and without the KV cache: median over repeats of one generate() call each."""
+    """Generation tokens/s with and without the KV cache: median over repeats of one generate() call each; with
+    sample_compile, also the compiled static-cache decode (its first call, compilation included, is reported
+    apart as compile_warmup_s) and, on CUDA, its memory-bandwidth utilisation: bytes read per token
+    (model.decode_bytes_per_token) x tokens/s over the measured copy bandwidth of the device."""
     T = model.config.block_size
     prompt = max(1, min(cfg['sample_prompt'], T - cfg['sample_tokens']))
     new = min(cfg['sample_tokens'], T - prompt)  # stay inside the window: past it the cache is rebuilt per token
     B = cfg['sample_batch']
     idx = torch.randint(vocab, (B, prompt), generator=torch.Generator().manual_seed(cfg['seed'])).to(rt.device)
     out = {'batch': B, 'prompt': prompt, 'new_tokens': new}
-    for kv in (True, False):
-        with rt.autocast:
-            model.generate(idx, min(2, new), kv_cache=kv)  # warm-up
+
+    def timed(m, autocast, **kw):
+        with autocast:
+            device_sync(rt.device)
+            t0 = time.perf_counter()
+            m.generate(idx, min(2, new), **kw)  # warm-up (and, compiled, the compilation)
+            device_sync(rt.device)
+            warm = time.perf_counter() - t0
             times = []
             for _ in range(cfg['repeats']):
                 device_sync(rt.device)
                 t0 = time.perf_counter()
-                model.generate(idx, new, kv_cache=kv)
+                m.generate(idx, new, **kw)
                 device_sync(rt.device)
                 times.append(time.perf_counter() - t0)
-        out['kv_cache_tok_s' if kv else 'no_cache_tok_s'] = B * new / statistics.median(times)
+        return B * new / statistics.median(times), warm
+    for kv in (True, False):
+        out['kv_cache_tok_s' if kv else 'no_cache_tok_s'] = timed(model, rt.autocast, kv_cache=kv)[0]
     out['kv_cache_speedup'] = out['kv_cache_tok_s'] / out['no_cache_tok_s']
+    if cfg['sample_compile']:
+        low = rt.device.type == 'cuda' and rt.dtype != 'float32'   # as sample.py: weights in bf16/fp16 on GPUs
+        m = copy.deepcopy(model).to(rt.ptdtype) if low else model
+        out['compiled_tok_s'], out['compile_warmup_s'] = timed(m, contextlib.nullcontext() if low else rt.autocast,
+                                                               kv_cache=True, compile_decode=True)
+        dtype_bytes = next(m.parameters()).element_size()
+        out['bytes_per_token'] = decode_bytes_per_token(model.config, dtype_bytes, T, B)
+        bw = copy_bandwidth(rt.device)
+        out['bandwidth_bytes_s'] = bw
+        out['bandwidth_util'] = out['bytes_per_token'] * out['compiled_tok_s'] / bw if bw else None
     return out
 
 
@@ -405,6 +428,10 @@ def format_train(r):
                      f"no cache {s['no_cache_tok_s']:,.1f} "
                      f"tok/s | {s['kv_cache_speedup']:.2f}x (batch {s['batch']}, prompt {s['prompt']}, "
                      f"{s['new_tokens']} new tokens)")
+        if 'compiled_tok_s' in s:
+            bw = f", {100 * s['bandwidth_util']:.1f}% of the device's copy bandwidth" if s['bandwidth_util'] else ''
+            lines.append(f"  compiled decode   {s['compiled_tok_s']:,.1f} tok/s after {s['compile_warmup_s']:.1f} s "
+                         f"of warm-up; {s['bytes_per_token'] / 1e6:,.1f} MB read per token{bw}")
     lines += ["", *(f"{k}: {v}" for k, v in r['flops_formula'].items())]
     return "\n".join(lines)
 

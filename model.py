@@ -194,6 +194,68 @@ def decode_bytes_per_token(config, dtype_bytes, kv_len, batch_size=1):
 
 
 # -----------------------------------------------------------------------------
+# The loss without the logits
+
+CE_CHUNK_ELEMENTS = 1 << 28   # logits computed at once: 2^28 float32 = 1 GiB (5,336 rows of GPT-2's 50,304)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of (h @ W^T)[:, :V] against targets (-1 ignored), and its gradients, computed chunk by
+    chunk in the forward pass, so the (N, V) float32 logits and their gradient (13 GB each for 64 x 1024 tokens
+    of GPT-2's vocabulary) never exist at once: each chunk's logits are made, turned into
+    dL/dlogits = (softmax - onehot) / n_valid, multiplied into dL/dh and dL/dW, and dropped. The matmuls are
+    the same three an ordinary forward + backward does (Liger Kernel's fused linear cross-entropy, Hsu et al.
+    2024, does this in Triton; here it is plain torch). The matmuls run in autocast's dtype when autocast is on,
+    the softmax and the loss in float32, as the unfused path. With a soft cap c the loss sees c*tanh(z/c), and
+    dL/dz picks up the factor 1 - tanh^2."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, vocab_size, softcap):
+        dev = h.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        with torch.autocast(dev, enabled=False):
+            hc_all, w = h.to(dtype), weight[:vocab_size].to(dtype)
+            valid = targets != -1
+            n_valid = valid.sum()
+            acc = torch.promote_types(dtype, torch.float32)   # softmax and sums: float32, or float64 for a float64 model
+            loss = torch.zeros((), dtype=acc, device=h.device)
+            grad_h = torch.empty_like(hc_all)
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device)
+            rows = max(1, CE_CHUNK_ELEMENTS // vocab_size)
+            for s in range(0, h.size(0), rows):
+                hc, t, ok = hc_all[s:s + rows], targets[s:s + rows], valid[s:s + rows]
+                z = (hc @ w.t()).to(acc)
+                if softcap is not None:
+                    th = torch.tanh(z / softcap)
+                    z = softcap * th
+                lse = torch.logsumexp(z, dim=-1)
+                tc = t.clamp(min=0)
+                loss += ((lse - z.gather(1, tc[:, None])[:, 0]) * ok).sum()
+                g = torch.softmax(z, dim=-1)
+                g[torch.arange(len(tc), device=h.device), tc] -= 1.0
+                g *= (ok.to(acc) / n_valid)[:, None]
+                if softcap is not None:
+                    g *= 1 - th * th
+                g = g.to(dtype)
+                grad_h[s:s + rows] = g @ w
+                grad_w[:vocab_size] += (g.t() @ hc).to(acc)
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        ctx.h_dtype = h.dtype
+        return (loss / n_valid).float() if acc == torch.float32 else loss / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_loss).to(ctx.h_dtype), grad_w * grad_loss, None, None, None
+
+
+def linear_cross_entropy(h, weight, targets, vocab_size, softcap=None):
+    """F.cross_entropy((h @ weight.T)[:, :vocab_size], targets, ignore_index=-1), optionally soft-capped,
+    without materialising the logits (see _LinearCrossEntropy). h (N, C), weight (V_padded, C), targets (N,)."""
+    return _LinearCrossEntropy.apply(h, weight, targets, vocab_size, softcap)
+
+
+# -----------------------------------------------------------------------------
 # The model
 
 class LayerNorm(nn.Module):
@@ -421,11 +483,17 @@ class GPT(nn.Module):
             kv_cache.pos += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, return_logits=True):
         """idx (B, T) token ids -> (logits (B, T, padded_vocab_size), loss or None). Columns >= vocab_size
         are padding: the loss is the cross-entropy over the real vocabulary only (in float32, targets -1
-        ignored), so a padded model is the same function as an unpadded one."""
-        logits = self.lm_logits(self.features(idx, kv_cache))
+        ignored), so a padded model is the same function as an unpadded one. With targets and
+        return_logits=False (training), the loss comes from linear_cross_entropy without ever holding the
+        (B, T, vocab) logits, and logits is None."""
+        h = self.features(idx, kv_cache)
+        if targets is not None and not return_logits:
+            return None, linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                              self.config.vocab_size, self.config.logit_softcap)
+        logits = self.lm_logits(h)
         loss = None
         if targets is not None:
             V = self.config.vocab_size

@@ -289,6 +289,26 @@ def mfu(flops_per_token, tokens_per_s, peak_per_device, n_devices=1):
     return flops_per_token * tokens_per_s / (peak_per_device * n_devices)
 
 
+def copy_bandwidth(device, n_bytes=1 << 30, repeats=5):
+    """Device memory bandwidth in bytes/s, measured: the best of `repeats` device-to-device copies of n_bytes,
+    counting bytes read plus bytes written (a datasheet figure is a lead, this is what the card does). CUDA only;
+    None elsewhere."""
+    if device.type != 'cuda':
+        return None
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    best = float('inf')
+    for i in range(repeats + 1):   # the first copy is a warm-up
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        if i:
+            best = min(best, start.elapsed_time(end) / 1e3)
+    return 2 * src.numel() * 4 / best
+
+
 def device_name(device):
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)

@@ -165,7 +165,7 @@ def train_step(model, optimizer, scaler, accum, rt, grad_clip, get_batch, mark=N
         sync = (micro == accum - 1 and noise is None) or not rt.ddp
         with (contextlib.nullcontext() if sync else model.no_sync()):
             with rt.autocast:
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)   # the loss without the (B, T, vocab) logits
             mark('forward')
             scaler.scale(loss / accum).backward()
             mark('backward')
@@ -203,7 +203,7 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
             x = torch.cat([x, x[:1].expand(batch_size - n, -1)])
             y = torch.cat([y, torch.full_like(y[:1], -1).expand(batch_size - n, -1)])
         with rt.autocast:
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=False)
         count = n * y.size(1)
         total[0] += loss.double() * count
         total[1] += count

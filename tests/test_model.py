@@ -419,3 +419,58 @@ def test_accounting_matches_built_models_and_gpt3_nominal_sizes():
     llama = GPTConfig(**PRESETS['llama-small'])
     p = count_params(llama)
     assert flops_per_token(llama) == 6 * (p['n_params_nonembed'] + 50257 * 768) + 12 * 12 * 12 * 64 * 1024
+
+
+# ----------------------------------------------------------------------------- the loss without the logits
+
+@pytest.mark.parametrize('softcap', [None, 15.0])
+def test_linear_cross_entropy_equals_the_logits_path_in_float64(softcap):
+    """The chunked loss (train_step's path) is the same function as cross-entropy of the padded logits, and so are
+    its gradients: checked in float64 against a direct float64 computation, with padding, ignored targets, a soft
+    cap and several chunks."""
+    import model as M
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=2, n_embd=32, pad_vocab_multiple=64,
+                    logit_softcap=softcap)
+    net = GPT(cfg).double()
+    x, y = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    y[0, :5] = -1
+    h = net.features(x).reshape(-1, 32)
+    z = (h @ net.lm_head.weight[:97].t())
+    z = softcap * torch.tanh(z / softcap) if softcap else z
+    ref = F_cross_entropy64(z, y.reshape(-1))
+    ref.backward()
+    want = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    old = M.CE_CHUNK_ELEMENTS
+    M.CE_CHUNK_ELEMENTS = 97 * 7   # 7 rows a chunk: 48 rows in 7 chunks, the last one short
+    try:
+        _, loss = net(x, y, return_logits=False)
+    finally:
+        M.CE_CHUNK_ELEMENTS = old
+    loss.backward()
+    assert loss.dtype == torch.float64 and abs(loss.item() - ref.item()) < 1e-12
+    for (name, p), g in zip(net.named_parameters(), want):
+        assert torch.allclose(p.grad, g, rtol=1e-10, atol=1e-13), name
+
+
+def F_cross_entropy64(z, t):
+    keep = t != -1
+    return (torch.logsumexp(z[keep], -1) - z[keep].gather(1, t[keep][:, None])[:, 0]).mean()
+
+
+def test_linear_cross_entropy_in_float32_and_bf16_autocast_stays_within_rounding():
+    torch.manual_seed(0)
+    net = GPT(GPTConfig(block_size=64, vocab_size=500, n_layer=2, n_head=2, n_embd=64))
+    x, y = torch.randint(0, 500, (4, 64)), torch.randint(0, 500, (4, 64))
+    for autocast, tol in ((False, 1e-5), (True, 2e-2)):
+        grads = []
+        for return_logits in (True, False):
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+                logits, loss = net(x, y, return_logits=return_logits)
+            assert (logits is None) == (not return_logits) and loss.dtype == torch.float32
+            loss.backward()
+            grads.append([p.grad.clone() for p in net.parameters()])
+            net.zero_grad()
+        for a, b in zip(*grads):
+            assert ((a - b).norm() / a.norm()).item() < tol

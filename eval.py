@@ -1,0 +1,197 @@
+"""
+Evaluate a checkpoint or OpenAI's GPT-2: HellaSwag accuracy, and loss / bits per byte on a prepared dataset.
+
+    python eval.py                                            # bpb of the quick start's run (out/), its val split
+    python eval.py --out_dir=out-gpt2 --tasks=hellaswag,bpb   # both, the data_dir recorded in the run's checkpoint
+    python eval.py --init_from=gpt2 --tasks=hellaswag         # OpenAI GPT-2 124M: acc_norm 0.2955 (llm.c)
+    python eval.py --init_from=gpt2 --tasks=bpb --data_dir=data/fineweb10B --max_seqs=100 --json
+    torchrun --nproc_per_node=8 eval.py --init_from=gpt2-xl --tasks=hellaswag
+
+Tasks:
+  hellaswag  acc / acc_norm on the 10,042 HellaSwag val examples, scored as llm.c does (hellaswag.py says how);
+             needs a model with GPT-2 tokens. --hellaswag_path scores another file in the same format instead.
+  bpb        mean loss (nats per token) over a split's sequences of block_size tokens, and bits per byte: summed
+             nats / (ln 2 x UTF-8 bytes of exactly the tokens scored as targets), comparable across tokenizers.
+             The dataset must be in the model's tokenizer.
+Results go to stdout (a short table, or with --json one JSON object {task: {figures}}); what was loaded and the
+progress bars go to stderr. Under torchrun every rank scores its share and rank 0 prints.
+"""
+import json as jsonlib   # `json` is a knob below
+import math
+import os
+import sys
+
+import torch
+
+import hellaswag
+from checkpoint import CheckpointError, load_model
+from configurator import ConfigError, knobs, parse_config
+from data import DataError, TokenLoader, get_tokenizer, read_meta
+from model import ModelError, count_params
+from runtime import setup_runtime
+from training import bits_per_byte, evaluate
+
+# -----------------------------------------------------------------------------
+# defaults (same --key=value / config-file style as train.py)
+init_from = 'resume'       # 'resume' (out_dir's ckpt.pt, or a .pt path) | 'gpt2' ... 'gpt2-xl' | a Hugging Face dir
+out_dir = 'out'            # the run to evaluate, with init_from='resume'
+tasks = 'bpb'              # comma-separated: 'bpb', 'hellaswag', or 'hellaswag,bpb'
+data_dir = None            # bpb's dataset (prepare.py); None = the run's own data_dir (init_from='resume' only)
+split = 'val'              # bpb: 'val' | 'train'
+max_seqs = None            # bpb: the first max_seqs sequences of block_size tokens; None = the whole split
+hellaswag_path = None      # a HellaSwag-format JSONL file instead of the official val set (downloaded once)
+limit = None               # hellaswag: only the first `limit` examples (None = all)
+batch_size = 8             # per forward: sequences for bpb, examples (4 rows each) for hellaswag
+device = 'auto'            # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
+dtype = 'auto'             # 'auto' (bf16 or fp16 on CUDA, float32 elsewhere) | 'float32' | 'bfloat16' | 'float16'
+compile = False            # torch.compile the model's forward (dynamic shapes: HellaSwag's batches vary in length)
+json = False               # print one JSON object instead of the table
+progress = True            # progress bars on stderr (rank 0)
+# -----------------------------------------------------------------------------
+DEFAULTS = knobs(globals())
+
+TASKS = ('hellaswag', 'bpb')
+BYTES_CHUNK = 1024   # sequences per count_bytes call: a whole split's tokens as int64 could be gigabytes
+
+
+def check_eval_knobs(cfg):
+    """-> the task list; ConfigError (one line) for anything impossible, before any model or data is loaded."""
+    names = [t.strip() for t in cfg['tasks'].split(',') if t.strip()]
+    if not names:
+        raise ConfigError(f"tasks must name at least one of {', '.join(TASKS)}")
+    for t in names:
+        if t not in TASKS:
+            raise ConfigError(f"unknown task {t!r} (tasks: {', '.join(TASKS)})")
+    if cfg['init_from'] == 'scratch':
+        raise ConfigError("init_from must be 'resume', a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face directory")
+    if cfg['split'] not in ('val', 'train'):
+        raise ConfigError(f"split must be 'val' or 'train', got {cfg['split']!r}")
+    for k in ('max_seqs', 'limit'):
+        if cfg[k] is not None and (not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 1):
+            raise ConfigError(f"{k} must be None or an int >= 1, got {cfg[k]!r}")
+    if cfg['batch_size'] < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg['batch_size']}")
+    return list(dict.fromkeys(names))   # each task once, in the order given
+
+
+# -----------------------------------------------------------------------------
+# bits per byte
+
+def open_split(data_dir, split, tokenizer, model):
+    """The split's TokenLoader in sequences of the model's block_size, once the dataset is known to be in the
+    model's tokenizer (DataError otherwise, and for a missing, corrupt or too short split)."""
+    meta = read_meta(data_dir)
+    if meta['tokenizer'] != tokenizer.name:
+        raise DataError(f"{data_dir} holds {meta['tokenizer']} tokens but the model reads {tokenizer.name} tokens")
+    return TokenLoader(data_dir, split, model.config.block_size, vocab_size=model.config.vocab_size)
+
+
+def bpb(model, tokenizer, loader, rt, batch_size, max_seqs=None):
+    """Loss and bits per byte of the model on sequences 0..n-1 of block_size tokens (all of the loader's, or the
+    first max_seqs) -> {'loss', 'bpb', 'tokens', 'bytes', 'seqs'}. The loss is training.evaluate's (each rank its
+    share, all-reduced); the bytes are the UTF-8 bytes that exactly the target tokens spell (end-of-text spells
+    none), counted by each rank for its share and summed."""
+    n = loader.n_chunks if max_seqs is None else min(max_seqs, loader.n_chunks)
+    loss = evaluate(model, loader, n, rt, batch_size)
+    lo, hi = rt.rank * n // rt.world, (rt.rank + 1) * n // rt.world
+    n_bytes = sum(tokenizer.count_bytes(loader.batch(first, min(BYTES_CHUNK, hi - first), torch.device('cpu'))[1]
+                                        .numpy().ravel()) for first in range(lo, hi, BYTES_CHUNK))
+    if rt.ddp:
+        total = torch.tensor([n_bytes], dtype=torch.int64, device=rt.device)
+        torch.distributed.all_reduce(total)
+        n_bytes = int(total.item())
+    if n_bytes == 0:
+        raise DataError("the sequences scored spell no text (only end-of-text tokens)")
+    if not math.isfinite(loss):
+        raise DataError(f"the loss is {loss}: the model's weights hold NaN or inf")
+    return {'loss': loss, 'bpb': bits_per_byte(loss, n * loader.T, n_bytes), 'tokens': n * loader.T,
+            'bytes': n_bytes, 'seqs': n}
+
+
+def run_data_dir(cfg, ckpt):
+    """bpb's dataset: --data_dir, else the one the checkpoint's run trained on."""
+    if cfg['data_dir'] is not None:
+        return cfg['data_dir']
+    recorded = (ckpt or {}).get('config', {}).get('data_dir')
+    if not isinstance(recorded, str):
+        raise ConfigError("bpb needs --data_dir (a dataset prepared by prepare.py in the model's tokenizer)"
+                          + ("" if ckpt is None else "; the checkpoint records none"))
+    return recorded
+
+
+# -----------------------------------------------------------------------------
+# the run
+
+def run(cfg):
+    """Load the model, run the tasks, print the results on rank 0. Returns {task: {figures}}."""
+    names = check_eval_knobs(cfg)
+    rt = setup_runtime(cfg)
+    say = (lambda msg: print(msg, file=sys.stderr)) if rt.master else (lambda msg: None)
+    model, tokenizer_name, where, ckpt = load_model(cfg['init_from'], cfg['out_dir'])
+    tokenizer = get_tokenizer(tokenizer_name)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ConfigError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer "
+                          f"{tokenizer.name!r} has {tokenizer.vocab_size} tokens")
+    data_dir = run_data_dir(cfg, ckpt) if 'bpb' in names else None
+    del ckpt   # the optimizer state can be twice the model's size
+    if 'hellaswag' in names and tokenizer.name != 'gpt2':   # before any download
+        raise DataError(f"HellaSwag needs a GPT-2-token model; this one uses {tokenizer.name}")
+    # every task's data is read and checked before any work: a bad file is one line, not a line after a run
+    inputs = {task: hellaswag.load_examples(cfg['hellaswag_path'], cfg['limit'], rt) if task == 'hellaswag'
+              else open_split(data_dir, cfg['split'], tokenizer, model) for task in names}
+    model.to(rt.device).eval()
+    if cfg['compile']:
+        model.features = torch.compile(model.features, dynamic=True)   # hellaswag.py calls features() directly
+    say(f"{where}: {count_params(model.config)['n_params'] / 1e6:.2f}M parameters, {tokenizer.name} tokenizer, "
+        f"{rt.device} {rt.dtype}" + (f", {rt.world} processes" if rt.ddp else ""))
+
+    results = {}
+    for task in names:
+        if task == 'hellaswag':
+            results[task] = hellaswag.score(model, tokenizer, inputs[task], rt, cfg['batch_size'], cfg['progress'])
+            if results[task]['truncated']:
+                say(f"note: {results[task]['truncated']} HellaSwag context(s) were longer than the model's "
+                    f"{model.config.block_size} tokens and lost their beginning")
+        else:
+            r = bpb(model, tokenizer, inputs[task], rt, cfg['batch_size'], cfg['max_seqs'])
+            results[task] = {**r, 'split': cfg['split'], 'data_dir': data_dir}
+    if rt.master:
+        print(jsonlib.dumps(results) if cfg['json'] else table(results))
+        sys.stdout.flush()
+    return results
+
+
+def table(results):
+    lines = []
+    for task, r in results.items():
+        if task == 'hellaswag':
+            lines.append(f"hellaswag  acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  ({r['n']:,} examples)")
+        else:
+            lines.append(f"bpb        {r['split']} loss {r['loss']:.4f} nats/token  {r['bpb']:.4f} bits/byte  "
+                         f"({r['tokens']:,} tokens, {r['bytes']:,} bytes of {r['data_dir']})")
+    return '\n'.join(lines)
+
+
+def main(argv):
+    try:
+        run(parse_config(argv, DEFAULTS, __doc__))
+    except (ConfigError, DataError, ModelError, CheckpointError) as e:
+        sys.stdout.flush()
+        print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:   # `python eval.py | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as e:
+        sys.stdout.flush()
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,212 @@
+"""
+HellaSwag (Zellers et al. 2019, https://github.com/rowanz/hellaswag): pick the right one of four endings of a
+sentence. Scored as llm.c's dev/data/hellaswag.py scores it ("completion style"), so its reference numbers apply:
+
+    OpenAI GPT-2 124M   acc 0.2859  acc_norm 0.2955      (llm.c dev/data/hellaswag.py, all 10,042 val examples)
+    OpenAI GPT-2 XL     acc 0.3842  acc_norm 0.4893
+
+    examples = load_examples()                       # the 10,042 val examples, downloaded once into CACHE_DIR
+    score(model, tokenizer, examples, rt)            # {'acc': ..., 'acc_norm': ..., 'n': ..., 'truncated': ...}
+
+For each example the four rows are context + ending, with context = encode(ctx) and ending = encode(" " + ending)
+(the ending starts a new word: GPT-2's BPE puts the space inside the next token). Each ending token's loss is
+the cross-entropy of that token given everything before it. llm.c's two numbers:
+    acc       the ending with the lowest SUMMED loss over its tokens wins (llm.c: pred = sum_loss.argmin())
+    acc_norm  the ending with the lowest MEAN loss per token wins (llm.c: pred_norm = avg_loss.argmin())
+The sum favours short endings (fewer tokens to pay for); the mean does not. (EleutherAI's harness normalizes by the ending's characters instead and frames
+the task as multiple choice, so its numbers differ: 0.3114 acc_norm for GPT-2 124M.) Ties go to the lowest
+index, as torch.argmin. Only the val split has labels (the test split's are hidden), so only val is scored.
+
+Several examples go through one forward (four rows each, padded to the longest row: the model is causal, so
+the padding after a row changes nothing before it), and the lm_head runs only at the ending positions: most
+positions are context, and their (rows x vocabulary) logits would cost memory for nothing. A row longer than the model's context keeps the
+end: the context is cut from the left (the ending is always whole), and score() counts the examples so cut.
+Under torchrun each rank scores a contiguous slice of the examples and the counts are all-reduced, so acc and
+acc_norm are the same at any world size.
+"""
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+from data import CACHE_DIR, DataError, download, sha256_of
+
+VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"  # as llm.c
+# sha256 of hellaswag_val.jsonl at that URL. Not measured here (written offline): it is the value that several
+# independent public evaluation harnesses pin for this file (one names rowanz/hellaswag commit a29ff8e9 and 10,042
+# rows); the example count below is checked as well. A mismatch is an error, never a warning.
+VAL_SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
+VAL_EXAMPLES = 10042      # examples in the official val file (llm.c: "a total of 10,042 examples")
+DATA_DIR = os.path.join(CACHE_DIR, "hellaswag")
+N_ENDINGS = 4
+
+
+# -----------------------------------------------------------------------------
+# the data
+
+def official_path():
+    return os.path.join(DATA_DIR, os.path.basename(VAL_URL))
+
+
+def fetch_val(rt=None):
+    """The official val file in DATA_DIR, downloaded once (data.download: resume, retries, checksum) and checked
+    against VAL_SHA256 every time it is used. Under torchrun each machine's local rank 0 downloads while the
+    other ranks wait."""
+    path = official_path()
+    if rt is None or rt.local_rank == 0:
+        download(VAL_URL, path, sha256=VAL_SHA256)
+    if rt is not None and rt.ddp:
+        torch.distributed.barrier()
+    got = sha256_of(path)
+    if VAL_SHA256 and got != VAL_SHA256:   # download() checks new files only: this catches an old or edited copy
+        raise DataError(f"{path} is not the official HellaSwag val file (sha256 {got[:16]}..., expected "
+                        f"{VAL_SHA256[:16]}...); delete it to download it again")
+    return path
+
+
+def check_example(ex, where):
+    """One JSON line -> {ctx, endings, label}, or a DataError naming the file and line."""
+    if not isinstance(ex, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(ex).__name__}")
+    ctx, endings, label = ex.get("ctx"), ex.get("endings"), ex.get("label")
+    if not isinstance(ctx, str):
+        raise DataError(f"{where}: 'ctx' must be a string, got {'nothing' if 'ctx' not in ex else repr(ctx)[:40]}")
+    if not (isinstance(endings, list) and len(endings) == N_ENDINGS and all(isinstance(e, str) for e in endings)):
+        raise DataError(f"{where}: 'endings' must be a list of {N_ENDINGS} strings")
+    if isinstance(label, str) and label.isdigit():   # the Hugging Face copy stores labels as strings
+        label = int(label)
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < N_ENDINGS:
+        raise DataError(f"{where}: 'label' must be 0, 1, 2 or 3, got {label!r} (HellaSwag's test split has no "
+                        f"labels: only val can be scored)")
+    return {"ctx": ctx, "endings": endings, "label": label}
+
+
+def load_examples(path=None, limit=None, rt=None):
+    """The examples of a HellaSwag-format JSONL file -> [{ctx, endings, label}], every line checked. path None:
+    the official val file (downloaded, sha256-checked, exactly VAL_EXAMPLES examples); a path: that file as it
+    is. limit: only the first `limit` examples (the whole file is still checked). rt: see fetch_val."""
+    official = path is None
+    if official:
+        path = fetch_val(rt)
+    if not os.path.isfile(path):
+        raise DataError(f"no HellaSwag file at {path}")
+    examples = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            where = f"{path}:{i}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+            examples.append(check_example(ex, where))
+    if not examples:
+        raise DataError(f"{path} holds no examples")
+    if official and len(examples) != VAL_EXAMPLES:
+        raise DataError(f"{path} holds {len(examples)} examples, the HellaSwag val set has {VAL_EXAMPLES}; "
+                        f"delete it to download it again")
+    if limit is not None:
+        if limit < 1:
+            raise DataError(f"limit must be None or >= 1, got {limit}")
+        examples = examples[:limit]
+    return examples
+
+
+# -----------------------------------------------------------------------------
+# scoring
+
+def render(example, tokenizer, block_size):
+    """-> (four rows of token ids, each context + ending; the ending lengths; whether the context was cut). The
+    model reads row[:-1] and predicts row[1:], so a row may be block_size + 1 tokens long; a longer one loses
+    the start of its context. An empty context becomes the end-of-text token (a document start, as in
+    training): the first ending token needs something before it."""
+    ctx = tokenizer.encode(example["ctx"]) or [tokenizer.eot]
+    rows, lengths, cut = [], [], False
+    for ending in example["endings"]:
+        end = tokenizer.encode(" " + ending)   # llm.c: " " + ending, because of how GPT-2's BPE splits words
+        if len(end) > block_size:
+            raise DataError(f"a HellaSwag ending of {len(end)} tokens does not fit the model's context of "
+                            f"{block_size} tokens")
+        keep = ctx[-(block_size + 1 - len(end)):]   # >= 1 token, as len(end) <= block_size
+        cut = cut or len(keep) < len(ctx)
+        rows.append(keep + end)
+        lengths.append(len(end))
+    return rows, lengths, cut
+
+
+def unwrap(model):
+    """The GPT inside a DDP or torch.compile wrapper: scoring needs its features() and lm_logits(), and each rank
+    scores different examples, so no gradient synchronization is wanted."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+@torch.no_grad()
+def ending_losses(model, rendered, rt):
+    """Rendered examples (render's output) in one forward -> (summed loss, mean loss per token), each a float64
+    CPU tensor (n_examples, 4). Padded positions carry target -1 and get no logits at all."""
+    model = unwrap(model)
+    rows = [(row, n) for r, lengths, _ in rendered for row, n in zip(r, lengths)]
+    T = max(len(row) for row, _ in rows) - 1
+    x = torch.full((len(rows), T), model.config.vocab_size - 1, dtype=torch.long)   # any valid id: never read
+    y = torch.full((len(rows), T), -1, dtype=torch.long)
+    for i, (row, n) in enumerate(rows):
+        x[i, :len(row) - 1] = torch.tensor(row[:-1])
+        y[i, len(row) - 1 - n:len(row) - 1] = torch.tensor(row[-n:])   # only the ending's tokens are targets
+    x, y = x.to(rt.device), y.to(rt.device)
+    scored = y != -1
+    with rt.autocast:
+        h = model.features(x)[scored]                  # (n_scored, n_embd): the ending positions only
+        logits = model.lm_logits(h)[:, :model.config.vocab_size]   # padded vocabulary columns are not tokens
+    loss = F.cross_entropy(logits.float(), y[scored], reduction="none")
+    row_of = scored.nonzero()[:, 0]
+    sums = torch.zeros(len(rows), dtype=torch.float64, device=rt.device).index_add_(0, row_of, loss.double())
+    sums = sums.cpu().view(-1, N_ENDINGS)
+    counts = torch.tensor([n for _, n in rows], dtype=torch.float64).view(-1, N_ENDINGS)
+    return sums, sums / counts
+
+
+def score(model, tokenizer, examples, rt, batch_size=8, progress=True):
+    """acc and acc_norm of the model on the examples -> {'acc', 'acc_norm', 'n', 'truncated'}. batch_size:
+    examples per forward (4 rows each). Runs in eval mode without gradients under rt.autocast, and leaves the
+    model in the mode it found it in. Under torchrun every rank must call it with the same examples: each scores
+    its contiguous slice and the counts are all-reduced. progress: a tqdm bar on rank 0 (stderr)."""
+    from tqdm import tqdm
+    if tokenizer.name != "gpt2":
+        raise DataError(f"HellaSwag needs a GPT-2-token model; this one uses {tokenizer.name}")
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    raw = unwrap(model)
+    was_training = raw.training
+    raw.eval()
+    n = len(examples)
+    lo, hi = rt.rank * n // rt.world, (rt.rank + 1) * n // rt.world
+    counts = torch.zeros(4, dtype=torch.float64)   # [right by sum, right by mean, examples, contexts cut]
+    try:
+        with tqdm(total=hi - lo, desc="hellaswag", unit="ex", disable=not (progress and rt.master),
+                  leave=False) as bar:
+            for first in range(lo, hi, batch_size):
+                batch = examples[first:min(first + batch_size, hi)]
+                rendered = [render(ex, tokenizer, raw.config.block_size) for ex in batch]
+                sums, means = ending_losses(raw, rendered, rt)
+                labels = torch.tensor([ex["label"] for ex in batch])
+                counts += torch.tensor([(sums.argmin(1) == labels).sum().item(),
+                                        (means.argmin(1) == labels).sum().item(),
+                                        len(batch), sum(cut for _, _, cut in rendered)], dtype=torch.float64)
+                bar.update(len(batch))
+    finally:
+        raw.train(was_training)
+    if rt.ddp:
+        counts = counts.to(rt.device)   # gloo reduces CPU tensors, nccl CUDA ones: rt.device is the right one
+        torch.distributed.all_reduce(counts)
+    right, right_norm, total, cut = (int(v) for v in counts.tolist())
+    if total == 0:
+        raise DataError("no HellaSwag examples to score")
+    return {"acc": right / total, "acc_norm": right_norm / total, "n": total, "truncated": cut}

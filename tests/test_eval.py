@@ -1,0 +1,344 @@
+"""Tests for eval.py: bits per byte checked by hand for both tokenizers, the same figures at 1 and 2 processes
+(torchrun on CPU/gloo), and every bad input as one `error:` line with exit status 1. Checkpoints and datasets are
+tiny and written here."""
+import dataclasses
+import functools
+import http.server
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval as evaluation   # the script under test (the name shadows the builtin only as a module attribute)
+from checkpoint import save_checkpoint
+from data import get_tokenizer, write_json, write_shard
+from model import GPT, GPTConfig
+from runtime import setup_runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. First Citizen: You are "
+        "all resolved rather to die than to famish? All: Resolved. resolved. First Citizen: First, you know Caius "
+        "Marcius is chief enemy to the people. All: We know't, we know't. First Citizen: Let us kill him, and "
+        "we'll have corn at our own price. Is't a verdict? ")
+HELLASWAG = [
+    {'ctx': 'The chef cracked two eggs into the bowl and then', 'label': 0,
+     'endings': ['whisked them with a fork.', 'taxied the plane.', 'jumped into a puddle.', 'sang a song.']},
+    {'ctx': 'The pilot checked the instruments before she', 'label': 1,
+     'endings': ['whisked the eggs.', 'taxied the plane onto the runway.', 'slept.', 'planted tulips.']},
+    {'ctx': 'After the rain stopped, the children ran outside and', 'label': 2,
+     'endings': ['cooked dinner.', 'flew to Paris.', 'jumped into every puddle.', 'read a book.']},
+    {'ctx': 'The old dog lay by the fire while the cat', 'label': 3,
+     'endings': ['barked.', 'drove a truck.', 'wrote a letter.', 'watched the mice from the shelf.']},
+    {'ctx': 'He tuned the guitar carefully, and then he', 'label': 0,
+     'endings': ['played a slow song.', 'ate soup.', 'swam.', 'painted the wall blue.']},
+    {'ctx': 'The gardener knelt in the soil and', 'label': 1,
+     'endings': ['typed an email.', 'planted a row of tulips.', 'fixed the car.', 'ran a marathon.']},
+    {'ctx': 'The runner crossed the finish line and', 'label': 2,
+     'endings': ['fell asleep at the desk.', 'baked bread.', 'raised both arms in triumph.', 'sold the house.']},
+]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core machine spinning OpenMP threads slow them down."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def rt():
+    return setup_runtime({'device': 'cpu', 'dtype': 'float32'})
+
+
+def tiny_gpt(vocab_size, block_size, seed=0):
+    """Large random weights: the losses depend on the context, so nothing below is true by accident."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def write_dataset(path, tokenizer_name, val, train=None):
+    """A prepared dataset as prepare.py leaves it: one shard per split and a complete meta.json."""
+    vocab_size, eot = {'gpt2': (50257, 50256), 'bytes': (257, 256)}[tokenizer_name]
+    os.makedirs(path)
+    splits = {'val': np.asarray(val, dtype=np.uint16), 'train': np.asarray(val if train is None else train,
+                                                                           dtype=np.uint16)}
+    for split, tokens in splits.items():
+        write_shard(os.path.join(path, f'tiny_{split}_000000.bin'), tokens)
+    write_json(os.path.join(path, 'meta.json'), {
+        'name': 'tiny', 'tokenizer': tokenizer_name, 'vocab_size': vocab_size, 'eot': eot, 'complete': True,
+        **{s: {'shards': 1, 'tokens': len(t), 'max_token': int(t.max())} for s, t in splits.items()}})
+    return str(path)
+
+
+def write_ckpt(out_dir, model, tokenizer, data_dir=None):
+    os.makedirs(out_dir, exist_ok=True)
+    save_checkpoint(str(out_dir), {'model': model.state_dict(), 'model_config': dataclasses.asdict(model.config),
+                                   'step': 5, 'tokenizer': tokenizer,
+                                   'config': {} if data_dir is None else {'data_dir': data_dir}})
+    return str(out_dir)
+
+
+@pytest.fixture(scope='module')
+def gpt2_run(tmp_path_factory):
+    """A GPT-2-token checkpoint whose run trained on a GPT-2-token dataset, and a HellaSwag-format file."""
+    tmp = tmp_path_factory.mktemp('gpt2')
+    tok = get_tokenizer('gpt2')
+    ids = tok.encode(TEXT * 4)
+    data = write_dataset(tmp / 'data', 'gpt2', ids)
+    hs = tmp / 'hellaswag.jsonl'
+    hs.write_text(''.join(json.dumps(ex) + '\n' for ex in HELLASWAG))
+    return {'out': write_ckpt(tmp / 'run', tiny_gpt(50257, 64), 'gpt2', data), 'data': data, 'hs': str(hs),
+            'ids': ids}
+
+
+@pytest.fixture(scope='module')
+def bytes_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('bytes')
+    data = write_dataset(tmp / 'data', 'bytes', list(TEXT.encode()))
+    return {'out': write_ckpt(tmp / 'run', tiny_gpt(257, 16), 'bytes', data), 'data': data}
+
+
+def direct_nats(model, ids, n_seqs):
+    """Summed loss over the targets of sequences 0..n_seqs-1: chunk i is ids[i*T : i*T+T+1], one plain forward
+    each, float64."""
+    T = model.config.block_size
+    total = 0.0
+    for i in range(n_seqs):
+        chunk = torch.tensor(ids[i * T:i * T + T + 1])
+        with torch.no_grad():
+            logits, _ = model(chunk[None, :-1])
+        total += F.cross_entropy(logits[0, :, :model.config.vocab_size].double(), chunk[1:], reduction='sum').item()
+    return total
+
+
+def targets(ids, T, n_seqs):
+    return [t for i in range(n_seqs) for t in ids[i * T + 1:i * T + T + 1]]
+
+
+# -----------------------------------------------------------------------------
+# bits per byte, by hand
+
+def test_bpb_bytes_is_loss_over_ln2(bytes_run, rt):
+    """One token per byte and no end-of-text among the targets: bits per byte is the loss in bits."""
+    model, tok = tiny_gpt(257, 16), get_tokenizer('bytes')
+    ids = list(TEXT.encode())
+    n = (len(ids) - 1) // 16
+    loader = evaluation.open_split(bytes_run['data'], 'val', tok, model)
+    r = evaluation.bpb(model, tok, loader, rt, batch_size=4)   # n % 4 != 0: a short last batch
+    assert n % 4 and r['seqs'] == n and r['tokens'] == r['bytes'] == n * 16
+    assert r['loss'] == pytest.approx(direct_nats(model, ids, n) / (n * 16), rel=1e-6)
+    assert r['bpb'] == pytest.approx(r['loss'] / math.log(2), rel=1e-12)
+
+
+def test_bpb_bytes_does_not_count_end_of_text(tmp_path, rt):
+    model, tok = tiny_gpt(257, 16), get_tokenizer('bytes')
+    ids = [256] + list(TEXT[:150].encode()) + [256] + list(TEXT[150:].encode())   # two documents
+    data = write_dataset(tmp_path / 'data', 'bytes', ids)
+    n = (len(ids) - 1) // 16
+    eots = targets(ids, 16, n).count(256)
+    assert eots == 1   # the first eot is never a target; the second is
+    r = evaluation.bpb(model, tok, evaluation.open_split(data, 'val', tok, model), rt, batch_size=4)
+    assert r['bytes'] == n * 16 - eots
+    assert r['bpb'] == pytest.approx(direct_nats(model, ids, n) / (math.log(2) * (n * 16 - eots)), rel=1e-6)
+
+
+@pytest.mark.parametrize('max_seqs', [None, 3])
+def test_bpb_gpt2_by_hand(gpt2_run, rt, max_seqs):
+    """Nats from plain forwards; bytes from the UTF-8 of the decoded target tokens."""
+    model, tok, ids = tiny_gpt(50257, 64), get_tokenizer('gpt2'), gpt2_run['ids']
+    n = (len(ids) - 1) // 64 if max_seqs is None else max_seqs
+    r = evaluation.bpb(model, tok, evaluation.open_split(gpt2_run['data'], 'val', tok, model), rt, batch_size=2,
+                       max_seqs=max_seqs)
+    n_bytes = len(tok.decode(targets(ids, 64, n)).encode('utf-8'))
+    assert (r['seqs'], r['tokens'], r['bytes']) == (n, n * 64, n_bytes)
+    nats = direct_nats(model, ids, n)
+    assert r['loss'] == pytest.approx(nats / (n * 64), rel=1e-6)
+    assert r['bpb'] == pytest.approx(nats / (math.log(2) * n_bytes), rel=1e-6)
+    assert n_bytes > n * 64   # GPT-2 tokens average several bytes: bpb is well below loss / ln 2
+    assert r['bpb'] < r['loss'] / math.log(2) / 2
+
+
+def test_cli_json_and_table(gpt2_run, capsys):
+    """Both tasks, the run's own data_dir by default; --json is one object on stdout, the table otherwise."""
+    code, out, err = run_main(['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag,bpb',
+                               f"--hellaswag_path={gpt2_run['hs']}", '--json', '--batch_size=3'], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert list(r) == ['hellaswag', 'bpb'] and r['hellaswag']['n'] == 7
+    assert set(r['bpb']) >= {'loss', 'bpb', 'tokens', 'bytes', 'split'} and r['bpb']['data_dir'] == gpt2_run['data']
+    code, out, err = run_main(['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag',
+                               f"--hellaswag_path={gpt2_run['hs']}", '--limit=2'], capsys)
+    assert code == 0 and out.startswith('hellaswag  acc ') and '(2 examples)' in out
+
+
+# -----------------------------------------------------------------------------
+# one process or two: the same figures
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def cli(args, torchrun=False, timeout=300):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    launch = ['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
+              f'--master_port={free_port()}'] if torchrun else []
+    return subprocess.run([sys.executable, *launch, 'eval.py', *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(gpt2_run):
+    """7 examples and 6 sequences: the ranks get unequal slices (3 + 4 examples) and batches of several sizes."""
+    args = ['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag,bpb', '--device=cpu',
+            '--dtype=float32', f"--hellaswag_path={gpt2_run['hs']}", '--batch_size=2', '--json', '--progress=False']
+    one, two = cli(args), cli(args, torchrun=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    r1, r2 = json.loads(one.stdout), json.loads(two.stdout)   # rank 0 alone prints: exactly one object
+    assert r1['hellaswag'] == r2['hellaswag'] and r1['hellaswag']['n'] == 7
+    assert 0 < r1['hellaswag']['acc'] < 1 or 0 < r1['hellaswag']['acc_norm'] < 1   # not a degenerate answer
+    for k in ('tokens', 'bytes', 'seqs', 'split'):
+        assert r1['bpb'][k] == r2['bpb'][k]
+    assert r2['bpb']['loss'] == pytest.approx(r1['bpb']['loss'], rel=1e-6)
+    assert r2['bpb']['bpb'] == pytest.approx(r1['bpb']['bpb'], rel=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# bad input: one `error:` line, exit 1
+
+def run_main(argv, capsys):
+    """eval.main in-process -> (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        evaluation.main(['--device=cpu', '--dtype=float32', '--progress=False', *argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert 'Traceback' not in err and len(lines) == 1 and lines[0].startswith('error: '), err
+    return lines[0]
+
+
+@pytest.mark.parametrize('case, message', [
+    (['--tasks=mmlu'], "unknown task 'mmlu' (tasks: hellaswag, bpb)"),
+    (['--tasks=,'], 'tasks must name at least one'),
+    (['--split=test'], "split must be 'val' or 'train'"),
+    (['--limit=0'], 'limit must be None or an int >= 1'),
+    (['--max_seqs=-2'], 'max_seqs must be None or an int >= 1'),
+    (['--batch_size=0'], 'batch_size must be >= 1'),
+    (['--init_from=scratch'], "init_from must be 'resume'"),
+    (['--tasks=hellaswag', '--hellaswag_path=/nonexistent/hs.jsonl'], 'no HellaSwag file at /nonexistent/hs.jsonl'),
+    (['--tasks=bpb', '--data_dir=/nonexistent/data'], '/nonexistent/data'),
+    (['--tasks=bpb', '--data_dir=BYTES'], 'holds bytes tokens but the model reads gpt2 tokens'),
+    (['--tasks=bpb', '--data_dir=SHORT'], 'fewer than block_size+1 = 65 tokens'),
+    (['--tasks=bpb', '--split=train', '--data_dir=NOTRAIN'], 'no train shards'),
+])
+def test_cli_errors(gpt2_run, bytes_run, tmp_path, capsys, case, message):
+    dirs = {'BYTES': bytes_run['data'],
+            'SHORT': lambda: write_dataset(tmp_path / 'short', 'gpt2', gpt2_run['ids'][:64]),
+            'NOTRAIN': lambda: write_dataset(tmp_path / 'notrain', 'gpt2', gpt2_run['ids'])}
+    args = []
+    for a in case:
+        for k, v in dirs.items():
+            if a.endswith('=' + k):
+                a = a[:-len(k)] + (v() if callable(v) else v)
+        args.append(a)
+    if 'NOTRAIN' in ''.join(case):
+        os.remove(os.path.join(tmp_path / 'notrain', 'tiny_train_000000.bin'))
+    code, out, err = run_main([f"--out_dir={gpt2_run['out']}", *args], capsys)
+    assert code == 1 and out == ''
+    assert message in one_error_line(err)
+
+
+def test_cli_corrupt_hellaswag_file(gpt2_run, tmp_path, capsys):
+    bad = tmp_path / 'bad.jsonl'
+    bad.write_text(json.dumps(HELLASWAG[0]) + '\n{"ctx": "a", "endings": ["b"], "label": 0}\n')
+    code, _, err = run_main([f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag', f'--hellaswag_path={bad}'], capsys)
+    assert code == 1 and f"{bad}:2: 'endings' must be a list of 4 strings" in one_error_line(err)
+    bad.write_text('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 0}\nnot json\n')
+    code, _, err = run_main([f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag', f'--hellaswag_path={bad}'], capsys)
+    assert code == 1 and f'{bad}:2: not JSON' in one_error_line(err)
+
+
+def test_cli_byte_model_cannot_do_hellaswag(bytes_run, gpt2_run, capsys):
+    code, _, err = run_main([f"--out_dir={bytes_run['out']}", '--tasks=hellaswag',
+                             f"--hellaswag_path={gpt2_run['hs']}"], capsys)
+    assert code == 1
+    assert one_error_line(err) == 'error: HellaSwag needs a GPT-2-token model; this one uses bytes'
+
+
+def test_cli_missing_or_corrupt_checkpoint(tmp_path, capsys):
+    code, _, err = run_main([f'--out_dir={tmp_path}'], capsys)
+    assert code == 1 and 'no checkpoint at' in one_error_line(err)
+    (tmp_path / 'ckpt.pt').write_bytes(b'not a checkpoint')
+    code, _, err = run_main([f'--out_dir={tmp_path}'], capsys)
+    assert code == 1 and 'unreadable' in one_error_line(err)
+
+
+def test_cli_bpb_needs_a_data_dir(tmp_path, capsys):
+    out = write_ckpt(tmp_path / 'run', tiny_gpt(257, 16), 'bytes')   # its run records no data_dir
+    code, _, err = run_main([f'--out_dir={out}', '--tasks=bpb'], capsys)
+    assert code == 1 and 'bpb needs --data_dir' in one_error_line(err)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_cli_corrupt_or_failed_download_is_one_line(gpt2_run, tmp_path, monkeypatch, capsys):
+    """The official val file from a local server that serves another file (its sha256 is not the pinned one),
+    then from a port where nothing listens: each one `error:` line, nothing left in the cache."""
+    import hellaswag
+    srv_dir = tmp_path / 'srv'
+    srv_dir.mkdir()
+    (srv_dir / 'hellaswag_val.jsonl').write_text(open(gpt2_run['hs']).read())
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Quiet, directory=str(srv_dir)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setattr(hellaswag, 'DATA_DIR', str(tmp_path / 'hs'))
+    monkeypatch.setattr(hellaswag, 'VAL_URL', f'http://127.0.0.1:{srv.server_address[1]}/hellaswag_val.jsonl')
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
+    try:
+        code, out, err = run_main([f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag'], capsys)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert code == 1 and out == ''
+    assert err.strip().splitlines()[-1].startswith('error: checksum mismatch for http://127.0.0.1')
+    assert sum(line.startswith('error:') for line in err.splitlines()) == 1 and 'Traceback' not in err
+    assert os.listdir(tmp_path / 'hs') == []
+    monkeypatch.setattr(hellaswag, 'VAL_URL', f'http://127.0.0.1:{free_port()}/hellaswag_val.jsonl')
+    monkeypatch.setattr('data.time.sleep', lambda s: None)   # no back-off between the retries
+    code, out, err = run_main([f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag'], capsys)
+    assert code == 1 and err.strip().splitlines()[-1].startswith('error: could not download http://127.0.0.1')
+    assert sum(line.startswith('error:') for line in err.splitlines()) == 1 and 'Traceback' not in err
+
+
+def test_cli_subprocess_errors(bytes_run, gpt2_run):
+    """The real command line: no traceback, one line, exit 1."""
+    r = cli([f"--out_dir={bytes_run['out']}", '--tasks=bpb,nope', '--device=cpu'])
+    assert r.returncode == 1 and r.stdout == '' and one_error_line(r.stderr) == \
+        "error: unknown task 'nope' (tasks: hellaswag, bpb)"
+    r = cli([f"--out_dir={bytes_run['out']}", '--tasks=hellaswag', '--device=cpu'])
+    assert r.returncode == 1 and one_error_line(r.stderr).endswith('this one uses bytes')
