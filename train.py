@@ -18,6 +18,7 @@ import time
 
 import torch
 
+import hellaswag
 from checkpoint import (CheckpointError, checkpoint_path, load_model, numbered_checkpoints, save_checkpoint,
                         sweep_stale)
 from configurator import ConfigError, knobs, parse_config
@@ -84,6 +85,9 @@ cooldown_fraction = 0.2            # wsd: last fraction of max_iters spent decay
 cooldown_iters = None              # wsd: decay steps at the end, instead of cooldown_fraction (0 = constant LR)
 cooldown_shape = '1-sqrt'          # wsd: 'linear' | '1-sqrt' (Hägele et al. 2024, sec. 3)
 # measurements
+hellaswag_interval = 0             # steps between HellaSwag evaluations (llm.c's scoring; GPT-2 tokens only); 0 = off
+hellaswag_limit = None             # score only the first N of the 10,042 val examples (None = all)
+hellaswag_path = None              # a local HellaSwag-format .jsonl instead of the downloaded val set
 noise_scale = False                # log the gradient noise scale B_simple (McCandlish et al. 2018); >= 2 micro-batches
 # system
 device = 'auto'                    # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
@@ -112,6 +116,8 @@ RULES += [
     ('cooldown_shape', lambda v: v in ('linear', '1-sqrt'), "'linear' or '1-sqrt'"),
     ('optimizer', lambda v: v in ('adamw', 'muon'), "'adamw' or 'muon'"),
     ('out_dir', lambda v: v.strip() != '', 'a directory name'),
+    ('hellaswag_interval', lambda v: v >= 0, 'an int >= 0'),
+    ('hellaswag_limit', lambda v: v is None or v >= 1, 'None or an int >= 1'),
 ]
 
 
@@ -227,6 +233,8 @@ def train(cfg):
     if rt.master:
         open_out_dir(c['out_dir'])
     meta = read_meta(c['data_dir'])
+    if c['hellaswag_interval'] and meta['tokenizer'] != 'gpt2':
+        raise ConfigError(f"hellaswag_interval needs GPT-2 tokens; {c['data_dir']} has {meta['tokenizer']}")
     model, ckpt = build(cfg, rt, meta)
     mconf = model.config
     if c['block_size'] > mconf.block_size:
@@ -237,7 +245,10 @@ def train(cfg):
     seqs_per_step = c['total_batch_size'] // c['block_size']
     # bits per byte: the val sequences' text is fixed, so its UTF-8 byte count is counted once
     val_tokens = val_loader.batch(0, n_val_seqs, torch.device('cpu'))[1]
-    val_bytes = get_tokenizer(meta['tokenizer']).count_bytes(val_tokens.flatten().numpy())
+    tokenizer = get_tokenizer(meta['tokenizer'])
+    val_bytes = tokenizer.count_bytes(val_tokens.flatten().numpy())
+    hellaswag_examples = hellaswag.load_examples(c['hellaswag_path'], c['hellaswag_limit'], rt) \
+        if c['hellaswag_interval'] else None
 
     optimizer = configure_optimizer(model, cfg, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
@@ -301,6 +312,14 @@ def train(cfg):
             if rt.master:
                 log_record(log_path, {'type': 'eval', 'step': step, 'tokens': tokens, 'flops': fpt * tokens,
                                       'val_loss': val_loss, 'val_bpb': val_bpb})
+        if hellaswag_examples and (step % c['hellaswag_interval'] == 0 or last):
+            t_eval = time.time()
+            hs = hellaswag.score(raw_model, tokenizer, hellaswag_examples, rt, c['batch_size'], progress=False)
+            t_last += time.time() - t_eval
+            say(f"step {step}: hellaswag acc {hs['acc']:.4f}, acc_norm {hs['acc_norm']:.4f} ({hs['n']} examples)")
+            if rt.master:
+                log_record(log_path, {'type': 'hellaswag', 'step': step, 'tokens': tokens, 'flops': fpt * tokens,
+                                      'acc': hs['acc'], 'acc_norm': hs['acc_norm'], 'n': hs['n']})
         if step > start_step and (last or (c['checkpoint_interval'] and step % c['checkpoint_interval'] == 0)):
             # a finite loss can still follow an update with inf gradients: check the weights we are about to keep
             nonfinite += sum((~torch.isfinite(p)).sum() for p in raw_model.parameters())

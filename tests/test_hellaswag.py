@@ -367,3 +367,41 @@ def test_gpt2_124m_matches_llm_c():
     assert r['n'] == 10042 and r['truncated'] == 0
     assert r['acc_norm'] == pytest.approx(0.2955, abs=1e-3)
     assert r['acc'] == pytest.approx(0.2859, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- in training
+
+def test_train_py_logs_hellaswag_records(tmp_path):
+    """train.py --hellaswag_interval scores during training and logs 'hellaswag' records (DESIGN.md, the run log);
+    on byte-level data it refuses in one line before training."""
+    import subprocess
+    import sys
+    import numpy as np
+    from data import write_json, write_shard
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = tmp_path / 'gpt2data'
+    data.mkdir()
+    ids = np.random.default_rng(0).integers(0, 50257, 20_000).astype(np.uint16)
+    write_shard(str(data / 'r_train_000000.bin'), ids)
+    write_shard(str(data / 'r_val_000000.bin'), ids[:4000])
+    write_json(str(data / 'meta.json'), {'tokenizer': 'gpt2', 'vocab_size': 50257, 'eot': 50256, 'complete': True,
+                                         'train': {'shards': 1, 'tokens': 20_000}, 'val': {'shards': 1, 'tokens': 4000}})
+    path = tmp_path / 'hs.jsonl'
+    write_jsonl(path, story_examples())
+    args = [sys.executable, 'train.py', f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', '--n_layer=1',
+            '--n_head=2', '--n_embd=32', '--block_size=64', '--batch_size=2', '--total_batch_size=128',
+            '--max_iters=4', '--warmup_iters=1', '--eval_interval=2', '--eval_iters=1', '--device=cpu',
+            '--dtype=float32', '--hellaswag_interval=2', f'--hellaswag_path={path}']
+    r = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')]
+    hs = [x for x in recs if x['type'] == 'hellaswag']
+    assert [x['step'] for x in hs] == [0, 2, 4]
+    assert all(x['n'] == len(story_examples()) and 0 <= x['acc'] <= 1 and 0 <= x['acc_norm'] <= 1 for x in hs)
+    assert 'hellaswag acc' in r.stdout
+    bytes_meta = dict(json.load(open(data / 'meta.json')), tokenizer='bytes', vocab_size=257, eot=256)
+    write_json(str(data / 'meta.json'), bytes_meta)
+    r = subprocess.run(args + [f'--out_dir={tmp_path / "out2"}'], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"error: hellaswag_interval needs GPT-2 tokens; {data} has bytes"]
