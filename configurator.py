@@ -81,8 +81,11 @@ def check_type(key, value, defaults, where):
         raise ConfigError(f"unknown config key '{key}' in {where}{hint}")
     default = defaults[key]
     if default is None or value is None:
-        if not isinstance(value, KNOB_TYPES):
-            raise ConfigError(f"{key} must be a number, a string, a bool or None, got {value!r} in {where}")
+        # a tuple of such values too: bench.py's --nprocs=1,2 and --scaling_totals=(64, 128)
+        if not (isinstance(value, KNOB_TYPES) or isinstance(value, tuple) and all(isinstance(v, KNOB_TYPES)
+                                                                                    for v in value)):
+            raise ConfigError(f"{key} must be a number, a string, a bool, None or a tuple of those, got {value!r} "
+                              f"in {where}")
         return value
     if isinstance(default, bool) != isinstance(value, bool):  # bool is an int subclass: keep them apart
         raise ConfigError(f"{key} must be {type(default).__name__}, got {value!r} in {where}")

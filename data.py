@@ -425,16 +425,17 @@ def check_token_ids(data_dir, split, paths, shards, vocab_size):
     recorded = None
     if os.path.exists(meta_path):
         recorded = (read_meta(data_dir).get(split) or {}).get("max_token")
-    if isinstance(recorded, int):
-        if recorded >= vocab_size:
-            raise DataError(f"{data_dir}: the {split} split holds token id {recorded} (meta.json) but the model's "
-                            f"vocabulary has {vocab_size} ids; these shards were made with another tokenizer")
+    if isinstance(recorded, int) and recorded < vocab_size:
         return
+    # no record, or one past the vocabulary: scan, so the error names the shard (only an error pays the scan)
     for path, tokens in zip(paths, shards):
         top = int(tokens.max())
         if top >= vocab_size:
             raise DataError(f"{path}: holds token id {top} but the model's vocabulary has {vocab_size} ids; "
                             f"the shard is corrupt or was made with another tokenizer")
+    if isinstance(recorded, int):   # meta.json says so, the shards do not: it belongs to other shards
+        raise DataError(f"{data_dir}: meta.json records token id {recorded} in the {split} split but its shards hold "
+                        f"none >= {vocab_size}; meta.json does not describe these shards (run prepare.py again)")
 
 
 class TokenLoader:

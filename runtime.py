@@ -76,7 +76,7 @@ def resolve_dtype(dtype, device):
         raise ConfigError("dtype float16 needs CUDA (its GradScaler); use bfloat16 or float32")
     if dtype == 'bfloat16' and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"{torch.cuda.get_device_name(device)} has no bfloat16; use float16 (or dtype='auto')")
-    if dtype == 'bfloat16' and device.type == 'cpu' and not cpu_has_fast_bf16():
+    if dtype == 'bfloat16' and device.type == 'cpu' and not cpu_has_fast_bf16() and os.environ.get('RANK', '0') == '0':
         print("warning: this CPU has no AVX-512-BF16/AMX, so bfloat16 matmuls run far slower than float32 "
               "(~130x measured on an AVX2 CPU); use dtype='float32'", file=sys.stderr)
     return dtype

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -225,126 +226,138 @@ def build(cfg, rt, meta):
     return model.to(rt.device), None
 
 
-def train(cfg):
+def setup(cfg):
+    """Everything a run needs, in order: runtime, checked knobs, data, model, optimizer, the log's run record."""
+    accum = check_train_knobs(cfg, int(os.environ.get('WORLD_SIZE', 1)))  # before any device or process group
     rt = setup_runtime(cfg)
-    accum = check_train_knobs(cfg, rt.world)
+    r = SimpleNamespace(cfg=cfg, c=cfg, rt=rt, accum=accum, say=print if rt.master else (lambda *a, **k: None))
     c = cfg
-    say = print if rt.master else (lambda *a, **k: None)
     if rt.master:
         open_out_dir(c['out_dir'])
-    meta = read_meta(c['data_dir'])
+    r.meta = meta = read_meta(c['data_dir'])
     if c['hellaswag_interval'] and meta['tokenizer'] != 'gpt2':
         raise ConfigError(f"hellaswag_interval needs GPT-2 tokens; {c['data_dir']} has {meta['tokenizer']}")
     model, ckpt = build(cfg, rt, meta)
     mconf = model.config
     if c['block_size'] > mconf.block_size:
         raise ConfigError(f"block_size {c['block_size']} exceeds the model's {mconf.block_size}")
-    train_loader = TokenLoader(c['data_dir'], 'train', c['block_size'], seed=c['seed'], vocab_size=mconf.vocab_size)
-    val_loader = TokenLoader(c['data_dir'], 'val', c['block_size'], vocab_size=mconf.vocab_size)
-    n_val_seqs = min(c['eval_iters'] * c['batch_size'], val_loader.n_chunks)
-    seqs_per_step = c['total_batch_size'] // c['block_size']
+    r.train_loader = TokenLoader(c['data_dir'], 'train', c['block_size'], seed=c['seed'], vocab_size=mconf.vocab_size)
+    r.val_loader = TokenLoader(c['data_dir'], 'val', c['block_size'], vocab_size=mconf.vocab_size)
+    r.n_val_seqs = min(c['eval_iters'] * c['batch_size'], r.val_loader.n_chunks)
+    r.seqs_per_step = c['total_batch_size'] // c['block_size']
     # bits per byte: the val sequences' text is fixed, so its UTF-8 byte count is counted once
-    val_tokens = val_loader.batch(0, n_val_seqs, torch.device('cpu'))[1]
-    tokenizer = get_tokenizer(meta['tokenizer'])
-    val_bytes = tokenizer.count_bytes(val_tokens.flatten().numpy())
-    hellaswag_examples = hellaswag.load_examples(c['hellaswag_path'], c['hellaswag_limit'], rt) \
+    r.val_tokens = r.val_loader.batch(0, r.n_val_seqs, torch.device('cpu'))[1].numel()
+    r.tokenizer = get_tokenizer(meta['tokenizer'])
+    r.val_bytes = r.tokenizer.count_bytes(r.val_loader.batch(0, r.n_val_seqs, torch.device('cpu'))[1].flatten().numpy())
+    r.hellaswag = hellaswag.load_examples(c['hellaswag_path'], c['hellaswag_limit'], rt) \
         if c['hellaswag_interval'] else None
 
-    optimizer = configure_optimizer(model, cfg, rt.device)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
-    step = start_step = next_seq = 0
-    noise = GradNoise([p for p in model.parameters() if p.requires_grad], c['batch_size'] * c['block_size'],
-                      c['total_batch_size']) if c['noise_scale'] else None
+    r.optimizer = configure_optimizer(model, cfg, rt.device)
+    r.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
+    r.step = r.start_step = r.next_seq = 0
+    r.noise = GradNoise([p for p in model.parameters() if p.requires_grad], c['batch_size'] * c['block_size'],
+                        c['total_batch_size']) if c['noise_scale'] else None
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
-        reset_peak_lr(optimizer, cfg)
+        r.optimizer.load_state_dict(ckpt['optimizer'])
+        reset_peak_lr(r.optimizer, cfg)
         if 'scaler' in ckpt:
-            scaler.load_state_dict(ckpt['scaler'])
-        if noise is not None and 'noise' in ckpt:
-            noise.load_state_dict(ckpt['noise'])
-        step = start_step = ckpt['step']
-        next_seq = ckpt['loader']['next_seq']
-        if ckpt['loader']['seqs_per_step'] != seqs_per_step:
-            say(f"note: tokens per step changed on resume; data continues at sequence {next_seq}")
+            r.scaler.load_state_dict(ckpt['scaler'])
+        if r.noise is not None and 'noise' in ckpt:
+            r.noise.load_state_dict(ckpt['noise'])
+        r.step = r.start_step = ckpt['step']
+        r.next_seq = ckpt['loader']['next_seq']
+        if ckpt['loader']['seqs_per_step'] != r.seqs_per_step:
+            r.say(f"note: tokens per step changed on resume; data continues at sequence {r.next_seq}")
     del ckpt
-    raw_model = model
+    r.raw_model = r.model = model
     if c['compile']:
-        model = torch.compile(model)
+        r.model = torch.compile(model)
     if rt.ddp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == 'cuda' else None)
+        r.model = torch.nn.parallel.DistributedDataParallel(
+            r.model, device_ids=[rt.device.index] if rt.device.type == 'cuda' else None)
 
     # accounting for the log and MFU (model.py holds the formulas and their sources)
     counts = count_params(mconf)
-    fpt = flops_per_token(mconf, formula='palm', seq_len=c['block_size'])
-    peak = peak_flops(rt.device, rt.ptdtype, measure=False)  # per device, FLOP/s; None when unknown or unmeasured
-    log_path = os.path.join(c['out_dir'], 'log.jsonl')
+    r.fpt = flops_per_token(mconf, formula='palm', seq_len=c['block_size'])
+    r.peak = peak_flops(rt.device, rt.ptdtype, measure=False)  # per device, FLOP/s; None if unknown or unmeasured
+    r.log_path = os.path.join(c['out_dir'], 'log.jsonl')
     if rt.master:
-        log_record(log_path, {
-            'type': 'run', **counts, 'flops_per_token': fpt,
+        log_record(r.log_path, {
+            'type': 'run', **counts, 'flops_per_token': r.fpt,
             'flops_formula': 'palm: 6N + 12*L*H*Q*T (PaLM appendix B; N = matmul parameters, as nanoGPT)',
             'tokens_per_step': c['total_batch_size'], 'world_size': rt.world, 'device': str(rt.device),
             'device_name': device_name(rt.device), 'dtype': rt.dtype, 'tokenizer': meta['tokenizer'],
-            'model': dataclasses.asdict(mconf), 'config': cfg, 'resumed': step > 0, 'start_step': step,
-            'val_bytes': val_bytes, 'val_tokens': int(val_tokens.numel()), 'time': time.time()})
-    say(f"{counts['n_params'] / 1e6:.2f}M parameters ({counts['n_params_nonembed'] / 1e6:.2f}M non-embedding), "
-        f"{rt.world} process(es) on {rt.device} in {rt.dtype}, {accum} micro-step(s) of {c['batch_size']}x"
-        f"{c['block_size']} per rank per step, {c['total_batch_size']} tokens/step, "
-        f"{max(0, c['max_iters'] - step)} steps to go")
+            'model': dataclasses.asdict(mconf), 'config': cfg, 'resumed': r.step > 0, 'start_step': r.step,
+            'val_bytes': r.val_bytes, 'val_tokens': r.val_tokens, 'time': time.time()})
+    r.say(f"{counts['n_params'] / 1e6:.2f}M parameters ({counts['n_params_nonembed'] / 1e6:.2f}M non-embedding), "
+          f"{rt.world} process(es) on {rt.device} in {rt.dtype}, {r.accum} micro-step(s) of {c['batch_size']}x"
+          f"{c['block_size']} per rank per step, {c['total_batch_size']} tokens/step, "
+          f"{max(0, c['max_iters'] - r.step)} steps to go")
+    return r
 
-    state = dict(cfg=cfg, rt=rt, meta=meta, raw_model=raw_model, optimizer=optimizer, scaler=scaler, noise=noise,
-                 seqs_per_step=seqs_per_step)
+
+def evaluate_now(r, step, last):
+    """The val loss (and bits per byte), and HellaSwag when it is due, logged. Returns the seconds it took."""
+    c, rt, t0 = r.c, r.rt, time.time()
+    tokens = step * c['total_batch_size']
+    if step % c['eval_interval'] == 0 or last:
+        val_loss = evaluate(r.model, r.val_loader, r.n_val_seqs, rt, c['batch_size'])
+        val_bpb = bits_per_byte(val_loss, r.val_tokens, r.val_bytes) if r.val_bytes else None
+        r.say(f"step {step}: val loss {val_loss:.4f}" + (f", {val_bpb:.4f} bits/byte" if val_bpb else ""))
+        if rt.master:
+            log_record(r.log_path, {'type': 'eval', 'step': step, 'tokens': tokens, 'flops': r.fpt * tokens,
+                                    'val_loss': val_loss, 'val_bpb': val_bpb})
+    if r.hellaswag and (step % c['hellaswag_interval'] == 0 or last):
+        hs = hellaswag.score(r.raw_model, r.tokenizer, r.hellaswag, rt, c['batch_size'], progress=False)
+        r.say(f"step {step}: hellaswag acc {hs['acc']:.4f}, acc_norm {hs['acc_norm']:.4f} ({hs['n']} examples)")
+        if rt.master:
+            log_record(r.log_path, {'type': 'hellaswag', 'step': step, 'tokens': tokens, 'flops': r.fpt * tokens,
+                                    'acc': hs['acc'], 'acc_norm': hs['acc_norm'], 'n': hs['n']})
+    return time.time() - t0
+
+
+def train(cfg):
+    """The run: evaluate, checkpoint and step until max_iters. Returns the trained (unwrapped) model."""
+    r = setup(cfg)
+    c, rt = r.c, r.rt
     nonfinite = torch.zeros((), device=rt.device)  # checked at sync points, so the hot loop never waits on the GPU
     window_loss = torch.zeros((), device=rt.device)  # summed step losses since the last log line
     best_loss, recent_loss, refused = math.inf, math.inf, False
     t_start, t_last, steps_since_log = time.time(), time.time(), 0
     while True:
-        tokens = step * c['total_batch_size']
+        step = r.step
         last = step == c['max_iters']
-        if step % c['eval_interval'] == 0 or last:
+        if step % c['eval_interval'] == 0 or last or (r.hellaswag and step % c['hellaswag_interval'] == 0):
             if diverged(nonfinite, rt):
                 break
-            t_eval = time.time()
-            val_loss = evaluate(model, val_loader, n_val_seqs, rt, c['batch_size'])
-            val_bpb = bits_per_byte(val_loss, val_tokens.numel(), val_bytes) if val_bytes else None
-            t_last += time.time() - t_eval  # keep evaluation out of the training tokens/s
-            say(f"step {step}: val loss {val_loss:.4f}" + (f", {val_bpb:.4f} bits/byte" if val_bpb else ""))
-            if rt.master:
-                log_record(log_path, {'type': 'eval', 'step': step, 'tokens': tokens, 'flops': fpt * tokens,
-                                      'val_loss': val_loss, 'val_bpb': val_bpb})
-        if hellaswag_examples and (step % c['hellaswag_interval'] == 0 or last):
-            t_eval = time.time()
-            hs = hellaswag.score(raw_model, tokenizer, hellaswag_examples, rt, c['batch_size'], progress=False)
-            t_last += time.time() - t_eval
-            say(f"step {step}: hellaswag acc {hs['acc']:.4f}, acc_norm {hs['acc_norm']:.4f} ({hs['n']} examples)")
-            if rt.master:
-                log_record(log_path, {'type': 'hellaswag', 'step': step, 'tokens': tokens, 'flops': fpt * tokens,
-                                      'acc': hs['acc'], 'acc_norm': hs['acc_norm'], 'n': hs['n']})
-        if step > start_step and (last or (c['checkpoint_interval'] and step % c['checkpoint_interval'] == 0)):
+            t_last += evaluate_now(r, step, last)  # keep evaluation out of the training tokens/s
+        if step > r.start_step and (last or (c['checkpoint_interval'] and step % c['checkpoint_interval'] == 0)):
             # a finite loss can still follow an update with inf gradients: check the weights we are about to keep
-            nonfinite += sum((~torch.isfinite(p)).sum() for p in raw_model.parameters())
+            nonfinite += sum((~torch.isfinite(p)).sum() for p in r.raw_model.parameters())
             if diverged(nonfinite, rt):
                 break
             # a finite blow-up (loss far above the best seen) must not replace the last good checkpoint
             refused = c['spike_factor'] > 0 and recent_loss > c['spike_factor'] * best_loss
             if refused:
-                say(f"warning: step {step}: train loss {recent_loss:.4f} is over {c['spike_factor']}x the best "
-                    f"{best_loss:.4f}; not checkpointing (the last good checkpoint stays)")
+                r.say(f"warning: step {step}: train loss {recent_loss:.4f} is over {c['spike_factor']}x the best "
+                      f"{best_loss:.4f}; not checkpointing (the last good checkpoint stays)")
             elif rt.master:
-                write_checkpoint(state, step, next_seq)
+                write_checkpoint(r, step)
         if last:
             break
 
         # one optimizer step: accum micro-steps per rank, gradients synchronised on the last one only
         torch.manual_seed(c['seed'] * 1_000_003 + rt.rank * 10_007 + step)  # dropout masks depend on (rank, step)
         lr = get_lr(step, cfg)
-        set_lr(optimizer, lr, cfg)
-        loss_sum = train_step(model, optimizer, scaler, accum, rt, c['grad_clip'], lambda micro: train_loader.batch(
-            next_seq + (micro * rt.world + rt.rank) * c['batch_size'], c['batch_size'], rt.device), noise=noise)
+        set_lr(r.optimizer, lr, cfg)
+        loss_sum = train_step(r.model, r.optimizer, r.scaler, r.accum, rt, c['grad_clip'],
+                              lambda micro: r.train_loader.batch(r.next_seq + (micro * rt.world + rt.rank) *
+                                                                 c['batch_size'], c['batch_size'], rt.device),
+                              noise=r.noise)
         nonfinite += ~torch.isfinite(loss_sum)
-        window_loss += loss_sum / accum
-        step += 1
-        next_seq += seqs_per_step
+        window_loss += loss_sum / r.accum
+        r.step = step = step + 1
+        r.next_seq += r.seqs_per_step
         steps_since_log += 1
 
         if step % c['log_interval'] == 0 or step == c['max_iters']:
@@ -359,30 +372,35 @@ def train(cfg):
             recent_loss, best_loss = loss_val, min(best_loss, loss_val)
             now = time.time()
             dt = (now - t_last) / steps_since_log
-            tok_per_s = c['total_batch_size'] / dt
-            mfu = fpt * tok_per_s / (peak * rt.world) if peak else None
             t_last, steps_since_log = now, 0
-            say(f"step {step}/{c['max_iters']} | loss {loss_val:.4f} | lr {lr:.2e} | {tok_per_s / 1e3:.1f}k tok/s | "
-                f"mfu {f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | "
-                f"{_hms(now - t_start)} elapsed, {_hms(dt * (c['max_iters'] - step))} left")
-            if rt.master:
-                log_record(log_path, {'type': 'train', 'step': step, 'tokens': step * c['total_batch_size'],
-                                      'flops': fpt * step * c['total_batch_size'], 'lr': lr, 'loss': loss_val,
-                                      'dt': dt, 'tok_per_s': tok_per_s, 'mfu': mfu})
-                if noise is not None and noise.last is not None:
-                    log_record(log_path, {'type': 'noise', 'step': step, 'tokens': step * c['total_batch_size'],
-                                          'loss': loss_val, **noise.last})
+            log_step(r, step, lr, loss_val, dt, now - t_start)
     if rt.ddp:
         torch.distributed.destroy_process_group()
     if nonfinite.item():
         raise FloatingPointError(
-            f"loss or weights became NaN or infinite by step {step}; stopped without saving, the last good checkpoint "
-            f"in {c['out_dir']} is kept (try a lower learning_rate or grad_clip)")
+            f"loss or weights became NaN or infinite by step {r.step}; stopped without saving, the last good "
+            f"checkpoint in {c['out_dir']} is kept (try a lower learning_rate or grad_clip)")
     if refused:
         raise FloatingPointError(
             f"the run diverged: train loss {recent_loss:.4f} at the end is over {c['spike_factor']}x the best "
             f"{best_loss:.4f}; the last good checkpoint in {c['out_dir']} is kept (lower learning_rate)")
-    return raw_model
+    return r.raw_model
+
+
+def log_step(r, step, lr, loss, dt, elapsed):
+    """The console line and the run log's train (and noise) record."""
+    c = r.c
+    tok_per_s = c['total_batch_size'] / dt
+    mfu = r.fpt * tok_per_s / (r.peak * r.rt.world) if r.peak else None
+    r.say(f"step {step}/{c['max_iters']} | loss {loss:.4f} | lr {lr:.2e} | {tok_per_s / 1e3:.1f}k tok/s | "
+          f"mfu {f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | "
+          f"{_hms(elapsed)} elapsed, {_hms(dt * (c['max_iters'] - step))} left")
+    if r.rt.master:
+        tokens = step * c['total_batch_size']
+        log_record(r.log_path, {'type': 'train', 'step': step, 'tokens': tokens, 'flops': r.fpt * tokens, 'lr': lr,
+                                'loss': loss, 'dt': dt, 'tok_per_s': tok_per_s, 'mfu': mfu})
+        if r.noise is not None and r.noise.last is not None:
+            log_record(r.log_path, {'type': 'noise', 'step': step, 'tokens': tokens, 'loss': loss, **r.noise.last})
 
 
 def diverged(nonfinite, rt):
@@ -392,16 +410,16 @@ def diverged(nonfinite, rt):
     return nonfinite.item() > 0
 
 
-def write_checkpoint(s, step, next_seq):
+def write_checkpoint(r, step):
     """The checkpoint of DESIGN.md: enough to continue exactly (weights, optimizer, scaler, step, data position)."""
-    c = s['cfg']
-    state = {'model': s['raw_model'].state_dict(), 'model_config': dataclasses.asdict(s['raw_model'].config),
-             'optimizer': s['optimizer'].state_dict(), 'scaler': s['scaler'].state_dict(), 'step': step,
+    c = r.c
+    state = {'model': r.raw_model.state_dict(), 'model_config': dataclasses.asdict(r.raw_model.config),
+             'optimizer': r.optimizer.state_dict(), 'scaler': r.scaler.state_dict(), 'step': step,
              'tokens': step * c['total_batch_size'],
-             'loader': {'next_seq': next_seq, 'seqs_per_step': s['seqs_per_step']},
-             'config': c, 'tokenizer': s['meta']['tokenizer']}
-    if s['noise'] is not None:
-        state['noise'] = s['noise'].state_dict()
+             'loader': {'next_seq': r.next_seq, 'seqs_per_step': r.seqs_per_step},
+             'config': c, 'tokenizer': r.meta['tokenizer']}
+    if r.noise is not None:
+        state['noise'] = r.noise.state_dict()
     save_checkpoint(c['out_dir'], state, keep=c['keep_checkpoints'])
 
 

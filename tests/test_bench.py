@@ -1,3 +1,6 @@
+"""Tests for bench.py end to end on the CPU: every field of a record, real shards, --peak_tflops, one-line errors
+and strong/weak scaling under torchrun. The peak table, the measured CPU peak and MFU are runtime.py's
+(tests/test_runtime.py)."""
 import json
 import os
 import subprocess
@@ -5,108 +8,21 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import bench
-from model import PRESETS, GPTConfig, flops_per_token
-from prepare import write_shard
+from data import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a model small enough that a whole run takes about a second on one shared core
+# (pinned to the CPU: on a machine with a GPU, device='auto' would pick it and the CPU expectations would not hold)
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=2', '--warmup_steps=1',
-        '--timed_steps=2', '--repeats=2', '--sample_tokens=4', '--sample_prompt=4', '--dtype=float32']
+        '--timed_steps=2', '--repeats=2', '--sample_tokens=4', '--sample_prompt=4', '--dtype=float32', '--device=cpu']
 
 
 def run_main(argv, capsys):
     record = bench.main(argv)
     out = capsys.readouterr().out
     return record, out
-
-
-# -----------------------------------------------------------------------------
-# MFU arithmetic
-
-def test_mfu_hand_checked_gpt2_on_a100():
-    # GPT-2 124M: 124,439,808 parameters; wpe 1024*768 = 786,432; wte 50257*768 = 38,597,376.
-    # PaLM: N = 124,439,808 - 786,432 = 123,653,376; 6N = 741,920,256; 12*L*H*Q*T = 12*12*12*64*1024 = 113,246,208
-    # -> 855,166,464 FLOPs/token. Kaplan: N = 124,439,808 - 786,432 - 38,597,376 = 85,056,000;
-    # 6N + 6*L*T*d_attn = 510,336,000 + 6*12*1024*768 = 510,336,000 + 56,623,104 = 566,959,104.
-    cfg = GPTConfig(**PRESETS['gpt2'])
-    assert flops_per_token(cfg, 'palm') == 855_166_464
-    assert flops_per_token(cfg, 'kaplan') == 566_959_104
-    # 100k tokens/s on one A100 (312 TFLOP/s dense bf16): 855,166,464e5 / 312e12 = 0.274091815...
-    assert bench.mfu(855_166_464, 100_000, 312e12) == pytest.approx(0.2740918, rel=1e-6)
-    # the same throughput spread over 8 GPUs is 1/8 of the utilization
-    assert bench.mfu(855_166_464, 100_000, 312e12, n_devices=8) == pytest.approx(0.2740918 / 8, rel=1e-6)
-    assert bench.mfu(855_166_464, 100_000, None) is None
-
-
-# -----------------------------------------------------------------------------
-# the peak table
-
-@pytest.mark.parametrize('name,dtype,tf32,expected', [
-    ('NVIDIA H100 80GB HBM3', torch.bfloat16, True, 989.4),     # SXM: 1979 is the 2:4-sparse figure
-    ('NVIDIA H100 PCIe', torch.bfloat16, True, 756.5),
-    ('NVIDIA H100 NVL', torch.float16, True, 835.5),
-    ('NVIDIA H200', torch.bfloat16, True, 989.4),
-    ('NVIDIA GH200 480GB', torch.bfloat16, True, 989.4),
-    ('NVIDIA A100-SXM4-80GB', torch.bfloat16, True, 312.0),
-    ('NVIDIA A100 80GB PCIe', torch.float32, True, 156.0),      # float32 matmuls in TF32
-    ('NVIDIA A100-PCIE-40GB', torch.float32, False, 19.5),      # TF32 off: plain float32
-    ('NVIDIA L40S', torch.bfloat16, True, 362.05),
-    ('NVIDIA L4', torch.bfloat16, True, 121.0),
-    ('NVIDIA A10G', torch.bfloat16, True, 70.0),
-    ('NVIDIA A10', torch.bfloat16, True, 125.0),
-    ('NVIDIA GeForce RTX 4090', torch.bfloat16, True, 165.2),
-    ('NVIDIA GeForce RTX 3090', torch.bfloat16, True, 71.0),
-    ('Tesla V100-SXM2-16GB', torch.float16, True, 125.0),
-    ('Tesla V100-SXM2-16GB', torch.float32, True, 15.7),        # no TF32 units: float32 peak
-    ('Tesla V100-SXM2-16GB', torch.bfloat16, True, None),       # no bf16 tensor cores
-    ('NVIDIA B200', torch.bfloat16, True, 2250.0),
-])
-def test_peak_table_known_names(name, dtype, tf32, expected):
-    assert bench.gpu_peak_tflops(name, dtype, tf32=tf32) == expected
-
-
-def test_peak_unknown_gpu_gives_no_mfu_rather_than_a_guess(monkeypatch):
-    assert bench.gpu_peak_tflops('NVIDIA GeForce GTX 1080', torch.bfloat16) is None
-    assert bench.gpu_peak_tflops('Imaginary Accelerator 9000', torch.float16) is None
-    # through peak_info, as bench and train.py reach it on a CUDA device (the name lookup needs no GPU)
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Imaginary Accelerator 9000')
-    peak, source = bench.peak_info(torch.device('cuda'), torch.bfloat16)
-    assert peak is None and 'peak_tflops' in source
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 80GB HBM3')
-    peak, source = bench.peak_info(torch.device('cuda'), torch.bfloat16)
-    assert peak == pytest.approx(989.4e12) and 'H100' in source
-
-
-def test_cpu_peak_is_measured_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, 'PEAK_CACHE', str(tmp_path / 'peaks.json'))
-    monkeypatch.setattr(bench, '_measured', {})
-    first = bench.peak_flops(torch.device('cpu'), torch.float32)
-    assert first is not None and 1e9 < first < 1e14  # any CPU: between 1 GFLOP/s and 100 TFLOP/s
-    assert bench.peak_flops('cpu', torch.float32) == first  # cached: train.py calls it once per run
-    assert 'measured' in bench.peak_info('cpu', torch.float32)[1]
-    # a later process on the same machine: the best ever measured wins over its own (maybe busy) measurement
-    (key, best), = json.loads((tmp_path / 'peaks.json').read_text()).items()
-    assert best == first and 'float32' in key and f'{torch.get_num_threads()} threads' in key
-    (tmp_path / 'peaks.json').write_text(json.dumps({key: first * 10}))
-    monkeypatch.setattr(bench, '_measured', {})
-    assert bench.peak_flops('cpu', torch.float32) == first * 10
-
-
-def test_best_peak_so_far_only_rises_and_survives_a_bad_cache(tmp_path, monkeypatch):
-    path = tmp_path / 'cache' / 'peaks.json'
-    monkeypatch.setattr(bench, 'PEAK_CACHE', str(path))
-    assert bench._best_so_far('cpu x', 5.0) == 5.0 and json.loads(path.read_text()) == {'cpu x': 5.0}
-    assert bench._best_so_far('cpu x', 3.0) == 5.0   # a measurement on a busy machine does not lower the peak
-    assert bench._best_so_far('cpu x', 7.0) == 7.0 and json.loads(path.read_text()) == {'cpu x': 7.0}
-    assert bench._best_so_far('cpu y', 1.0) == 1.0 and len(json.loads(path.read_text())) == 2
-    path.write_text('{not json')                     # corrupt: ignored and rewritten
-    assert bench._best_so_far('cpu x', 2.0) == 2.0 and json.loads(path.read_text()) == {'cpu x': 2.0}
-    monkeypatch.setattr(bench, 'PEAK_CACHE', str(tmp_path / 'a-file' / 'peaks.json'))
-    (tmp_path / 'a-file').write_text('')             # cannot be written: the measurement still counts
-    assert bench._best_so_far('cpu x', 4.0) == 4.0
 
 
 # -----------------------------------------------------------------------------
@@ -158,24 +74,28 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     for argv, words in ((['--nosuchknob=1'], 'unknown config key'),
                         ([f'--data_dir={tmp_path}', '--data=shards'], 'no train shards'),
                         (['--peak_tflops=-3'], 'peak_tflops'),
-                        (['--nprocs=0,2'], 'nprocs')):
+                        (['--nprocs=0,2'], 'nprocs'),
+                        (['--nprocs', '1,2'], 'expected --key=value, got --nprocs')):   # the space form is gone
         with pytest.raises(SystemExit) as e:
-            bench.main(argv)
+            bench.main(['--device=cpu', *argv])
         err = capsys.readouterr().err
         assert e.value.code == 1 and err.startswith('error: ') and words in err and err.count('\n') == 1
 
 
-def test_argv_accepts_flag_forms():
-    assert bench.normalize_argv(['c.py', '--json', '--nprocs', '1,2', '--steps=3']) == \
-        ['c.py', '--json=True', '--nprocs=1,2', '--steps=3']
+def test_parse_nprocs():
+    # bare --json and --nprocs=1,2 through the config parser: tests/test_configurator.py
     assert bench.parse_nprocs('1,2') == bench.parse_nprocs((2, 1)) == [1, 2] and bench.parse_nprocs(4) == [4]
+    assert bench.parse_nprocs(None) is None
+    for bad in ('0,2', 'a', (1.5,), True):
+        with pytest.raises(bench.ConfigError, match='nprocs must be process counts'):
+            bench.parse_nprocs(bad)
 
 
 @pytest.mark.slow
 def test_scaling_with_one_and_two_processes():
     # four torchrun launches (strong and weak, 1 and 2 processes) on CPU with gloo
     cmd = [sys.executable, os.path.join(ROOT, 'bench.py'), *TINY, '--data=random', '--vocab_size=64',
-           '--peak_tflops=1', '--nprocs', '1,2', '--json']
+           '--peak_tflops=1', '--nprocs=1,2', '--json']
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)

