@@ -31,7 +31,7 @@ import time
 import torch
 
 from checkpoint import CheckpointError, load_model
-from configurator import ConfigError, parse_config, script_defaults
+from configurator import ConfigError, cli, parse_config, script_defaults
 from data import DataError, TokenLoader, read_meta, shard_paths
 from model import ModelError, count_params, decode_bytes_per_token, flops_per_token
 from runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
@@ -455,19 +455,13 @@ def format_scaling(r):
 
 
 def main(argv):
-    try:
-        cfg = parse_config(argv, DEFAULTS, __doc__)
-        counts = parse_nprocs(cfg['nprocs'])
-        if counts:
-            record, master = scaling(cfg, argv, counts), True
-        else:
-            record, master = bench(cfg)
-    except (ConfigError, DataError, ModelError, CheckpointError, BenchError) as e:
-        print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:
-        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
+    return cli(lambda: report(parse_config(argv, DEFAULTS, __doc__), argv),
+               (ConfigError, DataError, ModelError, CheckpointError, BenchError))
+
+
+def report(cfg, argv):
+    counts = parse_nprocs(cfg['nprocs'])
+    record, master = (scaling(cfg, argv, counts), True) if counts else bench(cfg)
     if master:
         if cfg['json']:
             print(json.dumps(record))

@@ -116,3 +116,27 @@ def parse_config(argv, defaults, doc=None):
                 raise ConfigError(f"expected --key=value, got {arg}")
             cfg[key] = check_type(key, parse_value(text), defaults, arg)
     return cfg
+
+
+def cli(run, errors, interrupted=None):
+    """The error boundary of every script's main: run(); a user-facing error (one of `errors`, or an OSError from
+    files, permissions or a full disk) becomes one line `error: ...` on stderr and exit 1, Ctrl-C exit 130 (with
+    `interrupted` said first), a closed pipe (`| head`) a quiet exit 0. Never a traceback for any of them."""
+    try:
+        return run()
+    except errors as e:
+        sys.stdout.flush()
+        print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:   # the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as e:
+        sys.stdout.flush()
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        if interrupted:
+            print(interrupted, file=sys.stderr)
+        sys.exit(130)

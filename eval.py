@@ -18,14 +18,13 @@ progress bars go to stderr. Under torchrun every rank scores its share and rank 
 """
 import json as jsonlib   # `json` is a knob below
 import math
-import os
 import sys
 
 import torch
 
 import hellaswag
 from checkpoint import CheckpointError, load_model
-from configurator import ConfigError, knobs, parse_config
+from configurator import ConfigError, cli, knobs, parse_config
 from data import DataError, TokenLoader, get_tokenizer, read_meta
 from model import ModelError, count_params
 from runtime import setup_runtime
@@ -174,20 +173,7 @@ def table(results):
 
 def main(argv):
     try:
-        run(parse_config(argv, DEFAULTS, __doc__))
-    except (ConfigError, DataError, ModelError, CheckpointError) as e:
-        sys.stdout.flush()
-        print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
-        sys.exit(1)
-    except BrokenPipeError:   # `python eval.py | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    except OSError as e:
-        sys.stdout.flush()
-        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        cli(lambda: run(parse_config(argv, DEFAULTS, __doc__)), (ConfigError, DataError, ModelError, CheckpointError))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

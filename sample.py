@@ -12,14 +12,13 @@ by a line of dashes. A tokens/s line and what was loaded go to stderr, so `> out
 The tokenizer is the one the checkpoint's run used (recorded in the checkpoint; GPT-2 BPE for GPT-2 weights).
 """
 import contextlib
-import os
 import sys
 import time
 
 import torch
 
 from checkpoint import CheckpointError, load_model
-from configurator import ConfigError, knobs, parse_config
+from configurator import ConfigError, cli, knobs, parse_config
 from data import DataError, get_tokenizer
 from model import ModelError, count_params
 from runtime import device_sync, setup_runtime
@@ -193,22 +192,7 @@ def sample(cfg):
 
 
 def main(argv):
-    try:
-        sample(parse_config(argv, DEFAULTS, __doc__))
-    except (ConfigError, DataError, ModelError, CheckpointError) as e:
-        sys.stdout.flush()
-        print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
-        sys.exit(1)
-    except BrokenPipeError:   # `python sample.py | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    except OSError as e:
-        sys.stdout.flush()
-        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.stdout.write('\n')
-        sys.exit(130)
+    cli(lambda: sample(parse_config(argv, DEFAULTS, __doc__)), (ConfigError, DataError, ModelError, CheckpointError))
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ import torch
 import hellaswag
 from checkpoint import (CheckpointError, checkpoint_path, load_model, numbered_checkpoints, save_checkpoint,
                         sweep_stale)
-from configurator import ConfigError, knobs, parse_config
+from configurator import ConfigError, cli, knobs, parse_config
 from data import DataError, TokenLoader, get_tokenizer, read_meta
 from model import GPTConfig, ModelError, count_params, flops_per_token
 from runtime import device_name, peak_flops, setup_runtime
@@ -221,8 +221,6 @@ def build(cfg, rt, meta):
     if meta['tokenizer'] != 'gpt2':
         raise ConfigError(f"init_from={init_from} needs GPT-2 tokens, {cfg['data_dir']} has {meta['tokenizer']}")
     model, _, _, _ = load_model(init_from, cfg=cfg)
-    if cfg['block_size'] > model.config.block_size:
-        raise ConfigError(f"block_size {cfg['block_size']} exceeds the model's {model.config.block_size}")
     return model.to(rt.device), None
 
 
@@ -246,9 +244,9 @@ def setup(cfg):
     r.n_val_seqs = min(c['eval_iters'] * c['batch_size'], r.val_loader.n_chunks)
     r.seqs_per_step = c['total_batch_size'] // c['block_size']
     # bits per byte: the val sequences' text is fixed, so its UTF-8 byte count is counted once
-    r.val_tokens = r.val_loader.batch(0, r.n_val_seqs, torch.device('cpu'))[1].numel()
+    val_targets = r.val_loader.batch(0, r.n_val_seqs, torch.device('cpu'))[1]
     r.tokenizer = get_tokenizer(meta['tokenizer'])
-    r.val_bytes = r.tokenizer.count_bytes(r.val_loader.batch(0, r.n_val_seqs, torch.device('cpu'))[1].flatten().numpy())
+    r.val_tokens, r.val_bytes = val_targets.numel(), r.tokenizer.count_bytes(val_targets.flatten().numpy())
     r.hellaswag = hellaswag.load_examples(c['hellaswag_path'], c['hellaswag_limit'], rt) \
         if c['hellaswag_interval'] else None
 
@@ -429,21 +427,9 @@ def _hms(seconds):
 
 
 def main(argv):
-    try:
-        train(parse_config(argv, DEFAULTS, __doc__))
-    except (ConfigError, DataError, ModelError, CheckpointError, FloatingPointError) as e:
-        print(f"error: {str(e) or type(e).__name__}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:   # files, permissions, a full disk: name the path
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
-    except torch.OutOfMemoryError:
-        print("error: out of GPU memory: lower batch_size (total_batch_size stays: more micro-steps)", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is intact; resume with --init_from=resume", file=sys.stderr)
-        sys.exit(130)
+    cli(lambda: train(parse_config(argv, DEFAULTS, __doc__)),
+        (ConfigError, DataError, ModelError, CheckpointError, FloatingPointError, torch.OutOfMemoryError),
+        interrupted="interrupted: the last checkpoint is intact; resume with --init_from=resume")
 
 
 if __name__ == '__main__':
