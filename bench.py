@@ -192,6 +192,75 @@ def check_bench_knobs(cfg):
         raise ConfigError(f"peak_tflops must be a positive number (dense TFLOP/s of one device), got {p!r}")
 
 
+class Stepper:
+    """train.py's optimizer step (training.train_step) on the benchmark's model and data, reading on through the
+    sequences step after step. Called with `times` (a dict), it waits for the device after each phase and adds
+    the phase's seconds there."""
+
+    def __init__(self, model, optimizer, scaler, rt, grad_clip, get_batch, block_size):
+        self.model, self.optimizer, self.scaler, self.rt = model, optimizer, scaler, rt
+        self.grad_clip, self.get_batch, self.block_size, self.next_seq = grad_clip, get_batch, block_size, 0
+
+    def __call__(self, total, accum, times=None):
+        clock = PhaseClock(self.rt.device, times) if times is not None else None
+        train_step(self.model, self.optimizer, self.scaler, accum, self.rt, self.grad_clip,
+                   lambda micro: self.get_batch(self.next_seq, micro), clock)
+        self.next_seq += total // self.block_size
+
+
+class PhaseClock:
+    """train_step's mark(phase): the seconds since the previous mark, the device synchronized, go to times[phase]."""
+
+    def __init__(self, device, times):
+        self.device, self.times, self.t = device, times, time.perf_counter()
+
+    def __call__(self, phase):
+        device_sync(self.device)
+        now = time.perf_counter()
+        self.times[phase] += now - self.t
+        self.t = now
+
+
+def timed_steps(one_step, total, accum, cfg, rt):
+    """warmup_steps untimed, then `repeats` timings of timed_steps steps each -> seconds per step per repeat (the
+    slowest rank's: a step is done when every rank is done)."""
+    for _ in range(cfg['warmup_steps']):
+        one_step(total, accum)
+    step_times = []
+    for _ in range(cfg['repeats']):
+        device_sync(rt.device)
+        t0 = time.perf_counter()
+        for _ in range(cfg['timed_steps']):
+            one_step(total, accum)
+        device_sync(rt.device)
+        step_times.append((time.perf_counter() - t0) / cfg['timed_steps'])
+    return _max_over_ranks(step_times, rt)
+
+
+def phase_split(one_step, total, accum, cfg, rt):
+    """A separate pass that waits for the device between phases: the median seconds of each phase per step."""
+    names, split = ('data', 'forward', 'backward', 'optimizer'), []
+    for _ in range(cfg['timed_steps']):
+        times = dict.fromkeys(names, 0.0)
+        one_step(total, accum, times)
+        split.append(_max_over_ranks([times[k] for k in names], rt))
+    phases = {k: statistics.median(r[i] for r in split) for i, k in enumerate(names)}
+    phases['sum'] = sum(phases.values())
+    return phases
+
+
+def summarize(total, accum, step_times, fpt, peak, world):
+    """Step times of one tokens/step setting -> median and spread, tokens/s, TFLOP/s and MFU by each formula."""
+    t_med = statistics.median(step_times)
+    tok_s = total / t_med
+    return {'tokens_per_step': total, 'grad_accum': accum,
+            'step_time_s': {'median': t_med, 'min': min(step_times), 'max': max(step_times),
+                            'spread': (max(step_times) - min(step_times)) / t_med, 'repeats': step_times},
+            'tokens_per_s': tok_s,
+            'tflops_per_device': {f: v * tok_s / world / 1e12 for f, v in fpt.items()},
+            'mfu': {f: mfu(v, tok_s, peak, world) for f, v in fpt.items()} if peak else None}
+
+
 def bench(cfg):
     """Run the benchmark described by cfg -> (record dict, is_master)."""
     check_bench_knobs(cfg)
@@ -217,51 +286,14 @@ def bench(cfg):
             model, device_ids=[rt.device.index] if rt.device.type == 'cuda' else None)
     optimizer = configure_optimizer(raw_model, cfg, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
-    next_seq = 0
-
-    def one_step(total, accum, times=None):
-        """train.py's train_step; with `times` (a dict), waits for the device after each phase and adds its seconds."""
-        nonlocal next_seq
-        t = time.perf_counter()
-
-        def mark(phase):
-            nonlocal t
-            device_sync(rt.device)
-            now = time.perf_counter()
-            times[phase] += now - t
-            t = now
-        train_step(model, optimizer, scaler, accum, rt, cfg['grad_clip'], lambda micro: get_batch(next_seq, micro),
-                   mark if times is not None else None)
-        next_seq += total // T
+    one_step = Stepper(model, optimizer, scaler, rt, cfg['grad_clip'], get_batch, T)
 
     # warm-up, then the timed repeats: no synchronization inside a repeat, only around it
     if rt.device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(rt.device)
-    runs = []
-    for total, accum in zip(totals, accums):
-        for _ in range(cfg['warmup_steps']):
-            one_step(total, accum)
-        step_times = []
-        for _ in range(cfg['repeats']):
-            device_sync(rt.device)
-            t0 = time.perf_counter()
-            for _ in range(cfg['timed_steps']):
-                one_step(total, accum)
-            device_sync(rt.device)
-            step_times.append((time.perf_counter() - t0) / cfg['timed_steps'])
-        runs.append((total, accum, _max_over_ranks(step_times, rt)))
+    runs = [(total, accum, timed_steps(one_step, total, accum, cfg, rt)) for total, accum in zip(totals, accums)]
     mem_bytes, mem_kind = peak_memory(rt.device)
-
-    # the phase split: a separate pass that waits for the device between phases
-    phases = None
-    if cfg['phases']:
-        names, split = ('data', 'forward', 'backward', 'optimizer'), []
-        for _ in range(cfg['timed_steps']):
-            times = dict.fromkeys(names, 0.0)
-            one_step(totals[0], accums[0], times)
-            split.append(_max_over_ranks([times[k] for k in names], rt))
-        phases = {k: statistics.median(r[i] for r in split) for i, k in enumerate(names)}
-        phases['sum'] = sum(phases.values())
+    phases = phase_split(one_step, totals[0], accums[0], cfg, rt) if cfg['phases'] else None
 
     sampling = None
     if cfg['sample_tokens'] > 0 and not rt.ddp:
@@ -274,16 +306,7 @@ def bench(cfg):
         peak, peak_source = peak_info(rt.device, rt.ptdtype)
     fpt = {f: flops_per_token(mconf, formula=f, seq_len=T) for f in FORMULAS}
 
-    def summary(total, accum, step_times):
-        t_med = statistics.median(step_times)
-        tok_s = total / t_med
-        return {'tokens_per_step': total, 'grad_accum': accum,
-                'step_time_s': {'median': t_med, 'min': min(step_times), 'max': max(step_times),
-                                'spread': (max(step_times) - min(step_times)) / t_med, 'repeats': step_times},
-                'tokens_per_s': tok_s,
-                'tflops_per_device': {f: v * tok_s / rt.world / 1e12 for f, v in fpt.items()},
-                'mfu': {f: mfu(v, tok_s, peak, rt.world) for f, v in fpt.items()} if peak else None}
-    summaries = [summary(*run) for run in runs]
+    summaries = [summarize(total, accum, step_times, fpt, peak, rt.world) for total, accum, step_times in runs]
     first = summaries[0]
     record = {
         'bench': 'train', 'time': time.time(), 'torch': torch.__version__,

@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 RUNS = os.path.join(HERE, 'runs')
 SEEDS = (1337, 1338, 1339)
-COMMON = ['--eval_interval=50', '--eval_iters=20', '--log_interval=50', '--checkpoint_interval=0', '--device=cpu',
+COMMON = ['--eval_interval=50', '--eval_iters=20', '--log_interval=50', '--checkpoint_interval=250', '--device=cpu',
           '--dtype=float32']
 ADAMW = ['--optimizer=adamw']                       # learning_rate 6e-3: train.py's default, tuned for this model
 MUON_LRS = (0.005, 0.01, 0.02, 0.04)               # the sweep (Muon's matrices; AdamW keeps 6e-3 for the rest)
@@ -91,7 +91,7 @@ def run(jobs):
     os.makedirs(RUNS, exist_ok=True)
     sweep = [(f'muon_lr{lr:g}_s{SEEDS[0]}', muon_args(lr) + [f'--seed={SEEDS[0]}']) for lr in MUON_LRS]
     adamw = [(f'adamw_s{s}', ADAMW + [f'--seed={s}']) for s in SEEDS]
-    launch(jobs, adamw + sweep)
+    launch(jobs, sweep + adamw)
     lr, _ = best_muon_lr()
     launch(jobs, [(f'muon_lr{lr:g}_s{s}', muon_args(lr) + [f'--seed={s}']) for s in SEEDS[1:]])
     base_name, base_args = better_optimizer()
@@ -101,7 +101,7 @@ def run(jobs):
     if missing:
         sys.exit(f"error: model.py lacks {sorted(missing)}: the block options cannot run yet")
     launch(jobs, [(f'{base_name}+{opt}_s{s}', base_args + extra + [f'--seed={s}'])
-                  for opt, extra in OPTIONS.items() for s in SEEDS])
+                  for s in SEEDS for opt, extra in OPTIONS.items()])   # seed by seed: every option gets seed 1 first
 
 
 def better_optimizer():
