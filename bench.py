@@ -14,7 +14,7 @@ A second, separate pass synchronizes between phases to split a step into data / 
 so the split never slows the headline number.
 
 MFU = model FLOPs per token x tokens/s / (peak FLOP/s per device x devices). Model FLOPs come from
-model.flops_per_token with two formulas side by side: PaLM's 6N + 12*L*H*Q*T (nanoGPT's estimate_mfu) and
+accounting.flops_per_token with two formulas side by side: PaLM's 6N + 12*L*H*Q*T (nanoGPT's estimate_mfu) and
 Kaplan's 6N (+ 6*L*T*d_attn). The peak is the dense (not 2:4-sparse) datasheet figure for the GPU's name, a
 matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no MFU rather than a guess.
 """
@@ -30,10 +30,11 @@ import time
 
 import torch
 
+from accounting import count_params, decode_bytes_per_token, flops_per_token
 from checkpoint import CheckpointError, load_model
 from configurator import ConfigError, cli, parse_config, script_defaults
 from data import DataError, TokenLoader, read_meta, shard_paths
-from model import ModelError, count_params, decode_bytes_per_token, flops_per_token
+from model import ModelError
 from runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
 from training import configure_optimizer, train_step
 

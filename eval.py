@@ -23,10 +23,11 @@ import sys
 import torch
 
 import hellaswag
+from accounting import count_params
 from checkpoint import CheckpointError, load_model
 from configurator import ConfigError, cli, knobs, parse_config
 from data import DataError, TokenLoader, get_tokenizer, read_meta
-from model import ModelError, count_params
+from model import ModelError
 from runtime import setup_runtime
 from training import bits_per_byte, evaluate
 

@@ -17,10 +17,11 @@ import time
 
 import torch
 
+from accounting import count_params
 from checkpoint import CheckpointError, load_model
 from configurator import ConfigError, cli, knobs, parse_config
 from data import DataError, get_tokenizer
-from model import ModelError, count_params
+from model import ModelError
 from runtime import device_sync, setup_runtime
 
 # -----------------------------------------------------------------------------

@@ -39,7 +39,8 @@ TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 def _model_api():
     try:
         from checkpoint import model_config_from
-        from model import ModelError, count_params
+        from accounting import count_params
+        from model import ModelError
     except ImportError as e:
         raise ScalingError(f"plan counts parameters with model.py's count_params: {e}")
     return model_config_from, ModelError, count_params

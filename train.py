@@ -20,11 +20,12 @@ from types import SimpleNamespace
 import torch
 
 import hellaswag
+from accounting import count_params, flops_per_token
 from checkpoint import (CheckpointError, checkpoint_path, load_model, numbered_checkpoints, save_checkpoint,
                         sweep_stale)
 from configurator import ConfigError, cli, knobs, parse_config
 from data import DataError, TokenLoader, get_tokenizer, read_meta
-from model import GPTConfig, ModelError, count_params, flops_per_token
+from model import GPTConfig, ModelError
 from runtime import device_name, peak_flops, setup_runtime
 from training import (GradNoise, bits_per_byte, configure_optimizer, cooldown_steps, evaluate, get_lr,
                       reset_peak_lr, set_lr, train_step)
@@ -274,7 +275,7 @@ def setup(cfg):
         r.model = torch.nn.parallel.DistributedDataParallel(
             r.model, device_ids=[rt.device.index] if rt.device.type == 'cuda' else None)
 
-    # accounting for the log and MFU (model.py holds the formulas and their sources)
+    # accounting for the log and MFU (accounting.py holds the formulas and their sources)
     counts = count_params(mconf)
     r.fpt = flops_per_token(mconf, formula='palm', seq_len=c['block_size'])
     r.peak = peak_flops(rt.device, rt.ptdtype, measure=False)  # per device, FLOP/s; None if unknown or unmeasured

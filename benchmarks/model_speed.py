@@ -18,7 +18,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import GPT, GPTConfig, PRESETS, flops_per_token  # noqa: E402
+from accounting import flops_per_token  # noqa: E402
+from model import GPT, GPTConfig, PRESETS  # noqa: E402
 
 
 def train_speed(model, args):

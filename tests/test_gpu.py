@@ -115,7 +115,6 @@ def test_compile_matches_eager_and_evaluation_does_not_recompile_per_eval():
     """torch.compile gives eager's loss; evaluation (eval mode, no_grad, a short last batch padded to full) adds
     one compiled graph the first time and none at later evaluations."""
     import torch._dynamo
-    from data import TokenLoader  # noqa: F401  (the padded-batch path is training.evaluate's)
     from training import evaluate
     torch._dynamo.reset()
     rt = setup_runtime({'device': 'cuda', 'dtype': 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'})

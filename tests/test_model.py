@@ -11,7 +11,8 @@ import torch
 
 import data
 from gpt2_weights import hf_tensors
-from model import (GPT, PRESETS, GPTConfig, KVCache, ModelError, apply_rope, count_params, flops_per_token,
+from accounting import count_params, flops_per_token
+from model import (GPT, PRESETS, GPTConfig, KVCache, ModelError, apply_rope,
                    rope_tables, sample_next)
 
 

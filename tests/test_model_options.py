@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import model as model_module
-from model import GPT, PRESETS, GPTConfig, KVCache, ModelError, count_params, decode_bytes_per_token
+import accounting
+from accounting import count_params, decode_bytes_per_token
+from model import GPT, PRESETS, GPTConfig, KVCache, ModelError
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -70,10 +72,10 @@ def test_count_params_equals_built_model_for_every_combination():
 
 
 def test_flops_unchanged_by_options_that_add_no_matmul():
-    base = model_module.flops_per_token(tiny())
+    base = accounting.flops_per_token(tiny())
     for kw in OPTIONS[:4]:
         for f in ('palm', 'kaplan'):
-            assert model_module.flops_per_token(tiny(**kw), f) == model_module.flops_per_token(tiny(), f), kw
+            assert accounting.flops_per_token(tiny(**kw), f) == accounting.flops_per_token(tiny(), f), kw
     assert base == 6 * (count_params(tiny())['n_params_nonembed'] + 61 * 32) + 12 * 2 * 4 * 8 * 16
 
 

@@ -9,7 +9,8 @@ from torch.cuda._utils import _get_device_index
 
 import runtime
 from configurator import ConfigError
-from model import PRESETS, GPTConfig, flops_per_token
+from accounting import flops_per_token
+from model import PRESETS, GPTConfig
 
 
 # -----------------------------------------------------------------------------

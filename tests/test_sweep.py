@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 
+import accounting
 import configurator
 import runlog
 import scaling
@@ -39,7 +40,7 @@ def run_cli(argv, capsys):
 # plain IsoFLOP plans
 
 def test_plan_spans_the_optimum_and_its_commands_parse_in_train_py(tmp_path):
-    model = pytest.importorskip('model')
+    pytest.importorskip('model')
     (tmp_path / 'meta.json').write_text(json.dumps(dict(vocab_size=257, train=dict(tokens=5_000_000))))
     rows = sweep.plan([1e13, 1e14], sizes=5, span=10, data_dir=str(tmp_path), out_root=str(tmp_path / 'sweep'))
     assert len(rows) == 10
@@ -51,7 +52,7 @@ def test_plan_spans_the_optimum_and_its_commands_parse_in_train_py(tmp_path):
         for r in mine:
             c = r['config']  # N is the count of the model train.py builds from the run's command line
             built = built_model(r['args'])
-            assert r['N'] == model.count_params(built)['n_params'] and c['n_embd'] == 16 * c['n_head']
+            assert r['N'] == accounting.count_params(built)['n_params'] and c['n_embd'] == 16 * c['n_head']
             assert r['D'] == c['max_iters'] * 8192 and r['C'] == pytest.approx(C, rel=0.5 / c['max_iters'] + 1e-9)
             assert c['warmup_iters'] == max(1, round(0.05 * c['max_iters'])) and c['lr_decay_iters'] == c['max_iters']
             assert r['epochs'] == pytest.approx(r['D'] / 5e6)
@@ -61,7 +62,7 @@ def test_plan_spans_the_optimum_and_its_commands_parse_in_train_py(tmp_path):
     for r in sweep.plan([1e13], sizes=5, span=10, data_dir=str(tmp_path), out_root=str(tmp_path / 'sweep'),
                     train_args="--pos_emb=learned"):
         built = built_model(r['args'])
-        assert built.pos_emb == 'learned' and r['N'] == model.count_params(built)['n_params']
+        assert built.pos_emb == 'learned' and r['N'] == accounting.count_params(built)['n_params']
 
 
 FAKE_TRAIN = r'''
@@ -282,7 +283,7 @@ def test_plan_branch_rows(branched_plan):
 
 
 def test_plan_branch_commands_parse_back_in_train_py(branched_plan):
-    model = pytest.importorskip('model')
+    pytest.importorskip('model')
     _, rows = branched_plan
     for r in rows:
         args = shlex.split(r['cmd'])  # what train.py gets from a shell running the printed command
@@ -290,7 +291,7 @@ def test_plan_branch_commands_parse_back_in_train_py(branched_plan):
         for a in (args[2:], r['args']):  # and what --run passes: every knob is train.py's, every value the plan's
             cfg = parse_train_args(a)
             assert {k: cfg[k] for k in r['config']} == r['config']
-        assert r['N'] == model.count_params(built_model(r['args']))['n_params']
+        assert r['N'] == accounting.count_params(built_model(r['args']))['n_params']
 
 
 def test_plan_branch_compute_accounting(branched_plan, capsys):
