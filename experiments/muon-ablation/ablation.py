@@ -9,17 +9,20 @@ Protocol (issue 16): AdamW at the quick start's tuned LR (6e-3) vs Muon with its
 per LR, the optimum bracketed by worse LRs on both sides), 3 seeds each; then each block option alone on top of the
 better optimizer, 3 seeds each. Every run evaluates every 50 steps on the same 20 x 4 x 512 val tokens. The
 headline: the tokens Muon needs to reach AdamW's final val loss (mean over AdamW's seeds), per Muon seed.
-Everything runs train.py as a subprocess (scripts never import each other) and reads the runs' log.jsonl.
+Everything runs train.py as a subprocess through sweep.run_plan (scripts never import each other) and reads
+the runs' log.jsonl.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+from configurator import parse_value, script_defaults  # noqa: E402  (library modules, not scripts)
+from sweep import run_plan  # noqa: E402
+TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')
 SEEDS = (1337, 1338, 1339)
 COMMON = ['--eval_interval=50', '--eval_iters=20', '--log_interval=50', '--checkpoint_interval=250', '--device=cpu',
@@ -50,27 +53,14 @@ def evals(name):
 
 
 def launch(jobs, runs):
-    """Run [(name, args)] with `jobs` at once, one thread each (small models use one core better than two)."""
-    todo = [(n, a) for n, a in runs if not evals(n)[1]]
-    running = []
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    while todo or running:
-        while todo and len(running) < jobs:
-            name, args = todo.pop(0)
-            out = os.path.join(RUNS, name)
-            os.makedirs(out, exist_ok=True)
-            resume = ['--init_from=auto']   # an interrupted run continues from its checkpoint, if any
-            cmd = [sys.executable, 'train.py', f'--out_dir={out}', *COMMON, *args, *resume]
-            print(f"start {name}: {' '.join(cmd[1:])}", flush=True)
-            log = open(os.path.join(out, 'console.log'), 'a')
-            running.append((name, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)))
-        time.sleep(1)
-        for name, p in list(running):
-            if p.poll() is not None:
-                running.remove((name, p))
-                print(f"done  {name}: exit {p.returncode}", flush=True)
-                if p.returncode:
-                    sys.exit(f"error: {name} failed (see {RUNS}/{name}/console.log)")
+    """Run [(name, args)] through scaling.py's sweep runner (sweep.run_plan): `jobs` at once, one thread each
+    (small models use one core better than two), finished runs skipped, interrupted ones resumed."""
+    rows = []
+    for name, args in runs:
+        cmd = [f'--out_dir={os.path.join(RUNS, name)}', *COMMON, *args, '--init_from=auto']
+        cfg = {**TRAIN, **{k: parse_value(v) for k, _, v in (a[2:].partition('=') for a in cmd)}}
+        rows.append(dict(name=name, args=cmd, config=cfg, C=1.0, N=1.0))
+    run_plan(rows, jobs=jobs)
 
 
 def final(name):
@@ -95,7 +85,6 @@ def run(jobs):
     lr, _ = best_muon_lr()
     launch(jobs, [(f'muon_lr{lr:g}_s{s}', muon_args(lr) + [f'--seed={s}']) for s in SEEDS[1:]])
     base_name, base_args = better_optimizer()
-    sys.path.insert(0, ROOT)
     from model import GPTConfig   # a library module: the options must exist, or train.py would ignore them
     missing = {'qk_norm', 'zero_init_proj', 'logit_softcap'} - set(GPTConfig.__dataclass_fields__)
     if missing:
