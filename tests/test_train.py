@@ -108,11 +108,13 @@ def test_batch_that_does_not_divide():
 # -----------------------------------------------------------------------------
 # training, resume, log
 
-def test_resume_is_exact(data_dir, tmp_path):
-    train.train(cfg_for(data_dir, tmp_path / 'straight'))
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_resume_is_exact(data_dir, tmp_path, optimizer):
+    opt = dict(optimizer=optimizer, muon_lr=0.02 if optimizer == 'muon' else None)
+    train.train(cfg_for(data_dir, tmp_path / 'straight', **opt))
     # the first half stops at 10 with the schedule of the 20-step run (lr_decay_iters pins it)
-    train.train(cfg_for(data_dir, tmp_path / 'split', max_iters=10, lr_decay_iters=20))
-    train.train(cfg_for(data_dir, tmp_path / 'split', init_from='resume'))
+    train.train(cfg_for(data_dir, tmp_path / 'split', max_iters=10, lr_decay_iters=20, **opt))
+    train.train(cfg_for(data_dir, tmp_path / 'split', init_from='resume', **opt))
     straight, split = losses(tmp_path / 'straight'), losses(tmp_path / 'split')
     assert len(straight) == 20 and list(split) == list(straight)
     assert split == straight  # float32 on CPU: bit-identical, not merely close
@@ -203,10 +205,14 @@ def free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(data_dir, tmp_path):
-    over = dict(max_iters=8, eval_interval=4, checkpoint_interval=0, batch_size=2, total_batch_size=256)
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_two_processes_match_one(data_dir, tmp_path, optimizer):
+    """The same losses at 1 and 2 processes, for AdamW and for Muon (every rank computes Muon's update from the
+    same all-reduced gradient; its weights must not drift apart or depend on the world size)."""
+    over = dict(max_iters=8, eval_interval=4, checkpoint_interval=0, batch_size=2, total_batch_size=256,
+                optimizer=optimizer, muon_lr=0.02 if optimizer == 'muon' else None)
     args = [f'--{k}={v!r}' for k, v in cfg_for(data_dir, tmp_path / 'ddp', **over).items()
-            if k in TINY or k in ('data_dir', 'out_dir')]
+            if k in TINY or k in over or k in ('data_dir', 'out_dir')]
     r = run_script(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
                     f'--master_port={free_port()}', 'train.py', *args], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -311,6 +317,10 @@ def test_out_dir_that_cannot_be_a_directory(tmp_path, capsys, case):
     (['--checkpoint_interval=-1'], 'checkpoint_interval=-1 is not allowed: must be >= 0'),
     (['--warmup_iters=30'], 'warmup_iters=30 exceeds max_iters=20'),
     (['--noise_scale=True', '--total_batch_size=128'], 'noise_scale needs at least two micro-batches'),
+    (['--optimizer=sgd'], "optimizer='sgd' is not allowed: must be 'adamw' or 'muon'"),
+    (['--optimizer=muon'], "optimizer='muon' needs muon_lr"),
+    (['--muon_momentum=1.0'], 'muon_momentum=1.0 is not allowed: must be in [0, 1)'),
+    (['--hellaswag_interval=-1'], 'hellaswag_interval=-1 is not allowed'),
 ])
 def test_knob_out_of_range(data_dir, tmp_path, capsys, args, knob):
     """Checked before out_dir is created or any data read."""
@@ -466,3 +476,17 @@ def test_quick_start_learns(tmp_path):
     # measured: 2.02 after 300 steps (614k tokens), the full quick start 1.67; the 2026-11-21 quick start (learned
     # positions, 128-byte context) was at 2.39 here, so this also guards the choice of RoPE
     assert val[300] < 2.15
+
+
+def test_block_options_reach_the_model_and_the_log(data_dir, tmp_path):
+    """train.py's qk_norm / mlp='relu2' / zero_init_proj / logit_softcap knobs build that model: its checkpoint and
+    the run record say so, and the run record's counts are those of the model with the options."""
+    from accounting import count_params
+    from model import GPTConfig
+    opts = dict(qk_norm=True, mlp='relu2', zero_init_proj=True, logit_softcap=15.0)
+    train.train(cfg_for(data_dir, tmp_path, max_iters=3, warmup_iters=1, eval_interval=3, **opts))
+    mc = load_checkpoint(str(tmp_path))['model_config']
+    assert {k: mc[k] for k in opts} == opts
+    run = read_log(tmp_path)[0][0]
+    assert {k: run['model'][k] for k in opts} == opts
+    assert run['n_params'] == count_params(GPTConfig(**mc))['n_params']
