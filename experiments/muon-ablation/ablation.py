@@ -140,18 +140,22 @@ def report():
         lines += ['', f'**Tokens Muon needs to reach AdamW\'s final val loss {target:.4f}: {m:.3f}x AdamW\'s '
                   f'(sd {sd:.3f}, seeds {lo:.3f}..{hi:.3f}; {len(ok)} of {len(reach)} seeds reached it).**']
     base_name, _ = better_optimizer()
-    base = [evals(f'{base_name}_s{s}' if base_name == 'adamw' else f'{base_name}_s{s}')[0][-1][1] for s in SEEDS]
-    lines += ['', f'Block options, one at a time on top of {base_name} (3 seeds each; delta vs {base_name} mean '
-              f'{stats(base)[0]:.4f}):', '', '| option | final val loss (mean +- sd) | delta |', '|---|---|---|']
+    base = {s: final(f'{base_name}_s{s}') for s in SEEDS}
+    lines += ['', f'Block options, one at a time on top of {base_name} (seeds as listed; delta: the option minus '
+              f'{base_name} on the same seeds, mean +- sd over seeds):', '',
+              '| option | seeds | final val loss (mean +- sd) | delta vs the same seeds without it |',
+              '|---|---|---|---|']
     out['options'] = {}
     for opt in OPTIONS:
-        finals = [final(f'{base_name}+{opt}_s{s}') for s in SEEDS]
-        if None in finals:
-            lines.append(f'| {opt} | (not finished) | |')
+        finals = {s: final(f'{base_name}+{opt}_s{s}') for s in SEEDS}
+        done = [s for s in SEEDS if finals[s] is not None]
+        if not done:
+            lines.append(f'| {opt} | 0 | (not run) | |')
             continue
-        m, sd, _, _ = stats(finals)
-        out['options'][opt] = finals
-        lines.append(f'| {opt} | {m:.4f} +- {sd:.4f} | {m - stats(base)[0]:+.4f} |')
+        m, sd, _, _ = stats([finals[s] for s in done])
+        dm, dsd, _, _ = stats([finals[s] - base[s] for s in done])
+        out['options'][opt] = {s: finals[s] for s in done}
+        lines.append(f'| {opt} | {len(done)} | {m:.4f} +- {sd:.4f} | {dm:+.4f} +- {dsd:.4f} |')
     open(os.path.join(HERE, 'results.md'), 'w').write('\n'.join(lines) + '\n')
     json.dump(out, open(os.path.join(HERE, 'results.json'), 'w'), indent=2)
     print('\n'.join(lines))
