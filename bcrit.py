@@ -109,8 +109,10 @@ def summarize(res, losses=None, ci=0.95):
         # intervals of log B_star and 1/alpha_B (the fitted line's intercept and slope); alpha_B's follows by
         # inversion, unbounded above when the slope's interval reaches 0 (B_simple not falling with the loss)
         m_lo, m_hi = np.percentile([b['inv_alpha_B'] for b in boot], q)
+        # 1/m maps [m_lo, m_hi] onto an interval only when it excludes 0; across 0 the set of alpha_B is two
+        # rays, (-inf, 1/m_lo] and [1/m_hi, inf): no interval, and the slope's interval says more
         cis = dict(B_star=np.percentile([b['B_star'] for b in boot], q).tolist(), inv_alpha_B=[m_lo, m_hi],
-                   alpha_B=[1 / m_hi if m_hi > 0 else float('-inf'), 1 / m_lo if m_lo > 0 else float('inf')])
+                   alpha_B=sorted([1 / m_lo, 1 / m_hi]) if m_lo > 0 or m_hi < 0 else None)
         sims = np.array([law(b, losses) for b in boot])
         table_ci = np.percentile(sims, q, axis=0)
     table = [dict(loss=float(l), B_crit=float(law(p, l))) for l in losses]
@@ -128,8 +130,10 @@ def summarize(res, losses=None, ci=0.95):
              f"least squares in log-log"]
     if boot:
         lines.append(f"   block bootstrap: {len(boot)}/{res['n_boot']} refits, {how}, {ci:.0%} percentile intervals")
-    for k, unit in (('B_star', ' tokens'), ('alpha_B', '')):
-        iv = f"   [{cis[k][0]:.4g}, {cis[k][1]:.4g}]" if k in cis else ""
+    for k, unit in (('B_star', ' tokens'), ('inv_alpha_B', ' (the slope: -d log B / d log L)'), ('alpha_B', '')):
+        iv = f"   [{cis[k][0]:.4g}, {cis[k][1]:.4g}]" if cis.get(k) else ""
+        if k == 'alpha_B' and boot and not cis.get(k):
+            iv = "   no interval: the slope's interval contains 0 (B_simple does not move clearly with the loss)"
         lines.append(f"   {k:<8} {p[k]:>12.4g}{unit}{iv}")
     lines.append(f"   (Kaplan et al. 2020, BPE tokens: B_star ~ {KAPLAN['B_star']:.0e} tokens, alpha_B ~ "
                  f"{KAPLAN['alpha_B']}; B_star is the value at loss 1, an extrapolation when the losses are above it)")

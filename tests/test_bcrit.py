@@ -112,3 +112,17 @@ def test_bcrit_plot(tmp_path, capsys):
                              capsys)
     assert code == 0, err
     assert open(tmp_path / 'f' / 'bcrit.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_alpha_has_no_interval_when_the_slope_interval_contains_zero():
+    """1/alpha_B is the fitted slope; when its interval straddles 0, {1/m} is two rays, not an interval: the report
+    must say so instead of printing [1/m_hi, inf], an 'interval' that excludes its own point estimate."""
+    boot = [dict(B_star=100.0, inv_alpha_B=m, alpha_B=1 / m) for m in np.linspace(-2, 1, 41)]
+    res = dict(params=dict(B_star=100.0, inv_alpha_B=-0.5, alpha_B=-2.0), boot=boot, loss_range=[2.0, 3.0],
+               n_points=40, n_runs=1, n_boot=41, block=0, block_sizes=[4])
+    s, text = bcrit.summarize(res)
+    assert s['ci']['alpha_B'] is None and 'no interval' in text
+    boot = [dict(B_star=100.0, inv_alpha_B=m, alpha_B=1 / m) for m in np.linspace(2, 8, 41)]
+    s, _ = bcrit.summarize({**res, 'boot': boot, 'params': dict(B_star=100.0, inv_alpha_B=4.0, alpha_B=0.25)})
+    lo, hi = s['ci']['alpha_B']
+    assert 1 / 8 < lo < 0.25 < hi < 1 / 2
