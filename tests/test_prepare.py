@@ -255,6 +255,8 @@ def test_fineweb_source(tmp_path, server, capsys, monkeypatch):
     ("fineweb_shards", ["--train_shards must be between 1 and 103"]),
     ("val_fraction", ["--val_fraction must be between 0 and 1"]),
     ("out_is_file", ["is a file"]),
+    ("num_proc_0", ["--num_proc must be an int >= 1"]),
+    ("num_proc_neg", ["--num_proc must be an int >= 1", "got -1"]),
 ])
 def test_bad_inputs(tmp_path, capsys, case, needles):
     d = tmp_path / "in"
@@ -289,6 +291,9 @@ def test_bad_inputs(tmp_path, capsys, case, needles):
     elif case == "out_is_file":
         (d / "a.txt").write_text("x")
         out.write_text("")
+    elif case.startswith("num_proc"):
+        (d / "a.txt").write_text("x")
+        args += ["--num_proc", 0 if case == "num_proc_0" else -1]
     rc, _, err = run_main(capsys, *args)
     assert_one_error(rc, err, *needles)
     assert not out.is_dir() or os.listdir(out) == []  # nothing written, no staging left behind
@@ -309,3 +314,22 @@ def test_cli_error_is_one_line_in_a_fresh_process(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "text", "--input", str(tmp_path / "nope"),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr == f"error: no such file or directory: {tmp_path / 'nope'}\n"
+
+
+def test_full_disk_names_the_path_and_keeps_the_previous_dataset(tmp_path, capsys, monkeypatch):
+    """ENOSPC while a shard is written: one line naming the file and saying the disk is full; the finished
+    dataset that was there before is byte-identical afterwards (prepare.py stages a new one beside it)."""
+    import errno
+    import data
+    make_corpus(tmp_path / "c")
+    out = tmp_path / "o"
+    args = ["text", "--input", tmp_path / "c", "--out", out, "--tokenizer", "bytes", "--num_proc", 1]
+    assert run_main(capsys, *args)[0] == 0
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "shard.train.tmp"))
+    monkeypatch.setattr(data.ShardWriter, "flush", full)
+    rc, _, err = run_main(capsys, *args, "--force")
+    assert_one_error(rc, err, "shard.train.tmp", "No space left on device", "the disk is full")
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before

@@ -290,3 +290,17 @@ def test_sample_from_train_py_checkpoint(tmp_path, capsys):
                                '--start=All:'], capsys)
     assert code == 0, err
     assert out.startswith('All:') and 'bytes tokenizer' in err and '(step 3)' in err
+
+
+def test_diverged_weights_are_one_line(tmp_path, capsys):
+    """A checkpoint whose weights overflowed to inf (a diverged run) is refused before generation, where
+    torch.multinomial would fail deep inside with a traceback."""
+    net = tiny_gpt()
+    with torch.no_grad():
+        net.transformer.h[0].mlp.c_fc.weight[0, 0] = float('inf')
+    path = write_ckpt(tmp_path / 'run', net)
+    before = open(os.path.join(path, 'ckpt.pt'), 'rb').read()
+    code, out, err = run_main([f'--out_dir={path}', '--device=cpu', '--max_new_tokens=5'], capsys)
+    assert code == 1 and out == '' and err.count('\n') == 1
+    assert err.startswith('error: ') and 'NaN or inf' in err and 'transformer.h.0.mlp.c_fc.weight' in err
+    assert open(os.path.join(path, 'ckpt.pt'), 'rb').read() == before

@@ -490,3 +490,15 @@ def test_block_options_reach_the_model_and_the_log(data_dir, tmp_path):
     run = read_log(tmp_path)[0][0]
     assert {k: run['model'][k] for k in opts} == opts
     assert run['n_params'] == count_params(GPTConfig(**mc))['n_params']
+
+
+def test_init_from_auto_starts_then_resumes(data_dir, tmp_path):
+    """init_from='auto' (the restart loop's setting): from scratch without a checkpoint, from it when there is one,
+    with the same result as a run that was never interrupted."""
+    train.train(cfg_for(data_dir, tmp_path / 'straight', max_iters=8, warmup_iters=2))
+    train.train(cfg_for(data_dir, tmp_path / 'auto', max_iters=4, lr_decay_iters=8, warmup_iters=2,
+                        init_from='auto'))
+    train.train(cfg_for(data_dir, tmp_path / 'auto', max_iters=8, warmup_iters=2, init_from='auto'))
+    runs = [r for r in read_log(tmp_path / 'auto')[0] if r['type'] == 'run']
+    assert [r['resumed'] for r in runs] == [False, True]
+    assert losses(tmp_path / 'auto') == losses(tmp_path / 'straight')
