@@ -113,11 +113,13 @@ def report():
         pts = {}
         for line in open(os.path.join(RUNS, name, 'log.jsonl')):
             r = json.loads(line)
-            if r['type'] == 'eval':
+            if r['type'] == 'eval' and r['tokens'] > 0:   # a log axis: step 0 has no place on it
                 pts[r['step']] = (r['tokens'], r['val_loss'])
         xs, ys = zip(*sorted(pts.values()))
-        ax.plot(xs, ys, color=color, lw=1, label=name.split('_')[0] if name.endswith(('stable', '_500')) else None)
+        ax.plot(xs, ys, color=color, lw=1, marker='.' if name.startswith('branch') else None,
+                label=name.split('_')[0] if name.endswith(('stable', '_500')) else None)
     ax.set_xscale('log')
+    ax.set_ylim(1.6, 2.8)
     ax.set_xlabel('tokens')
     ax.set_ylabel('val loss (nats/byte)')
     ax.legend()
