@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 from configurator import parse_value, script_defaults  # noqa: E402  (library modules, not scripts)
+from runlog import records  # noqa: E402
 from sweep import run_plan  # noqa: E402
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')
@@ -34,22 +35,13 @@ OPTIONS = {'qk_norm': ['--qk_norm=True'], 'relu2': ['--mlp=relu2'], 'zero_init':
 
 
 def evals(name):
-    """[(tokens, val_loss)] of a run (last record per step), and whether it finished."""
+    """[(tokens, val_loss)] of a run (runlog.records: the last record per step), and whether it finished."""
     path = os.path.join(RUNS, name, 'log.jsonl')
     if not os.path.exists(path):
         return [], False
-    last, max_iters = {}, None
-    for line in open(path):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if r['type'] == 'run':
-            max_iters = r['config']['max_iters']
-        elif r['type'] == 'eval':
-            last[r['step']] = r
-    pts = [(r['tokens'], r['val_loss']) for _, r in sorted(last.items())]
-    return pts, max_iters in last
+    runs, by_step = records(path)
+    ev = {step: r for (kind, step), (_, r) in by_step.items() if kind == 'eval'}
+    return [(r['tokens'], r['val_loss']) for _, r in sorted(ev.items())], runs[-1]['config']['max_iters'] in ev
 
 
 def launch(jobs, runs):

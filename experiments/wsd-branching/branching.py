@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 from configurator import parse_value, script_defaults  # noqa: E402  (library modules, not scripts)
+from runlog import records  # noqa: E402
 from sweep import run_plan  # noqa: E402
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')
@@ -34,20 +35,12 @@ STABLE_STEPS = int((1 - COOLDOWN) * max(LENGTHS))
 
 
 def finished(name):
+    """A run's final eval record (runlog.records: the last record per step), or None while it is unfinished."""
     path = os.path.join(RUNS, name, 'log.jsonl')
     if not os.path.exists(path):
         return None
-    last, max_iters = {}, None
-    for line in open(path):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if r['type'] == 'run':
-            max_iters = r['config']['max_iters']
-        elif r['type'] == 'eval':
-            last[r['step']] = r
-    return last.get(max_iters)
+    runs, by_step = records(path)
+    return by_step.get(('eval', runs[-1]['config']['max_iters']), (None, None))[1]
 
 
 def launch(jobs, runs):
