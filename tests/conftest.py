@@ -1,11 +1,13 @@
-"""Fixtures shared by several test files: a local HTTP server for the downloader (tests/test_data.py) and for
-prepare.py's sources that download (tests/test_prepare.py). No test touches the internet."""
+"""Fixtures and helpers shared by several test files: a local HTTP server for the downloader (tests/test_data.py) and
+for prepare.py's sources that download (tests/test_prepare.py), no test touching the internet; scaling.py's command
+line run in-process (the scaling, sweep, hparams and bcrit tests)."""
 import gzip
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 
 import data
 
@@ -65,3 +67,24 @@ def server(monkeypatch):
     yield state
     httpd.shutdown()
     httpd.server_close()
+
+
+def run_scaling_cli(argv, capsys):
+    """scaling.main(argv) in-process -> (exit code, stdout, stderr); a normal return counts as exit 0."""
+    import scaling
+    with pytest.raises(SystemExit) as e:
+        scaling.main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread for a module of tiny models (`pytestmark = pytest.mark.usefixtures('one_thread')`): they gain
+    nothing from threads, and on a busy 2-core machine two spinning OpenMP threads made tests/test_model.py several
+    times slower (measured: 66 s vs 12 s at load 9)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bcrit
-import scaling
+from conftest import run_scaling_cli as run_cli
 
 B_STAR, ALPHA_B = 2e8, 0.21  # Kaplan et al. 2020, eq. 5.3
 
@@ -43,12 +43,6 @@ def planted_runs(root, seed=0, n=150, rho=0.6, sigma=0.25):
         write_noise_log(os.path.join(root, f"run{r}"), L, B)
 
 
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        scaling.main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def test_planted_law_recovered_within_its_block_bootstrap_interval(tmp_path, capsys):

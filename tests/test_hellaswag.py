@@ -22,13 +22,7 @@ from runtime import setup_runtime
 BLOCK = 64
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine spinning OpenMP threads slow them down."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 @pytest.fixture(scope='module')

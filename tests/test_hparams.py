@@ -9,7 +9,7 @@ import pytest
 
 import hparams
 import runlog
-import scaling
+from conftest import run_scaling_cli as run_cli
 
 ETA = (0.3118, -0.125)   # DeepSeek LLM: eta_opt = 0.3118 C^-0.125
 BOPT = (0.292, 0.3271)   # DeepSeek LLM: B_opt = 0.292 C^0.3271 (tokens)
@@ -51,12 +51,6 @@ def write_sweep(root, lrs=7, batches=1, noise=0.002, seed=0, edge_budget=None):
                           loss + rng.normal(0, noise))
 
 
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        scaling.main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def test_learning_rate_law_recovered_within_its_interval(tmp_path):

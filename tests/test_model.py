@@ -16,14 +16,7 @@ from model import (GPT, PRESETS, GPTConfig, KVCache, ModelError, apply_rope,
                    rope_tables, sample_next)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine two spinning OpenMP threads make this
-    file several times slower (measured: 66 s vs 12 s at load 9 on 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 def tiny(**kw):

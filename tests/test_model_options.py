@@ -13,12 +13,7 @@ from accounting import count_params, decode_bytes_per_token
 from model import GPT, PRESETS, GPTConfig, KVCache, ModelError
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()   # tiny models: threads only contend on a busy machine (see test_model.py)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 def tiny(**kw):

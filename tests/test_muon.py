@@ -13,13 +13,7 @@ BAND = (0.68, 1.21)
 SMALL = 1.6e-3
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Small matrices gain nothing from threads; the build machine's 2 cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 def tiny_gpt(seed=0, **kw):

@@ -47,14 +47,7 @@ def write_ckpt(out_dir, net=None, **overrides):
     return str(out_dir)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine two spinning OpenMP threads make
-    generation many times slower (as in tests/test_model.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 def run_cli(*args):

@@ -10,7 +10,7 @@ import pytest
 
 import laws
 import runlog
-import scaling
+from conftest import run_scaling_cli as run_cli
 
 # Besiroglu et al. 2024's refit of Chinchilla's approach 3 (their Table 1): a realistic ground truth
 E, A, B, ALPHA, BETA = 1.82, 482.01, 2085.43, 0.3478, 0.3658
@@ -306,12 +306,6 @@ def test_isoflop_groups_survive_other_flop_and_parameter_conventions(tmp_path):
         assert [m['C'] for m in res['minima']] == pytest.approx([scale * c for c in (1e18, 1e19, 1e20)], rel=0.03)
 
 
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        scaling.main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 @pytest.mark.parametrize('make, message', [

@@ -13,6 +13,7 @@ import configurator
 import runlog
 import scaling
 import sweep
+from conftest import run_scaling_cli as run_cli
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py')
 
@@ -28,12 +29,6 @@ def built_model(args, vocab_size=257):
     return model_config_from(parse_train_args(args), vocab_size)
 
 
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        scaling.main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 # -----------------------------------------------------------------------------
