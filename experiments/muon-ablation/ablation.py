@@ -13,7 +13,6 @@ Everything runs train.py as a subprocess through sweep.run_plan (scripts never i
 the runs' log.jsonl.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -21,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 from configurator import parse_value, script_defaults  # noqa: E402  (library modules, not scripts)
+from data import write_json  # noqa: E402
 from runlog import records  # noqa: E402
 from sweep import run_plan  # noqa: E402
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
@@ -149,7 +149,7 @@ def report():
         out['options'][opt] = {s: finals[s] for s in done}
         lines.append(f'| {opt} | {len(done)} | {m:.4f} +- {sd:.4f} | {dm:+.4f} +- {dsd:.4f} |')
     open(os.path.join(HERE, 'results.md'), 'w').write('\n'.join(lines) + '\n')
-    json.dump(out, open(os.path.join(HERE, 'results.json'), 'w'), indent=2)
+    write_json(os.path.join(HERE, 'results.json'), out)   # data.py's atomic writer
     print('\n'.join(lines))
     try:
         import matplotlib

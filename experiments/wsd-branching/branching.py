@@ -13,7 +13,6 @@ from step 0.8 S and decays to lr/10 over the last 20% (1-sqrt shape, Hägele's b
 Compute: cosine 7,500 steps in all; branched 3,200 + 1,500 = 4,700 steps (63%).
 """
 import argparse
-import json
 import os
 import sys
 
@@ -21,6 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 from configurator import parse_value, script_defaults  # noqa: E402  (library modules, not scripts)
+from data import write_json  # noqa: E402
 from runlog import records  # noqa: E402
 from sweep import run_plan  # noqa: E402
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
@@ -92,7 +92,7 @@ def report():
     out.update(rows=[dict(steps=S, tokens=t, cosine=lc, branch=lb) for S, t, lc, lb in rows],
                steps_separate=separate, steps_branched=branched)
     open(os.path.join(HERE, 'results.md'), 'w').write('\n'.join(lines) + '\n')
-    json.dump(out, open(os.path.join(HERE, 'results.json'), 'w'), indent=2)
+    write_json(os.path.join(HERE, 'results.json'), out)   # data.py's atomic writer
     print('\n'.join(lines))
     try:
         import matplotlib
@@ -103,11 +103,9 @@ def report():
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, color in [('stable', 'k')] + [(f'cosine_{S}', 'C0') for S in LENGTHS] + \
             [(f'branch_{S}', 'C1') for S in LENGTHS]:
-        pts = {}
-        for line in open(os.path.join(RUNS, name, 'log.jsonl')):
-            r = json.loads(line)
-            if r['type'] == 'eval' and r['tokens'] > 0:   # a log axis: step 0 has no place on it
-                pts[r['step']] = (r['tokens'], r['val_loss'])
+        _, by_step = records(os.path.join(RUNS, name, 'log.jsonl'))
+        pts = {step: (r['tokens'], r['val_loss']) for (kind, step), (_, r) in by_step.items()
+               if kind == 'eval' and r['tokens'] > 0}   # a log axis: step 0 has no place on it
         xs, ys = zip(*sorted(pts.values()))
         ax.plot(xs, ys, color=color, lw=1, marker='.' if name.startswith('branch') else None,
                 label=name.split('_')[0] if name.endswith(('stable', '_500')) else None)
