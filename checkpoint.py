@@ -193,11 +193,12 @@ def model_config_from(cfg, vocab_size):
     return GPTConfig(**{k: cfg[k] for k in MODEL_FIELDS if k in cfg and k != 'vocab_size'}, vocab_size=vocab_size)
 
 
-def load_model(init_from, out_dir='out', cfg=None, vocab_size=None, tokenizer=None, pretrained=True):
+def load_model(init_from, out_dir='out', cfg=None, vocab_size=None, tokenizer=None, pretrained=True, for_resume=False):
     """The one way to get a model -> (model on the CPU, tokenizer name, one-line description, checkpoint or None).
     init_from: 'scratch' (GPTConfig from cfg's knobs, vocab_size and tokenizer from the data) | 'resume' (out_dir's
     ckpt.pt, or a .pt path) | 'gpt2' ... 'gpt2-xl' (OpenAI's weights; with pretrained=False any PRESETS name, random
-    weights: bench.py needs only the shape) | a local Hugging Face GPT-2 directory. Dropout comes from cfg when given."""
+    weights: bench.py needs only the shape) | a local Hugging Face GPT-2 directory. Dropout comes from cfg when given.
+    for_resume: the checkpoint must also hold what continuing the run needs (optimizer, loader, tokens)."""
     overrides = {'dropout': cfg['dropout']} if cfg and 'dropout' in cfg else {}
     if init_from == 'scratch':
         if cfg is None or vocab_size is None:
@@ -205,7 +206,7 @@ def load_model(init_from, out_dir='out', cfg=None, vocab_size=None, tokenizer=No
         return GPT(model_config_from(cfg, vocab_size)), tokenizer, 'a new model', None
     if init_from == 'resume':
         path = checkpoint_path(out_dir)
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, for_resume)
         return model_from_checkpoint(ckpt, path, **overrides), ckpt['tokenizer'], f"{path} (step {ckpt['step']})", ckpt
     if not pretrained and init_from in PRESETS:
         return GPT(GPTConfig(**{**PRESETS[init_from], **overrides})), 'gpt2', f"{init_from} (random weights)", None

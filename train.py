@@ -196,9 +196,7 @@ def build(cfg, rt, meta):
     torch.manual_seed(cfg['seed'])
     if init_from == 'resume':
         source = resume_source(cfg)
-        model, tokenizer, where, ckpt = load_model('resume', source, cfg)
-        if not all(k in ckpt for k in ('optimizer', 'loader')):
-            raise CheckpointError(f"checkpoint {source} lacks the optimizer or loader state needed to resume")
+        model, tokenizer, where, ckpt = load_model('resume', source, cfg, for_resume=True)
         # the model comes from the checkpoint; a config that asks for another shape is a mistake, not a wish
         shape_keys = {f.name for f in dataclasses.fields(GPTConfig)} - {'dropout', 'vocab_size'}
         differ = {k: (v, cfg[k]) for k, v in ckpt['model_config'].items() if k in shape_keys and k in cfg and cfg[k] != v}
