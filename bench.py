@@ -328,6 +328,7 @@ def bench(cfg):
     if cfg['scaling_totals']:
         record['scaling_runs'] = summaries
     if rt.ddp:
+        torch.distributed.barrier()   # every rank done with its collectives before any tears the group down
         torch.distributed.destroy_process_group()
     return record, rt.master
 

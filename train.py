@@ -372,6 +372,7 @@ def train(cfg):
             t_last, steps_since_log = now, 0
             log_step(r, step, lr, loss_val, dt, now - t_start)
     if rt.ddp:
+        torch.distributed.barrier()   # every rank done with its collectives before any tears the group down
         torch.distributed.destroy_process_group()
     if nonfinite.item():
         raise FloatingPointError(
