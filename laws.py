@@ -164,7 +164,7 @@ def chinchilla_params(th):
     """(a, b, e, alpha, beta) -> E, A, B, alpha, beta and the compute-optimal allocation
     N_opt(C) = G (C/6)^a, D_opt(C) = (C/6)^b / G with G = (alpha A / (beta B))^(1/(alpha+beta)) (their eq. 4)."""
     a_, b_, e_, al, be = (float(v) for v in th)
-    A, B, E = math.exp(a_), math.exp(b_), math.exp(e_)
+    A, B, E = _exp(a_), _exp(b_), _exp(e_)
     G = math.exp((math.log(al * A) - math.log(be * B)) / (al + be)) if al > 0 and be > 0 else float('nan')
     return dict(E=E, A=A, B=B, alpha=al, beta=be, G=G, a=be / (al + be), b=al / (al + be))
 
@@ -194,6 +194,12 @@ def fit_approach3(N, D, L, delta=1e-3, reduce='sum', starts=None, boot=0, boot_s
 # -----------------------------------------------------------------------------
 # power laws, envelopes and IsoFLOP minima (Chinchilla approaches 1 and 2, Kaplan's frontier)
 
+def _exp(v):
+    """exp that gives inf instead of OverflowError: a bootstrap refit with a slope near 0 puts a law's scale
+    constant (x_c = exp(c / alpha)) past float range, which its interval should show, not crash on."""
+    return math.exp(v) if v < 709.0 else float('inf')
+
+
 def fit_power(x, y):
     """y = k x^p by least squares on logs -> (p, k)."""
     p, lnk = np.polyfit(np.log(x), np.log(y), 1)
@@ -212,9 +218,9 @@ def fit_law(x, L, irreducible=False, delta=1e-3, warm=None):
         X, slopes = np.log(x)[None], np.array([np.nan])
         starts = list(itertools.product((0, 2.5, 5, 10, 20), (.02, .05, .1, .2, .5, 1, 2)))
     th, _, warm = best_fit(X, np.log(L), slopes, starts if warm is None else warm, delta=delta)
-    out = dict(alpha=float(th[-1]), x_c=math.exp(th[0] / th[-1]) if th[-1] != 0 else float('nan'))
+    out = dict(alpha=float(th[-1]), x_c=_exp(th[0] / th[-1]) if th[-1] != 0 else float('nan'))
     if irreducible:
-        out['E'] = math.exp(th[1])
+        out['E'] = _exp(th[1])
     return out, warm
 
 
@@ -389,8 +395,8 @@ def fit_kaplan(runs, irreducible=False, points='final', delta=1e-3, warm=None):
     X, slopes = np.stack([np.log(N), np.log(D)]), np.array([np.nan, 1.0])
     starts = list(itertools.product((0, 10, 20, 30, 40), (0, 10, 20, 30, 40), (.5, 1, 2), (.05, .1, .3)))
     th, _, new_warm['eq15'] = best_fit(X, np.log(L), slopes, warm.get('eq15', starts), scaled=True, delta=delta)
-    p.update(alpha_N_eq15=th[2] * th[3], alpha_D_eq15=th[3], N_c_eq15=math.exp(th[0] / th[2]),
-             D_c_eq15=math.exp(th[1]))
+    p.update(alpha_N_eq15=th[2] * th[3], alpha_D_eq15=th[3], N_c_eq15=_exp(th[0] / th[2]),
+             D_c_eq15=_exp(th[1]))
     Nopt, Dopt = _winners(curves, Cg, win)
     (a, kN), (b, kD) = fit_power(Cg, Nopt), fit_power(Cg, Dopt)
     p.update(a=a, N_coef=kN, b=b, D_coef=kD)
