@@ -382,6 +382,13 @@ def test_fit_without_matplotlib_says_how_to_get_plots(tmp_path, capsys, monkeypa
     assert 'pip install matplotlib' in err and not (tmp_path / 'figs').exists()
 
 
+def test_flat_law_gives_an_infinite_scale_not_an_error():
+    """A loss that does not fall with x (a bootstrap resample can draw one) fits alpha ~ 0, whose scale constant
+    x_c = exp(c / alpha) is past float range: inf, which the interval then shows, instead of an OverflowError."""
+    p, _ = laws.fit_law([1e3, 2e3, 4e3, 8e3], [2.0, 2.0, 2.0, 2.0])
+    assert abs(p['alpha']) < 1e-6 and p['x_c'] == math.inf
+
+
 STUDY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments', 'isoflop-shakespeare')
 
 
@@ -442,3 +449,42 @@ def test_committed_study_refits():
     for m in a2['minima']:
         g = next(np.array(g) for g in groups if abs(np.log(C[g].mean() / m['C'])) < 0.1)
         assert N[g].min() < m['N'] < N[g].max()
+
+
+BRANCHED = os.path.join(os.path.dirname(STUDY), 'isoflop-branched')
+
+
+def _compute_spent(study):
+    """FLOPs (6ND) a study's runs trained, from their logs: every run from its first start_step (a branch: its
+    branch point) to its last step, so a branch counts its cooldown only and a stable run its trunk once."""
+    total = 0.0
+    for path in runlog.log_files(os.path.join(study, 'runs')):
+        runs, by_step = runlog.records(runlog.log_path(path))
+        last = max(step for kind, step in by_step if kind in ('train', 'eval'))
+        total += 6 * runs[0]['n_params'] * runs[0]['tokens_per_step'] * (last - runs[0]['start_step'])
+    return total
+
+
+def test_committed_branched_study_refits():
+    """experiments/isoflop-branched (issue 17): fit.json follows from the committed branch logs (refit without
+    bootstrap, exponents within a tenth of their 95% interval's width), every method's a lies inside the
+    original cosine study's 95% interval for the same method, and the study spent at most half its compute."""
+    committed = json.load(open(os.path.join(BRANCHED, 'fit.json')))
+    original = {c['method']: c for c in json.load(open(os.path.join(STUDY, 'fit.json')))['results']}
+    o = committed['options']
+    runs = runlog.load([os.path.join(BRANCHED, 'runs')], o['n'], o['compute'], o['loss'])
+    assert len(runs) == 28 and all(r.record['config']['schedule'] == 'wsd' for r in runs)
+    results = {r['method']: r for r in laws.fit(runs, o['method'], o['points'], o['minimum'], o['irreducible'], 0,
+                                                o['boot_starts'], o['delta'], o['seed'], o['rtol'])}
+    for c in committed['results']:
+        method, p, q = c['method'], results[c['method']]['params'], c['params']
+        for k in EXPONENTS[method]:
+            lo, hi = c['ci'][k]
+            assert lo <= q[k] <= hi and p[k] == pytest.approx(q[k], abs=(hi - lo) / 10), (method, k)
+        lo, hi = original[method]['ci']['a']
+        assert lo <= q['a'] <= hi and lo <= p['a'] <= hi, method
+    spline = json.load(open(os.path.join(BRANCHED, 'fit_spline.json')))['results'][0]
+    original_spline = json.load(open(os.path.join(STUDY, 'fit_spline.json')))['results'][0]
+    lo, hi = original_spline['ci']['a']
+    assert len(spline['minima']) == 6 and lo <= spline['params']['a'] <= hi
+    assert _compute_spent(BRANCHED) <= 0.5 * _compute_spent(STUDY)
