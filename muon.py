@@ -46,6 +46,8 @@ import math
 
 import torch
 
+from runtime import cpu_has_fast_bf16
+
 # Jordan 2024: the quintic p(x) = a x + b x^3 + c x^5 with the largest slope at 0 (a) that still maps the
 # interval where the singular values start, (0, 1], into a band around 1 within 5 iterations.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -66,21 +68,21 @@ def newton_schulz(G, steps=5, dtype=None, eps=1e-7):
     s_i / ||G||_F >= 1.6e-3 lands in [0.68, 1.21] (exactly [0.6818, 1.2024]; further steps keep it in
     [0.6818, 1.1344]). A smaller one is multiplied by about a^5 = 489 and stays below 0.68: directions with
     under ~0.2% of G's Frobenius norm are not fully equalised, which Jordan 2024 found harmless in practice.
-    In bfloat16 (the CUDA default; measured with CPU bf16 on 24-512-row Gaussian and ill-conditioned matrices)
-    rounding perturbs U^T O V by up to 0.02-0.08 and the band measured was [0.67, 1.21]; rounding noise also
-    lifts the tiny singular values a little (e.g. 3e-4 -> 0.08).
+    In bfloat16 (the default on CUDA and on CPUs with bf16 matmuls; measured on 24-512-row Gaussian and
+    ill-conditioned matrices) rounding perturbs U^T O V by up to 0.02-0.08 and the band measured was [0.67, 1.21];
+    rounding noise also lifts the tiny singular values a little (e.g. 3e-4 -> 0.08).
 
-    dtype: the compute dtype. Default bfloat16 on CUDA, as Jordan 2024 (the iteration is stable in bf16, and
-    its matmuls are the cost), and float32 elsewhere: CPUs without AVX-512-bf16 run bf16 matmuls ~130x slower
-    than float32 (shared/ENVIRONMENT.md), so no CPU is assumed to be fast in bf16. The Frobenius norm is
-    taken in at least float32. eps keeps a zero matrix at zero (a parameter that got no gradient).
+    dtype: the compute dtype, default default_ns_dtype(G.device): bfloat16 on CUDA, as Jordan 2024 (the
+    iteration is stable in bf16, and its matmuls are the cost), and on CPUs with bf16 matmul instructions;
+    float32 elsewhere. The Frobenius norm is taken in at least float32. eps keeps a zero matrix at zero (a
+    parameter that got no gradient).
 
     Cost for m <= n: per step 2 m^2 n (A) + 2 m^3 (A^2) + 2 m^2 n ((bA + cA^2) X) FLOPs. A tall matrix
     (m > n) is transposed first, so the Gram matrix A is the smaller one, (min x min)."""
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
     if dtype is None:
-        dtype = torch.bfloat16 if G.is_cuda else torch.float32
+        dtype = default_ns_dtype(G.device)
     a, b, c = NS_COEFFS
     X = G.to(torch.promote_types(dtype, torch.float32))
     X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)    # Frobenius norm of each matrix: s_max <= 1
@@ -118,11 +120,36 @@ def _update_scale(rows, cols, rule):
     return math.sqrt(max(1.0, rows / cols))
 
 
-def _orthogonalised_update(M, ns_steps, scale, split):
-    """The scaled Newton-Schulz update for a (out x in) momentum M: one block, or the blocks of split (rows)."""
-    blocks = M.split(list(split), dim=0) if split else [M]
-    out = [newton_schulz(B, ns_steps) * _update_scale(B.size(0), B.size(1), scale) for B in blocks]
-    return torch.cat(out) if split else out[0]
+def default_ns_dtype(device):
+    """Newton-Schulz's compute dtype on `device`: bfloat16 where bf16 matmuls are fast (CUDA, as Jordan 2024; a
+    CPU with AVX-512-BF16 or AMX), float32 elsewhere (with AVX2 alone a bf16 matmul runs ~130x slower than
+    float32: shared/ENVIRONMENT.md). The iteration is stable in bf16; its rounding is in newton_schulz's band."""
+    if device.type == 'cuda' or (device.type == 'cpu' and cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _orthogonalised_updates(Ms, ns_steps, scale, split, dtype):
+    """The scaled Newton-Schulz updates for momenta Ms (out x in each): each matrix, or each of its dim-0 blocks
+    when split is given, is orthogonalised and scaled on its own. Blocks of one shape (after turning tall ones
+    wide, which leaves U V^T transposed and nothing else) go through newton_schulz as one batch: the same math
+    per block, in a few large batched matrix products instead of many small ones (on a CPU with AMX, 16 bf16
+    products of 128 x 128 run ~4x faster as one batch than one at a time)."""
+    blocks = [b for M in Ms for b in (M.split(list(split), dim=0) if split else [M])]
+    wide = [b.mT if b.size(0) > b.size(1) else b for b in blocks]
+    by_shape = {}
+    for i, w in enumerate(wide):
+        by_shape.setdefault(tuple(w.shape), []).append(i)
+    out = [None] * len(blocks)
+    for idx in by_shape.values():
+        O = newton_schulz(torch.stack([wide[i] for i in idx]), ns_steps, dtype=dtype)
+        for i, o in zip(idx, O.unbind(0)):
+            b = blocks[i]
+            out[i] = (o.mT if b.size(0) > b.size(1) else o) * _update_scale(b.size(0), b.size(1), scale)
+    if not split:
+        return out
+    k = len(split)
+    return [torch.cat(out[j:j + k]) for j in range(0, len(out), k)]
 
 
 class Muon(torch.optim.Optimizer):
@@ -132,7 +159,9 @@ class Muon(torch.optim.Optimizer):
     Options (any group may override the constructor's):
       all groups:  lr, weight_decay (decoupled: W <- W * (1 - lr * weight_decay) before the update)
       use_muon:    momentum (0.95), nesterov (True), ns_steps (5), scale ('moonlight' | 'jordan'),
-                   split (None, or dim-0 block sizes orthogonalised separately, e.g. fused q, k, v)
+                   split (None, or dim-0 block sizes orthogonalised separately, e.g. fused q, k, v),
+                   ns_dtype (None: default_ns_dtype(device), bf16 where bf16 matmuls are fast; or 'float32',
+                   'bfloat16', 'float64')
       AdamW:       betas ((0.9, 0.999)), eps (1e-8): the defaults of torch.optim.AdamW, as is weight_decay 0.01
 
     Muon step for W (out x in) with gradient G (Jordan 2024; Liu et al. 2025 sec. 2.1-2.2):
@@ -152,15 +181,18 @@ class Muon(torch.optim.Optimizer):
     (no randomness, a fixed order of operations), which is what keeps DDP ranks identical (module docstring).
     torch.amp.GradScaler works as with any optimizer: it unscales every group's gradients and skips inf steps.
 
-    Cost, measured on the quick-start model (4 layers, d=128, 16 Muon matrices) on one CPU core: a Muon step
-    ~26 ms (Newton-Schulz 2.35 GFLOP, ~22 ms) against ~6 ms for torch.optim.AdamW, next to ~250 ms for the
-    forward+backward of one 4 x 512 batch. The Newton-Schulz FLOPs grow as d^3 per matrix and the model's as
-    d^2 x tokens, so for larger models and batches the share falls."""
+    Cost: Newton-Schulz is 2.35 GFLOP a step on the quick-start model (4 layers, d=128, 16 Muon matrices), 14%
+    of the model's training FLOPs for one 2048-token step (accounting.flops_per_token, attention included). The
+    step batches the matrices of each shape into one newton_schulz call, momentum and the parameter update are
+    foreach ops (one call for all matrices), and bf16 is used where the CPU has bf16 matmul instructions;
+    benchmarks/muon_step.py measures the step against AdamW's (README). The Newton-Schulz FLOPs grow as d^3 per matrix and the model's as d^2 x tokens, so for
+    larger models and batches the share falls."""
 
     def __init__(self, params, lr=1e-3, weight_decay=0.01, momentum=0.95, nesterov=True, ns_steps=5,
-                 scale='moonlight', split=None, betas=(0.9, 0.999), eps=1e-8):
+                 scale='moonlight', split=None, ns_dtype=None, betas=(0.9, 0.999), eps=1e-8):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        ns_steps=ns_steps, scale=scale, split=split, betas=betas, eps=eps)
+                        ns_steps=ns_steps, scale=scale, split=split, ns_dtype=ns_dtype, betas=betas, eps=eps)
+        self._default_ns_dtypes = {}   # device -> default_ns_dtype(device), read once (it reads /proc/cpuinfo)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -184,6 +216,8 @@ class Muon(torch.optim.Optimizer):
             check(isinstance(o['ns_steps'], int) and o['ns_steps'] >= 1,
                   f"ns_steps={o['ns_steps']!r} must be an int >= 1")
             check(o['scale'] in ('moonlight', 'jordan'), f"scale={o['scale']!r}, expected 'moonlight' or 'jordan'")
+            check(o['ns_dtype'] in (None, 'float32', 'bfloat16', 'float64'),
+                  f"ns_dtype={o['ns_dtype']!r}, expected None, 'float32', 'bfloat16' or 'float64'")
             for p in group['params']:
                 check(p.ndim == 2, f"a use_muon group holds a parameter of shape {tuple(p.shape)}; Muon "
                                    f"orthogonalises 2-D matrices only: put it in a use_muon=False (AdamW) group")
@@ -214,49 +248,62 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_step(self, group):
         lr, wd, mu = group['lr'], group['weight_decay'], group['momentum']
-        for p in group['params']:
-            if p.grad is None:
-                continue
-            g = p.grad                                                         # (out, in)
-            if g.is_sparse:
-                raise RuntimeError("Muon does not support sparse gradients")
-            state = self.state[p]
-            if 'momentum_buffer' not in state:
-                state['momentum_buffer'] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf = state['momentum_buffer']
-            buf.mul_(mu).add_(g)                                               # M_t = mu M_{t-1} + G_t
-            update = g.add(buf, alpha=mu) if group['nesterov'] else buf        # Nesterov: G_t + mu M_t
-            O = _orthogonalised_update(update, group['ns_steps'], group['scale'], group['split'])
-            if wd != 0:
-                p.mul_(1 - lr * wd)
-            p.add_(O, alpha=-lr)
+        params = [p for p in group['params'] if p.grad is not None]
+        if not params:
+            return
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError("Muon does not support sparse gradients")
+        grads = [p.grad for p in params]                                       # (out, in) each
+        for p in params:
+            if 'momentum_buffer' not in self.state[p]:
+                self.state[p]['momentum_buffer'] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        bufs = [self.state[p]['momentum_buffer'] for p in params]
+        torch._foreach_mul_(bufs, mu)                                          # M_t = mu M_{t-1} + G_t
+        torch._foreach_add_(bufs, grads)
+        updates = torch._foreach_add(grads, bufs, alpha=mu) if group['nesterov'] else bufs  # G_t + mu M_t
+        dtype = self._ns_dtype(group, params[0].device)
+        updates = _orthogonalised_updates(updates, group['ns_steps'], group['scale'], group['split'], dtype)
+        if wd != 0:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_add_(params, updates, alpha=-lr)
+
+    def _ns_dtype(self, group, device):
+        if group.get('ns_dtype'):          # .get: a checkpoint from before the option has no such key
+            return getattr(torch, group['ns_dtype'])
+        if device not in self._default_ns_dtypes:
+            self._default_ns_dtypes[device] = default_ns_dtype(device)
+        return self._default_ns_dtypes[device]
 
     def _adamw_step(self, group):
         lr, wd, eps = group['lr'], group['weight_decay'], group['eps']
         beta1, beta2 = group['betas']
-        for p in group['params']:
-            if p.grad is None:
-                continue
-            g = p.grad
-            if g.is_sparse:
-                raise RuntimeError("Muon's AdamW branch does not support sparse gradients")
+        params = [p for p in group['params'] if p.grad is not None]
+        if not params:
+            return
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError("Muon's AdamW branch does not support sparse gradients")
+        grads = [p.grad for p in params]
+        for p in params:
             state = self.state[p]
             if 'step' not in state:
                 # the layout of torch.optim.AdamW's state: a float32 scalar tensor counts steps
                 state['step'] = torch.tensor(0.0, dtype=torch.float32)
                 state['exp_avg'] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state['exp_avg_sq'] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            exp_avg, exp_avg_sq = state['exp_avg'], state['exp_avg_sq']
-            state['step'] += 1
-            t = state['step'].item()
-            if wd != 0:
-                p.mul_(1 - lr * wd)                                            # decoupled (Loshchilov & Hutter)
-            exp_avg.lerp_(g, 1 - beta1)                                        # m = b1 m + (1 - b1) g
-            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)             # v = b2 v + (1 - b2) g^2
-            bias_correction1 = 1 - beta1 ** t
-            bias_correction2 = 1 - beta2 ** t
-            denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
-            p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+        states = [self.state[p] for p in params]
+        exp_avgs, exp_avg_sqs = [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states]
+        torch._foreach_add_([s['step'] for s in states], 1)
+        ts = [s['step'].item() for s in states]      # one count per parameter, as torch's (they agree in practice)
+        # the single-tensor arithmetic of torch.optim.AdamW, each op over all of the group's tensors in one call
+        if wd != 0:
+            torch._foreach_mul_(params, 1 - lr * wd)                           # decoupled (Loshchilov & Hutter)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)                       # m = b1 m + (1 - b1) g
+        torch._foreach_mul_(exp_avg_sqs, beta2)                                # v = b2 v + (1 - b2) g^2
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, [(1 - beta2 ** t) ** 0.5 for t in ts])    # sqrt(v) / sqrt(1 - b2^t) + eps
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denom, [-lr / (1 - beta1 ** t) for t in ts])
 
 
 def muon_param_groups(model, lr_adam, lr_muon=None, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8,

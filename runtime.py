@@ -97,6 +97,11 @@ def setup_runtime(cfg):
     elif device.type == 'cpu' and ddp:
         # processes on one machine share its cores: give each its part instead of oversubscribing
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world))))
+    if device.type == 'cpu':
+        # float32 subnormals (|x| < 1.2e-38) as zero: x86 cores take a slow path on every subnormal operand, and
+        # a run can make them (AdamW at its peak LR without warm-up slows step by step: benchmarks/subnormals.py);
+        # no value a float32 loss or update can resolve is that small
+        torch.set_flush_denormal(True)
     if ddp and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
                                              device_id=device if device.type == 'cuda' else None)

@@ -73,6 +73,7 @@ optimizer = 'adamw'                # 'adamw' | 'muon' (Muon on the blocks' matri
 learning_rate = 6e-3               # peak LR of AdamW (the best of a sweep at this size: experiments/isoflop-shakespeare)
 muon_lr = None                     # peak LR of Muon's matrices (required with optimizer='muon')
 muon_momentum = 0.95               # Muon's (Nesterov) momentum
+muon_ns_dtype = 'auto'             # Newton-Schulz dtype: 'auto' (bf16 on CUDA and CPUs with bf16 matmuls), 'float32'
 max_iters = 1000                   # optimizer steps; 1000 * 2048 = 2.0M tokens, 0.45 epoch of the 4.55M train bytes
 weight_decay = 0.1                 # decoupled, on matrices and embeddings only
 beta1 = 0.9
@@ -108,6 +109,7 @@ RULES += [
     ('learning_rate', lambda v: v > 0, '> 0'),
     ('muon_lr', lambda v: v is None or v > 0, 'None or > 0'),
     ('muon_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('muon_ns_dtype', lambda v: v in ('auto', 'float32', 'bfloat16'), "'auto', 'float32' or 'bfloat16'"),
     ('beta1', lambda v: 0 <= v < 1, 'in [0, 1)'),
     ('beta2', lambda v: 0 <= v < 1, 'in [0, 1)'),
     ('dropout', lambda v: 0 <= v < 1, 'in [0, 1)'),

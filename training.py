@@ -24,7 +24,8 @@ def configure_optimizer(model, cfg, device):
         from muon import Muon, muon_param_groups
         groups = muon_param_groups(model, lr_adam=cfg['learning_rate'], lr_muon=cfg['muon_lr'],
                                    weight_decay=cfg['weight_decay'], betas=betas)
-        optimizer = Muon(groups, momentum=cfg['muon_momentum'])
+        ns_dtype = None if cfg['muon_ns_dtype'] == 'auto' else cfg['muon_ns_dtype']  # None: muon.default_ns_dtype
+        optimizer = Muon(groups, momentum=cfg['muon_momentum'], ns_dtype=ns_dtype)
     else:
         groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg['weight_decay']},
                   {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]

@@ -1,6 +1,13 @@
 """
-Wall time per optimizer step (forward, backward, optimizer: training.train_step) of AdamW and Muon on the quick-start
-model, interleaved in one run, one thread: what "time per token" means for issue 16's goal.
+Wall time per training step of AdamW and Muon on the quick-start model, interleaved in one run (the order rotated
+every step), one thread: what "time per token" means for issue 16's goal. Each model trains as the quick start does
+(real Shakespeare batches of 4 x 512 tokens, train.py's knobs and LR schedule, subnormals flushed as
+runtime.setup_runtime does on CPU); medians over the steps after 3 warm-up steps, in ms:
+  step:                      training.train_step, whole
+  forward/backward/optimizer: its phases (optimizer includes gradient clipping)
+  opt alone:                 optimizer.step() on fixed gradients
+Muon runs twice: Newton-Schulz in its default dtype (bf16 on a CPU with AVX-512-BF16 or AMX, float32 elsewhere:
+muon.default_ns_dtype) and in float32.
 
     OMP_NUM_THREADS=1 python benchmarks/muon_step.py [--steps 30]
 """
@@ -16,31 +23,73 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import script_defaults  # noqa: E402
+from data import TokenLoader  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from training import configure_optimizer, train_step  # noqa: E402
+from muon import default_ns_dtype  # noqa: E402
+from training import configure_optimizer, get_lr, set_lr, train_step  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--steps', type=int, default=30)
+ap.add_argument('--data_dir', default='data/shakespeare_bytes', help="the quick start's data (prepare.py shakespeare "
+                "--tokenizer bytes)")
+ap.add_argument('--keep_subnormals', action='store_true', help="compute with float32 subnormals instead of flushing "
+                "them to zero as train.py does on CPU (runtime.setup_runtime)")
 args = ap.parse_args()
 torch.set_num_threads(1)
+torch.set_flush_denormal(not args.keep_subnormals)
 knobs = script_defaults(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py'))
 rt = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0)
 cfg = GPTConfig(block_size=512, vocab_size=257, n_layer=4, n_head=8, n_embd=128, pos_emb='rope')
-runs = {}
-for name, over in (('adamw', {}), ('muon', dict(optimizer='muon', muon_lr=0.01))):
+default = str(default_ns_dtype(rt.device)).replace('torch.', '')
+runs, runs_knobs = {}, {}
+for name, over, ns_dtype in (('adamw', {}, None), (f'muon ({default} NS)', dict(optimizer='muon', muon_lr=0.01), None),
+                             ('muon (float32 NS)', dict(optimizer='muon', muon_lr=0.01), 'float32')):
+    if name in runs:
+        continue
     torch.manual_seed(0)
     model = GPT(cfg)
-    runs[name] = (model, configure_optimizer(model, {**knobs, **over}, rt.device))
+    runs_knobs[name] = {**knobs, **over}
+    opt = configure_optimizer(model, runs_knobs[name], rt.device)
+    for g in opt.param_groups:
+        if g.get('use_muon'):
+            g['ns_dtype'] = ns_dtype
+    runs[name] = (model, opt)
 scaler = torch.amp.GradScaler('cpu', enabled=False)
-g = torch.Generator().manual_seed(0)
-buf = torch.randint(0, 257, (4, 513), generator=g)
-times = {k: [] for k in runs}
+loader = TokenLoader(args.data_dir, 'train', cfg.block_size, seed=0)
+batches = [loader.batch(4 * i, 4, rt.device) for i in range(args.steps + 3)]   # real text, a new batch each step
+phases = ('forward', 'backward', 'optimizer')
+times = {k: {ph: [] for ph in ('step', 'opt_fixed') + phases} for k in runs}
+names = list(runs)
 for i in range(args.steps + 3):
-    for name, (model, opt) in runs.items():
+    for name in names[i % len(names):] + names[:i % len(names)]:     # rotated: no optimizer always goes first
+        model, opt = runs[name]
+        set_lr(opt, get_lr(i, runs_knobs[name]), runs_knobs[name])  # the quick start's schedule, warm-up first
+        stamps = []
         t0 = time.perf_counter()
-        train_step(model, opt, scaler, 1, rt, 1.0, lambda micro: (buf[:, :-1], buf[:, 1:]))
+        train_step(model, opt, scaler, 1, rt, 1.0, lambda micro: batches[i],
+                   mark=lambda phase: stamps.append((phase, time.perf_counter())))
+        t1 = time.perf_counter()
+        for p in model.parameters():            # train_step left grads at None: give the optimizer fixed ones
+            p.grad = torch.full_like(p, 1e-3)
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
         if i >= 3:
-            times[name].append(time.perf_counter() - t0)
-a, m = (statistics.median(times[k]) for k in ('adamw', 'muon'))
-print(f"quick-start step, 4 x 512 tokens, 1 thread: AdamW {1e3 * a:.1f} ms, Muon {1e3 * m:.1f} ms: "
-      f"Muon/AdamW = {m / a:.3f} (medians of {args.steps} interleaved steps)")
+            t = times[name]
+            t['step'].append(t1 - t0)
+            t['opt_fixed'].append(t3 - t2)
+            prev = dict(stamps)['data']
+            for phase, stamp in stamps:
+                if phase in phases:
+                    t[phase].append(stamp - prev)
+                prev = stamp
+med = {k: {ph: 1e3 * statistics.median(v) for ph, v in t.items()} for k, t in times.items()}
+base = med['adamw']['step']
+print(f"quick-start model, 4 x 512 tokens a step, 1 thread, medians of {args.steps} interleaved steps (ms); "
+      f"'optimizer' includes clipping, 'opt alone' is optimizer.step() on fixed gradients")
+print(f"{'optimizer':<20} {'step':>7} {'forward':>8} {'backward':>9} {'optimizer':>10} {'opt alone':>10} "
+      f"{'step / AdamW step':>18}")
+for k, m in med.items():
+    print(f"{k:<20} {m['step']:>7.1f} {m['forward']:>8.1f} {m['backward']:>9.1f} {m['optimizer']:>10.1f} "
+          f"{m['opt_fixed']:>10.1f} {m['step'] / base:>18.3f}")

@@ -65,7 +65,8 @@ def _matrix(kind, m, n, dtype, seed):
 
 @pytest.mark.parametrize('kind,m,n', [('gauss', 64, 64), ('gauss', 128, 32), ('gauss', 24, 96),
                                       ('ill', 48, 48), ('ill', 80, 40), ('ill', 40, 80)])
-@pytest.mark.parametrize('dtype,compute,tol', [(torch.float32, None, 2e-5), (torch.float64, None, 2e-5),
+@pytest.mark.parametrize('dtype,compute,tol', [(torch.float32, torch.float32, 2e-5),
+                                               (torch.float64, torch.float32, 2e-5),
                                                (torch.float64, torch.float64, 1e-12)])
 def test_newton_schulz_singular_values_and_vectors(kind, m, n, dtype, compute, tol):
     """O = newton_schulz(G) = U f(S) V^T: U^T O V is diagonal (G's singular vectors kept), its diagonal is the
@@ -91,7 +92,8 @@ def test_newton_schulz_singular_values_and_vectors(kind, m, n, dtype, compute, t
 
 @pytest.mark.parametrize('m,n', [(64, 64), (96, 32), (32, 96)])
 def test_newton_schulz_bfloat16(m, n):
-    """The CUDA default compute dtype, here on CPU: same band within bf16 rounding, vectors kept to ~0.1."""
+    """The compute dtype on CUDA and on CPUs with bf16 matmul instructions: same band within bf16 rounding,
+    vectors kept to ~0.1."""
     G = _matrix('gauss', m, n, torch.float32, seed=7)
     O = newton_schulz(G, dtype=torch.bfloat16)
     assert O.dtype == torch.float32
@@ -187,6 +189,66 @@ def test_adamw_branch_matches_torch_adamw():
             s, r = opt.state[p], ref_opt.state[ref_p[n]]
             assert torch.equal(s['exp_avg'], r['exp_avg']) and torch.equal(s['exp_avg_sq'], r['exp_avg_sq'])
             assert s['step'].item() == r['step'].item() == 5
+
+
+def test_default_ns_dtype(monkeypatch):
+    """bf16 where bf16 matmuls are fast (CUDA; a CPU with AVX-512-BF16 or AMX), float32 on any other CPU."""
+    import muon
+    assert muon.default_ns_dtype(torch.device('cuda', 0)) == torch.bfloat16
+    for fast, expect in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(muon, 'cpu_has_fast_bf16', lambda: fast)
+        assert muon.default_ns_dtype(torch.device('cpu')) == expect
+        W = torch.nn.Parameter(torch.zeros(24, 40))
+        W.grad = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
+        Muon([dict(params=[W], use_muon=True, lr=1.0, weight_decay=0.0)]).step()
+        step = {dt: -0.2 * math.sqrt(40) * newton_schulz(1.95 * W.grad, dtype=dt)
+                for dt in (torch.float32, torch.bfloat16)}
+        assert (step[torch.float32] - step[torch.bfloat16]).abs().max() > 1e-3        # the two are told apart
+        torch.testing.assert_close(W.detach(), step[expect], rtol=0, atol=1e-4)
+
+
+def test_state_dict_from_before_ns_dtype_loads():
+    """A checkpoint written before the ns_dtype option (its groups lack the key) resumes with the default dtype."""
+    model = tiny_gpt()
+    opt = Muon(muon_param_groups(model, lr_adam=1e-2, weight_decay=0.1))
+    _one_step(model, opt, seed=0)
+    sd = opt.state_dict()
+    for g in sd['param_groups']:
+        del g['ns_dtype']
+    opt2 = Muon(muon_param_groups(model, lr_adam=1e-2, weight_decay=0.1))
+    opt2.load_state_dict(sd)
+    assert all('ns_dtype' not in g for g in opt2.param_groups)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _one_step(model, opt2, seed=1)
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize('ns_dtype', ['float32', 'bfloat16'])
+def test_batched_step_equals_one_matrix_at_a_time(ns_dtype):
+    """The step batches the blocks of one shape (tall ones transposed) into one newton_schulz call: the result is
+    each matrix (each q, k, v block with split_qkv) orthogonalised and scaled on its own, as the formula says."""
+    model = tiny_gpt(n_layer=3, n_head=4, n_kv_head=2)
+    for split_qkv in (False, True):
+        groups = muon_param_groups(model, lr_adam=0.0, lr_muon=1e-2, weight_decay=0.0, split_qkv=split_qkv)
+        for g in groups:
+            g['ns_dtype'] = ns_dtype
+        opt = Muon(groups)
+        x, y = batch(0)
+        model.zero_grad(set_to_none=True)
+        model(x, y)[1].backward()
+        before = {p: p.detach().clone() for g in groups if g['use_muon'] for p in g['params']}
+        opt.step()
+        assert len(before) == 4 * 3 and len({tuple(p.shape) for p in before}) >= 3     # wide, tall and square
+        for g in groups:
+            if not g['use_muon']:
+                continue
+            for p in g['params']:
+                V = 1.95 * p.grad
+                blocks = V.split(list(g['split']), dim=0) if g.get('split') else [V]
+                expect = torch.cat([0.2 * math.sqrt(max(b.shape)) * newton_schulz(b, dtype=getattr(torch, ns_dtype))
+                                    for b in blocks])
+                tol = 1e-5 if ns_dtype == 'float32' else 2e-2       # bf16: one rounding step of a few entries
+                torch.testing.assert_close((before[p] - p.detach()) / 1e-2, expect, rtol=tol, atol=tol)
 
 
 # -----------------------------------------------------------------------------
@@ -334,6 +396,7 @@ def test_bad_groups_raise_one_line():
         ([dict(params=[torch.nn.Parameter(torch.randn(2, 3, 4))], use_muon=True)], '2-D'),
         ([W], 'use_muon'),                                   # plain parameter list: which branch is unknown
         ([dict(params=[W], use_muon=True, scale='adam')], 'scale'),
+        ([dict(params=[W], use_muon=True, ns_dtype='half')], 'ns_dtype'),
         ([dict(params=[W], use_muon=True, split=(3, 3))], 'split'),
         ([dict(params=[W], use_muon=True, momentum=1.0)], 'momentum'),
         ([dict(params=[b], use_muon=False, betas=(0.9, 1.0))], 'betas'),

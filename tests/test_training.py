@@ -88,6 +88,15 @@ def test_unknown_schedule():
         training.get_lr(100, {**train.DEFAULTS, 'schedule': 'step'})
 
 
+def test_muon_ns_dtype_knob():
+    """muon_ns_dtype reaches every Muon group: 'auto' as None (muon.default_ns_dtype decides per device)."""
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    for knob, expect in (('auto', None), ('float32', 'float32'), ('bfloat16', 'bfloat16')):
+        cfg = {**train.DEFAULTS, 'optimizer': 'muon', 'muon_lr': 0.01, 'muon_ns_dtype': knob}
+        opt = training.configure_optimizer(model, cfg, torch.device('cpu'))
+        assert {g['ns_dtype'] for g in opt.param_groups if g['use_muon']} == {expect}
+
+
 def test_optimizer_groups_and_set_lr():
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
     cfg = {**train.DEFAULTS, 'learning_rate': 0.01, 'weight_decay': 0.1}

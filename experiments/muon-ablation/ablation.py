@@ -65,8 +65,10 @@ def best_muon_lr():
     return min(losses, key=lambda lr: losses[lr] if losses[lr] is not None else float('inf')), losses
 
 
-def muon_args(lr):
-    return ['--optimizer=muon', f'--muon_lr={lr}']
+def muon_args(lr, ns_dtype='float32'):
+    # the sweep, the seeds and the options ran with float32 Newton-Schulz, the CPU default then; train.py's
+    # 'auto' now picks bf16 on CPUs with bf16 matmul instructions, which the bf16 arm below measures
+    return ['--optimizer=muon', f'--muon_lr={lr}', f'--muon_ns_dtype={ns_dtype}']
 
 
 def run(jobs):
@@ -76,6 +78,7 @@ def run(jobs):
     launch(jobs, sweep + adamw)
     lr, _ = best_muon_lr()
     launch(jobs, [(f'muon_lr{lr:g}_s{s}', muon_args(lr) + [f'--seed={s}']) for s in SEEDS[1:]])
+    launch(jobs, [(f'muon_lr{lr:g}_bf16ns_s{s}', muon_args(lr, 'bfloat16') + [f'--seed={s}']) for s in SEEDS])
     base_name, base_args = better_optimizer()
     from model import GPTConfig   # a library module: the options must exist, or train.py would ignore them
     missing = {'qk_norm', 'zero_init_proj', 'logit_softcap'} - set(GPTConfig.__dataclass_fields__)
@@ -117,20 +120,30 @@ def report():
     target = stats([pts[-1][1] for pts in adamw.values()])[0]
     total = adamw[SEEDS[0]][-1][0]
     reach = [tokens_to_reach(muon[s], target) for s in SEEDS]
+    bf16 = {s: evals(f'muon_lr{lr:g}_bf16ns_s{s}')[0] for s in SEEDS}
+    bf16 = {s: pts for s, pts in bf16.items() if pts}
     out = {'muon_lr_sweep': {f'{k:g}': v for k, v in sweep.items()}, 'muon_lr': lr,
            'adamw_final': {s: adamw[s][-1][1] for s in SEEDS}, 'muon_final': {s: muon[s][-1][1] for s in SEEDS},
            'target': target, 'tokens_per_run': total, 'muon_tokens_to_target': dict(zip(SEEDS, reach))}
     lines = ['# Results', '', f'Muon LR sweep (seed {SEEDS[0]}, final val loss): ' +
              ', '.join(f'{k:g}: {v:.4f}' if v else f'{k:g}: -' for k, v in sweep.items()) + f'; chosen {lr:g}.', '',
              '| run | seeds | final val loss (mean +- sd, min..max) |', '|---|---|---|']
-    for label, runs in (('AdamW lr 6e-3', adamw), (f'Muon lr {lr:g}', muon)):
+    arms = [('AdamW lr 6e-3', adamw), (f'Muon lr {lr:g} (float32 Newton-Schulz)', muon)]
+    arms += [(f'Muon lr {lr:g} (bf16 Newton-Schulz)', bf16)] if bf16 else []
+    for label, runs in arms:
         m, sd, lo, hi = stats([pts[-1][1] for pts in runs.values()])
         lines.append(f'| {label} | {len(runs)} | {m:.4f} +- {sd:.4f} ({lo:.4f}..{hi:.4f}) |')
-    ok = [r for r in reach if r is not None]
-    if ok:
-        m, sd, lo, hi = stats([r / total for r in ok])
-        lines += ['', f'**Tokens Muon needs to reach AdamW\'s final val loss {target:.4f}: {m:.3f}x AdamW\'s '
-                  f'(sd {sd:.3f}, seeds {lo:.3f}..{hi:.3f}; {len(ok)} of {len(reach)} seeds reached it).**']
+    for label, runs in arms[1:]:
+        reached = [tokens_to_reach(pts, target) for pts in runs.values()]
+        ok = [r for r in reached if r is not None]
+        if ok:
+            m, sd, lo, hi = stats([r / total for r in ok])
+            lines += ['', f'**Tokens {label} needs to reach AdamW\'s final val loss {target:.4f}: {m:.3f}x '
+                      f'AdamW\'s (sd {sd:.3f}, seeds {lo:.3f}..{hi:.3f}; {len(ok)} of {len(reach)} seeds reached '
+                      f'it).**']
+    if bf16:
+        out['muon_bf16ns_final'] = {s: pts[-1][1] for s, pts in bf16.items()}
+        out['muon_bf16ns_tokens_to_target'] = {s: tokens_to_reach(pts, target) for s, pts in bf16.items()}
     base_name, _ = better_optimizer()
     base = {s: final(f'{base_name}_s{s}') for s in SEEDS}
     lines += ['', f'Block options, one at a time on top of {base_name} (seeds as listed; delta: the option minus '
@@ -158,7 +171,8 @@ def report():
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, runs, color in (('AdamW', adamw, 'C0'), (f'Muon {lr:g}', muon, 'C1')):
+    for label, runs, color in (('AdamW', adamw, 'C0'), (f'Muon {lr:g}', muon, 'C1'),
+                               (f'Muon {lr:g}, bf16 Newton-Schulz', bf16, 'C2')):
         for i, pts in enumerate(runs.values()):
             ax.plot([t for t, _ in pts], [v for _, v in pts], color=color, alpha=0.7, label=label if i == 0 else None)
     ax.axhline(target, color='gray', ls=':', label="AdamW's final (mean)")
