@@ -9,7 +9,7 @@ runtime.setup_runtime does on CPU); medians over the steps after 3 warm-up steps
 Muon runs twice: Newton-Schulz in its default dtype (bf16 on a CPU with AVX-512-BF16 or AMX, float32 elsewhere:
 muon.default_ns_dtype) and in float32.
 
-    OMP_NUM_THREADS=1 python benchmarks/muon_step.py [--steps 30]
+    OMP_NUM_THREADS=1 python benchmarks/muon_step.py [--steps 30] [--threads 1]
 """
 import argparse
 import contextlib
@@ -30,12 +30,13 @@ from training import configure_optimizer, get_lr, set_lr, train_step  # noqa: E4
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--steps', type=int, default=30)
+ap.add_argument('--threads', type=int, default=1, help='intra-op threads (the quick start uses every core)')
 ap.add_argument('--data_dir', default='data/shakespeare_bytes', help="the quick start's data (prepare.py shakespeare "
                 "--tokenizer bytes)")
 ap.add_argument('--keep_subnormals', action='store_true', help="compute with float32 subnormals instead of flushing "
                 "them to zero as train.py does on CPU (runtime.setup_runtime)")
 args = ap.parse_args()
-torch.set_num_threads(1)
+torch.set_num_threads(args.threads)
 torch.set_flush_denormal(not args.keep_subnormals)
 knobs = script_defaults(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py'))
 rt = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0)
@@ -86,7 +87,7 @@ for i in range(args.steps + 3):
                 prev = stamp
 med = {k: {ph: 1e3 * statistics.median(v) for ph, v in t.items()} for k, t in times.items()}
 base = med['adamw']['step']
-print(f"quick-start model, 4 x 512 tokens a step, 1 thread, medians of {args.steps} interleaved steps (ms); "
+print(f"quick-start model, 4 x 512 tokens a step, {args.threads} thread(s), medians of {args.steps} interleaved steps (ms); "
       f"'optimizer' includes clipping, 'opt alone' is optimizer.step() on fixed gradients")
 print(f"{'optimizer':<20} {'step':>7} {'forward':>8} {'backward':>9} {'optimizer':>10} {'opt alone':>10} "
       f"{'step / AdamW step':>18}")
