@@ -100,7 +100,8 @@ def setup_runtime(cfg):
     if device.type == 'cpu':
         # float32 subnormals (|x| < 1.2e-38) as zero: x86 cores take a slow path on every subnormal operand, and
         # a run can make them (AdamW at its peak LR without warm-up slows step by step: benchmarks/subnormals.py);
-        # no value a float32 loss or update can resolve is that small
+        # no value a float32 loss or update can resolve is that small. The flag is per thread: set here, before
+        # the first parallel op, the OpenMP workers created then inherit it (tests/test_runtime.py checks)
         torch.set_flush_denormal(True)
     if ddp and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',

@@ -2,6 +2,9 @@
 what crashed on a GPU), the bf16-on-CPU warning, DDP set-up under torchrun's variables, the GPU peak table, the
 measured CPU peak and MFU."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -268,3 +271,19 @@ def test_cpu_flushes_subnormals():
         assert (tiny * 1e-7)[0].item() == pytest.approx(1e-37)   # the smallest normal float32 is 1.18e-38
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_subnormals_flushed_on_every_thread():
+    """The flag is per thread: a fresh process that sets up as train.py does flushes in the OpenMP workers too
+    (a 2-thread product of 4M subnormals, which torch splits between the threads, comes out all zero)."""
+    supported = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
+    if not supported:
+        pytest.skip('this CPU cannot flush subnormals')
+    code = ("import torch; torch.set_num_threads(2); import runtime; "
+            "runtime.setup_runtime({'device': 'cpu', 'dtype': 'float32'}); "
+            "x = torch.full((4_000_000,), 1e-30); print(int(((x * 1e-10) != 0).sum()))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == '0'
