@@ -11,7 +11,7 @@ from laws import group_budgets, optimal
 from runlog import final_points, warn
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot, or None (with a warning saying how to get it): plots are optional."""
     try:
         import matplotlib
@@ -37,7 +37,7 @@ def _save(plt, fig, ax, path, xl, yl, title):
 
 def plots(results, runs, outdir, budgets, ci=0.95):
     """The loss-law figures; returns the paths written ([] without matplotlib)."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return []
     os.makedirs(outdir, exist_ok=True)
@@ -106,7 +106,7 @@ def plots(results, runs, outdir, budgets, ci=0.95):
 def plot_bcrit(res, series, outdir, ci=0.95):
     """bcrit.png: every run's (loss, B_simple) and the fitted law with its bootstrap band -> [path] ([] without
     matplotlib)."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return []
     os.makedirs(outdir, exist_ok=True)

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 from configurator import parse_value, script_defaults  # noqa: E402  (library modules, not scripts)
 from data import write_json  # noqa: E402
+from plots import pyplot  # noqa: E402
 from runlog import records  # noqa: E402
 from sweep import run_plan  # noqa: E402
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
@@ -164,11 +165,8 @@ def report():
     open(os.path.join(HERE, 'results.md'), 'w').write('\n'.join(lines) + '\n')
     write_json(os.path.join(HERE, 'results.json'), out)   # data.py's atomic writer
     print('\n'.join(lines))
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()        # plots.py: matplotlib with the Agg backend, or None (with a warning) without it
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, runs, color in (('AdamW', adamw, 'C0'), (f'Muon {lr:g}', muon, 'C1'),
