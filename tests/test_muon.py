@@ -223,17 +223,22 @@ def test_state_dict_from_before_ns_dtype_loads():
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+CUDA = pytest.param('cuda', marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                       reason='needs CUDA')])
+
+
+@pytest.mark.parametrize('device', ['cpu', CUDA])
 @pytest.mark.parametrize('ns_dtype', ['float32', 'bfloat16'])
-def test_batched_step_equals_one_matrix_at_a_time(ns_dtype):
+def test_batched_step_equals_one_matrix_at_a_time(ns_dtype, device):
     """The step batches the blocks of one shape (tall ones transposed) into one newton_schulz call: the result is
     each matrix (each q, k, v block with split_qkv) orthogonalised and scaled on its own, as the formula says."""
-    model = tiny_gpt(n_layer=3, n_head=4, n_kv_head=2)
+    model = tiny_gpt(n_layer=3, n_head=4, n_kv_head=2).to(device)
     for split_qkv in (False, True):
         groups = muon_param_groups(model, lr_adam=0.0, lr_muon=1e-2, weight_decay=0.0, split_qkv=split_qkv)
         for g in groups:
             g['ns_dtype'] = ns_dtype
         opt = Muon(groups)
-        x, y = batch(0)
+        x, y = (t.to(device) for t in batch(0))
         model.zero_grad(set_to_none=True)
         model(x, y)[1].backward()
         before = {p: p.detach().clone() for g in groups if g['use_muon'] for p in g['params']}
