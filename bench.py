@@ -30,13 +30,13 @@ import time
 
 import torch
 
-from accounting import count_params, decode_bytes_per_token, flops_per_token
-from checkpoint import CheckpointError, load_model
-from configurator import ConfigError, cli, parse_config, script_defaults
-from data import DataError, TokenLoader, read_meta, shard_paths
+from pretrain.accounting import count_params, decode_bytes_per_token, flops_per_token
+from pretrain.checkpoint import CheckpointError, load_model
+from pretrain.configurator import ConfigError, cli, parse_config, script_defaults
+from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
 from model import ModelError
-from runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
-from training import configure_optimizer, train_step
+from pretrain.runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
+from pretrain.training import configure_optimizer, train_step
 
 # -----------------------------------------------------------------------------
 # bench knobs, on top of train.py's (read from its file, not imported: scripts never import each other), so

@@ -22,14 +22,14 @@ import sys
 
 import torch
 
-import hellaswag
-from accounting import count_params
-from checkpoint import CheckpointError, load_model
-from configurator import ConfigError, cli, knobs, parse_config
-from data import DataError, TokenLoader, get_tokenizer, read_meta
+from pretrain import hellaswag
+from pretrain.accounting import count_params
+from pretrain.checkpoint import CheckpointError, load_model
+from pretrain.configurator import ConfigError, cli, knobs, parse_config
+from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from model import ModelError
-from runtime import setup_runtime
-from training import bits_per_byte, evaluate
+from pretrain.runtime import setup_runtime
+from pretrain.training import bits_per_byte, evaluate
 
 # -----------------------------------------------------------------------------
 # defaults (same --key=value / config-file style as train.py)

@@ -549,7 +549,7 @@ class GPT(nn.Module):
         pytorch_model.bin, or their sharded *.index.json), or a name ('gpt2', 'gpt2-medium', 'gpt2-large',
         'gpt2-xl') downloaded from the Hugging Face hub into ~/.cache/gpt-scaling/<name> (gpt2_weights.py).
         overrides: dropout and/or pad_vocab_multiple."""
-        from gpt2_weights import WeightsError, read_gpt2   # reads files only; it does not import this module
+        from pretrain.gpt2_weights import WeightsError, read_gpt2   # reads files only; it does not import this module
         bad = set(overrides) - {'dropout', 'pad_vocab_multiple'}
         if bad:
             raise ModelError(f"from_pretrained can only override dropout and pad_vocab_multiple, not {sorted(bad)}")

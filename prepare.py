@@ -25,7 +25,7 @@ from collections import deque
 
 import numpy as np
 
-from data import (CACHE_DIR, HEADER_BYTES, HEADER_MAGIC, HEADER_VERSION, SHARD_RE, SHARD_SIZE, TOKENIZERS,
+from pretrain.data import (CACHE_DIR, HEADER_BYTES, HEADER_MAGIC, HEADER_VERSION, SHARD_RE, SHARD_SIZE, TOKENIZERS,
                   DataError, ShardWriter, check_header, download, get_tokenizer, pip_download, read_meta, read_shard,
                   sha256_of, shard_paths, write_json)
 

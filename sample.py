@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from accounting import count_params
-from checkpoint import CheckpointError, load_model
-from configurator import ConfigError, cli, knobs, parse_config
-from data import DataError, get_tokenizer
+from pretrain.accounting import count_params
+from pretrain.checkpoint import CheckpointError, load_model
+from pretrain.configurator import ConfigError, cli, knobs, parse_config
+from pretrain.data import DataError, get_tokenizer
 from model import ModelError
-from runtime import device_sync, setup_runtime
+from pretrain.runtime import device_sync, setup_runtime
 
 # -----------------------------------------------------------------------------
 # defaults (same --key=value / config-file style as train.py)

@@ -31,14 +31,14 @@ import sys
 
 import numpy as np
 
-import bcrit
-import configurator
-import hparams
-import laws
-import plots
-import sweep
-from data import write_json
-from runlog import ScalingError, load
+from pretrain.scaling import bcrit
+from pretrain import configurator
+from pretrain.scaling import hparams
+from pretrain.scaling import laws
+from pretrain.scaling import plots
+from pretrain.scaling import sweep
+from pretrain.data import write_json
+from pretrain.runlog import ScalingError, load
 
 
 def _floats(text):

@@ -19,15 +19,15 @@ from types import SimpleNamespace
 
 import torch
 
-import hellaswag
-from accounting import count_params, flops_per_token
-from checkpoint import (CheckpointError, checkpoint_path, load_model, numbered_checkpoints, save_checkpoint,
+from pretrain import hellaswag
+from pretrain.accounting import count_params, flops_per_token
+from pretrain.checkpoint import (CheckpointError, checkpoint_path, load_model, numbered_checkpoints, save_checkpoint,
                         sweep_stale)
-from configurator import ConfigError, cli, knobs, parse_config
-from data import DataError, TokenLoader, get_tokenizer, read_meta
+from pretrain.configurator import ConfigError, cli, knobs, parse_config
+from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from model import GPTConfig, ModelError
-from runtime import device_name, peak_flops, setup_runtime
-from training import (GradNoise, bits_per_byte, configure_optimizer, cooldown_steps, evaluate, get_lr,
+from pretrain.runtime import device_name, peak_flops, setup_runtime
+from pretrain.training import (GradNoise, bits_per_byte, configure_optimizer, cooldown_steps, evaluate, get_lr,
                       reset_peak_lr, set_lr, train_step)
 
 # -----------------------------------------------------------------------------

@@ -3,18 +3,16 @@ Forward + backward time of the two loss paths side by side, interleaved in one r
 F.cross_entropy (model(x, y)) against model.linear_cross_entropy (model(x, y, return_logits=False), what
 train_step uses), for the quick-start model (vocab 257) and a GPT-2-vocabulary model (50,257, padded to 50,304).
 
-    OMP_NUM_THREADS=1 python benchmarks/loss_speed.py [--rounds 12]
+    OMP_NUM_THREADS=1 python -m benchmarks.loss_speed [--rounds 12]
 """
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--rounds', type=int, default=12)

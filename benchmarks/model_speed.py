@@ -4,22 +4,20 @@ Speed of model.py on this machine, side by side in one run (a benchmark, not a t
   2) generation of 256 new tokens with the KV cache vs re-running the full context every step.
 Wall time and process CPU time are both printed: on a shared machine the CPU-time ratios are the fairer ones.
 
-    python benchmarks/model_speed.py                   # both parts (a few minutes on 2 CPU cores)
-    python benchmarks/model_speed.py --part train --iters 5
-    python benchmarks/model_speed.py --threads 1       # one thread: CPU time is a steadier measure on a busy machine
+    python -m benchmarks.model_speed                   # both parts (a few minutes on 2 CPU cores)
+    python -m benchmarks.model_speed --part train --iters 5
+    python -m benchmarks.model_speed --threads 1       # one thread: CPU time is a steadier measure on a busy machine
 """
 import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from accounting import flops_per_token  # noqa: E402
-from model import GPT, GPTConfig, PRESETS  # noqa: E402
+from pretrain.accounting import flops_per_token
+from model import GPT, GPTConfig, PRESETS
 
 
 def train_speed(model, args):

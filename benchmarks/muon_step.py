@@ -9,24 +9,22 @@ runtime.setup_runtime does on CPU); medians over the steps after 3 warm-up steps
 Muon runs twice: Newton-Schulz in its default dtype (bf16 on a CPU with AVX-512-BF16 or AMX, float32 elsewhere:
 muon.default_ns_dtype) and in float32.
 
-    OMP_NUM_THREADS=1 python benchmarks/muon_step.py [--steps 30] [--threads 1]
+    OMP_NUM_THREADS=1 python -m benchmarks.muon_step [--steps 30] [--threads 1]
 """
 import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configurator import script_defaults  # noqa: E402
-from data import TokenLoader  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from muon import default_ns_dtype  # noqa: E402
-from training import configure_optimizer, get_lr, set_lr, train_step  # noqa: E402
+from pretrain.configurator import script_defaults
+from pretrain.data import TokenLoader
+from model import GPT, GPTConfig
+from pretrain.muon import default_ns_dtype
+from pretrain.training import configure_optimizer, get_lr, set_lr, train_step
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--steps', type=int, default=30)

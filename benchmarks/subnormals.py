@@ -3,23 +3,21 @@ Float32 subnormals on CPU: the quick-start model trained with AdamW twice, inter
 real batches from the same initialisation, once flushing subnormals to zero (what runtime.setup_runtime does on
 CPU) and once computing with them. Prints the step time (median per window of steps) and the train losses.
 
-    OMP_NUM_THREADS=1 python benchmarks/subnormals.py [--steps 300] [--optimizer adamw|muon] [--peak_lr_from_start]
+    OMP_NUM_THREADS=1 python -m benchmarks.subnormals [--steps 300] [--optimizer adamw|muon] [--peak_lr_from_start]
 """
 import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configurator import script_defaults  # noqa: E402
-from data import TokenLoader  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from training import configure_optimizer, set_lr, get_lr, train_step  # noqa: E402
+from pretrain.configurator import script_defaults
+from pretrain.data import TokenLoader
+from model import GPT, GPTConfig
+from pretrain.training import configure_optimizer, set_lr, get_lr, train_step
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--steps', type=int, default=300)

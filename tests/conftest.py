@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-import data
+from pretrain import data
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-import bcrit
+from pretrain.scaling import bcrit
 from conftest import run_scaling_cli as run_cli
 
 B_STAR, ALPHA_B = 2e8, 0.21  # Kaplan et al. 2020, eq. 5.3

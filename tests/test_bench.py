@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bench
-from data import write_shard
+from pretrain.data import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a model small enough that a whole run takes about a second on one shared core

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-import checkpoint
-from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from configurator import ConfigError
+from pretrain import checkpoint
+from pretrain.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from pretrain.configurator import ConfigError
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

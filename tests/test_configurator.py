@@ -7,7 +7,7 @@ import pytest
 import bench
 import sample
 import train
-from configurator import ConfigError, check_type, knobs, parse_config, parse_value, read_config_file, script_defaults
+from pretrain.configurator import ConfigError, check_type, knobs, parse_config, parse_value, read_config_file, script_defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

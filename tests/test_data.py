@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from pretrain import data
 import prepare
-from data import DataError
+from pretrain.data import DataError
 
 UNICODE = "héllo wörld — ünïcödé ✓\n日本語のテキスト、絵文字 🦀🐍, combining e\u0301\n"
 

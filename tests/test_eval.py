@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 import eval as evaluation   # the script under test (the name shadows the builtin only as a module attribute)
-from checkpoint import save_checkpoint
-from data import get_tokenizer, write_json, write_shard
+from pretrain.checkpoint import save_checkpoint
+from pretrain.data import get_tokenizer, write_json, write_shard
 from model import GPT, GPTConfig
-from runtime import setup_runtime
+from pretrain.runtime import setup_runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. First Citizen: You are "
@@ -304,7 +304,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def test_cli_corrupt_or_failed_download_is_one_line(gpt2_run, tmp_path, monkeypatch, capsys):
     """The official val file from a local server that serves another file (its sha256 is not the pinned one),
     then from a port where nothing listens: each one `error:` line, nothing left in the cache."""
-    import hellaswag
+    from pretrain import hellaswag
     srv_dir = tmp_path / 'srv'
     srv_dir.mkdir()
     (srv_dir / 'hellaswag_val.jsonl').write_text(open(gpt2_run['hs']).read())
@@ -323,7 +323,7 @@ def test_cli_corrupt_or_failed_download_is_one_line(gpt2_run, tmp_path, monkeypa
     assert sum(line.startswith('error:') for line in err.splitlines()) == 1 and 'Traceback' not in err
     assert os.listdir(tmp_path / 'hs') == []
     monkeypatch.setattr(hellaswag, 'VAL_URL', f'http://127.0.0.1:{free_port()}/hellaswag_val.jsonl')
-    monkeypatch.setattr('data.time.sleep', lambda s: None)   # no back-off between the retries
+    monkeypatch.setattr('pretrain.data.time.sleep', lambda s: None)   # no back-off between the retries
     code, out, err = run_main([f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag'], capsys)
     assert code == 1 and err.strip().splitlines()[-1].startswith('error: could not download http://127.0.0.1')
     assert sum(line.startswith('error:') for line in err.splitlines()) == 1 and 'Traceback' not in err

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, load_model
-from data import write_shard, write_json
+from pretrain.checkpoint import load_checkpoint, load_model
+from pretrain.data import write_shard, write_json
 from model import GPT, GPTConfig
-from runtime import setup_runtime
-from training import configure_optimizer, train_step
+from pretrain.runtime import setup_runtime
+from pretrain.training import configure_optimizer, train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')]
 
@@ -29,7 +29,7 @@ def run(args, timeout=600):
 
 
 def knobs(**over):
-    from configurator import script_defaults
+    from pretrain.configurator import script_defaults
     return {**script_defaults(os.path.join(ROOT, 'train.py')), **over}
 
 
@@ -115,7 +115,7 @@ def test_compile_matches_eager_and_evaluation_does_not_recompile_per_eval():
     """torch.compile gives eager's loss; evaluation (eval mode, no_grad, a short last batch padded to full) adds
     one compiled graph the first time and none at later evaluations."""
     import torch._dynamo
-    from training import evaluate
+    from pretrain.training import evaluate
     torch._dynamo.reset()
     rt = setup_runtime({'device': 'cuda', 'dtype': 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'})
     torch.manual_seed(0)
@@ -212,7 +212,7 @@ def test_bench_record_on_cuda_has_mfu_from_the_peak_table():
              '--repeats=2', '--sample_tokens=16', '--json'])
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads(r.stdout.strip().splitlines()[-1])
-    from runtime import gpu_peak_tflops
+    from pretrain.runtime import gpu_peak_tflops
     peak = gpu_peak_tflops(torch.cuda.get_device_name(0), getattr(torch, rec['dtype']))
     if peak is None:
         assert rec['mfu'] is None and 'unknown' in rec['peak_source']

@@ -14,10 +14,10 @@ import threading
 import pytest
 import torch
 
-import hellaswag
-from data import DataError, get_tokenizer
+from pretrain import hellaswag
+from pretrain.data import DataError, get_tokenizer
 from model import GPT, GPTConfig
-from runtime import setup_runtime
+from pretrain.runtime import setup_runtime
 
 BLOCK = 64
 
@@ -371,7 +371,7 @@ def test_train_py_logs_hellaswag_records(tmp_path):
     import subprocess
     import sys
     import numpy as np
-    from data import write_json, write_shard
+    from pretrain.data import write_json, write_shard
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = tmp_path / 'gpt2data'
     data.mkdir()

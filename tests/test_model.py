@@ -9,9 +9,9 @@ import threading
 import pytest
 import torch
 
-import data
-from gpt2_weights import hf_tensors
-from accounting import count_params, flops_per_token
+from pretrain import data
+from pretrain.gpt2_weights import hf_tensors
+from pretrain.accounting import count_params, flops_per_token
 from model import (GPT, PRESETS, GPTConfig, KVCache, ModelError, apply_rope,
                    rope_tables, sample_next)
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import model as model_module
-import accounting
-from accounting import count_params, decode_bytes_per_token
+from pretrain import accounting
+from pretrain.accounting import count_params, decode_bytes_per_token
 from model import GPT, PRESETS, GPTConfig, KVCache, ModelError
 
 

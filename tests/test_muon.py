@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from muon import NS_COEFFS, Muon, muon_param_groups, newton_schulz
+from pretrain.muon import NS_COEFFS, Muon, muon_param_groups, newton_schulz
 
 # The band muon.newton_schulz documents: after 5 steps every singular value s_i with s_i / ||G||_F >= 1.6e-3
 # ends in [0.68, 1.21] (scalar map, float64: [0.6818, 1.2024]).
@@ -193,7 +193,7 @@ def test_adamw_branch_matches_torch_adamw():
 
 def test_default_ns_dtype(monkeypatch):
     """bf16 where bf16 matmuls are fast (CUDA; a CPU with AVX-512-BF16 or AMX), float32 on any other CPU."""
-    import muon
+    from pretrain import muon
     assert muon.default_ns_dtype(torch.device('cuda', 0)) == torch.bfloat16
     for fast, expect in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(muon, 'cpu_has_fast_bf16', lambda: fast)

@@ -11,7 +11,7 @@ import tarfile
 import numpy as np
 import pytest
 
-import data
+from pretrain import data
 import prepare
 from test_data import llmc_shard
 
@@ -320,7 +320,7 @@ def test_full_disk_names_the_path_and_keeps_the_previous_dataset(tmp_path, capsy
     """ENOSPC while a shard is written: one line naming the file and saying the disk is full; the finished
     dataset that was there before is byte-identical afterwards (prepare.py stages a new one beside it)."""
     import errno
-    import data
+    from pretrain import data
     make_corpus(tmp_path / "c")
     out = tmp_path / "o"
     args = ["text", "--input", tmp_path / "c", "--out", out, "--tokenizer", "bytes", "--num_proc", 1]

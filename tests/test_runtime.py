@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.cuda._utils import _get_device_index
 
-import runtime
-from configurator import ConfigError
-from accounting import flops_per_token
+from pretrain import runtime
+from pretrain.configurator import ConfigError
+from pretrain.accounting import flops_per_token
 from model import PRESETS, GPTConfig
 
 
@@ -280,7 +280,7 @@ def test_subnormals_flushed_on_every_thread():
     torch.set_flush_denormal(False)
     if not supported:
         pytest.skip('this CPU cannot flush subnormals')
-    code = ("import torch; torch.set_num_threads(2); import runtime; "
+    code = ("import torch; torch.set_num_threads(2); from pretrain import runtime; "
             "runtime.setup_runtime({'device': 'cpu', 'dtype': 'float32'}); "
             "x = torch.full((4_000_000,), 1e-30); print(int(((x * 1e-10) != 0).sum()))")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,

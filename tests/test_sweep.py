@@ -8,11 +8,11 @@ import shlex
 
 import pytest
 
-import accounting
-import configurator
-import runlog
+from pretrain import accounting
+from pretrain import configurator
+from pretrain import runlog
 import scaling
-import sweep
+from pretrain.scaling import sweep
 from conftest import run_scaling_cli as run_cli
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py')
@@ -25,7 +25,7 @@ def parse_train_args(args):
 
 def built_model(args, vocab_size=257):
     """The GPTConfig train.py builds from a planned command line."""
-    from checkpoint import model_config_from
+    from pretrain.checkpoint import model_config_from
     return model_config_from(parse_train_args(args), vocab_size)
 
 

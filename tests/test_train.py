@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint
-from data import read_meta, read_shard, shard_paths
+from pretrain.checkpoint import load_checkpoint
+from pretrain.data import read_meta, read_shard, shard_paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -485,7 +485,7 @@ def test_quick_start_learns(tmp_path):
 def test_block_options_reach_the_model_and_the_log(data_dir, tmp_path):
     """train.py's qk_norm / mlp='relu2' / zero_init_proj / logit_softcap knobs build that model: its checkpoint and
     the run record say so, and the run record's counts are those of the model with the options."""
-    from accounting import count_params
+    from pretrain.accounting import count_params
     from model import GPTConfig
     opts = dict(qk_norm=True, mlp='relu2', zero_init_proj=True, logit_softcap=15.0)
     train.train(cfg_for(data_dir, tmp_path, max_iters=3, warmup_iters=1, eval_interval=3, **opts))

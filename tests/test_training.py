@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
+from pretrain import data
 import train
-import training
-from configurator import ConfigError
+from pretrain import training
+from pretrain.configurator import ConfigError
 from model import GPT, GPTConfig
 
 CPU = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0)

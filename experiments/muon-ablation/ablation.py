@@ -2,8 +2,8 @@
 The Muon and block-option ablation on the CPU quick start (train.py's defaults: 0.83M-parameter byte-level GPT,
 Shakespeare, 1000 steps x 2048 tokens). One command runs or continues everything, then writes the report:
 
-    python experiments/muon-ablation/ablation.py run [--jobs 2]     # finished runs are skipped: rerun to continue
-    python experiments/muon-ablation/ablation.py report             # results.md, results.json, curves.png
+    python -m experiments.muon-ablation.ablation run [--jobs 2]     # finished runs are skipped: rerun to continue
+    python -m experiments.muon-ablation.ablation report             # results.md, results.json, curves.png
 
 Protocol (issue 16): AdamW at the quick start's tuned LR (6e-3) vs Muon with its LR from a short sweep (one seed
 per LR, the optimum bracketed by worse LRs on both sides), 3 seeds each; then each block option alone on top of the
@@ -18,12 +18,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
-from configurator import parse_value, script_defaults  # noqa: E402  (library modules, not scripts)
-from data import write_json  # noqa: E402
-from plots import pyplot  # noqa: E402
-from runlog import records  # noqa: E402
-from sweep import run_plan  # noqa: E402
+from pretrain.configurator import parse_value, script_defaults  # library modules, not scripts
+from pretrain.data import write_json
+from pretrain.scaling.plots import pyplot
+from pretrain.runlog import records
+from pretrain.scaling.sweep import run_plan
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')
 SEEDS = (1337, 1338, 1339)

@@ -2,8 +2,8 @@
 Hägele et al. 2024's claim, checked on this CPU: one constant-LR (warm-up-stable) run plus short cooldowns branched
 from its checkpoints match separate cosine runs of the same lengths, at a fraction of the compute.
 
-    python experiments/wsd-branching/branching.py run [--jobs 2]    # finished runs are skipped: rerun to continue
-    python experiments/wsd-branching/branching.py report            # results.md, results.json, branches.png
+    python -m experiments.wsd-branching.branching run [--jobs 2]    # finished runs are skipped: rerun to continue
+    python -m experiments.wsd-branching.branching report            # results.md, results.json, branches.png
 
 One model size from the IsoFLOP study (experiments/isoflop-shakespeare: C*_N98k, 2 layers, d=56, 7 heads, 128-byte
 context, 16 x 128 = 2048 tokens per step, its LR 8.841e-3, learned positions and bf16 autocast as the study ran),
@@ -18,12 +18,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
-from configurator import parse_value, script_defaults  # noqa: E402  (library modules, not scripts)
-from data import write_json  # noqa: E402
-from plots import pyplot  # noqa: E402
-from runlog import records  # noqa: E402
-from sweep import run_plan  # noqa: E402
+from pretrain.configurator import parse_value, script_defaults  # library modules, not scripts
+from pretrain.data import write_json
+from pretrain.scaling.plots import pyplot
+from pretrain.runlog import records
+from pretrain.scaling.sweep import run_plan
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')
 LENGTHS = (500, 1000, 2000, 4000)

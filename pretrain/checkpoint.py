@@ -21,8 +21,8 @@ import threading
 
 import torch
 
-from configurator import ConfigError
-from data import TOKENIZERS
+from pretrain.configurator import ConfigError
+from pretrain.data import TOKENIZERS
 from model import GPT, PRESETS, GPTConfig, ModelError
 
 CKPT_NAME = 'ckpt.pt'

@@ -23,8 +23,8 @@ import math
 
 import numpy as np
 
-from laws import bootstrap, fit_power, group_budgets
-from runlog import ScalingError
+from pretrain.scaling.laws import bootstrap, fit_power, group_budgets
+from pretrain.runlog import ScalingError
 
 KNOBS = {  # name -> (what it is, unit, DeepSeek LLM's law (k, s) for reference)
     'lr': ('learning rate', '', (0.3118, -0.125)),

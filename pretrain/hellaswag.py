@@ -30,7 +30,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from data import CACHE_DIR, DataError, download, sha256_of
+from pretrain.data import CACHE_DIR, DataError, download, sha256_of
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"  # as llm.c
 # sha256 of hellaswag_val.jsonl at that URL. Not measured here (written offline): it is the value that several

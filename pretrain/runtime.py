@@ -23,8 +23,8 @@ from types import SimpleNamespace
 
 import torch
 
-from configurator import ConfigError
-from data import CACHE_DIR, write_json
+from pretrain.configurator import ConfigError
+from pretrain.data import CACHE_DIR, write_json
 
 
 # -----------------------------------------------------------------------------

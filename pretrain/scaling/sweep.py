@@ -30,16 +30,17 @@ import time
 
 import numpy as np
 
-import configurator
-from runlog import ScalingError, records, warn
+from pretrain import configurator
+from pretrain.data import ROOT
+from pretrain.runlog import ScalingError, records, warn
 
-TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+TRAIN_PY = os.path.join(ROOT, 'train.py')
 
 
 def _model_api():
     try:
-        from checkpoint import model_config_from
-        from accounting import count_params
+        from pretrain.checkpoint import model_config_from
+        from pretrain.accounting import count_params
         from model import ModelError
     except ImportError as e:
         raise ScalingError(f"plan counts parameters with model.py's count_params: {e}")

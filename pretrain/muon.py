@@ -1,7 +1,7 @@
 """
 Muon for the hidden weight matrices of a GPT, AdamW for everything else, in one torch.optim.Optimizer.
 
-    from muon import Muon, muon_param_groups
+    from pretrain.muon import Muon, muon_param_groups
     optimizer = Muon(muon_param_groups(model, lr_adam=6e-3, weight_decay=0.1, betas=(0.9, 0.95)))
 
 Muon (MomentUm Orthogonalized by Newton-Schulz) keeps SGD momentum M for a weight matrix W and steps along the
@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from runtime import cpu_has_fast_bf16
+from pretrain.runtime import cpu_has_fast_bf16
 
 # Jordan 2024: the quintic p(x) = a x + b x^3 + c x^5 with the largest slope at 0 (a) that still maps the
 # interval where the singular values start, (0, 1], into a band around 1 within 5 iterations.

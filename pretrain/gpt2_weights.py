@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from data import DataError, download
+from pretrain.data import DataError, download
 
 
 class WeightsError(Exception):
