@@ -92,8 +92,9 @@ def setup_runtime(cfg):
     dtype = resolve_dtype(cfg['dtype'], device)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls in TF32 on Ampere+: the usual speed lever
-        torch.backends.cudnn.allow_tf32 = True
+        # float32 matmuls in TF32 on Ampere+, the usual speed lever (cuDNN convolutions already default to TF32);
+        # the public switch, stable across torch releases, unlike the backend attributes behind it
+        torch.set_float32_matmul_precision('high')
     elif device.type == 'cpu' and ddp:
         # processes on one machine share its cores: give each its part instead of oversubscribing
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world))))
@@ -258,7 +259,7 @@ def peak_info(device, dtype, measure=True):
     dname = str(dtype).replace('torch.', '')
     if device.type == 'cuda':
         name = torch.cuda.get_device_name(device)
-        tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+        tf32 = dtype == torch.float32 and torch.get_float32_matmul_precision() != 'highest'
         tflops = gpu_peak_tflops(name, dtype, tf32=tf32)
         if tflops is None:
             return None, f"unknown: {name!r} with {dname} is not in runtime.py's table (give --peak_tflops)"
@@ -280,7 +281,7 @@ def peak_flops(device, dtype, measure=True):
     """
     Dense peak FLOP/s of one device for matmuls in `dtype`, or None when unknown.
     CUDA: the datasheet table above by device name (unknown name -> None: never a silent A100 guess);
-    float32 counts as TF32 when torch.backends.cuda.matmul.allow_tf32 is on (train.py turns it on).
+    float32 counts as TF32 when the float32 matmul precision is not 'highest' (setup_runtime sets 'high' on CUDA).
     CPU and MPS: measured, a 2048^3 matrix product in `dtype` (best of 5; cached in-process per thread count
     and recorded on disk in PEAK_CACHE as the best ever seen on this machine), so MFU there is relative to what
     this machine's BLAS reaches, not to a vendor figure. measure=False reads PEAK_CACHE only.

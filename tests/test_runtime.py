@@ -24,7 +24,8 @@ def fake_cuda(monkeypatch):
     """torch sees two CUDA GPUs with bf16. torch.cuda.set_device is replaced by a fake that resolves its argument
     exactly as the real one does (torch.cuda._utils._get_device_index, which raises ValueError 'Expected a
     torch.device with a specified index or an integer' for torch.device('cuda')) and records what it got;
-    init_process_group is recorded, not run. The TF32 switches setup_runtime turns on are restored afterwards."""
+    init_process_group is recorded, not run. The float32 matmul precision setup_runtime sets on CUDA is restored
+    afterwards through torch's public getter and setter (no torch.backends attribute is patched)."""
     calls = {'set_device': [], 'init_process_group': []}
 
     def set_device(device):
@@ -39,11 +40,11 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: False)
     monkeypatch.setattr(torch.distributed, 'init_process_group',
                         lambda *a, **k: calls['init_process_group'].append((a, k)))
-    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', torch.backends.cudnn.allow_tf32)
     for var in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE'):
         monkeypatch.delenv(var, raising=False)
-    return calls
+    precision = torch.get_float32_matmul_precision()
+    yield calls
+    torch.set_float32_matmul_precision(precision)
 
 
 def test_the_fake_set_device_is_as_strict_as_the_real_one(fake_cuda):
@@ -61,6 +62,7 @@ def test_cuda_device_gets_an_index_before_set_device(fake_cuda, name, expected):
     assert rt.device == torch.device(expected) and rt.dtype == 'bfloat16' and rt.ptdtype == torch.bfloat16
     assert not rt.ddp and (rt.rank, rt.local_rank, rt.world, rt.master) == (0, 0, 1, True)
     assert fake_cuda['init_process_group'] == []
+    assert torch.get_float32_matmul_precision() == 'high'   # float32 matmuls may use TF32 on the GPU
 
 
 @pytest.mark.parametrize('name', ['auto', 'cuda'])
