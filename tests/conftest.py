@@ -1,6 +1,6 @@
 """Fixtures and helpers shared by several test files: a local HTTP server for the downloader (tests/test_data.py) and
-for prepare.py's sources that download (tests/test_prepare.py), no test touching the internet; scaling.py's command
-line run in-process (the scaling, sweep, hparams and bcrit tests)."""
+for prepare.py's sources that download (tests/test_prepare.py), no test touching the internet; a script's main run
+in-process (`run_cli`); tiny GPTs (`tiny_config`, `tiny_gpt`)."""
 import gzip
 import re
 import threading
@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
+from model import GPT, GPTConfig
 from pretrain import data
 
 
@@ -69,14 +70,39 @@ def server(monkeypatch):
     httpd.server_close()
 
 
+def run_cli(main, argv, capsys):
+    """A script's main(argv) in-process -> (exit code, stdout, stderr). The code is SystemExit's (a string for
+    sys.exit("error: ..."), which exits 1), else what main returned, None counting as 0."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return (0 if code is None else code), out, err
+
+
 def run_scaling_cli(argv, capsys):
-    """scaling.main(argv) in-process -> (exit code, stdout, stderr); a normal return counts as exit 0."""
+    """scaling.py's command line in-process -> (exit code, stdout, stderr)."""
     import scaling
-    with pytest.raises(SystemExit) as e:
-        scaling.main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return run_cli(scaling.main, argv, capsys)
+
+
+def tiny_config(**kw):
+    """A GPTConfig small enough to run hundreds of times in a few seconds; keywords override."""
+    return GPTConfig(**{**dict(block_size=16, vocab_size=61, n_layer=2, n_head=4, n_embd=32), **kw})
+
+
+def tiny_gpt(seed=0, large_weights=False, **kw):
+    """GPT(tiny_config(**kw)) seeded. large_weights: matrices drawn from N(0, 0.3) instead of GPT-2's 0.02, so that
+    the logits depend on the context (near-uniform logits would make greedy-decoding and loss tests vacuous)."""
+    torch.manual_seed(seed)
+    model = GPT(tiny_config(**kw))
+    if large_weights:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0, 0.3)
+    return model
 
 
 @pytest.fixture(scope='module')

@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 
+import conftest
 from pretrain import checkpoint
 from pretrain.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from pretrain.configurator import ConfigError
@@ -18,9 +20,7 @@ from model import GPT, GPTConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_gpt(seed=0, **kw):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**dict(block_size=16, vocab_size=257, n_layer=1, n_head=2, n_embd=16), **kw}))
+tiny_gpt = partial(conftest.tiny_gpt, vocab_size=257, n_layer=1, n_head=2, n_embd=16)
 
 
 def state_of(net, step=7, **overrides):

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import conftest
 import eval as evaluation   # the script under test (the name shadows the builtin only as a module attribute)
 from pretrain.checkpoint import save_checkpoint
 from pretrain.data import get_tokenizer, write_json, write_shard
@@ -56,13 +57,8 @@ def rt():
 
 def tiny_gpt(vocab_size, block_size, seed=0):
     """Large random weights: the losses depend on the context, so nothing below is true by accident."""
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=32))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.3)
-    return model.eval()
+    return conftest.tiny_gpt(seed, large_weights=True, vocab_size=vocab_size, block_size=block_size, n_layer=1,
+                             n_head=2, n_embd=32).eval()
 
 
 def write_dataset(path, tokenizer_name, val, train=None):
@@ -218,14 +214,8 @@ def test_two_processes_match_one(gpt2_run):
 # bad input: one `error:` line, exit 1
 
 def run_main(argv, capsys):
-    """eval.main in-process -> (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        evaluation.main(['--device=cpu', '--dtype=float32', '--progress=False', *argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """eval.main in-process, on CPU in float32 without progress bars -> (exit code, stdout, stderr)."""
+    return conftest.run_cli(evaluation.main, ['--device=cpu', '--dtype=float32', '--progress=False', *argv], capsys)
 
 
 def one_error_line(err):

@@ -10,10 +10,12 @@ import json
 import os
 import socket
 import threading
+from functools import partial
 
 import pytest
 import torch
 
+import conftest
 from pretrain import hellaswag
 from pretrain.data import DataError, get_tokenizer
 from model import GPT, GPTConfig
@@ -35,10 +37,8 @@ def rt():
     return setup_runtime({'device': 'cpu', 'dtype': 'float32'})
 
 
-def tiny_gpt(seed=0, **kw):
-    """GPT-2's vocabulary (needed for GPT-2 tokens) on the smallest body: ~1.6M parameters, nearly all embedding."""
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**dict(block_size=BLOCK, vocab_size=50257, n_layer=1, n_head=2, n_embd=32), **kw}))
+# GPT-2's vocabulary (needed for GPT-2 tokens) on the smallest body: ~1.6M parameters, nearly all embedding
+tiny_gpt = partial(conftest.tiny_gpt, block_size=BLOCK, vocab_size=50257, n_layer=1, n_head=2, n_embd=32)
 
 
 # Six stories; each example's three wrong endings are the right endings of other stories, so a model that ignored

@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 
+import conftest
 from pretrain import data
 from pretrain.gpt2_weights import hf_tensors
 from pretrain.accounting import count_params, flops_per_token
@@ -19,10 +20,7 @@ from model import (GPT, PRESETS, GPTConfig, KVCache, ModelError, apply_rope,
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
-def tiny(**kw):
-    """A model small enough to run hundreds of times in a few seconds."""
-    base = dict(block_size=16, vocab_size=61, n_layer=2, n_head=4, n_embd=32)
-    return GPTConfig(**{**base, **kw})
+tiny = conftest.tiny_config
 
 
 def make(config, seed=0):

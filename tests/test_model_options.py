@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import model as model_module
+import conftest
 from pretrain import accounting
 from pretrain.accounting import count_params, decode_bytes_per_token
 from model import GPT, PRESETS, GPTConfig, KVCache, ModelError
@@ -16,8 +17,7 @@ from model import GPT, PRESETS, GPTConfig, KVCache, ModelError
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
-def tiny(**kw):
-    return GPTConfig(**{**dict(block_size=16, vocab_size=61, n_layer=2, n_head=4, n_embd=32), **kw})
+tiny = conftest.tiny_config
 
 
 def make(config, seed=0):

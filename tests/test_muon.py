@@ -1,9 +1,11 @@
 import io
 import math
+from functools import partial
 
 import pytest
 import torch
 
+import conftest
 from model import GPT, GPTConfig
 from pretrain.muon import NS_COEFFS, Muon, muon_param_groups, newton_schulz
 
@@ -16,9 +18,7 @@ SMALL = 1.6e-3
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
-def tiny_gpt(seed=0, **kw):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**dict(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32), **kw}))
+tiny_gpt = partial(conftest.tiny_gpt, block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
 def batch(seed, B=4, T=32, V=64):

@@ -11,6 +11,7 @@ import tarfile
 import numpy as np
 import pytest
 
+import conftest
 from pretrain import data
 import prepare
 from test_data import llmc_shard
@@ -42,9 +43,7 @@ def make_corpus(root):
 
 
 def run_main(capsys, *args):
-    rc = prepare.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return conftest.run_cli(prepare.main, args, capsys)
 
 
 def assert_one_error(rc, err, *needles):

@@ -6,10 +6,12 @@ import os
 import random
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 
+import conftest
 import sample
 from pretrain.checkpoint import model_config_from, save_checkpoint
 from pretrain.data import get_tokenizer
@@ -19,17 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 32
 
 
-def tiny_gpt(seed=0, **kw):
-    """A 2-layer GPT over bytes with large random weights: its greedy text depends on the context (GPT-2's
-    0.02 init gives near-uniform logits and a constant argmax, which would make cache tests vacuous)."""
-    torch.manual_seed(seed)
-    config = GPTConfig(**{**dict(block_size=BLOCK, vocab_size=257, n_layer=2, n_head=2, n_embd=16), **kw})
-    model = GPT(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.3)
-    return model
+# a 2-layer GPT over bytes with large random weights: its greedy text depends on the context
+tiny_gpt = partial(conftest.tiny_gpt, large_weights=True, block_size=BLOCK, vocab_size=257, n_layer=2, n_head=2,
+                   n_embd=16)
 
 
 def write_ckpt(out_dir, net=None, **overrides):
@@ -61,15 +55,7 @@ def ckpt_dir(tmp_path_factory):
     return write_ckpt(tmp_path_factory.mktemp('run'))
 
 
-def run_main(argv, capsys):
-    """sample.main in-process -> (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        sample.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run_main = partial(conftest.run_cli, sample.main)   # (argv, capsys) -> (exit code, stdout, stderr)
 
 
 def gen(ckpt_dir, capsys, *args):

@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
+import conftest
 import train
 from pretrain.checkpoint import load_checkpoint
 from pretrain.data import read_meta, read_shard, shard_paths
@@ -262,15 +264,7 @@ def test_cli_corrupt_shard(data_dir, tmp_path):
 # -----------------------------------------------------------------------------
 # issue 18: every bad setting is one `error:` line and exit 1, and nothing that exists is touched
 
-def run_main(argv, capsys):
-    """train.main in-process -> (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        train.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run_main = partial(conftest.run_cli, train.main)   # (argv, capsys) -> (exit code, stdout, stderr)
 
 
 def argv_for(data_dir, out_dir, **over):
