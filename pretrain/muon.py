@@ -123,7 +123,7 @@ def _update_scale(rows, cols, rule):
 def default_ns_dtype(device):
     """Newton-Schulz's compute dtype on `device`: bfloat16 where bf16 matmuls are fast (CUDA, as Jordan 2024; a
     CPU with AVX-512-BF16 or AMX), float32 elsewhere (with AVX2 alone a bf16 matmul runs ~130x slower than
-    float32: shared/ENVIRONMENT.md). The iteration is stable in bf16; its rounding is in newton_schulz's band."""
+    float32; README, Performance). The iteration is stable in bf16; its rounding is in newton_schulz's band."""
     if device.type == 'cuda' or (device.type == 'cpu' and cpu_has_fast_bf16()):
         return torch.bfloat16
     return torch.float32
