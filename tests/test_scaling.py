@@ -488,3 +488,19 @@ def test_committed_branched_study_refits():
     lo, hi = original_spline['ci']['a']
     assert len(spline['minima']) == 6 and lo <= spline['params']['a'] <= hi
     assert _compute_spent(BRANCHED) <= 0.5 * _compute_spent(STUDY)
+
+
+def test_bootstrap_counts_its_fits_and_warns_when_too_few_converge(capsys):
+    """The intervals come only from the resamples that could be fitted: fewer than 80% of them is said aloud."""
+    def flaky(fail_every):
+        calls = iter(range(10 ** 6))
+        def fn():
+            if next(calls) % fail_every == 0:
+                raise laws.ScalingError("cannot fit this resample")
+            return {'a': 0.5}
+        return fn
+    assert len(laws.bootstrap(flaky(10), 100, 'approach3')) == 90       # 10 of 100 fail: 90% converge
+    assert 'warning' not in capsys.readouterr().err
+    assert len(laws.bootstrap(flaky(2), 100, 'approach3')) == 50        # half fail
+    err = capsys.readouterr().err
+    assert 'approach3: only 50 of 100 bootstrap resamples could be fitted' in err

@@ -120,7 +120,7 @@ def fit(runs, rtol=0.1, boot=0, seed=0):
             continue
         if boot:
             res['boot'] = bootstrap(lambda: fit_knob([list(rng.choice(g, len(g))) for g in groups],
-                                                     C, L, x, other, knob), boot)
+                                                     C, L, x, other, knob), boot, f"{knob} law")
         res['n_boot'] = boot
         out[knob] = res
     if not any(v and 'k' in v for v in out.values()):

@@ -370,7 +370,7 @@ def fit_approach2(N, D, C, L, how='parabola', rtol=0.1, rng=None, boot=0, budget
                minima=[dict(C=c, N=n_, D=d, L=l) for c, n_, d, l in minima])
     if boot:  # resample runs within each budget, so every budget keeps its number of runs
         rng = rng or np.random.default_rng(0)
-        res['boot'] = bootstrap(lambda: once([list(rng.choice(g, len(g))) for g in groups])[0], boot)
+        res['boot'] = bootstrap(lambda: once([list(rng.choice(g, len(g))) for g in groups])[0], boot, 'approach2')
     return res
 
 
@@ -404,14 +404,22 @@ def fit_kaplan(runs, irreducible=False, points='final', delta=1e-3, warm=None):
                 frontier=dict(C=Cg.tolist(), L=LCg.tolist()))
 
 
-def bootstrap(fn, n):
-    """fn() n times (each call draws its own resample) -> the results of the calls that could be fitted."""
+BOOT_MIN_OK = 0.8   # below this fraction of fitted resamples the intervals are reported with a warning
+
+
+def bootstrap(fn, n, label='fit'):
+    """fn() n times (each call draws its own resample) -> the results of the calls that could be fitted. The
+    intervals come from those alone; the reports say how many (k/n), and a warning names the fit when fewer than
+    BOOT_MIN_OK of them converged: the resamples that fail are the unusual ones, so the intervals are too narrow."""
     out = []
     for _ in range(n):
         try:
             out.append(fn())
         except (ScalingError, np.linalg.LinAlgError, FloatingPointError, ValueError):
             pass  # a resample that cannot be fitted (e.g. every budget refused) is counted as failed
+    if n and len(out) < BOOT_MIN_OK * n:
+        warn(f"{label}: only {len(out)} of {n} bootstrap resamples could be fitted; its intervals come from those "
+             f"alone and are likely too narrow")
     return out
 
 
@@ -468,7 +476,7 @@ def fit(runs, method='all', points='final', how='parabola', irreducible=False, b
             failed.append(f"{name}: {e}")
             continue
         if boot and name in resample:
-            res['boot'] = bootstrap(resample[name], boot)
+            res['boot'] = bootstrap(resample[name], boot, name)
         res['n_boot'] = boot
         results.append(res)
     if not results:
