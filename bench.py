@@ -61,6 +61,7 @@ BENCH_DEFAULTS = dict(
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 DEFAULTS = {**script_defaults(TRAIN_PY), **BENCH_DEFAULTS}
+NULLABLE = ('grad_accum',)  # knobs that also take None although their default is a number
 FORMULAS = {'palm': '6N + 12*L*H*Q*T (PaLM app. B, nanoGPT; N = params without wpe)',
             'kaplan': '6N + 6*L*T*d_attn (Kaplan et al. 2020; N non-embedding)'}
 
@@ -480,7 +481,7 @@ def format_scaling(r):
 
 
 def main(argv):
-    return cli(lambda: report(parse_config(argv, DEFAULTS, __doc__), argv),
+    return cli(lambda: report(parse_config(argv, DEFAULTS, __doc__, NULLABLE), argv),
                (ConfigError, DataError, ModelError, CheckpointError, BenchError))
 
 

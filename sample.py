@@ -41,6 +41,7 @@ compile = False            # one-token steps through a static cache, compiled on
 kv_cache = True            # reuse earlier keys/values: one token per step instead of the whole window
 # -----------------------------------------------------------------------------
 DEFAULTS = knobs(globals())
+NULLABLE = ('top_k',)      # knobs that also take None although their default is a number
 
 SEPARATOR = '---------------'
 
@@ -193,7 +194,7 @@ def sample(cfg):
 
 
 def main(argv):
-    cli(lambda: sample(parse_config(argv, DEFAULTS, __doc__)), (ConfigError, DataError, ModelError, CheckpointError))
+    cli(lambda: sample(parse_config(argv, DEFAULTS, __doc__, NULLABLE)), (ConfigError, DataError, ModelError, CheckpointError))
 
 
 if __name__ == '__main__':
