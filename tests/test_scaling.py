@@ -488,3 +488,19 @@ def test_committed_branched_study_refits():
     lo, hi = original_spline['ci']['a']
     assert len(spline['minima']) == 6 and lo <= spline['params']['a'] <= hi
     assert _compute_spent(BRANCHED) <= 0.5 * _compute_spent(STUDY)
+
+
+def test_fit_json_on_a_full_disk_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    """issue 23: `scaling.py fit --json` left fit.json.<pid>.tmp behind when the write failed."""
+    import errno
+    from pretrain import data
+    write_sweep(tmp_path / 'sweep', budgets=(1e18, 1e19))
+
+    def full(obj, f, **kw):
+        f.write('{"partial": ')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(data.json, 'dump', full)
+    code, _, err = run_cli(['fit', str(tmp_path / 'sweep'), '--method', 'approach2', '--json',
+                            str(tmp_path / 'fit.json')], capsys)
+    assert code == 1 and err.count('\n') == 1 and 'the disk is full' in err and str(tmp_path / 'fit.json') in err
+    assert sorted(os.listdir(tmp_path)) == ['sweep']
