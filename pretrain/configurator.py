@@ -13,6 +13,7 @@ ConfigError with one line naming the key.
 import ast
 import builtins
 import difflib
+import errno
 import os
 import sys
 
@@ -126,8 +127,8 @@ def parse_config(argv, defaults, doc=None, nullable=()):
 
 def cli(run, errors, interrupted=None):
     """The error boundary of every script's main: run(); a user-facing error (one of `errors`, or an OSError from
-    files, permissions or a full disk) becomes one line `error: ...` on stderr and exit 1, Ctrl-C exit 130 (with
-    `interrupted` said first), a closed pipe (`| head`) a quiet exit 0. Never a traceback for any of them."""
+    files, permissions or a full disk) becomes one line `error: ...` on stderr and exit 1, Ctrl-C one line
+    (`interrupted`, or the script's own words) and exit 130, a closed pipe (`| head`) a quiet exit 0. Never a traceback for any of them."""
     try:
         return run()
     except errors as e:
@@ -139,10 +140,10 @@ def cli(run, errors, interrupted=None):
         sys.exit(0)
     except OSError as e:
         sys.stdout.flush()
-        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+        print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}{full}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.stdout.flush()
-        if interrupted:
-            print(interrupted, file=sys.stderr)
+        print(interrupted or "interrupted", file=sys.stderr)
         sys.exit(130)
