@@ -181,7 +181,7 @@ def open_out_dir(path):
     probe = os.path.join(path, f'.write-test.{os.getpid()}')
     try:
         os.makedirs(path, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             os.write(fd, b'ok')
             os.fsync(fd)
@@ -233,18 +233,18 @@ class Run:
     model: torch.nn.Module          # what steps run through: raw_model, compiled and/or wrapped in DDP
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler    # fp16 loss scaling (disabled otherwise)
-    noise: GradNoise                # the gradient noise scale, or None with noise_scale=False
+    noise: GradNoise | None         # the gradient noise scale (noise_scale=True)
     train_loader: TokenLoader
     val_loader: TokenLoader
     tokenizer: object               # data.get_tokenizer(meta['tokenizer']), for bits per byte and HellaSwag
-    hellaswag_examples: list        # or None with hellaswag_interval=0
+    hellaswag_examples: list | None  # HellaSwag's examples (hellaswag_interval > 0)
     accum: int                      # micro-steps per optimizer step per process
     seqs_per_step: int              # sequences of block_size tokens per optimizer step, all processes
     n_val_seqs: int                 # val sequences per evaluation
     val_tokens: int                 # target tokens of those sequences ...
     val_bytes: int                  # ... and the UTF-8 bytes they spell: bits per byte
     flops_per_token: float          # training FLOPs per token (accounting.flops_per_token, PaLM's formula)
-    peak_flops: float               # per device, FLOP/s, for MFU; None if unknown
+    peak_flops: float | None        # per device, FLOP/s, for MFU; None if unknown
     log_path: str                   # out_dir/log.jsonl
     start_step: int                 # the step this process started (or resumed) at
     step: int                       # optimizer steps taken
