@@ -277,3 +277,21 @@ def test_load_model_resume_scratch_and_presets(tmp_path, model):
         load_model('scratch')
     shaped, tok, desc, _ = load_model('gpt2', pretrained=False)   # bench.py: the shape only, random weights
     assert shaped.config.n_layer == 12 and shaped.config.n_embd == 768 and tok == 'gpt2' and 'random' in desc
+
+
+def test_init_from_is_decided_in_one_place(tmp_path):
+    """checkpoint.init_from_kind: every script's allowed init_from values, one line naming them otherwise."""
+    kind = checkpoint.init_from_kind
+    assert [kind(v, ('scratch', 'resume', 'auto', 'gpt2')) for v in ('scratch', 'resume', 'auto', 'gpt2-xl',
+                                                                      str(tmp_path))] == \
+        ['scratch', 'resume', 'auto', 'gpt2', 'gpt2']
+    assert kind('gpt3-small', ('scratch', 'resume', 'preset')) == 'preset'   # bench.py: a shape, random weights
+    assert kind('gpt2', ('scratch', 'resume', 'preset')) == 'preset'
+    for value, allowed, words in (('scratch', ('resume', 'gpt2'), "init_from='scratch' is not allowed here: must be "
+                                                                   "'resume' | one of gpt2, gpt2-medium"),
+                                  ('gpt3-small', ('resume', 'gpt2'), "init_from='gpt3-small'"),
+                                  (str(tmp_path / 'nope'), ('resume', 'gpt2'), 'nope'),
+                                  (3, ('scratch',), 'init_from=3')):
+        with pytest.raises(ConfigError, match=words) as e:
+            kind(value, allowed)
+        assert '\n' not in str(e.value)
