@@ -128,7 +128,8 @@ def parse_config(argv, defaults, doc=None, nullable=()):
 def cli(run, errors, interrupted=None):
     """The error boundary of every script's main: run(); a user-facing error (one of `errors`, or an OSError from
     files, permissions or a full disk) becomes one line `error: ...` on stderr and exit 1, Ctrl-C one line
-    (`interrupted`, or the script's own words) and exit 130, a closed pipe (`| head`) a quiet exit 0. Never a traceback for any of them."""
+    (`interrupted`, or the script's own words) and exit 130, a closed pipe (`| head`) a quiet exit 0. Never a
+    traceback for any of them."""
     try:
         return run()
     except errors as e:
