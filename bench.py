@@ -18,6 +18,7 @@ accounting.flops_per_token with two formulas side by side: PaLM's 6N + 12*L*H*Q*
 Kaplan's 6N (+ 6*L*T*d_attn). The peak is the dense (not 2:4-sparse) datasheet figure for the GPU's name, a
 matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no MFU rather than a guess.
 """
+import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
 import copy
 import json
@@ -31,12 +32,12 @@ import time
 import torch
 
 from pretrain.accounting import count_params, decode_bytes_per_token, flops_per_token
-from pretrain.checkpoint import CheckpointError, load_model
+from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
 from pretrain.configurator import ConfigError, cli, parse_config, script_defaults
 from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
 from model import ModelError
 from pretrain.runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
-from pretrain.training import configure_optimizer, train_step
+from pretrain.training import configure_optimizer, micro_steps, train_step
 
 # -----------------------------------------------------------------------------
 # bench knobs, on top of train.py's (read from its file, not imported: scripts never import each other), so
@@ -61,6 +62,7 @@ BENCH_DEFAULTS = dict(
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 DEFAULTS = {**script_defaults(TRAIN_PY), **BENCH_DEFAULTS}
+NULLABLE = ('grad_accum',)  # knobs that also take None although their default is a number
 FORMULAS = {'palm': '6N + 12*L*H*Q*T (PaLM app. B, nanoGPT; N = params without wpe)',
             'kaplan': '6N + 6*L*T*d_attn (Kaplan et al. 2020; N non-embedding)'}
 
@@ -76,11 +78,8 @@ class BenchError(Exception):
 def build_model(cfg, vocab_size):
     """The model to benchmark: train.py's config, a GPT-2/GPT-3 preset named by init_from (random weights: speed
     does not depend on them), or the checkpoint in out_dir for init_from='resume' (checkpoint.load_model)."""
-    from model import PRESETS
-    name = cfg['init_from']
-    if name not in ('scratch', 'resume') and name not in PRESETS:
-        raise ConfigError(f"bench.py takes init_from = scratch, resume or one of {', '.join(PRESETS)}; got {name!r}")
-    return load_model(name, cfg['out_dir'], cfg, vocab_size, pretrained=False)[0]
+    init_from_kind(cfg['init_from'], ('scratch', 'resume', 'preset'))
+    return load_model(cfg['init_from'], cfg['out_dir'], cfg, vocab_size, pretrained=False)[0]
 
 
 def make_batches(cfg, rt):
@@ -168,13 +167,6 @@ def sampling_throughput(model, rt, cfg, vocab):
         out['bandwidth_bytes_s'] = bw
         out['bandwidth_util'] = out['bytes_per_token'] * out['compiled_tok_s'] / bw if bw else None
     return out
-
-
-def micro_steps(total, B, T, world):
-    if total % (B * T * world):
-        raise ConfigError(f"total_batch_size={total} is not a multiple of batch_size*block_size*world_size = "
-                          f"{B}*{T}*{world} = {B * T * world}")
-    return total // (B * T * world)
 
 
 def check_bench_knobs(cfg):
@@ -480,7 +472,7 @@ def format_scaling(r):
 
 
 def main(argv):
-    return cli(lambda: report(parse_config(argv, DEFAULTS, __doc__), argv),
+    return cli(lambda: report(parse_config(argv, DEFAULTS, __doc__, NULLABLE), argv),
                (ConfigError, DataError, ModelError, CheckpointError, BenchError))
 
 

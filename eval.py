@@ -16,6 +16,7 @@ Tasks:
 Results go to stdout (a short table, or with --json one JSON object {task: {figures}}); what was loaded and the
 progress bars go to stderr. Under torchrun every rank scores its share and rank 0 prints.
 """
+import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import json as jsonlib   # `json` is a knob below
 import math
 import sys
@@ -24,7 +25,7 @@ import torch
 
 from pretrain import hellaswag
 from pretrain.accounting import count_params
-from pretrain.checkpoint import CheckpointError, load_model
+from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
 from pretrain.configurator import ConfigError, cli, knobs, parse_config
 from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from model import ModelError
@@ -62,8 +63,7 @@ def check_eval_knobs(cfg):
     for t in names:
         if t not in TASKS:
             raise ConfigError(f"unknown task {t!r} (tasks: {', '.join(TASKS)})")
-    if cfg['init_from'] == 'scratch':
-        raise ConfigError("init_from must be 'resume', a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face directory")
+    init_from_kind(cfg['init_from'], ('resume', 'gpt2'))
     if cfg['split'] not in ('val', 'train'):
         raise ConfigError(f"split must be 'val' or 'train', got {cfg['split']!r}")
     for k in ('max_seqs', 'limit'):

@@ -77,8 +77,15 @@ class GPTConfig:
         check(self.n_head % self.kv_heads == 0, f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         check(self.pos_emb != 'rope' or self.head_dim % 2 == 0, f"rope needs an even head size, got {self.head_dim}")
         check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
-        for k in ('qk_norm', 'zero_init_proj'):
+        for k in ('qk_norm', 'zero_init_proj', 'bias', 'tie_weights'):
             check(isinstance(getattr(self, k), bool), f"{k}={getattr(self, k)!r} must be True or False")
+        check(self.mlp_hidden is None or (isinstance(self.mlp_hidden, int) and not isinstance(self.mlp_hidden, bool)
+                                          and self.mlp_hidden >= 1),
+              f"mlp_hidden={self.mlp_hidden!r} must be None or an int >= 1")
+        for k in ('rope_theta', 'norm_eps'):   # theta <= 0 makes the RoPE angles NaN; eps <= 0 divides by zero
+            v = getattr(self, k)
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
+                  f"{k}={v!r} must be a finite number > 0")
         cap = self.logit_softcap
         check(cap is None or (isinstance(cap, (int, float)) and not isinstance(cap, bool) and 0 < cap < math.inf),
               f"logit_softcap={cap!r} must be None or a finite number > 0")

@@ -11,6 +11,7 @@ and the tokenizers live in data.py; DESIGN.md, "Token shards").
 Every document starts with the end-of-text token. meta.json is written last, so a dataset without a complete
 meta.json is not finished.
 """
+import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
 import errno
 import json
@@ -18,6 +19,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import sys
 import tarfile
 import time
@@ -124,11 +126,16 @@ class TextFiles:
                     yield text
 
 
-def _cut(text, val_fraction):
-    """Split one document in two at a line end: the first val_fraction goes to val (llm.c takes val first)."""
-    i = int(len(text) * val_fraction)
+def _cut(text, val_fraction, where):
+    """Split one document in two at a line end: the first val_fraction goes to val (llm.c takes val first). Both
+    halves get at least one character: without a line end after val_fraction (one long line), or with none
+    before the end (a short text), the cut falls at the character position instead."""
+    if len(text) < 2:
+        raise DataError(f"{where}: one document of {len(text)} character(s) cannot give both a train and a val "
+                        f"split; add text or documents")
+    i = min(max(1, int(len(text) * val_fraction)), len(text) - 1)
     j = text.find("\n", i)
-    cut = j + 1 if j >= 0 else i
+    cut = j + 1 if 0 <= j < len(text) - 1 else i
     return [text[:cut], text[cut:]]
 
 
@@ -147,6 +154,7 @@ _WORKER_TOK = None
 
 def _init_worker(tokenizer, cache_dir):
     global _WORKER_TOK
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle: one line, no worker tracebacks
     try:
         _WORKER_TOK = get_tokenizer(tokenizer, cache_dir)
     except Exception as e:  # raised by the first task instead: a failing initializer makes Pool respawn forever
@@ -316,7 +324,7 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
     if n_docs == 0:
         raise DataError(f"no documents found in {' '.join(inputs or [source])} (looked for .txt, .md, .jsonl)")
     if n_docs == 1:  # a single text (tinyshakespeare, one big file): cut it, as nanoGPT and llm.c do
-        texts, n_docs = _cut(next(iter(texts)), val_fraction), 2
+        texts, n_docs = _cut(next(iter(texts)), val_fraction, ' '.join(inputs or [source])), 2
         val = {0}
     else:
         val = _val_indices(n_docs, val_fraction, seed)
@@ -328,6 +336,13 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
     os.makedirs(staging)
     try:
         writers = write_documents(texts, n_docs, staging, name, tokenizer, val, shard_size, num_proc, cache_dir)
+        # train.py needs both splits: refuse here, naming the knob, rather than let it fail with "no val shards"
+        if not writers["val"].tokens:
+            raise DataError(f"the val split came out empty: the {len(val)} document(s) of {n_docs} picked for it "
+                            f"hold no text; pick others with --seed or more with --val_fraction (now {val_fraction})")
+        if not writers["train"].tokens:
+            raise DataError(f"the train split came out empty: every document with text went to val; lower "
+                            f"--val_fraction (now {val_fraction}) or add documents")
         counts = {s: {"shards": len(w.paths), "tokens": w.tokens, "documents": w.documents, "max_token": w.max_token}
                   for s, w in writers.items()}
         meta = _meta(name, source, tokenizer, settings, counts, origin=origin)

@@ -11,6 +11,7 @@ The text (prompt included) goes to stdout, streamed token by token when num_samp
 by a line of dashes. A tokens/s line and what was loaded go to stderr, so `> out.txt` captures only text.
 The tokenizer is the one the checkpoint's run used (recorded in the checkpoint; GPT-2 BPE for GPT-2 weights).
 """
+import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
 import sys
 import time
@@ -18,7 +19,7 @@ import time
 import torch
 
 from pretrain.accounting import count_params
-from pretrain.checkpoint import CheckpointError, load_model
+from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
 from pretrain.configurator import ConfigError, cli, knobs, parse_config
 from pretrain.data import DataError, get_tokenizer
 from model import ModelError
@@ -41,6 +42,7 @@ compile = False            # one-token steps through a static cache, compiled on
 kv_cache = True            # reuse earlier keys/values: one token per step instead of the whole window
 # -----------------------------------------------------------------------------
 DEFAULTS = knobs(globals())
+NULLABLE = ('top_k',)      # knobs that also take None although their default is a number
 
 SEPARATOR = '---------------'
 
@@ -49,6 +51,7 @@ def check_sample_knobs(cfg):
     def need(ok, msg):
         if not ok:
             raise ConfigError(msg)
+    init_from_kind(cfg['init_from'], ('resume', 'gpt2'))
     need(cfg['num_samples'] >= 1, f"num_samples must be >= 1, got {cfg['num_samples']}")
     need(cfg['max_new_tokens'] >= 1, f"max_new_tokens must be >= 1, got {cfg['max_new_tokens']}")
     need(cfg['temperature'] >= 0, f"temperature must be >= 0 (0 = greedy), got {cfg['temperature']}")
@@ -63,8 +66,6 @@ def check_sample_knobs(cfg):
 
 def load_for_sampling(cfg):
     """-> (model on CPU in eval mode, tokenizer, a one-line description). The tokenizer is read from the run."""
-    if cfg['init_from'] == 'scratch':
-        raise ConfigError("init_from must be 'resume', a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face directory")
     model, tokenizer_name, where, _ = load_model(cfg['init_from'], cfg['out_dir'])
     tokenizer = get_tokenizer(tokenizer_name)
     if tokenizer.vocab_size != model.config.vocab_size:
@@ -81,6 +82,18 @@ def check_finite(model, where):
     if bad:
         raise ConfigError(f"{where}: {len(bad)} weight tensor(s) hold NaN or inf (e.g. {bad[0]}): the run diverged; "
                           f"sample from an earlier checkpoint")
+
+
+def check_probabilities(model, prompt, temperature, where):
+    """The next-token distribution after the prompt must be finite. Weights can be finite yet so large that the
+    logits overflow (a run that blew up without reaching inf): torch.multinomial would then fail deep inside
+    generation (on CUDA, perhaps with a device-side assert), and greedy decoding would print garbage."""
+    logits, _ = model(prompt)
+    logits = logits[:, -1, :model.config.vocab_size].float()
+    probs = torch.softmax(logits / temperature if temperature > 0 else logits, dim=-1)
+    if not (torch.isfinite(logits).all() and torch.isfinite(probs).all()):
+        raise ModelError(f"{where}: the model's probabilities are not finite (its weights are finite but overflow "
+                         f"the logits: the run diverged); sample from an earlier checkpoint")
 
 
 def encode_prompt(text_or_file, tokenizer, block_size):
@@ -145,6 +158,10 @@ def sample(cfg):
         # this halves the bytes it moves and drops the per-step casts (gpt-fast's way)
         model.to(rt.ptdtype)
     prompt, prompt_text = encode_prompt(cfg['start'], tok, model.config.block_size)
+    autocast = rt.autocast if next(model.parameters()).dtype == torch.float32 else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        check_probabilities(model, torch.tensor([prompt], dtype=torch.long, device=rt.device), cfg['temperature'],
+                            where)
     n_params = count_params(model.config)['n_params']
     print(f"{where}: {n_params / 1e6:.2f}M parameters, {tok.name} tokenizer, {rt.device} {rt.dtype}, "
           f"prompt {len(prompt)} tokens", file=sys.stderr)
@@ -161,18 +178,23 @@ def sample(cfg):
         out.flush()
     device_sync(rt.device)
     t0 = t_first = time.perf_counter()
-    autocast = rt.autocast if next(model.parameters()).dtype == torch.float32 else contextlib.nullcontext()
     with torch.no_grad(), autocast:
-        for k, nxt in enumerate(model.generate_stream(idx, T, cfg['temperature'], cfg['top_k'], cfg['top_p'],
-                                                      generator, cfg['kv_cache'], compile_decode=cfg['compile'])):
-            ids = nxt[:, 0].tolist()   # waits for the device, so the timing below is honest
-            if k == 1:   # the prompt's forward, the first decode step and any compilation are behind us
-                t_first = time.perf_counter()
-            for row, i in zip(rows, ids):
-                row.append(i)
-            if live:
-                out.write(live.push(ids))
-                out.flush()
+        try:
+            for k, nxt in enumerate(model.generate_stream(idx, T, cfg['temperature'], cfg['top_k'], cfg['top_p'],
+                                                          generator, cfg['kv_cache'], compile_decode=cfg['compile'])):
+                ids = nxt[:, 0].tolist()   # waits for the device, so the timing below is honest
+                if k == 1:   # the prompt's forward, the first decode step and any compilation are behind us
+                    t_first = time.perf_counter()
+                for row, i in zip(rows, ids):
+                    row.append(i)
+                if live:
+                    out.write(live.push(ids))
+                    out.flush()
+        except RuntimeError as e:   # a later token's logits overflowed: torch.multinomial's check, on the CPU
+            if 'probability tensor' not in str(e):
+                raise
+            raise ModelError(f"{where}: the model's probabilities are not finite at token {len(rows[0]) + 1} "
+                             f"(its weights overflow); sample from an earlier checkpoint") from None
     dt = time.perf_counter() - t0
     texts = [prompt_text + tok.decode(row) for row in rows]
     if live:
@@ -193,7 +215,7 @@ def sample(cfg):
 
 
 def main(argv):
-    cli(lambda: sample(parse_config(argv, DEFAULTS, __doc__)), (ConfigError, DataError, ModelError, CheckpointError))
+    cli(lambda: sample(parse_config(argv, DEFAULTS, __doc__, NULLABLE)), (ConfigError, DataError, ModelError, CheckpointError))
 
 
 if __name__ == '__main__':

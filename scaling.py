@@ -25,7 +25,9 @@ L-BFGS from a grid of starts.
 The library: runlog.py (reading run logs and CSV), laws.py (the loss-law fits and their report), plots.py,
 bcrit.py (critical batch size), hparams.py (learning-rate and batch-size laws), sweep.py (planning and running).
 """
+import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
+import errno
 import math
 import sys
 
@@ -243,7 +245,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except OSError as e:
-        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
+        full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+        print(f"error: {e.filename}: {e.strerror}{full}" if e.filename else f"error: {e}{full}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to continue (finished runs are skipped)", file=sys.stderr)

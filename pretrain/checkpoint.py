@@ -8,6 +8,7 @@ A checkpoint (DESIGN.md, "Checkpoints") is <out_dir>/ckpt.pt, a dict that torch.
     step          optimizer steps taken (int)          tokens        step * tokens per step (int)
     loader        {'next_seq': int, 'seqs_per_step': int}: where the data continues
     config        every train.py knob of the run       tokenizer     'gpt2' | 'bytes'
+    guard         {'best_val_loss': float}: the divergence guard's memory (optional: older checkpoints lack it)
 It is written atomically (temp file, fsync, rename, fsync of the directory): a crash at any moment leaves the
 previous checkpoint or the new one, never half of one. With keep > 1 (or 0 = all) the last checkpoints also stay
 as ckpt_<step:06d>.pt (hard links, so no extra disk), for branching cooldowns from them (train.py branch_from).
@@ -23,9 +24,13 @@ import torch
 
 from pretrain.configurator import ConfigError
 from pretrain.data import TOKENIZERS
+from pretrain.gpt2_weights import HF_REPOS
 from model import GPT, PRESETS, GPTConfig, ModelError
 
 CKPT_NAME = 'ckpt.pt'
+# init_from, the one rule of every script: the words below, or OpenAI's GPT-2 by name (gpt2_weights.HF_REPOS) or
+# a local Hugging Face GPT-2 directory ('gpt2'), or any PRESETS shape with random weights ('preset', bench.py)
+INIT_WORDS = ('scratch', 'resume', 'auto')
 NUMBERED_RE = re.compile(r'^ckpt_(\d{6,})\.pt$')
 REQUIRED = {'model': dict, 'model_config': dict, 'step': int, 'tokenizer': str, 'config': dict}
 FOR_RESUME = {'optimizer': dict, 'loader': dict, 'tokens': int}
@@ -115,8 +120,10 @@ def save_checkpoint(out_dir, state, keep=1):
                 pass
             full = isinstance(e, OSError) and e.errno == errno.ENOSPC or 'No space left' in str(e)
             what = "the disk is full" if full else _first_line(e)
-            raise CheckpointError(f"cannot write checkpoint {path}: {what}; the previous checkpoint is intact "
-                                  f"(free space or fix permissions, then resume with --init_from=resume)") from None
+            kept = ("the previous checkpoint is intact (free space or fix permissions, then resume with "
+                    "--init_from=resume)" if os.path.exists(path) else
+                    "no checkpoint was written (free space or fix permissions, then run again)")
+            raise CheckpointError(f"cannot write checkpoint {path}: {what}; {kept}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -152,6 +159,9 @@ def load_checkpoint(path, for_resume=False):
         raise CheckpointError(f"checkpoint {path}: unknown tokenizer {ckpt['tokenizer']!r}")
     if for_resume and not all(isinstance(ckpt['loader'].get(k), int) for k in ('next_seq', 'seqs_per_step')):
         raise CheckpointError(f"checkpoint {path}: 'loader' lacks next_seq / seqs_per_step")
+    guard = ckpt.get('guard', {'best_val_loss': 0.0})   # optional: checkpoints written before the guard lack it
+    if not isinstance(guard, dict) or type(guard.get('best_val_loss')) is not float:
+        raise CheckpointError(f"checkpoint {path}: 'guard' lacks best_val_loss (a float)")
     if not all(isinstance(v, torch.Tensor) for v in ckpt['model'].values()):
         raise CheckpointError(f"checkpoint {path}: 'model' holds something other than tensors")
     return ckpt
@@ -184,6 +194,28 @@ def model_from_checkpoint(ckpt, path, **overrides):
 
 # -----------------------------------------------------------------------------
 # the loader
+
+def init_from_kind(init_from, allowed):
+    """What init_from names -> 'scratch' | 'resume' | 'auto' (resume if out_dir has a checkpoint, else scratch) |
+    'gpt2' (OpenAI's weights: a name of HF_REPOS or a local Hugging Face directory) | 'preset' (a PRESETS shape,
+    random weights). ConfigError in one line unless the kind is one of `allowed`, the kinds the script takes."""
+    if not isinstance(init_from, str):
+        kind = None
+    elif init_from in INIT_WORDS:
+        kind = init_from
+    elif init_from in PRESETS and 'preset' in allowed:
+        kind = 'preset'
+    elif init_from in HF_REPOS or os.path.isdir(init_from):
+        kind = 'gpt2'
+    else:
+        kind = None
+    if kind not in allowed:
+        names = [f"'{w}'" for w in INIT_WORDS if w in allowed]
+        names += [f"one of {', '.join(HF_REPOS)} or a Hugging Face GPT-2 directory"] if 'gpt2' in allowed else []
+        names += [f"a shape of {', '.join(PRESETS)} (random weights)"] if 'preset' in allowed else []
+        raise ConfigError(f"init_from={init_from!r} is not allowed here: must be {' | '.join(names)}")
+    return kind
+
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
 

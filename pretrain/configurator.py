@@ -7,11 +7,13 @@ The one config parser of every script: a script's knobs are the plain assignment
 Values parse with ast.literal_eval, never eval (a bare word stays a string: --device=cuda). A config file is
 executed, as nanoGPT's configurator does: it is the user's own code, like the script itself. Every key must be
 a known knob and every value must have the default's type (an int where a float is expected is converted;
-None is allowed where the default is None). Any mistake is a ConfigError with one line naming the key.
+None only where the default is None, or for the few knobs a script names as `nullable`). Any mistake is a
+ConfigError with one line naming the key.
 """
 import ast
 import builtins
 import difflib
+import errno
 import os
 import sys
 
@@ -73,13 +75,17 @@ def read_config_file(path):
             if not k.startswith('_') and not callable(v) and not isinstance(v, type(sys))}
 
 
-def check_type(key, value, defaults, where):
-    """value for knob `key`, converted int -> float where the default is a float; ConfigError otherwise."""
+def check_type(key, value, defaults, where, nullable=()):
+    """value for knob `key`, converted int -> float where the default is a float; ConfigError otherwise. None is
+    a value only where the default is None or the knob is in nullable."""
     if key not in defaults:
         close = difflib.get_close_matches(key, defaults, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown config key '{key}' in {where}{hint}")
     default = defaults[key]
+    if value is None and default is not None and key not in nullable:
+        raise ConfigError(f"{key} must be {type(default).__name__}, got None in {where} (None is not one of its "
+                          f"values)")
     if default is None or value is None:
         # a tuple of such values too: bench.py's --nprocs=1,2 and --scaling_totals=(64, 128)
         if not (isinstance(value, KNOB_TYPES) or isinstance(value, tuple) and all(isinstance(v, KNOB_TYPES)
@@ -96,8 +102,9 @@ def check_type(key, value, defaults, where):
     return value
 
 
-def parse_config(argv, defaults, doc=None):
-    """[config.py ...] [--key=value ...] -> dict of every knob. --help prints doc and the knobs, then exits 0."""
+def parse_config(argv, defaults, doc=None, nullable=()):
+    """[config.py ...] [--key=value ...] -> dict of every knob. --help prints doc and the knobs, then exits 0.
+    nullable: knobs with a non-None default that also take None (sample.py's top_k: None = all)."""
     cfg = dict(defaults)
     if '-h' in argv or '--help' in argv:
         text = doc if doc is not None else (sys.modules['__main__'].__doc__ or '')
@@ -107,21 +114,22 @@ def parse_config(argv, defaults, doc=None):
     for arg in argv:
         if not arg.startswith('--'):
             for k, v in read_config_file(arg).items():
-                cfg[k] = check_type(k, v, defaults, arg)
+                cfg[k] = check_type(k, v, defaults, arg, nullable)
         else:
             key, eq, text = arg[2:].partition('=')
             if not eq and isinstance(defaults.get(key), bool):
                 eq, text = '=', 'True'   # --json means --json=True for an on/off knob
             if not eq:
                 raise ConfigError(f"expected --key=value, got {arg}")
-            cfg[key] = check_type(key, parse_value(text), defaults, arg)
+            cfg[key] = check_type(key, parse_value(text), defaults, arg, nullable)
     return cfg
 
 
 def cli(run, errors, interrupted=None):
     """The error boundary of every script's main: run(); a user-facing error (one of `errors`, or an OSError from
-    files, permissions or a full disk) becomes one line `error: ...` on stderr and exit 1, Ctrl-C exit 130 (with
-    `interrupted` said first), a closed pipe (`| head`) a quiet exit 0. Never a traceback for any of them."""
+    files, permissions or a full disk) becomes one line `error: ...` on stderr and exit 1, Ctrl-C one line
+    (`interrupted`, or the script's own words) and exit 130, a closed pipe (`| head`) a quiet exit 0. Never a
+    traceback for any of them."""
     try:
         return run()
     except errors as e:
@@ -133,10 +141,10 @@ def cli(run, errors, interrupted=None):
         sys.exit(0)
     except OSError as e:
         sys.stdout.flush()
-        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+        print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}{full}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.stdout.flush()
-        if interrupted:
-            print(interrupted, file=sys.stderr)
+        print(interrupted or "interrupted", file=sys.stderr)
         sys.exit(130)

@@ -8,6 +8,7 @@ end-of-text token. meta.json beside the shards records the tokenizer, the counts
 last, so a dataset without a complete meta.json is not finished. prepare.py writes datasets with this module;
 train.py, eval.py and bench.py read them with it.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +46,18 @@ class DataError(Exception):
     """Bad input or data: the message is one line meant for the user."""
 
 
+@contextlib.contextmanager
+def names_file(path):
+    """An OSError from writing to an open file carries no file name (a full disk says only 'No space left on
+    device'): give it `path`, so the user's one line says which file, and so which disk."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
 # -----------------------------------------------------------------------------
 # the shard format
 
@@ -64,7 +77,7 @@ def write_shard(path, tokens):
         raise DataError(f"{path}: {tokens.size} tokens do not fit the int32 header")
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as f:
+        with names_file(tmp), open(tmp, "wb") as f:
             f.write(_header(tokens.size))
             f.write(tokens.astype("<u2", copy=False).tobytes())
             f.flush()
@@ -148,12 +161,16 @@ def read_meta(data_dir):
 def write_json(path, obj):
     """Atomic: a temp file in the same directory, fsync, rename (meta.json here; bench.py and scaling.py too)."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with names_file(path), open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:   # a full disk must not leave the temp file behind (scaling.py fit --json, meta.json)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class ShardWriter:
@@ -172,20 +189,23 @@ class ShardWriter:
         while len(tokens):
             if self.f is None:
                 self.f = open(os.path.join(self.out_dir, f"shard.{self.split}.tmp"), "wb")
-                self.f.write(_header(0))
+                with names_file(self.f.name):
+                    self.f.write(_header(0))
             take = min(len(tokens), self.shard_size - self.fill)
-            self.f.write(tokens[:take].astype("<u2", copy=False).tobytes())
+            with names_file(self.f.name):
+                self.f.write(tokens[:take].astype("<u2", copy=False).tobytes())
             self.fill, tokens = self.fill + take, tokens[take:]
             if self.fill == self.shard_size:
                 self.flush()
 
     def flush(self):
         if self.f is not None:
-            self.f.seek(0)
-            self.f.write(_header(self.fill))
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
+            with names_file(self.f.name):
+                self.f.seek(0)
+                self.f.write(_header(self.fill))
+                self.f.flush()
+                os.fsync(self.f.fileno())
+                self.f.close()
             path = os.path.join(self.out_dir, f"{self.name}_{self.split}_{len(self.paths):06d}.bin")
             os.replace(self.f.name, path)
             self.paths.append(path)
@@ -420,22 +440,17 @@ def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
 
 def check_token_ids(data_dir, split, paths, shards, vocab_size):
     """Every token id must be < vocab_size: an id past the embedding is an IndexError on CPU and a device-side
-    assert on CUDA, far from its cause. meta.json records each split's largest id (prepare.py); shards without it
-    (llm.c's, copied in by hand) are scanned: a vectorized max reads 100M tokens in ~15 ms from the page cache,
-    so 10B tokens cost ~1.5 s warm, or one read of the 20 GB from disk when cold."""
-    meta_path = os.path.join(data_dir, "meta.json")
-    recorded = None
-    if os.path.exists(meta_path):
-        recorded = (read_meta(data_dir).get(split) or {}).get("max_token")
-    if isinstance(recorded, int) and recorded < vocab_size:
-        return
-    # no record, or one past the vocabulary: scan, so the error names the shard (only an error pays the scan)
+    assert on CUDA, far from its cause. The shards themselves are checked each time they are opened, not meta.json's
+    record of them (a shard edited or copied in after prepare.py would pass it): a vectorized max reads 100M tokens
+    in ~15 ms from the page cache, so 10B tokens cost ~1.5 s warm, or one read of the 20 GB from disk when cold."""
     for path, tokens in zip(paths, shards):
         top = int(tokens.max())
         if top >= vocab_size:
             raise DataError(f"{path}: holds token id {top} but the model's vocabulary has {vocab_size} ids; "
                             f"the shard is corrupt or was made with another tokenizer")
-    if isinstance(recorded, int):   # meta.json says so, the shards do not: it belongs to other shards
+    meta_path = os.path.join(data_dir, "meta.json")
+    recorded = (read_meta(data_dir).get(split) or {}).get("max_token") if os.path.exists(meta_path) else None
+    if isinstance(recorded, int) and recorded >= vocab_size:   # meta.json says so, the shards do not
         raise DataError(f"{data_dir}: meta.json records token id {recorded} in the {split} split but its shards hold "
                         f"none >= {vocab_size}; meta.json does not describe these shards (run prepare.py again)")
 

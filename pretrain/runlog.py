@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+LOG_NAME = 'log.jsonl'   # a run's log in its out_dir: train.py writes it, every reader finds it by this name
+
+
 class ScalingError(Exception):
     """Bad input or an impossible fit: one line for the user, no traceback."""
 
@@ -71,7 +74,7 @@ def records(path):
 
 
 def log_path(path):
-    return os.path.join(path, 'log.jsonl') if os.path.isdir(path) else path
+    return os.path.join(path, LOG_NAME) if os.path.isdir(path) else path
 
 
 def is_stable_run(record):
@@ -152,10 +155,10 @@ def load_csv(path):
 
 def log_files(p):
     """A run dir, a log.jsonl, or a sweep dir (its subdirectories holding log.jsonl) -> the run paths in it."""
-    if os.path.isdir(p) and not os.path.exists(os.path.join(p, 'log.jsonl')):
-        subs = sorted(os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, 'log.jsonl')))
+    if os.path.isdir(p) and not os.path.exists(os.path.join(p, LOG_NAME)):
+        subs = sorted(os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, LOG_NAME)))
         if not subs:
-            raise ScalingError(f"{p}: no log.jsonl in it or in its subdirectories")
+            raise ScalingError(f"{p}: no {LOG_NAME} in it or in its subdirectories")
         return subs
     if os.path.exists(p):
         return [p]

@@ -12,6 +12,19 @@ from pretrain.configurator import ConfigError
 
 
 # -----------------------------------------------------------------------------
+# the batch
+
+def micro_steps(total_batch_size, batch_size, block_size, world=1):
+    """Micro-steps per optimizer step per process: the one batch rule (train.py, bench.py, scaling sweeps). A step
+    is total_batch_size tokens, made of micro-batches of batch_size x block_size tokens on each of world processes."""
+    per_micro = batch_size * block_size * world
+    if total_batch_size % per_micro:
+        raise ConfigError(f"total_batch_size={total_batch_size} is not a multiple of batch_size*block_size*world_size "
+                          f"= {batch_size}*{block_size}*{world} = {per_micro}")
+    return total_batch_size // per_micro
+
+
+# -----------------------------------------------------------------------------
 # optimizer and schedule
 
 def configure_optimizer(model, cfg, device):

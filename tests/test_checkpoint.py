@@ -109,9 +109,27 @@ def test_another_write_error_is_one_line(tmp_path, model, monkeypatch):
     def denied(obj, f, *a, **k):
         raise PermissionError(errno.EACCES, 'Permission denied')
     monkeypatch.setattr(checkpoint.torch, 'save', denied)
-    with pytest.raises(CheckpointError, match='Permission denied; the previous checkpoint is intact') as e:
+    with pytest.raises(CheckpointError, match='Permission denied; no checkpoint was written') as e:
         save_checkpoint(str(tmp_path), state_of(model, 2))
     assert '\n' not in str(e.value) and os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    save_checkpoint(str(tmp_path), state_of(model, 1))
+    monkeypatch.setattr(checkpoint.torch, 'save', denied)
+    with pytest.raises(CheckpointError, match='Permission denied; the previous checkpoint is intact'):
+        save_checkpoint(str(tmp_path), state_of(model, 2))
+
+
+def test_a_full_disk_at_the_first_checkpoint_claims_no_previous_one(tmp_path, model, monkeypatch):
+    """issue 23: the line said 'the previous checkpoint is intact' when there was none."""
+    def full(obj, f, *a, **k):
+        f.write(b'PK')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(checkpoint.torch, 'save', full)
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint(str(tmp_path), state_of(model, 1))
+    msg = str(e.value)
+    assert 'the disk is full' in msg and str(tmp_path / 'ckpt.pt') in msg and 'no checkpoint was written' in msg
+    assert 'intact' not in msg and os.listdir(tmp_path) == []
 
 
 def test_sigint_during_a_write_finishes_the_write_then_interrupts(tmp_path, model, monkeypatch):
@@ -173,6 +191,7 @@ BAD = {   # name -> (what ckpt.pt holds, words of the one-line error)
     'no tokenizer': (dict(tokenizer=None), "'tokenizer' is missing, expected str"),
     'unknown tokenizer': (dict(tokenizer='llama'), "unknown tokenizer 'llama'"),
     'not tensors': (dict(model={'w': [1.0]}), "'model' holds something other than tensors"),
+    'a guard without its number': (dict(guard={'best': 1.0}), "'guard' lacks best_val_loss"),
 }
 
 
@@ -258,3 +277,21 @@ def test_load_model_resume_scratch_and_presets(tmp_path, model):
         load_model('scratch')
     shaped, tok, desc, _ = load_model('gpt2', pretrained=False)   # bench.py: the shape only, random weights
     assert shaped.config.n_layer == 12 and shaped.config.n_embd == 768 and tok == 'gpt2' and 'random' in desc
+
+
+def test_init_from_is_decided_in_one_place(tmp_path):
+    """checkpoint.init_from_kind: every script's allowed init_from values, one line naming them otherwise."""
+    kind = checkpoint.init_from_kind
+    assert [kind(v, ('scratch', 'resume', 'auto', 'gpt2')) for v in ('scratch', 'resume', 'auto', 'gpt2-xl',
+                                                                      str(tmp_path))] == \
+        ['scratch', 'resume', 'auto', 'gpt2', 'gpt2']
+    assert kind('gpt3-small', ('scratch', 'resume', 'preset')) == 'preset'   # bench.py: a shape, random weights
+    assert kind('gpt2', ('scratch', 'resume', 'preset')) == 'preset'
+    for value, allowed, words in (('scratch', ('resume', 'gpt2'), "init_from='scratch' is not allowed here: must be "
+                                                                   "'resume' | one of gpt2, gpt2-medium"),
+                                  ('gpt3-small', ('resume', 'gpt2'), "init_from='gpt3-small'"),
+                                  (str(tmp_path / 'nope'), ('resume', 'gpt2'), 'nope'),
+                                  (3, ('scratch',), 'init_from=3')):
+        with pytest.raises(ConfigError, match=words) as e:
+            kind(value, allowed)
+        assert '\n' not in str(e.value)

@@ -76,11 +76,11 @@ def test_parse_value():
 def test_check_type():
     d = {'lr': 1.0, 'n': 2, 'flag': False, 'maybe': None, 'name': 'x'}
     assert check_type('lr', 3, d, 'here') == 3.0 and isinstance(check_type('lr', 3, d, 'here'), float)
-    assert check_type('maybe', 5, d, 'here') == 5 and check_type('n', None, d, 'here') is None
+    assert check_type('maybe', 5, d, 'here') == 5 and check_type('n', None, d, 'here', nullable=('n',)) is None
     assert check_type('maybe', (1, 2), d, 'here') == (1, 2)   # bench.py's --nprocs=1,2, --scaling_totals=(64, 128)
     for key, value, words in (('n', True, 'n must be int'), ('flag', 1, 'flag must be bool'),
                               ('name', 3, 'name must be str'), ('maybe', [1], 'maybe must be a number'),
-                              ('maybe', ([1],), 'maybe must be a number'),
+                              ('maybe', ([1],), 'maybe must be a number'), ('n', None, 'n must be int, got None'),
                               ('nope', 1, "unknown config key 'nope' in here")):
         with pytest.raises(ConfigError, match=words):
             check_type(key, value, d, 'here')
@@ -135,3 +135,26 @@ def test_help_prints_the_doc_and_every_knob(capsys):
         parse_config(['--help'], {'a': 1, 'b': 'x'}, doc='The script.\n')
     assert e.value.code == 0
     assert capsys.readouterr().out == "The script.\n\nknobs and their defaults:\n  --a=1\n  --b='x'\n"
+
+
+@pytest.mark.parametrize('argv', [['--batch_size=None'], ['--learning_rate=None'], ['--device=None'],
+                                  ['--compile=None']])
+def test_none_only_where_the_default_is_none(argv, tmp_path):
+    """issue 23: --batch_size=None was accepted here and became a TypeError deep in train.py."""
+    with pytest.raises(ConfigError, match=f"{argv[0][2:].split('=')[0]} must be") as e:
+        parse_config(argv, train.DEFAULTS)
+    assert '\n' not in str(e.value)
+    conf = tmp_path / 'c.py'
+    conf.write_text(f"{argv[0][2:]}\n")   # a config file too
+    with pytest.raises(ConfigError, match='must be'):
+        parse_config([str(conf)], train.DEFAULTS)
+    assert parse_config(['--n_kv_head=None', '--muon_lr=None'], train.DEFAULTS)['n_kv_head'] is None
+
+
+def test_a_script_names_the_knobs_that_also_take_none():
+    """sample.py's top_k (None or 0 = all) and bench.py's grad_accum (None = from total_batch_size) take None
+    although their defaults are numbers: the script says so, nothing else does."""
+    assert parse_config(['--top_k=None'], sample.DEFAULTS, nullable=sample.NULLABLE)['top_k'] is None
+    assert parse_config(['--grad_accum=None'], bench.DEFAULTS, nullable=bench.NULLABLE)['grad_accum'] is None
+    with pytest.raises(ConfigError, match='top_k must be int'):
+        parse_config(['--top_k=None'], sample.DEFAULTS)

@@ -410,3 +410,16 @@ def test_meta_json_recording_an_id_its_shards_do_not_hold(tmp_path):
                                         r">= 301") as e:
         data.TokenLoader(root, "train", 16, seed=1, vocab_size=301)
     assert "\n" not in str(e.value)
+
+
+def test_a_shard_edited_after_prepare_is_caught_although_meta_json_vouches_for_it(tmp_path):
+    """issue 23: meta.json records the largest id as 255, but a shard edited afterwards holds 300: the loader trusted
+    meta.json and the model met id 300 as an IndexError in the embedding. The shards themselves are checked."""
+    root, bad_shard = bad_vocab_dir(tmp_path / "d", "recorded")
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    meta["train"]["max_token"] = 255   # what prepare.py recorded before the edit
+    data.write_json(str(tmp_path / "d" / "meta.json"), meta)
+    with pytest.raises(DataError) as e:
+        data.TokenLoader(root, "train", 16, seed=1, vocab_size=257)
+    msg = str(e.value)
+    assert "\n" not in msg and bad_shard in msg and "token id 300" in msg and "257" in msg, msg

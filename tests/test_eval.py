@@ -231,7 +231,7 @@ def one_error_line(err):
     (['--limit=0'], 'limit must be None or an int >= 1'),
     (['--max_seqs=-2'], 'max_seqs must be None or an int >= 1'),
     (['--batch_size=0'], 'batch_size must be >= 1'),
-    (['--init_from=scratch'], "init_from must be 'resume'"),
+    (['--init_from=scratch'], "init_from='scratch' is not allowed here: must be 'resume'"),
     (['--tasks=hellaswag', '--hellaswag_path=/nonexistent/hs.jsonl'], 'no HellaSwag file at /nonexistent/hs.jsonl'),
     (['--tasks=bpb', '--data_dir=/nonexistent/data'], '/nonexistent/data'),
     (['--tasks=bpb', '--data_dir=BYTES'], 'holds bytes tokens but the model reads gpt2 tokens'),

@@ -332,3 +332,68 @@ def test_full_disk_names_the_path_and_keeps_the_previous_dataset(tmp_path, capsy
     rc, _, err = run_main(capsys, *args, "--force")
     assert_one_error(rc, err, "shard.train.tmp", "No space left on device", "the disk is full")
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+
+# -----------------------------------------------------------------------------
+# issue 23: every corpus gets a non-empty val split (and train split), or one line naming the knob that fixes it
+
+@pytest.mark.parametrize("text", ["doc 1 short\n", "abcdefghi", "two\nlines\n", "ab"])
+def test_a_short_single_document_still_gets_both_splits(tmp_path, capsys, text):
+    """One short text: the cut at a line end after val_fraction left val (no newline) or train (one line) empty."""
+    (tmp_path / "one.txt").write_text(text)
+    rc, out, err = run_main(capsys, "text", "--input", tmp_path / "one.txt", "--out", tmp_path / "o",
+                            "--tokenizer", "bytes", "--num_proc", 1)
+    assert rc == 0, err
+    tok = data.get_tokenizer("bytes")
+    (val,), (train,) = (split_docs(read_split(tmp_path / "o", s), 256) for s in ("val", "train"))
+    assert len(val) and len(train) and tok.decode(val) + tok.decode(train) == text
+
+
+def test_a_one_character_corpus_is_refused(tmp_path, capsys):
+    (tmp_path / "one.txt").write_text("x")
+    rc, _, err = run_main(capsys, "text", "--input", tmp_path / "one.txt", "--out", tmp_path / "o",
+                          "--tokenizer", "bytes", "--num_proc", 1)
+    assert_one_error(rc, err, "one.txt", "val")
+    assert not (tmp_path / "o" / "meta.json").exists()
+
+
+def test_an_empty_val_split_is_refused_naming_the_knobs(tmp_path, capsys):
+    """4 documents, and the one seed 1337 picks for val (the third) is empty: val would be 0 tokens, and train.py
+    would fail later with "no val shards". One line instead, naming --seed and --val_fraction; nothing written."""
+    (tmp_path / "in").mkdir()
+    for name, text in [("a.txt", "ab"), ("b.txt", "cd"), ("c.txt", ""), ("d.txt", "fghi")]:
+        (tmp_path / "in" / name).write_text(text)
+    assert prepare._val_indices(4, 0.1, 1337) == {2}
+    rc, out, err = run_main(capsys, "text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer",
+                            "bytes", "--num_proc", 1)
+    assert_one_error(rc, err, "val split", "--seed", "--val_fraction")
+    assert os.listdir(tmp_path / "o") == []
+    rc, _, err = run_main(capsys, "text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer",
+                          "bytes", "--num_proc", 1, "--seed", 1)
+    assert rc == 0 and prepare._val_indices(4, 0.1, 1) != {2}, err
+    assert data.read_meta(tmp_path / "o")["val"]["tokens"] > 0
+
+
+def test_a_real_full_disk_names_the_shard(tmp_path, capsys, monkeypatch):
+    """ENOSPC from the write itself, which carries no file name: the line still names the file."""
+    import errno
+    make_corpus(tmp_path / "c")
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.name = f, f.name
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, k):
+            return getattr(self.f, k)
+
+    def full_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if "w" in mode and str(path).endswith(".tmp") else f
+    monkeypatch.setattr(data, "open", full_open, raising=False)
+    rc, _, err = run_main(capsys, "text", "--input", tmp_path / "c", "--out", tmp_path / "o", "--tokenizer", "bytes",
+                          "--num_proc", 1)
+    assert_one_error(rc, err, "shard.val.tmp", "the disk is full")

@@ -283,3 +283,33 @@ def test_diverged_weights_are_one_line(tmp_path, capsys):
     assert code == 1 and out == '' and err.count('\n') == 1
     assert err.startswith('error: ') and 'NaN or inf' in err and 'transformer.h.0.mlp.c_fc.weight' in err
     assert open(os.path.join(path, 'ckpt.pt'), 'rb').read() == before
+
+
+@pytest.mark.parametrize('temperature', ['0.8', '0'])
+def test_huge_but_finite_weights_are_one_line(tmp_path, capsys, temperature):
+    """issue 23: every weight finite but ~1e30, so the logits overflow: one line naming the checkpoint, where
+    torch.multinomial used to fail with 'probability tensor contains either inf, nan or element < 0'."""
+    net = tiny_gpt()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1e30)
+    path = write_ckpt(tmp_path / 'run', net)
+    code, out, err = run_main([f'--out_dir={path}', '--device=cpu', '--max_new_tokens=5',
+                               f'--temperature={temperature}'], capsys)
+    assert code == 1 and out == '' and err.count('\n') == 1, err
+    assert err.startswith('error: ') and "the model's probabilities are not finite" in err
+    assert os.path.join(path, 'ckpt.pt') in err
+
+
+def test_sample_next_failing_mid_generation_is_one_line(ckpt_dir, capsys, monkeypatch):
+    """Probabilities that turn non-finite only after the prompt (a later token's logits): torch.multinomial's
+    error becomes the same one line."""
+    import model as model_py
+
+    def broken(*a, **k):
+        raise RuntimeError('probability tensor contains either `inf`, `nan` or element < 0')
+    monkeypatch.setattr(model_py, 'sample_next', broken)
+    code, out, err = run_main([f'--out_dir={ckpt_dir}', '--device=cpu', '--max_new_tokens=5'], capsys)
+    errors = [line for line in err.splitlines() if line.startswith('error: ')]
+    assert code == 1 and 'Traceback' not in err and errors == err.splitlines()[-1:], err
+    assert "the model's probabilities are not finite at token 1" in errors[0] and ckpt_dir in errors[0]

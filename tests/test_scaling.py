@@ -504,3 +504,19 @@ def test_bootstrap_counts_its_fits_and_warns_when_too_few_converge(capsys):
     assert len(laws.bootstrap(flaky(2), 100, 'approach3')) == 50        # half fail
     err = capsys.readouterr().err
     assert 'approach3: only 50 of 100 bootstrap resamples could be fitted' in err
+
+
+def test_fit_json_on_a_full_disk_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    """issue 23: `scaling.py fit --json` left fit.json.<pid>.tmp behind when the write failed."""
+    import errno
+    from pretrain import data
+    write_sweep(tmp_path / 'sweep', budgets=(1e18, 1e19))
+
+    def full(obj, f, **kw):
+        f.write('{"partial": ')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(data.json, 'dump', full)
+    code, _, err = run_cli(['fit', str(tmp_path / 'sweep'), '--method', 'approach2', '--json',
+                            str(tmp_path / 'fit.json')], capsys)
+    assert code == 1 and err.count('\n') == 1 and 'the disk is full' in err and str(tmp_path / 'fit.json') in err
+    assert sorted(os.listdir(tmp_path)) == ['sweep']

@@ -1,6 +1,7 @@
 """Tests for train.py end to end: configuration checks, exact resume, the run log, divergence, checkpoints kept and
 branched, the gradient noise scale, several processes, and every bad input as one `error:` line. Its pieces are
 tested on their own in tests/test_{configurator,data,runtime,checkpoint,training}.py."""
+import errno
 import json
 import math
 import os
@@ -353,8 +354,8 @@ def test_a_loss_spike_keeps_the_last_good_checkpoint(data_dir, tmp_path, capsys)
     """A finite blow-up must not replace the last good checkpoint. Settings that blow the tiny model up reliably:
     resume the 10-step run with learning_rate=50 and grad_clip=0 (AdamW then moves every weight by ~50 a step):
     measured, the train loss goes 4.5 -> 6e3 .. 2e5 within 4 steps and is still ~380 at step 20, finite all along,
-    so it is train.py's spike rule (last logged loss > spike_factor=2 x the best) that refuses steps 15 and 20, not
-    the NaN check."""
+    so it is train.py's divergence guard (the val loss of the weights about to be written > spike_factor=2 x the
+    best) that refuses steps 15 and 20, not the NaN check."""
     train.train(cfg_for(data_dir, tmp_path, max_iters=10))
     good = (tmp_path / 'ckpt.pt').read_bytes()
     capsys.readouterr()
@@ -500,3 +501,117 @@ def test_init_from_auto_starts_then_resumes(data_dir, tmp_path):
     runs = [r for r in read_log(tmp_path / 'auto')[0] if r['type'] == 'run']
     assert [r['resumed'] for r in runs] == [False, True]
     assert losses(tmp_path / 'auto') == losses(tmp_path / 'straight')
+
+
+# -----------------------------------------------------------------------------
+# issue 23: every knob checked before anything is written; a diverged run never replaces a good checkpoint, across
+# resumes too; a parent run is only read; faults say what happened
+
+@pytest.mark.parametrize('args, words', [
+    (['--batch_size=None'], ['batch_size must be int, got None']),
+    (['--n_layer=0'], ['n_layer=0 must be an int >= 1']),
+    (['--mlp_hidden=-5'], ['mlp_hidden=-5']),
+    (['--mlp_hidden=0'], ['mlp_hidden=0']),
+    (['--rope_theta=0.0'], ['rope_theta=0.0']),
+    (['--rope_theta=-1.0'], ['rope_theta=-1.0']),
+    (['--norm_eps=0.0'], ['norm_eps=0.0']),
+    (['--norm_eps=-1e-5'], ['norm_eps=-1e-05']),
+    (['--spike_factor=0.5'], ['spike_factor=0.5 is not allowed: must be 0 (off) or > 1']),
+    (['--spike_factor=1.0'], ['spike_factor=1.0 is not allowed']),
+    (['--muon_lr=fast'], ["muon_lr='fast' is not allowed"]),
+    (['--n_kv_head=3'], ['n_head=2 is not divisible by n_kv_head=3']),
+    (['--init_from=gpt3-small'], ["init_from='gpt3-small'", 'gpt2-xl']),
+    (['--init_from=no-such-dir'], ["init_from='no-such-dir'"]),
+    (['--branch_from=3'], ['branch_from=3 is not allowed']),
+    (['--hellaswag_path=3'], ['hellaswag_path=3 is not allowed']),
+    (['--total_batch_size=1000'], ['not a multiple of batch_size*block_size*world_size']),
+])
+def test_every_knob_is_checked_before_out_dir_exists(data_dir, tmp_path, capsys, args, words):
+    code, _, err = run_main([*argv_for(data_dir, tmp_path / 'run'), *args], capsys)
+    assert_one_error(code, err, *words)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_spike_factor_zero_is_off(data_dir, tmp_path, capsys):
+    code, _, err = run_main(argv_for(data_dir, tmp_path, max_iters=2, warmup_iters=1, spike_factor=0.0), capsys)
+    assert code == 0, err
+
+
+@pytest.fixture
+def good_run(data_dir, tmp_path):
+    """10 good steps: ckpt.pt at step 10 (bytes returned), evaluations at steps 0 and 10."""
+    train.train(cfg_for(data_dir, tmp_path, max_iters=10))
+    return (tmp_path / 'ckpt.pt').read_bytes()
+
+
+BLOW_UP = dict(learning_rate=50.0, grad_clip=0.0)   # AdamW moves every weight by ~50 a step: see the test above
+
+
+def test_the_first_blown_up_update_is_never_saved(data_dir, tmp_path, capsys, good_run):
+    """A checkpoint every step, the train loss logged only every 5: the guard still judges the weights it is about to
+    write (their val loss), so step 11, one update at learning_rate=50, is refused rather than saved."""
+    capsys.readouterr()
+    code, out, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=12, checkpoint_interval=1,
+                                       log_interval=5, **BLOW_UP), capsys)
+    assert_one_error(code, err, 'the run diverged', 'last good checkpoint')
+    assert (tmp_path / 'ckpt.pt').read_bytes() == good_run
+    assert 'step 11' in out and 'not checkpointing' in out
+
+
+def test_the_guard_remembers_across_resumes(data_dir, tmp_path, capsys, good_run):
+    """The best val loss is part of the checkpoint: a run resumed from a blown-up checkpoint (saved with the guard
+    off) still knows the good run's best, and does not write its own blown-up state over it."""
+    best = min(losses(tmp_path, 'eval', 'val_loss').values())
+    assert load_checkpoint(str(tmp_path))['guard'] == {'best_val_loss': best}
+    code, _, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=12, spike_factor=0.0,
+                                     checkpoint_interval=2, **BLOW_UP), capsys)
+    assert code == 0, err   # the guard off: the blown-up step 12 is saved, but the memory of the best stays
+    blown = load_checkpoint(str(tmp_path))
+    assert blown['step'] == 12 and blown['guard'] == {'best_val_loss': best}
+    saved = (tmp_path / 'ckpt.pt').read_bytes()
+    code, _, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=14, checkpoint_interval=1,
+                                     learning_rate=3e-4), capsys)
+    assert_one_error(code, err, 'the run diverged', f'{best:.4f}')
+    assert (tmp_path / 'ckpt.pt').read_bytes() == saved
+
+
+def test_a_checkpoint_without_the_guard_key_still_resumes(data_dir, tmp_path, capsys, good_run):
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    del ckpt['guard']
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    code, _, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=12), capsys)
+    assert code == 0, err
+    assert load_checkpoint(str(tmp_path))['step'] == 12
+
+
+@pytest.mark.parametrize('where', ['the directory', 'a checkpoint inside it'])
+def test_a_branch_into_its_parents_directory_is_refused(data_dir, tmp_path, capsys, where):
+    train.train(cfg_for(data_dir, tmp_path, max_iters=4, warmup_iters=1, checkpoint_interval=2, keep_checkpoints=0))
+    before = snapshot(tmp_path)
+    parent = str(tmp_path) if where == 'the directory' else str(tmp_path / 'ckpt_000002.pt')
+    code, _, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=6, warmup_iters=1,
+                                     branch_from=parent), capsys)
+    assert_one_error(code, err, 'branch', 'out_dir')
+    assert snapshot(tmp_path) == before
+
+
+def test_a_full_disk_at_the_write_test_names_the_path_and_leaves_nothing(data_dir, tmp_path, capsys, monkeypatch):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(os, 'write', full)
+    code, _, err = run_main(argv_for(data_dir, tmp_path / 'run'), capsys)
+    monkeypatch.undo()
+    assert_one_error(code, err, 'the disk is full', str(tmp_path / 'run'))
+    assert os.listdir(tmp_path / 'run') == []   # no .write-test left behind
+
+
+def test_a_full_disk_at_the_first_checkpoint_does_not_claim_a_previous_one(data_dir, tmp_path, capsys, monkeypatch):
+    from pretrain import checkpoint
+
+    def full(obj, f, *a, **k):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(checkpoint.torch, 'save', full)
+    code, _, err = run_main(argv_for(data_dir, tmp_path, max_iters=2, warmup_iters=1), capsys)
+    line = assert_one_error(code, err, 'the disk is full', str(tmp_path / 'ckpt.pt'))
+    assert 'intact' not in line and 'no checkpoint' in line
+    assert sorted(os.listdir(tmp_path)) == ['log.jsonl']

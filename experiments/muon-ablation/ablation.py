@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 from pretrain.configurator import parse_value, script_defaults  # library modules, not scripts
 from pretrain.data import write_json
 from pretrain.scaling.plots import pyplot
-from pretrain.runlog import records
+from pretrain.runlog import LOG_NAME, records
 from pretrain.scaling.sweep import run_plan
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')
@@ -36,7 +36,7 @@ OPTIONS = {'qk_norm': ['--qk_norm=True'], 'relu2': ['--mlp=relu2'], 'zero_init':
 
 def evals(name):
     """[(tokens, val_loss)] of a run (runlog.records: the last record per step), and whether it finished."""
-    path = os.path.join(RUNS, name, 'log.jsonl')
+    path = os.path.join(RUNS, name, LOG_NAME)
     if not os.path.exists(path):
         return [], False
     runs, by_step = records(path)

@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 from pretrain.configurator import parse_value, script_defaults  # library modules, not scripts
 from pretrain.data import write_json
 from pretrain.scaling.plots import pyplot
-from pretrain.runlog import records
+from pretrain.checkpoint import CKPT_NAME
+from pretrain.runlog import LOG_NAME, records
 from pretrain.scaling.sweep import run_plan
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')
@@ -36,7 +37,7 @@ STABLE_STEPS = int((1 - COOLDOWN) * max(LENGTHS))
 
 def finished(name):
     """A run's final eval record (runlog.records: the last record per step), or None while it is unfinished."""
-    path = os.path.join(RUNS, name, 'log.jsonl')
+    path = os.path.join(RUNS, name, LOG_NAME)
     if not os.path.exists(path):
         return None
     runs, by_step = records(path)
@@ -57,7 +58,7 @@ def launch(jobs, runs):
 def branch_args(S):
     c = round(COOLDOWN * S)
     parent = os.path.join(RUNS, 'stable', f'ckpt_{S - c:06d}.pt')
-    own = os.path.exists(os.path.join(RUNS, f'branch_{S}', 'ckpt.pt'))
+    own = os.path.exists(os.path.join(RUNS, f'branch_{S}', CKPT_NAME))
     return ['--schedule=wsd', f'--max_iters={S}', f'--cooldown_iters={c}', '--init_from=resume',
             f'--eval_interval={max(50, S // 10)}'] + ([] if own else [f'--branch_from={parent}'])
 
@@ -100,7 +101,7 @@ def report():
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, color in [('stable', 'k')] + [(f'cosine_{S}', 'C0') for S in LENGTHS] + \
             [(f'branch_{S}', 'C1') for S in LENGTHS]:
-        _, by_step = records(os.path.join(RUNS, name, 'log.jsonl'))
+        _, by_step = records(os.path.join(RUNS, name, LOG_NAME))
         pts = {step: (r['tokens'], r['val_loss']) for (kind, step), (_, r) in by_step.items()
                if kind == 'eval' and r['tokens'] > 0}   # a log axis: step 0 has no place on it
         xs, ys = zip(*sorted(pts.values()))

@@ -32,7 +32,9 @@ import numpy as np
 
 from pretrain import configurator
 from pretrain.data import ROOT
-from pretrain.runlog import ScalingError, records, warn
+from pretrain.checkpoint import CKPT_NAME
+from pretrain.runlog import LOG_NAME, ScalingError, records, warn
+from pretrain.training import micro_steps
 
 TRAIN_PY = os.path.join(ROOT, 'train.py')
 
@@ -132,9 +134,7 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
         raise ScalingError("need --sizes >= 1, --span > 1, --tokens_per_param > 0 and 0 <= --warmup_frac < 1")
     if lr_points and lr_law:
         raise ScalingError("--lr_points and --lr_law both set the learning rate: pass one")
-    if total_batch_size % (batch_size * block_size):
-        raise ScalingError(f"total_batch_size {total_batch_size} is not a multiple of batch_size*block_size = "
-                           f"{batch_size * block_size}")
+    micro_steps(total_batch_size, batch_size, block_size)   # train.py's batch rule, before any run is planned
     count, vocab_size, train_tokens, extra = model_counter(data_dir, vocab_size, block_size, train_config,
                                                            train_args)
     base = lambda shape: dict(data_dir=data_dir, **shape, block_size=block_size, batch_size=batch_size,
@@ -285,7 +285,7 @@ def run_status(row):
     """'done' (eval record at step == max_iters: for a stable run, its last branch point), 'resume' (a checkpoint
     to continue from) or 'new'. A directory holding another shape or length of run is an error, never reused."""
     out = row['config']['out_dir']
-    log = os.path.join(out, 'log.jsonl')
+    log = os.path.join(out, LOG_NAME)
     if os.path.exists(log):
         runs, by_step = records(log)
         if runs:
@@ -296,7 +296,7 @@ def run_status(row):
                 raise ScalingError(f"{out} holds a different run ({what}); move it away or change --out_root")
         if ('eval', row['config']['max_iters']) in by_step:
             return 'done'
-    return 'resume' if os.path.exists(os.path.join(out, 'ckpt.pt')) else 'new'
+    return 'resume' if os.path.exists(os.path.join(out, CKPT_NAME)) else 'new'
 
 
 def run_plan(rows, train_script=None, keep_going=False, jobs=1):
