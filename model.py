@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class ModelError(Exception):
@@ -239,6 +240,13 @@ def linear_cross_entropy(h, weight, targets, vocab_size, softcap=None):
 
 # -----------------------------------------------------------------------------
 # The model
+
+# Attention kernels for eager generation. Each eager step gives attention a new key length (the cache grows by one,
+# or, without the cache, the window does). cuDNN attention, torch 2.11's first choice on Hopper, builds a plan per
+# new shape (tens of ms each), which made eager batch-1 decoding ~10x slower on its first pass; flash and
+# memory-efficient attention (and the math fallback) take any length without a plan. Training and evaluation have
+# fixed shapes, so there cuDNN plans once and torch keeps its own choice; so does the compiled decode_step.
+GENERATE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1; nanoGPT's class)."""
@@ -547,17 +555,17 @@ class GPT(nn.Module):
             step, cache = self._compiled_decode(idx) if compile_decode else (None, KVCache(self.config, idx.size(0)))
         for _ in range(max_new_tokens):
             if not kv_cache:
-                logits = self.lm_logits(self.features(idx[:, -bs:])[:, -1, :])   # only the last position is needed
+                logits = self._last_logits(idx[:, -bs:])
             elif cache.pos in (0, bs):   # first step, or the window slid: (re)build
                 cache.pos = 0            # reuse the buffers, overwrite from position 0
-                logits = self.lm_logits(self.features(idx[:, -bs:], cache)[:, -1, :])
+                logits = self._last_logits(idx[:, -bs:], cache)
                 if step is not None:
                     pos = torch.tensor([cache.pos], device=idx.device)   # kept on the device, += 1 at each step
                     if idx.is_cuda:   # the buffers never move: CUDA graphs read and write them in place
                         for t in cache.k + cache.v:
                             torch._dynamo.mark_static_address(t)
             elif step is None:
-                logits = self.lm_logits(self.features(idx[:, -1:], cache)[:, -1, :])
+                logits = self._last_logits(idx[:, -1:], cache)
             else:
                 if idx.is_cuda:
                     torch.compiler.cudagraph_mark_step_begin()   # the last step's graph outputs are consumed
@@ -567,6 +575,12 @@ class GPT(nn.Module):
             idx_next = sample_next(logits, self.config.vocab_size, temperature, top_k, top_p, generator)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next
+
+    def _last_logits(self, idx, cache=None):
+        """An eager generation step: the logits (B, padded_vocab_size) of the last position only, with attention
+        restricted to GENERATE_SDPA_BACKENDS (no per-shape plans)."""
+        with sdpa_kernel(GENERATE_SDPA_BACKENDS):
+            return self.lm_logits(self.features(idx, cache)[:, -1, :])
 
     def _compiled_decode(self, idx):
         """decode_step compiled, and the KVCache it works in, kept on the model (not in its state_dict):

@@ -43,7 +43,8 @@ def grads(net, x, y, autocast=None, scale=1.0):
     with torch.autocast('cpu', dtype=autocast, enabled=autocast is not None):
         _, loss = net(x, y, return_logits=False)
     (loss * scale).backward()
-    return loss.detach(), {n: p.grad.double() / scale for n, p in net.named_parameters() if p.grad is not None}
+    return loss.detach(), {n.removeprefix('_orig_mod.'): p.grad.double() / scale   # a compiled net's names
+                           for n, p in net.named_parameters() if p.grad is not None}
 
 
 def rel(a, b):

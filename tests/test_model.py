@@ -413,3 +413,26 @@ def test_accounting_matches_built_models_and_gpt3_nominal_sizes():
     llama = GPTConfig(**PRESETS['llama-small'])
     p = count_params(llama)
     assert flops_per_token(llama) == 6 * (p['n_params_nonembed'] + 50257 * 768) + 12 * 12 * 12 * 64 * 1024
+
+
+def test_eager_generation_attends_without_cudnn_and_restores_the_backends():
+    """Eager generation runs attention with GENERATE_SDPA_BACKENDS (cuDNN attention builds a plan per new key
+    length: ~10x slower first-pass decoding on an H200), only inside its own steps; the tokens are those of the
+    plain forward (test_generate_cached_equals_uncached_greedy_past_block_size checks them against model(ctx))."""
+    from model import GENERATE_SDPA_BACKENDS
+    from torch.nn.attention import SDPBackend
+    assert SDPBackend.CUDNN_ATTENTION not in GENERATE_SDPA_BACKENDS
+    model = make(tiny())
+    seen = []
+    hook = model.transformer.h[0].attn.register_forward_pre_hook(
+        lambda mod, args: seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled())))
+    try:
+        prompt = torch.randint(0, 61, (1, 5))
+        for kv_cache in (True, False):
+            seen.clear()
+            out = model.generate(prompt, 6, temperature=0, kv_cache=kv_cache)
+            assert seen == [(False, True)] * 6
+            assert torch.equal(out[:, 5], model(prompt)[0][:, -1, :61].argmax(-1))
+    finally:
+        hook.remove()
+    assert torch.backends.cuda.cudnn_sdp_enabled()   # restored: training keeps torch's own choice
