@@ -424,8 +424,9 @@ def test_eager_generation_attends_without_cudnn_and_restores_the_backends():
     assert SDPBackend.CUDNN_ATTENTION not in GENERATE_SDPA_BACKENDS
     model = make(tiny())
     seen = []
+    backends = torch.backends.cuda
     hook = model.transformer.h[0].attn.register_forward_pre_hook(
-        lambda mod, args: seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled())))
+        lambda mod, args: seen.append((backends.cudnn_sdp_enabled(), backends.flash_sdp_enabled())))
     try:
         prompt = torch.randint(0, 61, (1, 5))
         for kv_cache in (True, False):
