@@ -185,3 +185,25 @@ def test_the_path_is_chosen_by_the_size_of_the_float32_logits(monkeypatch):
         assert bool(calls) == chunked
     logits, _ = net(x, y)   # return_logits=True always makes the logits
     assert logits.shape == (3, 16, 320)
+
+
+@pytest.mark.parametrize('loss_path', PATHS, indirect=True)
+def test_the_compiled_graph_does_not_grow_with_the_batch(loss_path):
+    """Compile time follows the graph's size: the graphs torch.compile builds for the training loss have as many
+    nodes at batch 8 as at batch 2 (the chunk loop, 7 rows a chunk here, is not unrolled into them)."""
+    sizes = {}
+    for B in (2, 8):
+        nodes = []
+
+        def count(gm, example_inputs):   # nodes of each graph and of the subgraphs inside it (autograd.Function)
+            nodes.append(sum(len(m.graph.nodes) for m in gm.modules() if isinstance(m, torch.fx.GraphModule)))
+            return gm.forward
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        cfg = tiny()
+        x, y = batch(cfg, B=B)
+        _, loss = torch.compile(GPT(cfg), backend=count)(x, y, return_logits=False)
+        loss.backward()
+        sizes[B] = nodes
+    torch._dynamo.reset()
+    assert sizes[2] and sizes[2] == sizes[8], sizes
