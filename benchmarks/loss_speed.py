@@ -24,8 +24,9 @@ args = ap.parse_args()
 torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', 1)))
 print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
       f"{torch.backends.cpu.get_cpu_capability()}; median of {args.rounds - 2} rounds after 2 warm-up rounds")
-for cfg, B in ((GPTConfig(block_size=512, vocab_size=257, n_layer=4, n_head=8, n_embd=128, pos_emb='rope'), 4),
-               (GPTConfig(block_size=256, vocab_size=50257, n_layer=2, n_head=4, n_embd=128, pad_vocab_multiple=64), 4)):
+QUICK_START = GPTConfig(block_size=512, vocab_size=257, n_layer=4, n_head=8, n_embd=128, pos_emb='rope')
+GPT2_VOCAB = GPTConfig(block_size=256, vocab_size=50257, n_layer=2, n_head=4, n_embd=128, pad_vocab_multiple=64)
+for cfg, B in ((QUICK_START, 4), (GPT2_VOCAB, 4)):
     torch.manual_seed(0)
     model = GPT(cfg)
     compiled = torch.compile(model)
