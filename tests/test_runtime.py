@@ -40,11 +40,14 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.distributed, 'is_initialized', lambda: False)
     monkeypatch.setattr(torch.distributed, 'init_process_group',
                         lambda *a, **k: calls['init_process_group'].append((a, k)))
-    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', torch.backends.cudnn.allow_tf32)
     for var in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE'):
         monkeypatch.delenv(var, raising=False)
-    return calls
+    # saved and assigned back, not monkeypatched: pytest 9.2's monkeypatch cannot restore torch.backends' switches
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        yield calls
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def test_the_fake_set_device_is_as_strict_as_the_real_one(fake_cuda):
