@@ -223,10 +223,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (grad_h * grad_loss).to(ctx.dtypes[0]), (grad_w * grad_loss).to(ctx.dtypes[1]), None, None, None
 
 
-# Not compiled: torch.compile would unroll the chunk loop (a graph that grows with the batch: compile time doubled
-# at 13 chunks), and torch 2.11's compile gave zero gradients through a custom autograd.Function like this one
-# (PyTorch issue 180642, fixed in 2.12). Run eagerly (a graph break in a compiled model), it is right on every
-# torch, and its matmuls are large enough that compiling them gains nothing.
+# Not compiled: torch.compile would unroll the chunk loop (a graph, and a compile time, that grow with the batch),
+# and torch 2.11's compile gave zero gradients through a custom autograd.Function like this one (PyTorch issue
+# 180642, fixed in 2.12). Run eagerly (a graph break in a compiled model), it is right on every torch, and its
+# matmuls are large enough that compiling them gains little.
 @torch.compiler.disable
 def linear_cross_entropy(h, weight, targets, vocab_size, softcap=None):
     """cross_entropy(softcap(h @ weight.T), targets, vocab_size) without materialising the logits (see
