@@ -127,10 +127,11 @@ def _max_over_ranks(values, rt):
 
 @torch.no_grad()
 def sampling_throughput(model, rt, cfg, vocab):
-    """Generation tokens/s with and without the KV cache: median over repeats of one generate() call each; with
-    sample_compile, also the compiled static-cache decode (its first call, compilation included, is reported
-    apart as compile_warmup_s) and, on CUDA, its memory-bandwidth utilisation: bytes read per token
-    (model.decode_bytes_per_token) x tokens/s over the measured copy bandwidth of the device."""
+    """Generation tokens/s with and without the KV cache: the first pass (a fresh process's first generate(): every
+    new shape's first kernel selection, autotuning or plan, and for the compiled decode its compilation) apart from
+    the median over the repeats that follow. With sample_compile, also the compiled static-cache decode and, on
+    CUDA, its memory-bandwidth utilisation: bytes read per token (model.decode_bytes_per_token) x tokens/s over the
+    measured copy bandwidth of the device."""
     T = model.config.block_size
     prompt = max(1, min(cfg['sample_prompt'], T - cfg['sample_tokens']))
     new = min(cfg['sample_tokens'], T - prompt)  # stay inside the window: past it the cache is rebuilt per token
@@ -139,28 +140,25 @@ def sampling_throughput(model, rt, cfg, vocab):
     out = {'batch': B, 'prompt': prompt, 'new_tokens': new}
 
     def timed(m, autocast, **kw):
+        """-> (tokens/s of the first pass, median tokens/s of the repeats, seconds of the first pass)"""
+        times = []
         with autocast:
-            device_sync(rt.device)
-            t0 = time.perf_counter()
-            m.generate(idx, min(2, new), **kw)  # warm-up (and, compiled, the compilation)
-            device_sync(rt.device)
-            warm = time.perf_counter() - t0
-            times = []
-            for _ in range(cfg['repeats']):
+            for _ in range(1 + cfg['repeats']):
                 device_sync(rt.device)
                 t0 = time.perf_counter()
                 m.generate(idx, new, **kw)
                 device_sync(rt.device)
                 times.append(time.perf_counter() - t0)
-        return B * new / statistics.median(times), warm
+        return B * new / times[0], B * new / statistics.median(times[1:]), times[0]
     for kv in (True, False):
-        out['kv_cache_tok_s' if kv else 'no_cache_tok_s'] = timed(model, rt.autocast, kv_cache=kv)[0]
+        key = 'kv_cache' if kv else 'no_cache'
+        out[f'{key}_first_pass_tok_s'], out[f'{key}_tok_s'], _ = timed(model, rt.autocast, kv_cache=kv)
     out['kv_cache_speedup'] = out['kv_cache_tok_s'] / out['no_cache_tok_s']
     if cfg['sample_compile']:
         low = rt.device.type == 'cuda' and rt.dtype != 'float32'   # as sample.py: weights in bf16/fp16 on GPUs
         m = copy.deepcopy(model).to(rt.ptdtype) if low else model
-        out['compiled_tok_s'], out['compile_warmup_s'] = timed(m, contextlib.nullcontext() if low else rt.autocast,
-                                                               kv_cache=True, compile_decode=True)
+        _, out['compiled_tok_s'], out['compile_warmup_s'] = timed(m, contextlib.nullcontext() if low else rt.autocast,
+                                                                  kv_cache=True, compile_decode=True)
         dtype_bytes = next(m.parameters()).element_size()
         out['bytes_per_token'] = decode_bytes_per_token(model.config, dtype_bytes, T, B)
         bw = copy_bandwidth(rt.device)
@@ -193,12 +191,16 @@ class Stepper:
     def __init__(self, model, optimizer, scaler, rt, grad_clip, get_batch, block_size):
         self.model, self.optimizer, self.scaler, self.rt = model, optimizer, scaler, rt
         self.grad_clip, self.get_batch, self.block_size, self.next_seq = grad_clip, get_batch, block_size, 0
+        self.first_done_unix_s = None   # wall clock when the first step (compilation included) had finished
 
     def __call__(self, total, accum, times=None):
         clock = PhaseClock(self.rt.device, times) if times is not None else None
         train_step(self.model, self.optimizer, self.scaler, accum, self.rt, self.grad_clip,
                    lambda micro: self.get_batch(self.next_seq, micro), clock)
         self.next_seq += total // self.block_size
+        if self.first_done_unix_s is None:
+            device_sync(self.rt.device)
+            self.first_done_unix_s = time.time()
 
 
 class PhaseClock:
@@ -235,10 +237,14 @@ def phase_split(one_step, total, accum, cfg, rt):
     names, split = ('data', 'forward', 'backward', 'optimizer'), []
     for _ in range(cfg['timed_steps']):
         times = dict.fromkeys(names, 0.0)
+        device_sync(rt.device)
+        t0 = time.perf_counter()
         one_step(total, accum, times)
-        split.append(_max_over_ranks([times[k] for k in names], rt))
+        device_sync(rt.device)
+        split.append(_max_over_ranks([times[k] for k in names] + [time.perf_counter() - t0], rt))
     phases = {k: statistics.median(r[i] for r in split) for i, k in enumerate(names)}
     phases['sum'] = sum(phases.values())
+    phases['step'] = statistics.median(r[-1] for r in split)   # the phases cover the step: sum ~ step
     return phases
 
 
@@ -256,6 +262,7 @@ def summarize(total, accum, step_times, fpt, peak, world):
 
 def bench(cfg):
     """Run the benchmark described by cfg -> (record dict, is_master)."""
+    start_unix_s = time.time()
     check_bench_knobs(cfg)
     rt = setup_runtime(cfg)
     cfg = dict(cfg)
@@ -316,6 +323,9 @@ def bench(cfg):
         'peak_tflops_per_device': peak / 1e12 if peak else None, 'peak_source': peak_source, 'mfu': first['mfu'],
         'peak_memory_bytes': mem_bytes, 'peak_memory_kind': mem_kind,
         'sampling': sampling,
+        # from the start of bench() (torch imported) to the end of the first optimizer step, compilation included;
+        # the wall-clock end lets a caller count from its own start (benchmarks/gpu.sh)
+        'first_step_s': one_step.first_done_unix_s - start_unix_s, 'first_step_unix_s': one_step.first_done_unix_s,
     }
     if cfg['scaling_totals']:
         record['scaling_runs'] = summaries
@@ -425,7 +435,8 @@ def format_train(r):
     ]
     if r['phases_s']:
         p = r['phases_s']
-        lines.append(f"step split          separate pass, synchronized after each phase (sum {_ms(p['sum'])}):")
+        lines.append(f"step split          separate pass, synchronized after each phase (sum {_ms(p['sum'])}, "
+                     f"whole steps of that pass {_ms(p['step'])}):")
         for k in ('data', 'forward', 'backward', 'optimizer'):
             lines.append(f"  {k:<18}{_ms(p[k])} ({100 * p[k] / p['sum']:.0f}%)")
     fpt, tf = r['flops_per_token'], r['tflops_per_device']
@@ -439,12 +450,15 @@ def format_train(r):
     else:
         lines += [f"peak                n/a ({r['peak_source']})", "MFU                 n/a (no known peak)"]
     lines.append(f"peak memory         {r['peak_memory_bytes'] / 2 ** 20:,.1f} MiB ({r['peak_memory_kind']})")
+    lines.append(f"first step          {r['first_step_s']:.1f} s after set-up began (model, compile, first step)")
     s = r['sampling']
     if s:
         lines.append(f"sampling            KV cache {s['kv_cache_tok_s']:,.1f} tok/s | "
                      f"no cache {s['no_cache_tok_s']:,.1f} "
                      f"tok/s | {s['kv_cache_speedup']:.2f}x (batch {s['batch']}, prompt {s['prompt']}, "
-                     f"{s['new_tokens']} new tokens)")
+                     f"{s['new_tokens']} new tokens; median of the repeats)")
+        lines.append(f"  first pass        KV cache {s['kv_cache_first_pass_tok_s']:,.1f} tok/s | "
+                     f"no cache {s['no_cache_first_pass_tok_s']:,.1f} tok/s (the process's first generate() calls)")
         if 'compiled_tok_s' in s:
             bw = f", {100 * s['bandwidth_util']:.1f}% of the device's copy bandwidth" if s['bandwidth_util'] else ''
             lines.append(f"  compiled decode   {s['compiled_tok_s']:,.1f} tok/s after {s['compile_warmup_s']:.1f} s "

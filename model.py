@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class ModelError(Exception):
@@ -140,69 +141,119 @@ PRESETS = {
 
 
 # -----------------------------------------------------------------------------
-# The loss without the logits
+# The loss
 
-CE_CHUNK_ELEMENTS = 1 << 28   # logits computed at once: 2^28 float32 = 1 GiB (5,336 rows of GPT-2's 50,304)
+# The training loss is plain cross-entropy of the padded logits (in float32; torch.compile fuses the float32 cast,
+# log-softmax and the gather, as in nanoGPT) unless the float32 logits of one forward would exceed this many bytes;
+# then the chunked linear_cross_entropy below, which never holds them. Arithmetic for GPT-2 (padded vocabulary
+# 50,304): B x T = 64 x 1024 tokens give 65,536 x 50,304 x 4 B = 13.2 GB of float32 logits (plain: it fits an
+# 80 GB card, and an unchunked compiled cross-entropy beat 8 and 64 chunks at this vocabulary, PyTorch issue 124480);
+# 128 x 1024 give 26.4 GB (chunked). The chunked path costs no more matmuls but runs eagerly (below).
+CE_PLAIN_MAX_BYTES = 16 * 2**30
+CE_CHUNK_ELEMENTS = 1 << 28   # chunked path: logits computed at once, 2^28 float32 = 1 GiB (5,336 rows of 50,304)
+
+
+def cross_entropy(logits, targets, vocab_size):
+    """Mean cross-entropy over the first vocab_size columns of logits (..., V_padded) in float32 (float64 for a
+    float64 model), targets -1 ignored: padded columns are sliced off, so they never enter the softmax."""
+    real = logits if logits.size(-1) == vocab_size else logits[..., :vocab_size]
+    real = real.to(torch.promote_types(real.dtype, torch.float32))
+    return F.cross_entropy(real.reshape(-1, vocab_size), targets.reshape(-1), ignore_index=-1)
+
+
+def _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad):
+    """-> (mean loss, dL/dh, dL/dweight) of cross-entropy of the soft-capped h @ weight^T over its first
+    vocab_size columns, computed rows-chunk by rows-chunk; the gradients are None when need_grad is False (then
+    each chunk costs one matmul instead of three). The matmuls use the whole padded weight (aligned shapes); the
+    padded columns get logit -inf, so probability 0 and zero gradient. The logits matmul runs in autocast's dtype;
+    the softmax, the loss and the division by the token count in float32. dL/dz = softmax - onehot lies in [-1, 1]
+    per token, so it is exact enough in bf16 for the two gradient matmuls; in float16 it is not (products with the
+    1/n_tokens factor or sums over thousands of rows leave fp16's range), so with fp16 those two matmuls run in
+    float32. With a soft cap c the loss sees c*tanh(z/c), and dL/dz picks up the factor 1 - tanh^2."""
+    dev = h.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    acc = torch.promote_types(dtype, torch.float32)   # float32, or float64 for a float64 model
+    grad_dtype = acc if dtype == torch.float16 else dtype
+    with torch.autocast(dev, enabled=False):
+        hc_all, w = h.to(dtype), weight.to(dtype)
+        wg, hg_all = (w, hc_all) if grad_dtype == dtype else (weight.to(grad_dtype), h.to(grad_dtype))
+        valid = targets != -1
+        n_valid = valid.sum()
+        loss = torch.zeros((), dtype=acc, device=h.device)
+        grad_h = torch.empty(h.shape, dtype=acc, device=h.device) if need_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grad else None
+        rows = max(1, CE_CHUNK_ELEMENTS // weight.size(0))
+        for s in range(0, h.size(0), rows):
+            hc, t, ok = hc_all[s:s + rows], targets[s:s + rows], valid[s:s + rows]
+            z = (hc @ w.t()).to(acc)
+            if softcap is not None:
+                th = torch.tanh(z / softcap)
+                z = softcap * th
+            z[:, vocab_size:] = -math.inf
+            lse = torch.logsumexp(z, dim=-1)
+            tc = t.clamp(min=0)
+            loss += ((lse - z.gather(1, tc[:, None])[:, 0]) * ok).sum()
+            if not need_grad:
+                continue
+            g = torch.exp(z - lse[:, None])   # softmax; 0 in the padded columns
+            g[torch.arange(len(tc), device=h.device), tc] -= 1.0
+            g *= ok.to(acc)[:, None]
+            if softcap is not None:
+                g *= 1 - th * th
+            g = g.to(grad_dtype)
+            grad_h[s:s + rows] = g @ wg
+            grad_w += g.t() @ hg_all[s:s + rows]
+    loss = loss / n_valid
+    if need_grad:
+        grad_h, grad_w = grad_h / n_valid, grad_w / n_valid
+    return loss, grad_h, grad_w
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of (h @ W^T)[:, :V] against targets (-1 ignored), and its gradients, computed chunk by
-    chunk in the forward pass, so the (N, V) float32 logits and their gradient (13 GB each for 64 x 1024 tokens
-    of GPT-2's vocabulary) never exist at once: each chunk's logits are made, turned into
-    dL/dlogits = (softmax - onehot) / n_valid, multiplied into dL/dh and dL/dW, and dropped. The matmuls are
-    the same three an ordinary forward + backward does (Liger Kernel's fused linear cross-entropy, Hsu et al.
-    2024, does this in Triton; here it is plain torch). The matmuls run in autocast's dtype when autocast is on,
-    the softmax and the loss in float32, as the unfused path. With a soft cap c the loss sees c*tanh(z/c), and
-    dL/dz picks up the factor 1 - tanh^2."""
+    """The chunked loss with its gradients computed in the forward pass, so the (N, V) float32 logits and their
+    gradient never exist at once: each chunk's logits are made, turned into dL/dlogits, multiplied into dL/dh
+    and dL/dW, and dropped (Liger Kernel's fused linear cross-entropy, Hsu et al. 2024, does this in Triton).
+    The backward only scales the saved gradients by the incoming one (a GradScaler's scale, 1/grad_accum) in
+    float32, so nothing is scaled in a low-precision dtype."""
 
     @staticmethod
     def forward(ctx, h, weight, targets, vocab_size, softcap):
-        dev = h.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-        with torch.autocast(dev, enabled=False):
-            hc_all, w = h.to(dtype), weight[:vocab_size].to(dtype)
-            valid = targets != -1
-            n_valid = valid.sum()
-            acc = torch.promote_types(dtype, torch.float32)   # softmax and sums: float32, or float64 for a float64 model
-            loss = torch.zeros((), dtype=acc, device=h.device)
-            grad_h = torch.empty_like(hc_all)
-            grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device)
-            rows = max(1, CE_CHUNK_ELEMENTS // vocab_size)
-            for s in range(0, h.size(0), rows):
-                hc, t, ok = hc_all[s:s + rows], targets[s:s + rows], valid[s:s + rows]
-                z = (hc @ w.t()).to(acc)
-                if softcap is not None:
-                    th = torch.tanh(z / softcap)
-                    z = softcap * th
-                lse = torch.logsumexp(z, dim=-1)
-                tc = t.clamp(min=0)
-                loss += ((lse - z.gather(1, tc[:, None])[:, 0]) * ok).sum()
-                g = torch.softmax(z, dim=-1)
-                g[torch.arange(len(tc), device=h.device), tc] -= 1.0
-                g *= (ok.to(acc) / n_valid)[:, None]
-                if softcap is not None:
-                    g *= 1 - th * th
-                g = g.to(dtype)
-                grad_h[s:s + rows] = g @ w
-                grad_w[:vocab_size] += (g.t() @ hc).to(acc)
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
-        ctx.h_dtype = h.dtype
-        return (loss / n_valid).float() if acc == torch.float32 else loss / n_valid
+        loss, grad_h, grad_w = _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad=True)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = h.dtype, weight.dtype
+        return loss.float() if loss.dtype != torch.float64 else loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_loss).to(ctx.h_dtype), grad_w * grad_loss, None, None, None
+        grad_loss = grad_loss.to(grad_h.dtype)
+        return (grad_h * grad_loss).to(ctx.dtypes[0]), (grad_w * grad_loss).to(ctx.dtypes[1]), None, None, None
 
 
+# Not compiled: torch.compile would unroll the chunk loop (a graph, and a compile time, that grow with the batch),
+# and torch 2.11's compile gave zero gradients through a custom autograd.Function like this one (PyTorch issue
+# 180642, fixed in 2.12). Run eagerly (a graph break in a compiled model), it is right on every torch, and its
+# matmuls are large enough that compiling them gains little.
+@torch.compiler.disable
 def linear_cross_entropy(h, weight, targets, vocab_size, softcap=None):
-    """F.cross_entropy((h @ weight.T)[:, :vocab_size], targets, ignore_index=-1), optionally soft-capped,
-    without materialising the logits (see _LinearCrossEntropy). h (N, C), weight (V_padded, C), targets (N,)."""
-    return _LinearCrossEntropy.apply(h, weight, targets, vocab_size, softcap)
+    """cross_entropy(softcap(h @ weight.T), targets, vocab_size) without materialising the logits (see
+    _chunked_cross_entropy). h (N, C), weight (V_padded, C), targets (N,). Without autograd (no_grad, or nothing
+    that requires a gradient) only the loss is computed."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, targets, vocab_size, softcap)
+    loss = _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad=False)[0]
+    return loss.float() if loss.dtype != torch.float64 else loss
 
 
 # -----------------------------------------------------------------------------
 # The model
+
+# Attention kernels for eager generation. Each eager step gives attention a new key length (the cache grows by one,
+# or, without the cache, the window does). cuDNN attention, torch 2.11's first choice on Hopper, builds a plan per
+# new shape (tens of ms each), which made eager batch-1 decoding ~10x slower on its first pass; flash and
+# memory-efficient attention (and the math fallback) take any length without a plan. Training and evaluation have
+# fixed shapes, so there cuDNN plans once and torch keeps its own choice; so does the compiled decode_step.
+GENERATE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1; nanoGPT's class)."""
@@ -432,20 +483,19 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None, return_logits=True):
         """idx (B, T) token ids -> (logits (B, T, padded_vocab_size), loss or None). Columns >= vocab_size
         are padding: the loss is the cross-entropy over the real vocabulary only (in float32, targets -1
-        ignored), so a padded model is the same function as an unpadded one. With targets and
-        return_logits=False (training), the loss comes from linear_cross_entropy without ever holding the
-        (B, T, vocab) logits, and logits is None."""
+        ignored), so a padded model is the same function as an unpadded one. return_logits=False (training,
+        evaluation) returns None for the logits, and when their float32 copy would exceed CE_PLAIN_MAX_BYTES the
+        loss comes from the chunked linear_cross_entropy, which never holds them."""
         h = self.features(idx, kv_cache)
-        if targets is not None and not return_logits:
+        if targets is None:
+            return self.lm_logits(h), None
+        V, Vp = self.config.vocab_size, self.config.padded_vocab_size
+        if not return_logits and h.numel() // h.size(-1) * Vp * 4 > CE_PLAIN_MAX_BYTES:
             return None, linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1),
-                                              self.config.vocab_size, self.config.logit_softcap)
+                                              V, self.config.logit_softcap)
         logits = self.lm_logits(h)
-        loss = None
-        if targets is not None:
-            V = self.config.vocab_size
-            real = logits if logits.size(-1) == V else logits[..., :V]
-            loss = F.cross_entropy(real.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        loss = cross_entropy(logits, targets, V)
+        return (logits if return_logits else None), loss
 
     def lm_logits(self, h):
         """lm_head, then with logit_softcap: cap * tanh(logits / cap) (Gemma 2, sec. 2), in float32 so that
@@ -454,7 +504,7 @@ class GPT(nn.Module):
         logits = self.lm_head(h)
         cap = self.config.logit_softcap
         if cap is not None:
-            logits = cap * torch.tanh(logits.float() / cap)
+            logits = cap * torch.tanh(logits.to(torch.promote_types(logits.dtype, torch.float32)) / cap)
         return logits
 
     def decode_step(self, idx, cache, pos):
@@ -512,17 +562,17 @@ class GPT(nn.Module):
             step, cache = self._compiled_decode(idx) if compile_decode else (None, KVCache(self.config, idx.size(0)))
         for _ in range(max_new_tokens):
             if not kv_cache:
-                logits = self.lm_logits(self.features(idx[:, -bs:])[:, -1, :])   # only the last position is needed
+                logits = self._last_logits(idx[:, -bs:])
             elif cache.pos in (0, bs):   # first step, or the window slid: (re)build
                 cache.pos = 0            # reuse the buffers, overwrite from position 0
-                logits = self.lm_logits(self.features(idx[:, -bs:], cache)[:, -1, :])
+                logits = self._last_logits(idx[:, -bs:], cache)
                 if step is not None:
                     pos = torch.tensor([cache.pos], device=idx.device)   # kept on the device, += 1 at each step
                     if idx.is_cuda:   # the buffers never move: CUDA graphs read and write them in place
                         for t in cache.k + cache.v:
                             torch._dynamo.mark_static_address(t)
             elif step is None:
-                logits = self.lm_logits(self.features(idx[:, -1:], cache)[:, -1, :])
+                logits = self._last_logits(idx[:, -1:], cache)
             else:
                 if idx.is_cuda:
                     torch.compiler.cudagraph_mark_step_begin()   # the last step's graph outputs are consumed
@@ -532,6 +582,12 @@ class GPT(nn.Module):
             idx_next = sample_next(logits, self.config.vocab_size, temperature, top_k, top_p, generator)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next
+
+    def _last_logits(self, idx, cache=None):
+        """An eager generation step: the logits (B, padded_vocab_size) of the last position only, with attention
+        restricted to GENERATE_SDPA_BACKENDS (no per-shape plans)."""
+        with sdpa_kernel(GENERATE_SDPA_BACKENDS):
+            return self.lm_logits(self.features(idx, cache)[:, -1, :])
 
     def _compiled_decode(self, idx):
         """decode_step compiled, and the KVCache it works in, kept on the model (not in its state_dict):

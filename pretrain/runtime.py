@@ -30,6 +30,26 @@ from pretrain.data import CACHE_DIR, write_json
 # -----------------------------------------------------------------------------
 # device, precision, processes
 
+# The torch versions this code is checked on, (major, minor) oldest and newest: its tests pass at both ends and
+# `train.py --compile=True` learns on each. Older ones refuse to start (nothing before 2.11 was checked; before
+# 2.12 torch.compile gave zero gradients through a custom autograd.Function, PyTorch issue 180642, which is why
+# model.linear_cross_entropy stays out of compiled graphs). Newer ones start with a one-line warning.
+TORCH_SUPPORTED = ((2, 11), (2, 13))
+
+
+def check_torch_version(version=None):
+    """ConfigError below TORCH_SUPPORTED, a one-line warning (rank 0) above it, nothing inside."""
+    version = version or torch.__version__
+    (lo, hi), m = TORCH_SUPPORTED, re.match(r'(\d+)\.(\d+)', version)
+    span = f"{lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}"
+    v = (int(m[1]), int(m[2])) if m else None
+    if v is None or v < lo:
+        raise ConfigError(f"torch {version} is older than this code supports ({span}); install a newer torch, "
+                          f"e.g. pip install torch=={hi[0]}.{hi[1]}.0")
+    if v > hi and os.environ.get('RANK', '0') == '0':
+        print(f"warning: torch {version} is newer than this code was checked on ({span})", file=sys.stderr)
+
+
 def resolve_device(name, local_rank=0, ddp=False):
     """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> a torch.device with an index for CUDA. torch.cuda.set_device
     and DDP's device_ids need the index: 'cuda' alone means cuda:<LOCAL_RANK> under torchrun, else the current
@@ -85,6 +105,7 @@ def resolve_dtype(dtype, device):
 def setup_runtime(cfg):
     """Device, dtype, autocast context and DDP ranks from cfg['device'] and cfg['dtype']. torchrun sets
     RANK / LOCAL_RANK / WORLD_SIZE; one process is rank 0 of 1."""
+    check_torch_version()
     ddp = int(os.environ.get('WORLD_SIZE', 1)) > 1
     rank, local_rank, world = (int(os.environ['RANK']), int(os.environ['LOCAL_RANK']),
                                int(os.environ['WORLD_SIZE'])) if ddp else (0, 0, 1)

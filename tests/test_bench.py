@@ -37,8 +37,10 @@ def test_tiny_cpu_run_produces_every_field(capsys):
     assert len(st['repeats']) == 2 and st['min'] <= st['median'] <= st['max']
     assert record['tokens_per_step'] == 2 * 32
     assert record['tokens_per_s'] == pytest.approx(64 / st['median'])
-    assert set(record['phases_s']) == {'data', 'forward', 'backward', 'optimizer', 'sum'}
-    assert all(v >= 0 for v in record['phases_s'].values()) and record['phases_s']['forward'] > 0
+    p = record['phases_s']
+    assert set(p) == {'data', 'forward', 'backward', 'optimizer', 'sum', 'step'}
+    assert all(v >= 0 for v in p.values()) and p['forward'] > 0
+    assert p['sum'] == pytest.approx(sum(p[k] for k in ('data', 'forward', 'backward', 'optimizer')))
     assert set(record['mfu']) == set(record['flops_per_token']) == {'palm', 'kaplan'}
     fpt = record['flops_per_token']['palm']
     assert record['tflops_per_device']['palm'] == pytest.approx(fpt * record['tokens_per_s'] / 1e12)
@@ -48,8 +50,10 @@ def test_tiny_cpu_run_produces_every_field(capsys):
     assert record['peak_source'].startswith('measured') and record['peak_memory_bytes'] > 10 * 2 ** 20
     s = record['sampling']
     assert s['new_tokens'] == 4 and s['kv_cache_tok_s'] > 0 and s['no_cache_tok_s'] > 0
+    assert s['kv_cache_first_pass_tok_s'] > 0 and s['no_cache_first_pass_tok_s'] > 0   # reported apart
     text = bench.format_train(record)
-    for word in ('tokens/s', 'forward', 'backward', 'optimizer', 'MFU', 'palm', 'kaplan', 'peak memory', 'KV cache'):
+    for word in ('tokens/s', 'forward', 'backward', 'optimizer', 'MFU', 'palm', 'kaplan', 'peak memory', 'KV cache',
+                 'first pass'):
         assert word in text
 
 

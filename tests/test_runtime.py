@@ -2,6 +2,7 @@
 what crashed on a GPU), the bf16-on-CPU warning, DDP set-up under torchrun's variables, the GPU peak table, the
 measured CPU peak and MFU."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -289,3 +290,22 @@ def test_subnormals_flushed_on_every_thread():
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-1] == '0'
+
+
+@pytest.mark.parametrize('version,outcome', [
+    ('2.10.1+cu128', 'refuse'), ('1.13.1', 'refuse'), ('garbage', 'refuse'), ('2.11.0+cu130', 'run'),
+    ('2.13.0+cpu', 'run'), ('2.14.0.dev20261201', 'warn'), ('3.0.0', 'warn')])
+def test_torch_outside_the_supported_range_is_refused_or_warned_in_one_line(monkeypatch, capsys, version, outcome):
+    """setup_runtime checks torch.__version__ against TORCH_SUPPORTED = (2.11, 2.13) before anything else."""
+    assert runtime.TORCH_SUPPORTED == ((2, 11), (2, 13))
+    monkeypatch.setattr(torch, '__version__', version)
+    if outcome == 'refuse':
+        msg = f"torch {version} is older than this code supports (2.11 to 2.13)"
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            runtime.setup_runtime({'device': 'cpu', 'dtype': 'float32'})
+        return
+    rt = runtime.setup_runtime({'device': 'cpu', 'dtype': 'float32'})
+    assert rt.device.type == 'cpu'
+    err = capsys.readouterr().err
+    warned = outcome == 'warn'
+    assert err.count('\n') == warned and ('newer than this code was checked on' in err) == warned
