@@ -317,3 +317,67 @@ def test_vocab_mismatch_is_refused(tmp_path, capsys):
     run = write_ckpt(tmp_path / 'run', random_gpt(dict(BODY, vocab_size=300)), 'bytes')
     code, _, err = run_main([f'--out_dir={run}', f'--hf_dir={tmp_path / "hf"}'], capsys)
     assert code == 1 and "vocab_size is 300 but its tokenizer 'bytes' has 257" in one_error_line(err)
+
+
+# -----------------------------------------------------------------------------
+# lm-evaluation-harness (an optional extra: pip install "lm_eval[hf]"; docs/export.md)
+
+def lm_eval_task(tmp_path, name, docs):
+    """A multiple-choice task for lm-eval over a local JSONL (no download): its YAML in tmp_path/tasks."""
+    data = tmp_path / f'{name}.jsonl'
+    data.write_text(''.join(json.dumps(d) + '\n' for d in docs))
+    (tmp_path / 'tasks').mkdir(exist_ok=True)
+    (tmp_path / 'tasks' / f'{name}.yaml').write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"  cache_dir: {tmp_path / 'datasets'}\noutput_type: multiple_choice\ntest_split: test\n"
+        'doc_to_text: "{{context}}"\ndoc_to_target: "{{label}}"\ndoc_to_choice: "{{choices}}"\n'
+        'metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n'
+        '  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n')
+    return str(tmp_path / 'tasks')
+
+
+def lm_eval_score(monkeypatch, hf_dir, task, include_path):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    lm_eval = pytest.importorskip('lm_eval', reason='lm-evaluation-harness is an optional extra: '
+                                                    'pip install "lm_eval[hf]" (docs/export.md)')
+    pytest.importorskip('accelerate', reason="lm-eval's Hugging Face backend needs accelerate: "
+                                             'pip install "lm_eval[hf]"')
+    from lm_eval.tasks import TaskManager
+    out = lm_eval.simple_evaluate(model='hf', model_args=f'pretrained={hf_dir},dtype=float32', tasks=[task],
+                                  task_manager=TaskManager(include_path=include_path), device='cpu', batch_size=4)
+    return out['results'][task]
+
+
+@pytest.mark.slow
+def test_lm_eval_scores_an_exported_model(tmp_path, monkeypatch):
+    """A random tiny GPT-2-token model, exported, scored by lm-eval's Python API: a finite accuracy over all docs."""
+    model = random_gpt(dict(BODY, vocab_size=GPT2_VOCAB, pad_vocab_multiple=64))
+    export.main([f'--out_dir={write_ckpt(tmp_path / "run", model, "gpt2")}', f'--hf_dir={tmp_path / "hf"}'])
+    docs = [dict(context=f'The number after {i} is', choices=[f' {i + 1}', f' {i + 2}', f' {i * 3}'], label=0)
+            for i in range(6)]
+    r = lm_eval_score(monkeypatch, str(tmp_path / 'hf'), 'tiny_numbers', lm_eval_task(tmp_path, 'tiny_numbers', docs))
+    assert r['sample_len'] == 6
+    assert 0.0 <= r['acc,none'] <= 1.0 and 0.0 <= r['acc_norm,none'] <= 1.0
+
+
+@pytest.mark.slow
+def test_lm_eval_accuracy_of_a_model_that_always_says_a(tmp_path, monkeypatch):
+    """A byte-level GPT made to predict 'a' after anything (ln_f's gain 0 and bias e_0 make every final hidden state
+    e_0; lm_head maps e_0 to logit 20 for 'a', 0 for the rest): lm-eval must pick the choice 'a' every time, so the
+    accuracy is exactly the share of docs whose answer is 'a', 3 of 4."""
+    model = random_gpt(dict(BODY, vocab_size=BYTES_VOCAB, pad_vocab_multiple=64))
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight.zero_()   # tied: the embedding too; the hidden state after ln_f ignores the input anyway
+        model.lm_head.weight[ord('a'), 0] = 20.0
+    export.main([f'--out_dir={write_ckpt(tmp_path / "run", model, "bytes")}', f'--hf_dir={tmp_path / "hf"}'])
+    docs = [dict(context='Pick one:', choices=['b', 'a', 'c'], label=1),
+            dict(context='Again:', choices=['a', 'b', 'c'], label=0),
+            dict(context='More:', choices=['c', 'b', 'a'], label=2),
+            dict(context='Last:', choices=['a', 'b', 'c'], label=1)]   # the answer is 'b': the model misses it
+    r = lm_eval_score(monkeypatch, str(tmp_path / 'hf'), 'always_a', lm_eval_task(tmp_path, 'always_a', docs))
+    assert r['sample_len'] == 4
+    assert r['acc,none'] == 0.75 and r['acc_norm,none'] == 0.75
