@@ -265,6 +265,8 @@ def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
             os.fsync(f.fileno())
         for name, data in files.items():
             _write(os.path.join(tmp, name), data)
+        # safetensors creates its file owner-only; the weights are as shareable as the rest (umask's mode)
+        os.chmod(os.path.join(tmp, 'model.safetensors'), os.stat(os.path.join(tmp, 'config.json')).st_mode & 0o777)
         _fsync_dir(tmp)
         if os.path.isdir(hf_dir):
             os.rename(hf_dir, old)   # empty, or force: replaced

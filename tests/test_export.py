@@ -336,13 +336,19 @@ def lm_eval_task(tmp_path, name, docs):
     return str(tmp_path / 'tasks')
 
 
-def lm_eval_score(monkeypatch, hf_dir, task, include_path):
+def need_lm_eval(monkeypatch):
+    """lm_eval, offline, or a skip saying how to get it."""
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
     lm_eval = pytest.importorskip('lm_eval', reason='lm-evaluation-harness is an optional extra: '
                                                     'pip install "lm_eval[hf]" (docs/export.md)')
     pytest.importorskip('accelerate', reason="lm-eval's Hugging Face backend needs accelerate: "
                                              'pip install "lm_eval[hf]"')
+    return lm_eval
+
+
+def lm_eval_score(monkeypatch, hf_dir, task, include_path):
+    lm_eval = need_lm_eval(monkeypatch)
     from lm_eval.tasks import TaskManager
     out = lm_eval.simple_evaluate(model='hf', model_args=f'pretrained={hf_dir},dtype=float32', tasks=[task],
                                   task_manager=TaskManager(include_path=include_path), device='cpu', batch_size=4)
@@ -352,6 +358,7 @@ def lm_eval_score(monkeypatch, hf_dir, task, include_path):
 @pytest.mark.slow
 def test_lm_eval_scores_an_exported_model(tmp_path, monkeypatch):
     """A random tiny GPT-2-token model, exported, scored by lm-eval's Python API: a finite accuracy over all docs."""
+    need_lm_eval(monkeypatch)
     model = random_gpt(dict(BODY, vocab_size=GPT2_VOCAB, pad_vocab_multiple=64))
     export.main([f'--out_dir={write_ckpt(tmp_path / "run", model, "gpt2")}', f'--hf_dir={tmp_path / "hf"}'])
     docs = [dict(context=f'The number after {i} is', choices=[f' {i + 1}', f' {i + 2}', f' {i * 3}'], label=0)
@@ -366,6 +373,7 @@ def test_lm_eval_accuracy_of_a_model_that_always_says_a(tmp_path, monkeypatch):
     """A byte-level GPT made to predict 'a' after anything (ln_f's gain 0 and bias e_0 make every final hidden state
     e_0; lm_head maps e_0 to logit 20 for 'a', 0 for the rest): lm-eval must pick the choice 'a' every time, so the
     accuracy is exactly the share of docs whose answer is 'a', 3 of 4."""
+    need_lm_eval(monkeypatch)
     model = random_gpt(dict(BODY, vocab_size=BYTES_VOCAB, pad_vocab_multiple=64))
     with torch.no_grad():
         model.transformer.ln_f.weight.zero_()
