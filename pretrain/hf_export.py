@@ -136,7 +136,8 @@ def _llama_weights(model):
     c, V = model.config, model.config.vocab_size
     sd = model.state_dict()
     H, Hkv, hd, F = c.n_head, c.kv_heads, c.head_dim, c.hidden_dim
-    out = {'model.embed_tokens.weight': sd['transformer.wte.weight'][:V], 'model.norm.weight': sd['transformer.ln_f.weight']}
+    out = {'model.embed_tokens.weight': sd['transformer.wte.weight'][:V],
+           'model.norm.weight': sd['transformer.ln_f.weight']}
     if not c.tie_weights:
         out['lm_head.weight'] = sd['lm_head.weight'][:V]
     for i in range(c.n_layer):
@@ -147,7 +148,8 @@ def _llama_weights(model):
             q, k, v = sd[ours + f'attn.c_attn.{kind}'].split([H * hd, Hkv * hd, Hkv * hd])
             gate, up = sd[ours + f'mlp.c_fc.{kind}'].split([F, F])
             out.update({hf + f'self_attn.q_proj.{kind}': q, hf + f'self_attn.k_proj.{kind}': k,
-                        hf + f'self_attn.v_proj.{kind}': v, hf + f'self_attn.o_proj.{kind}': sd[ours + f'attn.c_proj.{kind}'],
+                        hf + f'self_attn.v_proj.{kind}': v,
+                        hf + f'self_attn.o_proj.{kind}': sd[ours + f'attn.c_proj.{kind}'],
                         hf + f'mlp.gate_proj.{kind}': gate, hf + f'mlp.up_proj.{kind}': up,
                         hf + f'mlp.down_proj.{kind}': sd[ours + f'mlp.c_proj.{kind}']})
     return out
@@ -193,7 +195,10 @@ def tokenizer_files(tokenizer_name, block_size, cache_dir=None):
     special = dict(bos_token=EOT_TEXT, eos_token=EOT_TEXT, unk_token=EOT_TEXT, pad_token=EOT_TEXT)
     if tok.name == 'gpt2':
         paths = _gpt2_files(os.path.abspath(cache_dir or CACHE_DIR))   # the files get_tokenizer built it from
-        files = {'vocab.json': open(paths['encoder.json'], 'rb').read(), 'merges.txt': open(paths['vocab.bpe'], 'rb').read()}
+        files = {}
+        for ours, theirs in (('encoder.json', 'vocab.json'), ('vocab.bpe', 'merges.txt')):
+            with open(paths[ours], 'rb') as f:
+                files[theirs] = f.read()
         config = dict(tokenizer_class='GPT2Tokenizer', add_prefix_space=False, add_bos_token=False, **special)
     else:
         files = {'tokenizer.json': _json_bytes(bytes_tokenizer_json())}
@@ -242,8 +247,7 @@ def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
     check_target(hf_dir, force)
     cls = hf_class(model.config)
     weights = hf_weights(model)
-    dtypes = {w.dtype for w in weights.values()}
-    dtype = str(next(iter(dtypes))).removeprefix('torch.') if len(dtypes) == 1 else 'float32'
+    dtype = str(model.lm_head.weight.dtype).removeprefix('torch.')   # the checkpoint's: float32 from train.py
     tok = get_tokenizer(tokenizer_name, cache_dir)
     if tok.vocab_size != model.config.vocab_size:
         raise ExportError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer {tok.name!r} has "
@@ -277,8 +281,8 @@ def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
         if os.path.isdir(old) and not os.path.exists(hf_dir):
             os.rename(old, hf_dir)   # put the replaced directory back
         if isinstance(e, OSError) or 'No space left' in str(e):   # safetensors raises its own error type
-            raise ExportError(f"cannot write {hf_dir}: {getattr(e, 'strerror', None) or str(e).strip().splitlines()[0]}; "
-                              f"nothing was changed") from None
+            why = getattr(e, 'strerror', None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ExportError(f"cannot write {hf_dir}: {why}; nothing was changed") from None
         raise
     shutil.rmtree(old, ignore_errors=True)
     return cls, sorted(['model.safetensors', *files])
