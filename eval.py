@@ -4,12 +4,15 @@ Evaluate a checkpoint or OpenAI's GPT-2: HellaSwag accuracy, and loss / bits per
     python eval.py                                            # bpb of the quick start's run (out/), its val split
     python eval.py --out_dir=out-gpt2 --tasks=hellaswag,bpb   # both, the data_dir recorded in the run's checkpoint
     python eval.py --init_from=gpt2 --tasks=hellaswag         # OpenAI GPT-2 124M: acc_norm 0.2955 (llm.c)
+    python eval.py --out_dir=out-gpt2 --tasks=hellaswag --shots=10   # 10-shot: solved train examples first (GPT-3)
     python eval.py --init_from=gpt2 --tasks=bpb --data_dir=data/fineweb10B --max_seqs=100 --json
     torchrun --nproc_per_node=8 eval.py --init_from=gpt2-xl --tasks=hellaswag
 
 Tasks:
   hellaswag  acc / acc_norm on the 10,042 HellaSwag val examples, scored as llm.c does (hellaswag.py says how);
              needs a model with GPT-2 tokens. --hellaswag_path scores another file in the same format instead.
+             --shots=k puts k solved examples of the train split before each context, as GPT-3's few-shot
+             evaluation does (hellaswag.py says how); --shots_path draws them from another file in that format.
   bpb        mean loss (nats per token) over a split's sequences of block_size tokens, and bits per byte: summed
              nats / (ln 2 x UTF-8 bytes of exactly the tokens scored as targets), comparable across tokenizers.
              The dataset must be in the model's tokenizer.
@@ -42,6 +45,9 @@ split = 'val'              # bpb: 'val' | 'train'
 max_seqs = None            # bpb: the first max_seqs sequences of block_size tokens; None = the whole split
 hellaswag_path = None      # a HellaSwag-format JSONL file instead of the official val set (downloaded once)
 limit = None               # hellaswag: only the first `limit` examples (None = all)
+shots = 0                  # hellaswag: solved train examples before each context (GPT-3's k-shot); 0 = llm.c's 0-shot
+shots_seed = 1234          # hellaswag: which train examples are the shots (drawn per example from seed and index)
+shots_path = None          # a HellaSwag-format JSONL to draw shots from instead of the official train file (downloaded)
 batch_size = 8             # per forward: sequences for bpb, examples (4 rows each) for hellaswag
 device = 'auto'            # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'             # 'auto' (bf16 or fp16 on CUDA, float32 elsewhere) | 'float32' | 'bfloat16' | 'float16'
@@ -69,6 +75,8 @@ def check_eval_knobs(cfg):
     for k in ('max_seqs', 'limit'):
         if cfg[k] is not None and (not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 1):
             raise ConfigError(f"{k} must be None or an int >= 1, got {cfg[k]!r}")
+    if cfg['shots'] < 0:
+        raise ConfigError(f"shots must be an int >= 0, got {cfg['shots']}")
     if cfg['batch_size'] < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg['batch_size']}")
     return list(dict.fromkeys(names))   # each task once, in the order given
@@ -139,6 +147,11 @@ def run(cfg):
     # every task's data is read and checked before any work: a bad file is one line, not a line after a run
     inputs = {task: hellaswag.load_examples(cfg['hellaswag_path'], cfg['limit'], rt) if task == 'hellaswag'
               else open_split(data_dir, cfg['split'], tokenizer, model) for task in names}
+    shots = cfg['shots'] if 'hellaswag' in names else 0
+    train = hellaswag.load_examples(cfg['shots_path'], None, rt, split='train') if shots else None
+    if shots and len(train) < shots:
+        raise DataError(f"--shots={shots} needs at least {shots} train examples; "
+                        f"{cfg['shots_path'] or 'the train file'} has {len(train)}")
     model.to(rt.device).eval()
     if cfg['compile']:
         model.features = torch.compile(model.features, dynamic=True)   # hellaswag.py calls features() directly
@@ -148,7 +161,8 @@ def run(cfg):
     results = {}
     for task in names:
         if task == 'hellaswag':
-            results[task] = hellaswag.score(model, tokenizer, inputs[task], rt, cfg['batch_size'], cfg['progress'])
+            results[task] = {**hellaswag.score(model, tokenizer, inputs[task], rt, cfg['batch_size'], cfg['progress'],
+                                               shots, train, cfg['shots_seed']), 'shots': shots}
             if results[task]['truncated']:
                 say(f"note: {results[task]['truncated']} HellaSwag context(s) were longer than the model's "
                     f"{model.config.block_size} tokens and lost their beginning")
@@ -165,7 +179,8 @@ def table(results):
     lines = []
     for task, r in results.items():
         if task == 'hellaswag':
-            lines.append(f"hellaswag  acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  ({r['n']:,} examples)")
+            k = f", {r['shots']}-shot" if r['shots'] else ''
+            lines.append(f"hellaswag  acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  ({r['n']:,} examples{k})")
         else:
             lines.append(f"bpb        {r['split']} loss {r['loss']:.4f} nats/token  {r['bpb']:.4f} bits/byte  "
                          f"({r['tokens']:,} tokens, {r['bytes']:,} bytes of {r['data_dir']})")

@@ -7,6 +7,7 @@ sentence. Scored as llm.c's dev/data/hellaswag.py scores it ("completion style")
 
     examples = load_examples()                       # the 10,042 val examples, downloaded once into CACHE_DIR
     score(model, tokenizer, examples, rt)            # {'acc': ..., 'acc_norm': ..., 'n': ..., 'truncated': ...}
+    score(model, tokenizer, examples, rt, shots=10, train=load_examples(split='train'))   # 10-shot (GPT-3 style)
 
 For each example the four rows are context + ending, with context = encode(ctx) and ending = encode(" " + ending)
 (the ending starts a new word: GPT-2's BPE puts the space inside the next token). Each ending token's loss is
@@ -23,9 +24,21 @@ positions are context, and their (rows x vocabulary) logits would cost memory fo
 end: the context is cut from the left (the ending is always whole), and score() counts the examples so cut.
 Under torchrun each rank scores a contiguous slice of the examples and the counts are all-reduced, so acc and
 acc_norm are the same at any world size.
+
+Few-shot (Brown et al. 2020, "Language Models are Few-Shot Learners", sec. 2.4): "we evaluate each example in the
+evaluation set by randomly drawing K examples from that task's training set as conditioning, delimited by 1 or 2
+newlines". Each of the k shots is a solved train example, its context + " " + its right ending, and they come
+before the context, each followed by a blank line (lm-evaluation-harness's default delimiter too):
+    shot_1 + "\n\n" + ... + shot_k + "\n\n" + ctx,   then " " + ending as always
+encoded as one text; the endings are scored exactly as at 0 shots, only their context is longer. Which shots: k
+distinct train examples drawn for each example from random.Random(f"{seed}:{index}"), index its place in the
+examples list, so the draw does not depend on the batch size or the number of processes (an example never gets
+itself as a shot, should the train file hold it). With k = 0 the rows are exactly the 0-shot rows above. A context
+that no longer fits loses its beginning (the first shots), as any over-long context, and is counted as truncated.
 """
 import json
 import os
+import random
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +51,11 @@ VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellas
 # rows); the example count below is checked as well. A mismatch is an error, never a warning.
 VAL_SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
 VAL_EXAMPLES = 10042      # examples in the official val file (llm.c: "a total of 10,042 examples")
+# The train split, where few-shot examples come from. No independently published sha256 of this file was at hand to
+# pin, so it is checked by its example count only (the Hugging Face copy, Rowan/hellaswag, lists 39,905 train rows).
+TRAIN_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_train.jsonl"
+TRAIN_EXAMPLES = 39905
+SHOT_SEPARATOR = "\n\n"   # after each shot (GPT-3 sec. 2.4: "1 or 2 newlines"; lm-eval's fewshot_delimiter)
 DATA_DIR = os.path.join(CACHE_DIR, "hellaswag")
 N_ENDINGS = 4
 
@@ -45,19 +63,21 @@ N_ENDINGS = 4
 # -----------------------------------------------------------------------------
 # the data
 
-def official_path():
-    return os.path.join(DATA_DIR, os.path.basename(VAL_URL))
+def official_path(split="val"):
+    return os.path.join(DATA_DIR, os.path.basename(VAL_URL if split == "val" else TRAIN_URL))
 
 
-def fetch_val(rt=None):
-    """The official val file in DATA_DIR, downloaded once (data.download: resume, retries, checksum) and checked
-    against VAL_SHA256 every time it is used. Under torchrun each machine's local rank 0 downloads while the
-    other ranks wait."""
-    path = official_path()
+def fetch(split="val", rt=None):
+    """The official val (or train) file in DATA_DIR, downloaded once (data.download: resume, retries, checksum);
+    val is checked against VAL_SHA256 every time it is used. Under torchrun each machine's local rank 0 downloads
+    while the other ranks wait."""
+    path = official_path(split)
     if rt is None or rt.local_rank == 0:
-        download(VAL_URL, path, sha256=VAL_SHA256)
+        download(VAL_URL if split == "val" else TRAIN_URL, path, sha256=VAL_SHA256 if split == "val" else None)
     if rt is not None and rt.ddp:
         torch.distributed.barrier()
+    if split != "val":
+        return path
     got = sha256_of(path)
     if VAL_SHA256 and got != VAL_SHA256:   # download() checks new files only: this catches an old or edited copy
         raise DataError(f"{path} is not the official HellaSwag val file (sha256 {got[:16]}..., expected "
@@ -82,13 +102,14 @@ def check_example(ex, where):
     return {"ctx": ctx, "endings": endings, "label": label}
 
 
-def load_examples(path=None, limit=None, rt=None):
+def load_examples(path=None, limit=None, rt=None, split="val"):
     """The examples of a HellaSwag-format JSONL file -> [{ctx, endings, label}], every line checked. path None:
-    the official val file (downloaded, sha256-checked, exactly VAL_EXAMPLES examples); a path: that file as it
-    is. limit: only the first `limit` examples (the whole file is still checked). rt: see fetch_val."""
+    the official file of `split` (downloaded; val: sha256-checked, exactly VAL_EXAMPLES examples; train: exactly
+    TRAIN_EXAMPLES); a path: that file as it is. limit: only the first `limit` examples (the whole file is still
+    checked). rt: see fetch."""
     official = path is None
     if official:
-        path = fetch_val(rt)
+        path = fetch(split, rt)
     if not os.path.isfile(path):
         raise DataError(f"no HellaSwag file at {path}")
     examples = []
@@ -108,8 +129,9 @@ def load_examples(path=None, limit=None, rt=None):
             examples.append(check_example(ex, where))
     if not examples:
         raise DataError(f"{path} holds no examples")
-    if official and len(examples) != VAL_EXAMPLES:
-        raise DataError(f"{path} holds {len(examples)} examples, the HellaSwag val set has {VAL_EXAMPLES}; "
+    expected = VAL_EXAMPLES if split == "val" else TRAIN_EXAMPLES
+    if official and len(examples) != expected:
+        raise DataError(f"{path} holds {len(examples)} examples, the HellaSwag {split} set has {expected}; "
                         f"delete it to download it again")
     if limit is not None:
         if limit < 1:
@@ -121,12 +143,27 @@ def load_examples(path=None, limit=None, rt=None):
 # -----------------------------------------------------------------------------
 # scoring
 
-def render(example, tokenizer, block_size):
+def draw_shots(train, k, seed, index, example):
+    """The k solved train examples shown before example number `index` (see the module docstring): distinct,
+    drawn from random.Random(f"{seed}:{index}"), never the example itself. [] for k = 0."""
+    if k == 0:
+        return []
+    rng = random.Random(f"{seed}:{index}")   # a str seed is hashed with SHA-512: the same draw on every platform
+    picks = [train[i] for i in rng.sample(range(len(train)), min(k + 1, len(train)))]
+    picks = [shot for shot in picks if shot != example][:k]
+    if len(picks) < k:
+        raise DataError(f"{k} shots need {k} train examples besides the one scored; the train file has {len(train)}")
+    return picks
+
+
+def render(example, tokenizer, block_size, shots=()):
     """-> (four rows of token ids, each context + ending; the ending lengths; whether the context was cut). The
     model reads row[:-1] and predicts row[1:], so a row may be block_size + 1 tokens long; a longer one loses
     the start of its context. An empty context becomes the end-of-text token (a document start, as in
-    training): the first ending token needs something before it."""
-    ctx = tokenizer.encode(example["ctx"]) or [tokenizer.eot]
+    training): the first ending token needs something before it. shots: solved examples (draw_shots) whose
+    text goes before the context, each followed by SHOT_SEPARATOR; none: the 0-shot context."""
+    prefix = "".join(shot["ctx"] + " " + shot["endings"][shot["label"]] + SHOT_SEPARATOR for shot in shots)
+    ctx = tokenizer.encode(prefix + example["ctx"]) or [tokenizer.eot]
     rows, lengths, cut = [], [], False
     for ending in example["endings"]:
         end = tokenizer.encode(" " + ending)   # llm.c: " " + ending, because of how GPT-2's BPE splits words
@@ -173,16 +210,19 @@ def ending_losses(model, rendered, rt):
     return sums, sums / counts
 
 
-def score(model, tokenizer, examples, rt, batch_size=8, progress=True):
+def score(model, tokenizer, examples, rt, batch_size=8, progress=True, shots=0, train=None, shots_seed=1234):
     """acc and acc_norm of the model on the examples -> {'acc', 'acc_norm', 'n', 'truncated'}. batch_size:
     examples per forward (4 rows each). Runs in eval mode without gradients under rt.autocast, and leaves the
     model in the mode it found it in. Under torchrun every rank must call it with the same examples: each scores
-    its contiguous slice and the counts are all-reduced. progress: a tqdm bar on rank 0 (stderr)."""
+    its contiguous slice and the counts are all-reduced. progress: a tqdm bar on rank 0 (stderr). shots: k solved
+    examples of `train` (load_examples(split='train')) before each context, drawn with shots_seed (draw_shots)."""
     from tqdm import tqdm
     if tokenizer.name != "gpt2":
         raise DataError(f"HellaSwag needs a GPT-2-token model; this one uses {tokenizer.name}")
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if shots and not train:
+        raise DataError(f"{shots}-shot scoring needs train examples to draw the shots from")
     raw = unwrap(model)
     was_training = raw.training
     raw.eval()
@@ -194,7 +234,8 @@ def score(model, tokenizer, examples, rt, batch_size=8, progress=True):
                   leave=False) as bar:
             for first in range(lo, hi, batch_size):
                 batch = examples[first:min(first + batch_size, hi)]
-                rendered = [render(ex, tokenizer, raw.config.block_size) for ex in batch]
+                rendered = [render(ex, tokenizer, raw.config.block_size,
+                                   draw_shots(train, shots, shots_seed, first + j, ex)) for j, ex in enumerate(batch)]
                 sums, means = ending_losses(raw, rendered, rt)
                 labels = torch.tensor([ex["label"] for ex in batch])
                 counts += torch.tensor([(sums.argmin(1) == labels).sum().item(),

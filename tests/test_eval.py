@@ -176,6 +176,24 @@ def test_cli_json_and_table(gpt2_run, capsys):
     assert code == 0 and out.startswith('hellaswag  acc ') and '(2 examples)' in out
 
 
+def test_cli_few_shot(gpt2_run, rt, capsys):
+    """--shots=k: hellaswag.score with k shots drawn from --shots_path with --shots_seed; 'shots' in the results."""
+    from pretrain import hellaswag
+    args = ['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag',
+            f"--hellaswag_path={gpt2_run['hs']}", f"--shots_path={gpt2_run['hs']}", '--json']
+    code, out, err = run_main(args + ['--shots=3', '--shots_seed=5'], capsys)
+    assert code == 0, err
+    r = json.loads(out)['hellaswag']
+    model = tiny_gpt(50257, 64)   # the checkpoint's model (same seed)
+    want = hellaswag.score(model, get_tokenizer('gpt2'), HELLASWAG, rt, progress=False, shots=3, train=HELLASWAG,
+                           shots_seed=5)
+    assert r == {**want, 'shots': 3}
+    zero = hellaswag.score(model, get_tokenizer('gpt2'), HELLASWAG, rt, progress=False)
+    assert json.loads(run_main(args, capsys)[1])['hellaswag'] == {**zero, 'shots': 0}
+    code, out, _ = run_main(args[:-1] + ['--shots=3', '--shots_seed=5'], capsys)
+    assert code == 0 and '(7 examples, 3-shot)' in out
+
+
 # -----------------------------------------------------------------------------
 # one process or two: the same figures
 
@@ -232,6 +250,11 @@ def one_error_line(err):
     (['--max_seqs=-2'], 'max_seqs must be None or an int >= 1'),
     (['--batch_size=0'], 'batch_size must be >= 1'),
     (['--init_from=scratch'], "init_from='scratch' is not allowed here: must be 'resume'"),
+    (['--shots=-1'], 'shots must be an int >= 0'),
+    (['--tasks=hellaswag', '--hellaswag_path=HS', '--shots=2', '--shots_path=/nonexistent/train.jsonl'],
+     'no HellaSwag file at /nonexistent/train.jsonl'),
+    (['--tasks=hellaswag', '--hellaswag_path=HS', '--shots=8', '--shots_path=HS'],
+     '--shots=8 needs at least 8 train examples; HS has 7'),
     (['--tasks=hellaswag', '--hellaswag_path=/nonexistent/hs.jsonl'], 'no HellaSwag file at /nonexistent/hs.jsonl'),
     (['--tasks=bpb', '--data_dir=/nonexistent/data'], '/nonexistent/data'),
     (['--tasks=bpb', '--data_dir=BYTES'], 'holds bytes tokens but the model reads gpt2 tokens'),
@@ -239,7 +262,7 @@ def one_error_line(err):
     (['--tasks=bpb', '--split=train', '--data_dir=NOTRAIN'], 'no train shards'),
 ])
 def test_cli_errors(gpt2_run, bytes_run, tmp_path, capsys, case, message):
-    dirs = {'BYTES': bytes_run['data'],
+    dirs = {'BYTES': bytes_run['data'], 'HS': gpt2_run['hs'],
             'SHORT': lambda: write_dataset(tmp_path / 'short', 'gpt2', gpt2_run['ids'][:64]),
             'NOTRAIN': lambda: write_dataset(tmp_path / 'notrain', 'gpt2', gpt2_run['ids'])}
     args = []
@@ -252,7 +275,7 @@ def test_cli_errors(gpt2_run, bytes_run, tmp_path, capsys, case, message):
         os.remove(os.path.join(tmp_path / 'notrain', 'tiny_train_000000.bin'))
     code, out, err = run_main([f"--out_dir={gpt2_run['out']}", *args], capsys)
     assert code == 1 and out == ''
-    assert message in one_error_line(err)
+    assert message.replace('HS', gpt2_run['hs']) in one_error_line(err)
 
 
 def test_cli_corrupt_hellaswag_file(gpt2_run, tmp_path, capsys):

@@ -399,3 +399,117 @@ def test_train_py_logs_hellaswag_records(tmp_path):
                        timeout=300)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         f"error: hellaswag_interval needs GPT-2 tokens; {data} has bytes"]
+
+
+# -----------------------------------------------------------------------------
+# few-shot (GPT-3 style): k solved train examples before each context
+
+# ending_losses' summed losses of tiny_gpt(seed=3) with N(0, 0.3) matrices on story_examples(), measured with the
+# 0-shot scoring as it was before few-shot scoring existed: 0 shots must keep giving exactly these
+ZERO_SHOT_SUMS = [[82.7253, 89.5083, 72.2045, 86.9967], [71.3197, 94.5054, 90.0096, 92.3452],
+                  [82.0822, 84.3143, 74.0396, 82.3403], [90.1557, 85.7789, 84.4005, 88.165],
+                  [97.9865, 91.5122, 93.5112, 90.7207], [88.3323, 87.878, 91.8133, 75.4803]]
+
+
+def random_story_model():
+    model = tiny_gpt(seed=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def train_stories():
+    """The six stories as a train split: the same solutions, other wrong endings (so no train example equals an
+    example scored)."""
+    return [{'ctx': ctx, 'endings': [right, 'a', 'b', 'c'], 'label': 0} for ctx, right in STORIES]
+
+
+def test_zero_shots_score_as_before(tok, rt):
+    model, examples = random_story_model(), story_examples()
+    for shots in ((), hellaswag.draw_shots(train_stories(), 0, 1234, 0, examples[0])):
+        rendered = [hellaswag.render(ex, tok, BLOCK, shots) for ex in examples]
+        assert [r[0] for r in rendered] == [[tok.encode(ex['ctx']) + tok.encode(' ' + e) for e in ex['endings']]
+                                           for ex in examples]
+        sums, _ = hellaswag.ending_losses(model, rendered, rt)
+        assert sums.tolist() == [pytest.approx(row, abs=2e-3) for row in ZERO_SHOT_SUMS]
+    before = {'acc': 1 / 6, 'acc_norm': 0.0, 'n': 6, 'truncated': 0}
+    assert hellaswag.score(model, tok, examples, rt, progress=False) == before
+    assert hellaswag.score(model, tok, examples, rt, progress=False, shots=0, train=train_stories()) == before
+
+
+def test_shots_come_before_the_context(tok):
+    """The scored rows are shot_1 + blank line + ... + shot_k + blank line + context, then the ending."""
+    train, ex = train_stories(), story_examples()[1]
+    shots = hellaswag.draw_shots(train, 2, 7, 1, ex)
+    rows, lengths, cut = hellaswag.render(ex, tok, 1024, shots)
+    text = ''.join(f"{s['ctx']} {s['endings'][0]}\n\n" for s in shots) + ex['ctx']
+    assert [row for row in rows] == [tok.encode(text) + tok.encode(' ' + e) for e in ex['endings']]
+    assert lengths == [len(tok.encode(' ' + e)) for e in ex['endings']] and not cut
+    assert tok.decode(rows[0]).startswith(f"{shots[0]['ctx']} {shots[0]['endings'][0]}\n\n")
+    rows, _, cut = hellaswag.render(ex, tok, 24, shots)   # too long for 24 tokens: the first shot goes first
+    assert cut and rows[0][-len(tok.encode(ex['ctx'])) - lengths[0]:] == tok.encode(ex['ctx']) + tok.encode(
+        ' ' + ex['endings'][0])
+
+
+def test_draw_shots_is_reproducible_distinct_and_never_the_example():
+    train = [{'ctx': f'c{i}', 'endings': ['a', 'b', 'c', 'd'], 'label': i % 4} for i in range(20)]
+    a = hellaswag.draw_shots(train, 5, 1234, 3, {})
+    assert a == hellaswag.draw_shots(train, 5, 1234, 3, {}) and len({s['ctx'] for s in a}) == 5
+    assert a != hellaswag.draw_shots(train, 5, 1235, 3, {}) and a != hellaswag.draw_shots(train, 5, 1234, 4, {})
+    for index in range(20):   # the example is in the train file: it never shows itself
+        assert train[index] not in hellaswag.draw_shots(train, 19, 0, index, train[index])
+    with pytest.raises(DataError, match='20 shots need 20 train examples besides the one scored'):
+        hellaswag.draw_shots(train, 20, 0, 0, train[0])
+
+
+class InductionModel(torch.nn.Module):
+    """A model that follows the pattern in its context (an induction head, Olsson et al. 2022, over three tokens):
+    after tokens (a, b, c) it predicts, with logit 10, the token that followed the latest earlier (a, b, c); where
+    they have not been seen, every token is equally likely. It has GPT's scoring interface: features() (the
+    predicted token id, -1 for none, per position) and lm_logits()."""
+
+    def __init__(self, vocab_size, block_size):
+        super().__init__()
+        self.config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=1, n_head=1, n_embd=1)
+
+    def features(self, idx):
+        pred = torch.full(idx.shape, -1.0)
+        for b in range(idx.size(0)):
+            row, last = idx[b].tolist(), {}
+            for t in range(len(row)):
+                key = tuple(row[max(0, t - 2):t + 1])
+                pred[b, t] = last.get(key, -1)
+                if t + 1 < len(row):
+                    last[key] = row[t + 1]
+        return pred[..., None]
+
+    def lm_logits(self, h):
+        logits = torch.zeros(h.size(0), self.config.vocab_size)
+        seen = h[:, 0] >= 0
+        logits[seen.nonzero()[:, 0], h[seen, 0].long()] = 10.0
+        return logits
+
+
+def test_a_model_that_follows_the_context_uses_the_shots(tok, rt):
+    """With the stories' solutions among the shots, a model that copies what followed before picks every right
+    ending; at 0 shots it cannot (nothing to copy), so the shots are what it read."""
+    model, examples = InductionModel(50257, 1024), story_examples()
+    zero = hellaswag.score(model, tok, examples, rt, progress=False)
+    assert zero['acc_norm'] < 0.5
+    six = hellaswag.score(model, tok, examples, rt, progress=False, shots=6, train=train_stories(), batch_size=4)
+    assert six == {'acc': 1.0, 'acc_norm': 1.0, 'n': 6, 'truncated': 0}
+    with pytest.raises(DataError, match='needs train examples'):
+        hellaswag.score(model, tok, examples, rt, progress=False, shots=2)
+
+
+def test_official_train_download_checks_the_count(server, monkeypatch):
+    monkeypatch.setattr(hellaswag, 'TRAIN_URL', hellaswag.VAL_URL.replace('_val', '_train'))
+    write_jsonl(server / 'hellaswag_train.jsonl', train_stories())
+    monkeypatch.setattr(hellaswag, 'TRAIN_EXAMPLES', 6)
+    assert hellaswag.load_examples(split='train') == train_stories()
+    assert os.path.isfile(hellaswag.official_path('train'))
+    monkeypatch.setattr(hellaswag, 'TRAIN_EXAMPLES', 39905)
+    with pytest.raises(DataError, match='holds 6 examples, the HellaSwag train set has 39905'):
+        hellaswag.load_examples(split='train')

@@ -1,0 +1,288 @@
+"""
+A checkpoint as a Hugging Face model directory, so that `transformers`, lm-evaluation-harness and the model hub can
+use it (export.py is the command line). Two classes cover what model.py can build, when the knobs match theirs:
+
+    GPT2LMHeadModel   pos_emb='learned', norm='layernorm', mlp='gelu' (tanh GELU, "gelu_new"); biases or not
+                      (no biases are written as zero biases); tied or untied embeddings; GQA is written as plain
+                      multi-head attention, each key/value head repeated for the query heads that read it (the same
+                      function: Ainslie et al. 2023, sec. 2, GQA is multi-head attention with shared k/v heads).
+    LlamaForCausalLM  pos_emb='rope', norm='rmsnorm', mlp='swiglu', any n_kv_head; rope_theta, norm_eps, the MLP
+                      width carried over; biases as Llama's attention_bias + mlp_bias; tied or untied.
+
+Everything else is refused, naming the knob, rather than exported into a model that computes something else:
+qk_norm (neither class normalizes q and k per head without a gain), mlp='relu2', logit_softcap, and the mixed
+blocks (learned positions with RMSNorm or SwiGLU; RoPE with LayerNorm or GELU). zero_init_proj and dropout change
+training only. Why the logits agree, detail by detail:
+  - vocabulary: the pad_vocab_multiple rows of wte and lm_head are cut off; vocab_size is the tokenizer's.
+  - RoPE: model.apply_rope pairs dimension i with i + d/2 (rotate-half), Hugging Face Llama's rotate_half; the
+    angles theta^(-2i/d) * position are the same. (model.py builds the tables in float64, transformers in
+    float32: the angles differ by ~1e-7 relative, far below the 1e-5 the tests hold the logits to.)
+  - norms: LayerNorm eps -> layer_norm_epsilon, RMSNorm eps -> rms_norm_eps; both normalize in float32.
+  - GPT-2's Conv1D layers store weights (in, out): gpt2_weights.TRANSPOSED, the names GPT.from_pretrained reads.
+  - Llama's separate q/k/v and gate/up projections are the row blocks of model.py's fused c_attn and c_fc.
+  - tied weights: only the embedding is stored (transformers ties lm_head to it on load, from
+    tie_word_embeddings); untied, lm_head.weight is stored too.
+Tokenizer: GPT-2 BPE runs get vocab.json and merges.txt (byte for byte the encoder.json and vocab.bpe the
+repo's tokenizer is built from) and a tokenizer_config.json, so AutoTokenizer loads it; byte-level runs get a
+tokenizer.json (the `tokenizers` format) whose ids are the UTF-8 bytes 0..255 and <|endoftext|> = 256.
+"""
+import json
+import os
+import shutil
+
+import torch
+
+from pretrain.data import CACHE_DIR, _gpt2_files, get_tokenizer
+from pretrain.gpt2_weights import TRANSPOSED
+
+EOT_TEXT = '<|endoftext|>'
+
+
+class ExportError(Exception):
+    """A model that cannot be exported, or a directory that cannot be written: one line."""
+
+
+# -----------------------------------------------------------------------------
+# which class
+
+def hf_class(config):
+    """'GPT2LMHeadModel' or 'LlamaForCausalLM' for a GPTConfig, or ExportError naming the knob neither expresses."""
+    def refuse(knob, why):
+        raise ExportError(f"cannot export {knob}: {why}; neither GPT2LMHeadModel nor LlamaForCausalLM "
+                          f"computes it")
+    if config.qk_norm:
+        refuse('qk_norm=True', "per-head RMS normalization of queries and keys without a gain")
+    if config.logit_softcap is not None:
+        refuse(f'logit_softcap={config.logit_softcap}', "cap * tanh(logits / cap) on the output")
+    if config.mlp == 'relu2':
+        refuse("mlp='relu2'", "squared ReLU")
+    if config.pos_emb == 'learned':   # the GPT-2 family: everything else must be GPT-2's too
+        if config.norm != 'layernorm':
+            refuse(f"norm={config.norm!r} with pos_emb='learned'", "GPT2LMHeadModel has LayerNorm only")
+        if config.mlp != 'gelu':
+            refuse(f"mlp={config.mlp!r} with pos_emb='learned'", "GPT2LMHeadModel has the GELU MLP only")
+        return 'GPT2LMHeadModel'
+    if config.norm != 'rmsnorm':
+        refuse(f"norm={config.norm!r} with pos_emb='rope'", "LlamaForCausalLM has RMSNorm only")
+    if config.mlp != 'swiglu':
+        refuse(f"mlp={config.mlp!r} with pos_emb='rope'", "LlamaForCausalLM has the SwiGLU MLP only")
+    return 'LlamaForCausalLM'
+
+
+# -----------------------------------------------------------------------------
+# config.json and generation_config.json
+
+def hf_config(config, eot, dtype):
+    """config.json's contents for the class hf_class picks. eot: the end-of-text id (bos = eos, as GPT-2)."""
+    common = dict(vocab_size=config.vocab_size, bos_token_id=eot, eos_token_id=eot,
+                  tie_word_embeddings=config.tie_weights, torch_dtype=dtype, dtype=dtype, use_cache=True)
+    if hf_class(config) == 'GPT2LMHeadModel':
+        # n_inner None means 4 * n_embd there, as mlp_hidden None does here
+        return dict(architectures=['GPT2LMHeadModel'], model_type='gpt2', n_positions=config.block_size,
+                    n_ctx=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+                    n_inner=config.mlp_hidden, activation_function='gelu_new', layer_norm_epsilon=config.norm_eps,
+                    resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+                    scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
+                    initializer_range=0.02, **common)
+    # rope_theta at the top level is how transformers 4.x reads it, rope_parameters how 5.x does
+    return dict(architectures=['LlamaForCausalLM'], model_type='llama', max_position_embeddings=config.block_size,
+                hidden_size=config.n_embd, intermediate_size=config.hidden_dim, num_hidden_layers=config.n_layer,
+                num_attention_heads=config.n_head, num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
+                hidden_act='silu', rms_norm_eps=config.norm_eps, rope_theta=config.rope_theta,
+                rope_parameters=dict(rope_type='default', rope_theta=config.rope_theta), rope_scaling=None,
+                attention_bias=config.bias, mlp_bias=config.bias, attention_dropout=config.dropout,
+                pretraining_tp=1, initializer_range=0.02, **common)
+
+
+def generation_config(eot):
+    return dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
+
+
+# -----------------------------------------------------------------------------
+# the weights
+
+def _gpt2_weights(model):
+    """{GPT2LMHeadModel name: tensor}. model.py's names are GPT-2's (gpt2_weights.gpt_name is the identity on
+    them); Conv1D weights are stored (in, out)."""
+    c, V = model.config, model.config.vocab_size
+    sd = model.state_dict()
+    H, Hkv, hd, C = c.n_head, c.kv_heads, c.head_dim, c.n_embd
+    out = {}
+    for name, w in sd.items():
+        if name == 'lm_head.weight' and c.tie_weights:
+            continue   # the same tensor as wte
+        if name in ('transformer.wte.weight', 'lm_head.weight'):
+            w = w[:V]
+        if name.endswith(('attn.c_attn.weight', 'attn.c_attn.bias')) and Hkv != H:
+            # GQA -> multi-head: query head h reads kv head h // (H / Hkv) (model.py's enable_gqa, Llama's repeat_kv)
+            q, k, v = w.split([H * hd, Hkv * hd, Hkv * hd])
+            k, v = (t.reshape(Hkv, hd, *t.shape[1:]).repeat_interleave(H // Hkv, 0).reshape(H * hd, *t.shape[1:])
+                    for t in (k, v))
+            w = torch.cat((q, k, v))
+        out[name] = w.t() if name.endswith(TRANSPOSED) else w
+    if not c.bias:   # GPT-2 always has biases: zeros compute what no bias computes
+        for i in range(c.n_layer):
+            p = f'transformer.h.{i}.'
+            for name, n in (('ln_1.bias', C), ('ln_2.bias', C), ('attn.c_attn.bias', 3 * C), ('attn.c_proj.bias', C),
+                            ('mlp.c_fc.bias', c.hidden_dim), ('mlp.c_proj.bias', C)):
+                out[p + name] = torch.zeros(n, dtype=out[p + 'ln_1.weight'].dtype)
+        out['transformer.ln_f.bias'] = torch.zeros(C, dtype=out['transformer.ln_f.weight'].dtype)
+    return out
+
+
+def _llama_weights(model):
+    """{LlamaForCausalLM name: tensor}: c_attn's row blocks are q, k, v; c_fc's halves are gate and up (MLP.forward
+    chunks them in that order)."""
+    c, V = model.config, model.config.vocab_size
+    sd = model.state_dict()
+    H, Hkv, hd, F = c.n_head, c.kv_heads, c.head_dim, c.hidden_dim
+    out = {'model.embed_tokens.weight': sd['transformer.wte.weight'][:V],
+           'model.norm.weight': sd['transformer.ln_f.weight']}
+    if not c.tie_weights:
+        out['lm_head.weight'] = sd['lm_head.weight'][:V]
+    for i in range(c.n_layer):
+        ours, hf = f'transformer.h.{i}.', f'model.layers.{i}.'
+        out[hf + 'input_layernorm.weight'] = sd[ours + 'ln_1.weight']
+        out[hf + 'post_attention_layernorm.weight'] = sd[ours + 'ln_2.weight']
+        for kind in ('weight', 'bias') if c.bias else ('weight',):
+            q, k, v = sd[ours + f'attn.c_attn.{kind}'].split([H * hd, Hkv * hd, Hkv * hd])
+            gate, up = sd[ours + f'mlp.c_fc.{kind}'].split([F, F])
+            out.update({hf + f'self_attn.q_proj.{kind}': q, hf + f'self_attn.k_proj.{kind}': k,
+                        hf + f'self_attn.v_proj.{kind}': v,
+                        hf + f'self_attn.o_proj.{kind}': sd[ours + f'attn.c_proj.{kind}'],
+                        hf + f'mlp.gate_proj.{kind}': gate, hf + f'mlp.up_proj.{kind}': up,
+                        hf + f'mlp.down_proj.{kind}': sd[ours + f'mlp.c_proj.{kind}']})
+    return out
+
+
+def hf_weights(model):
+    """{Hugging Face name: tensor} for the class hf_class picks; each tensor contiguous and its own storage (the
+    safetensors format stores no shared or strided tensors)."""
+    weights = _gpt2_weights(model) if hf_class(model.config) == 'GPT2LMHeadModel' else _llama_weights(model)
+    return {k: w.detach().to('cpu').contiguous().clone() for k, w in weights.items()}
+
+
+# -----------------------------------------------------------------------------
+# the tokenizer
+
+def byte_to_unicode():
+    """GPT-2's byte-level alphabet (Radford et al. 2019, sec. 2.2; Hugging Face's ByteLevel pre-tokenizer uses the
+    same): the printable bytes stand for themselves, the other 68 for the characters 256, 257, ... in byte order."""
+    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(256 + n) for n, b in enumerate(rest)})
+    return table
+
+
+def bytes_tokenizer_json():
+    """tokenizer.json for the byte-level tokenizer: a BPE model without merges over the 256 byte characters (id =
+    the byte), the ByteLevel pre-tokenizer and decoder without regex splitting or a prefix space, so text encodes
+    to its UTF-8 bytes exactly as data.BytesTokenizer does, and <|endoftext|> (256) as a special token."""
+    level = dict(type='ByteLevel', add_prefix_space=False, trim_offsets=False, use_regex=False)
+    return dict(version='1.0', truncation=None, padding=None, normalizer=None, pre_tokenizer=level,
+                post_processor=None, decoder=level,
+                added_tokens=[dict(id=256, content=EOT_TEXT, single_word=False, lstrip=False, rstrip=False,
+                                   normalized=False, special=True)],
+                model=dict(type='BPE', dropout=None, unk_token=None, continuing_subword_prefix=None,
+                           end_of_word_suffix=None, fuse_unk=False, byte_fallback=False, ignore_merges=False,
+                           vocab={ch: b for b, ch in byte_to_unicode().items()}, merges=[]))
+
+
+def tokenizer_files(tokenizer_name, block_size, cache_dir=None):
+    """{file name: bytes} of the tokenizer for a run's tokenizer ('gpt2' or 'bytes')."""
+    tok = get_tokenizer(tokenizer_name, cache_dir)
+    special = dict(bos_token=EOT_TEXT, eos_token=EOT_TEXT, unk_token=EOT_TEXT, pad_token=EOT_TEXT)
+    if tok.name == 'gpt2':
+        paths = _gpt2_files(os.path.abspath(cache_dir or CACHE_DIR))   # the files get_tokenizer built it from
+        files = {}
+        for ours, theirs in (('encoder.json', 'vocab.json'), ('vocab.bpe', 'merges.txt')):
+            with open(paths[ours], 'rb') as f:
+                files[theirs] = f.read()
+        config = dict(tokenizer_class='GPT2Tokenizer', add_prefix_space=False, add_bos_token=False, **special)
+    else:
+        files = {'tokenizer.json': _json_bytes(bytes_tokenizer_json())}
+        config = dict(tokenizer_class='PreTrainedTokenizerFast', **special)
+    files['tokenizer_config.json'] = _json_bytes(dict(config, model_max_length=block_size))
+    files['special_tokens_map.json'] = _json_bytes(special)
+    return files
+
+
+def _json_bytes(obj):
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + '\n').encode('utf-8')
+
+
+# -----------------------------------------------------------------------------
+# the directory
+
+def check_target(hf_dir, force):
+    """ExportError unless hf_dir can be (re)written: absent, an empty directory, or (force) a directory."""
+    if os.path.lexists(hf_dir) and not os.path.isdir(hf_dir):
+        raise ExportError(f"{hf_dir} exists and is not a directory")
+    if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not force:
+        raise ExportError(f"{hf_dir} exists and is not empty (pass --force=True to replace it)")
+
+
+def _write(path, data):
+    with open(path, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
+    """Write model (a GPT) and its tokenizer as a Hugging Face directory hf_dir -> (class name, [file names]).
+    Everything goes into a temporary directory beside hf_dir first, each file fsynced, then renamed into place
+    (a directory replaced with force is moved aside first and deleted last): a failure at any point (a refused
+    knob, a full disk) leaves hf_dir as it was and no temporary directory."""
+    from safetensors.torch import save_file
+    check_target(hf_dir, force)
+    cls = hf_class(model.config)
+    weights = hf_weights(model)
+    dtype = str(model.lm_head.weight.dtype).removeprefix('torch.')   # the checkpoint's: float32 from train.py
+    tok = get_tokenizer(tokenizer_name, cache_dir)
+    if tok.vocab_size != model.config.vocab_size:
+        raise ExportError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer {tok.name!r} has "
+                          f"{tok.vocab_size} tokens")
+    eot = tok.eot
+    files = {'config.json': _json_bytes(hf_config(model.config, eot, dtype)),
+             'generation_config.json': _json_bytes(generation_config(eot)),
+             **tokenizer_files(tokenizer_name, model.config.block_size, cache_dir)}
+    hf_dir = os.path.abspath(hf_dir)
+    parent = os.path.dirname(hf_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = f'{hf_dir}.tmp-{os.getpid()}'
+    old = f'{hf_dir}.old-{os.getpid()}'
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp)
+        save_file(weights, os.path.join(tmp, 'model.safetensors'), metadata={'format': 'pt'})
+        with open(os.path.join(tmp, 'model.safetensors'), 'rb+') as f:
+            os.fsync(f.fileno())
+        for name, data in files.items():
+            _write(os.path.join(tmp, name), data)
+        # safetensors creates its file owner-only; the weights are as shareable as the rest (umask's mode)
+        os.chmod(os.path.join(tmp, 'model.safetensors'), os.stat(os.path.join(tmp, 'config.json')).st_mode & 0o777)
+        _fsync_dir(tmp)
+        if os.path.isdir(hf_dir):
+            os.rename(hf_dir, old)   # empty, or force: replaced
+        os.rename(tmp, hf_dir)
+        _fsync_dir(parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(old) and not os.path.exists(hf_dir):
+            os.rename(old, hf_dir)   # put the replaced directory back
+        if isinstance(e, OSError) or 'No space left' in str(e):   # safetensors raises its own error type
+            why = getattr(e, 'strerror', None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ExportError(f"cannot write {hf_dir}: {why}; nothing was changed") from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return cls, sorted(['model.safetensors', *files])
