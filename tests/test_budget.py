@@ -250,11 +250,15 @@ def test_check_says_inside_or_outside(tmp_path):
     (['--compute', '1e20', '--law', 'HPARAMS'], ['not a `scaling.py fit --json` file']),
     (['--compute', '1e20', '--law', 'nonesuch'], ['neither a published law']),
     (['--gpus', '8'], ['not enough to plan']),
+    (['--compute', '1e20', '--bcrit', 'BROKEN'], ['not valid JSON']),
+    (['--compute', '1e20', '--law', 'BROKEN'], ['not valid JSON']),
 ])
 def test_bad_input_one_line(tmp_path, capsys, argv, words):
     hp = tmp_path / 'hp.json'
     hp.write_text(json.dumps(dict(options=dict(compute='6nd'), results=dict(lr=dict(k=2.0, s=-0.1)))))
-    argv = [str(hp) if a == 'HPARAMS' else a for a in argv]
+    broken = tmp_path / 'broken.json'
+    broken.write_text('{"results": [')   # cut short
+    argv = [str(hp) if a == 'HPARAMS' else str(broken) if a == 'BROKEN' else a for a in argv]
     code, out, err = run_scaling_cli(['budget', '--vocab_size', '50257', *argv], capsys)
     assert code == 1 and err.count('\n') == 1 and err.startswith('error: '), err
     assert all(w in err for w in words), err
