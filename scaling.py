@@ -292,9 +292,10 @@ def cmd_budget(a):
         if not isinstance(p, dict) or 'n_params' not in p or 'tokens_per_s' not in p:
             raise ScalingError(f"{a.plan}: not a plan written by scaling.py budget")
     else:
-        p = budget.plan(a.compute, a.gpu, a.peak_tflops, a.gpus, a.hours, a.mfu, a.bench, a.params, a.tokens,
-                        a.price, a.law, a.fit_method, a.hparams, a.bcrit, a.block_size, a.aspect, a.head_dim,
-                        a.data_dir, a.vocab_size, a.base, a.max_micro_batch, a.warmup_frac, a.gpu_memory, a.ci)
+        keys = ('compute gpu peak_tflops gpus hours mfu bench params tokens price law fit_method block_size aspect '
+                'head_dim data_dir vocab_size max_micro_batch warmup_frac gpu_memory ci').split()
+        p = budget.plan(**{k: getattr(a, k) for k in keys}, hparams_file=a.hparams, bcrit_file=a.bcrit,
+                        base_config=a.base)
     if a.check:
         rows, text = budget.check(p, a.check, a.rtol)
         print(text)

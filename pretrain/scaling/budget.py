@@ -47,8 +47,8 @@ def table_law(rows):
     """N_opt = G C^a by least squares in log-log through a published table's rows (the papers give only a):
     -> (G, a). Table 3 gives a = 0.498 (published: 0.50), Table A3 a = 0.490 (published: 0.49)."""
     N, C = (np.array([r[i] for j, r in enumerate(rows) if j != GOPHER_ROW]) for i in (0, 1))
-    a, log_g = np.polyfit(np.log(C), np.log(N), 1)
-    return float(math.exp(log_g)), float(a)
+    a, G = laws.fit_power(C, N)
+    return G, a
 
 
 # Besiroglu et al. 2024 ("Chinchilla Scaling: A replication attempt", arXiv 2404.10102), Table 1: approach 3 refitted
