@@ -147,6 +147,21 @@ def test_gpu_hours_plan_spends_the_hours_and_is_compute_optimal():
     assert p['params_interval'][0] < p['params_opt'] < p['params_interval'][1]
 
 
+def test_bench_record_gives_mfu_and_peak(tmp_path):
+    """--bench: the record's PaLM-count MFU and its peak and GPU (whose name also gives the memory); the last line
+    of a JSON-lines file."""
+    rec = dict(bench='train', device_name='NVIDIA H100 80GB HBM3', peak_tflops_per_device=989.4,
+               mfu=dict(palm=0.5, kaplan=0.45))
+    path = tmp_path / 'bench.jsonl'
+    path.write_text(json.dumps(dict(rec, mfu=dict(palm=0.1))) + '\n' + json.dumps(rec) + '\n')
+    p = budget.plan(bench=str(path), gpus=8, hours=2, vocab_size=50257)
+    assert p['mfu'] == 0.5 and p['peak_tflops'] == 989.4 and p['gpu_memory_gib'] == 80
+    assert math.isclose(p['tokens_per_s'], 8 * 989.4e12 * 0.5 / p['flops_per_token'])
+    path.write_text(json.dumps(dict(rec, mfu=None)))
+    with pytest.raises(budget.ScalingError, match='no MFU'):
+        budget.plan(bench=str(path), gpus=8, hours=2, vocab_size=50257)
+
+
 def test_kaplan_counts_non_embedding_parameters():
     p = budget.plan(compute=1e21, law='kaplan', vocab_size=50257)
     assert p['n_convention'] == 'nonembed' and p['params'] == p['n_params_nonembed'] < p['n_params']
@@ -236,6 +251,18 @@ def test_check_says_inside_or_outside(tmp_path):
     write_log(tmp_path / 'b', 124, 2.7, 800.0, 0.2, max_iters=10)
     rows, text = budget.check(p, str(tmp_path / 'b'))
     assert [r['inside'] for r in rows] == [False, False, False, False] and text.count('OUTSIDE') == 4
+
+
+def test_check_without_a_saved_plan_plans_again(tmp_path, capsys):
+    p = budget.plan(compute=1e19, vocab_size=50257)
+    write_log(tmp_path / 'run', p['n_params'], 3.0, 1000.0, None)
+    code, out, err = run_scaling_cli(['budget', '--check', str(tmp_path / 'run'), '--compute', '1e19',
+                                      '--vocab_size', '50257', '--json', str(tmp_path / 'check.json')], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / 'check.json').read_text())['check']
+    assert [(r['what'], r['inside']) for r in rows] == [('val loss', False), ('tokens/s', None), ('MFU', None),
+                                                         ('parameters', True)]
+    assert 'no interval in the plan' in out and 'not measured' in out
 
 
 # -----------------------------------------------------------------------------
