@@ -12,6 +12,8 @@ gradient noise scale, and fit laws for the best learning rate and batch size.
     python scaling.py bcrit out-sweep --min_step 100 --json bcrit.json --plots figs/
     python scaling.py hparams out-lr-sweep --bootstrap 200 --json lr_law.json
     python scaling.py plan --budgets 1e13,1e14 --lr_law lr_law.json
+    python scaling.py budget --gpu H100 --gpus 8 --hours 24 --mfu 0.4 --price 2.5 --out config/budget.py
+    python scaling.py budget --check out-budget --plan config/budget.plan.json
 
 Conventions. N counts all parameters by default (Chinchilla does; Pearce & Song 2024 show that dropping embeddings
 biases small-scale exponents), --n nonembed counts Kaplan's non-embedding N. C = 6*N*D by default (the budget the
@@ -23,17 +25,21 @@ the summed Huber loss (delta 1e-3) of log-loss residuals, as in Chinchilla's app
 L-BFGS from a grid of starts.
 
 The library: runlog.py (reading run logs and CSV), laws.py (the loss-law fits and their report), plots.py,
-bcrit.py (critical batch size), hparams.py (learning-rate and batch-size laws), sweep.py (planning and running).
+bcrit.py (critical batch size), hparams.py (learning-rate and batch-size laws), sweep.py (planning and running),
+budget.py (from a compute or GPU-hour budget to a model, a config and a predicted run: docs/budget.md).
 """
 import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
 import errno
+import json
 import math
+import os
 import sys
 
 import numpy as np
 
 from pretrain.scaling import bcrit
+from pretrain.scaling import budget
 from pretrain import configurator
 from pretrain.scaling import hparams
 from pretrain.scaling import laws
@@ -140,6 +146,43 @@ def parse_args(argv):
     h.add_argument('--seed', type=int, default=0)
     h.add_argument('--skip_bad', action='store_true', help='leave out unreadable or diverged runs with a warning')
     h.add_argument('--json', help='write results here (plan --lr_law reads it)')
+    g = sub.add_parser('budget', help='from compute or GPUs x hours to a model, tokens, batch, lr, time, cost and a '
+                       'train.py config (docs/budget.md)')
+    g.add_argument('--compute', type=float, help="the law's budget C = 6ND, FLOPs")
+    g.add_argument('--gpu', help="a GPU name from runtime.py's peak table (A100, H100, ...)")
+    g.add_argument('--peak_tflops', type=float, help='dense bf16 TFLOP/s of one GPU (instead of --gpu)')
+    g.add_argument('--gpus', type=int, default=1, help='GPUs (data-parallel processes)')
+    g.add_argument('--hours', type=float, help='wall-clock hours')
+    g.add_argument('--mfu', type=float, help='model FLOPs utilization, PaLM count as train.py and bench.py (0.4 if '
+                   'neither this nor --bench)')
+    g.add_argument('--bench', help='a bench.py --json record: its MFU (and peak, without --gpu)')
+    g.add_argument('--params', type=float, help="target parameter count N (the law's convention)")
+    g.add_argument('--tokens', type=float, help='target training tokens D')
+    g.add_argument('--price', type=float, help='price per GPU-hour')
+    g.add_argument('--law', default=budget.DEFAULT_LAW, help=f"a published law ({', '.join(budget.LAWS)}) or a "
+                   "`scaling.py fit --json` file")
+    g.add_argument('--fit_method', choices=['approach3', 'approach1', 'approach2', 'kaplan'],
+                   help='with a fit file: its method (default: the first of these it has)')
+    g.add_argument('--hparams', help='a `scaling.py hparams --json` file: its lr (and batch) laws')
+    g.add_argument('--bcrit', help='a `scaling.py bcrit --json` file: batch = B_crit at the predicted loss')
+    g.add_argument('--block_size', type=int, default=1024, help='context length, tokens')
+    g.add_argument('--aspect', type=float, default=64.0, help='n_embd / n_layer of the shape rule')
+    g.add_argument('--head_dim', type=int, default=64)
+    g.add_argument('--data_dir', default='data/fineweb10B', help='its meta.json gives the vocabulary')
+    g.add_argument('--vocab_size', type=int, help='instead of data_dir/meta.json')
+    g.add_argument('--base', help='a train.py config whose model and system knobs the plan keeps (e.g. '
+                   'config/gpt2.py); default: train.py\'s defaults')
+    g.add_argument('--max_micro_batch', type=int, default=64, help='largest micro-batch per GPU tried')
+    g.add_argument('--gpu_memory', type=float, help='GiB per GPU (default: from --gpu)')
+    g.add_argument('--warmup_frac', type=float, default=0.02, help='warm-up steps / steps')
+    g.add_argument('--ci', type=float, default=0.95)
+    g.add_argument('--out', help='write a train.py config here, and the plan next to it (.plan.json)')
+    g.add_argument('--out_dir', help="the config's out_dir (default: out-<config name>)")
+    g.add_argument('--json', help='write the plan here')
+    g.add_argument('--check', metavar='RUN_DIR', help="compare a finished run's log.jsonl with the plan")
+    g.add_argument('--plan', help='with --check: a saved plan (.plan.json) instead of planning again from the '
+                   'options')
+    g.add_argument('--rtol', type=float, default=0.1, help='with --check: tolerance of tokens/s and MFU')
     return ap.parse_args(argv)
 
 
@@ -237,10 +280,45 @@ def cmd_hparams(a):
                                 results=summary))
 
 
+def cmd_budget(a):
+    if not 0 < a.ci < 1 or not a.rtol > 0 or a.max_micro_batch < 1:
+        raise ScalingError("need 0 < --ci < 1, --rtol > 0 and --max_micro_batch >= 1")
+    if a.plan:
+        if not a.check:
+            raise ScalingError("--plan is for --check: the saved plan a run is compared with")
+        try:
+            with open(a.plan) as f:
+                p = json.load(f)
+        except ValueError as e:
+            raise ScalingError(f"{a.plan}: not valid JSON ({e})")
+        if not isinstance(p, dict) or 'n_params' not in p or 'tokens_per_s' not in p:
+            raise ScalingError(f"{a.plan}: not a plan written by scaling.py budget")
+    else:
+        keys = ('compute gpu peak_tflops gpus hours mfu bench params tokens price law fit_method block_size aspect '
+                'head_dim data_dir vocab_size max_micro_batch warmup_frac gpu_memory ci').split()
+        p = budget.plan(**{k: getattr(a, k) for k in keys}, hparams_file=a.hparams, bcrit_file=a.bcrit,
+                        base_config=a.base)
+    if a.check:
+        rows, text = budget.check(p, a.check, a.rtol)
+        print(text)
+        if a.json:
+            write_json(a.json, dict(plan=p, check=rows))
+        return
+    print(budget.report(p))
+    if a.out:
+        name = os.path.splitext(os.path.basename(a.out))[0]
+        budget.write_text(a.out, budget.config_text(p, a.out_dir or f"out-{name}"))
+        plan_path = os.path.splitext(a.out)[0] + '.plan.json'
+        write_json(plan_path, p)
+        print(f"wrote {a.out} and {plan_path}")
+    if a.json:
+        write_json(a.json, p)
+
+
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        dict(fit=cmd_fit, plan=cmd_plan, bcrit=cmd_bcrit, hparams=cmd_hparams)[a.cmd](a)
+        dict(fit=cmd_fit, plan=cmd_plan, bcrit=cmd_bcrit, hparams=cmd_hparams, budget=cmd_budget)[a.cmd](a)
     except (ScalingError, configurator.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -67,3 +67,164 @@ def decode_bytes_per_token(config, dtype_bytes, kv_len, batch_size=1):
     rows = c.n_embd * (2 if c.pos_emb == 'learned' else 1)
     kv = 2 * c.n_layer * c.kv_heads * c.head_dim * kv_len
     return dtype_bytes * (weights + batch_size * (rows + kv)) / batch_size
+
+
+# -----------------------------------------------------------------------------
+# per-GPU training memory
+
+_DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
+
+
+def _param_shapes(config):
+    """(name, shape, group) of every parameter tensor of GPT(config), tied weights once, as the model holds them
+    (vocabulary rows padded). group: 'block' (inside transformer.h, one FSDP group per block) or 'root'."""
+    c = config
+    C, F, qkv = c.n_embd, c.hidden_dim, (c.n_head + 2 * c.kv_heads) * c.head_dim
+    shapes = [('wte', (c.padded_vocab_size, C), 'root')]
+    if c.pos_emb == 'learned':
+        shapes.append(('wpe', (c.block_size, C), 'root'))
+    block = [('ln_1.weight', (C,)), ('attn.c_attn.weight', (qkv, C)), ('attn.c_proj.weight', (C, C)),
+             ('ln_2.weight', (C,)), ('mlp.c_fc.weight', ((2 if c.mlp == 'swiglu' else 1) * F, C)),
+             ('mlp.c_proj.weight', (C, F))]
+    if c.bias:
+        block += [('attn.c_attn.bias', (qkv,)), ('attn.c_proj.bias', (C,)), ('mlp.c_fc.bias', (block[4][1][0],)),
+                  ('mlp.c_proj.bias', (C,))]
+        if c.norm == 'layernorm':
+            block += [('ln_1.bias', (C,)), ('ln_2.bias', (C,))]
+    for i in range(c.n_layer):
+        shapes += [(f'h.{i}.{n}', s, 'block') for n, s in block]
+    shapes.append(('ln_f.weight', (C,), 'root'))
+    if c.bias and c.norm == 'layernorm':
+        shapes.append(('ln_f.bias', (C,), 'root'))
+    if not c.tie_weights:
+        shapes.append(('lm_head', (c.padded_vocab_size, C), 'root'))
+    return shapes
+
+
+def _numel(shape, world=1):
+    """Elements of one rank's shard: FSDP2 splits dim 0 into world_size chunks of ceil(dim0 / world_size) rows
+    (torch.chunk, the last ones shorter or empty); this counts the first (largest) chunk, rank 0's."""
+    rows = -(-shape[0] // world)
+    rest = 1
+    for d in shape[1:]:
+        rest *= d
+    return rows * rest
+
+
+def _norm_bytes(config):
+    """Bytes per token one norm keeps for the backward pass (float32, also under autocast)."""
+    return 4 * config.n_embd + 8 if config.norm == 'layernorm' else 8 * config.n_embd + 4
+
+
+def activation_bytes_per_token_layer(config, compute_dtype='float32'):
+    """Bytes that one block's forward keeps for its backward, per token: the tensors autograd saves, read off
+    model.py's Block, as Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+    sec. 4.1) count them for their 16-bit GPT block (34*s*b*h bytes plus 5*a*s^2*b for the attention matrices,
+    which flash attention never keeps). Checked tensor by tensor on CPU (tests/test_parallel.py).
+    a = bytes of the compute dtype; the residual stream stays float32 under autocast (the sum of a float32 and
+    a 16-bit tensor), and the norms run in float32:
+      ln_1, ln_2 (_norm_bytes): float32; LayerNorm keeps its input (4C) and the row's mean and 1/std (8);
+        RMSNorm (torch's F.rms_norm is a composite of ops) keeps its input, 1/rms and the normalised x (8C + 4)
+      c_attn: its input aC and its output a(H+2Hkv)hd (v is a view of it and is saved by attention)
+      RoPE: the rotated q and k, new tensors: a(H+Hkv)hd; qk_norm: 1/rms per head 4(H+Hkv), under a 16-bit
+        autocast the float32 copies of q and k it normalises, 4(H+Hkv)hd, and a copy of the attention output
+        for c_proj, aC (the normalised q is laid out head-major, so transpose(1, 2).contiguous() copies)
+      attention (SDPA, flash/efficient kernels): q, k, v (counted above), its output aC (c_proj's input, the same
+        storage) and the float32 log-sum-exp per head 4H; the T x T attention matrix is never kept
+      c_fc: its input aC; the MLP: gelu and relu2 keep the hidden twice (the activation's input and c_proj's
+        input: 2aF), swiglu keeps c_fc's 2F output plus silu(gate) and the product (4aF)
+      dropout (p > 0): a 1-byte mask for each of the two residual dropouts (2C), as CUDA's kernels keep them (and
+        flash attention's dropout keeps only its RNG state); CPU kernels keep float32 masks and, for attention
+        with dropout, the T x T matrices of the math path: not modelled (no pretraining config uses dropout)."""
+    c = config
+    a = _DTYPE_BYTES[compute_dtype]
+    C, H, Hkv, hd, F = c.n_embd, c.n_head, c.kv_heads, c.head_dim, c.hidden_dim
+    n = 2 * _norm_bytes(c)
+    n += a * C + a * (H + 2 * Hkv) * hd
+    if c.qk_norm:
+        n += 4 * (H + Hkv) + (4 * (H + Hkv) * hd if a < 4 else 0) + a * C
+    if c.pos_emb == 'rope':
+        n += a * (H + Hkv) * hd
+    n += a * C + 4 * H
+    n += a * C + (4 if c.mlp == 'swiglu' else 2) * a * F
+    if c.dropout > 0:
+        n += 2 * C
+    return n
+
+
+def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_checkpointing=False,
+                 compute_dtype='bfloat16', optimizer='adamw'):
+    """Estimated bytes per GPU while training GPT(config) on micro_batch sequences of block_size tokens per
+    forward: {'weights', 'grads', 'optimizer', 'activations', 'total'} (ints). total is their sum: the peak at the
+    start of the backward pass with gradients already held (as during gradient accumulation); allocator caching
+    and fragmentation, the CUDA context (~0.5-1 GB) and communication buffers come on top.
+
+    Model state, 16 bytes per parameter with AdamW (ZeRO: Rajbhandari et al. 2019, sec. 3.1, "mixed-precision
+    training with Adam" holds 4 + 4 + 8 here since the master weights are the float32 weights themselves):
+    float32 weights (4), float32 gradients (4), AdamW's exp_avg and exp_avg_sq (8) plus its step count (a float32
+    scalar tensor per parameter tensor); Muon keeps one momentum buffer (4) for the blocks' matrices and AdamW's
+    state for the rest. Weights also count the RoPE tables (buffers).
+    'ddp': all of it on every GPU. 'fsdp' (ZeRO-3 / FSDP2 fully_shard per block, then the root): every tensor's
+    rows split world_size ways (rank 0's shard, the largest, is counted), and on top the unsharded parameters
+    gathered at once: the root group's for the whole step (FSDP2 keeps the root unsharded between forward and
+    backward) and two blocks' (the one computing and the next one prefetched) in the compute dtype (FSDP2's
+    MixedPrecisionPolicy), plus one block's unsharded gradients in float32 before their reduce-scatter.
+
+    Activations (activation_bytes_per_token_layer): n_layer blocks' worth per token; with activation
+    checkpointing only each block's float32 input (4C per token per layer) plus one block's worth recomputed in
+    the backward pass. Outside the blocks: the token (and position) ids, int64, ln_f's input and statistics
+    and, for the loss, train.py's fused linear cross-entropy (model.linear_cross_entropy): the gradient of the
+    hidden states (aC per token) and of the (padded) vocabulary matrix (V*C, the weight's dtype) computed in the forward
+    pass, and its transient float32 logits and softmax for one chunk of at most CE_CHUNK_ELEMENTS. The unfused
+    B*T*V*4-byte logits (and their gradient) never exist in training. With DDP and a 16-bit compute dtype,
+    autocast's 16-bit copies of the blocks' matrices and the lm_head are saved for the backward pass too
+    (a bytes a parameter; the loss casts the lm_head itself and keeps no copy); with FSDP those copies are the
+    gathered parameters, freed after each block."""
+    from model import CE_CHUNK_ELEMENTS
+    if parallel not in ('ddp', 'fsdp'):
+        raise ModelError(f"parallel={parallel!r}, expected 'ddp' or 'fsdp'")
+    if compute_dtype not in _DTYPE_BYTES:
+        raise ModelError(f"compute_dtype={compute_dtype!r}, expected one of {sorted(_DTYPE_BYTES)}")
+    if optimizer not in ('adamw', 'muon'):
+        raise ModelError(f"optimizer={optimizer!r}, expected 'adamw' or 'muon'")
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(micro_batch, int) and micro_batch >= 1):
+        raise ModelError(f"world_size={world_size!r} and micro_batch={micro_batch!r} must be ints >= 1")
+    c = config
+    a = _DTYPE_BYTES[compute_dtype]
+    W = world_size if parallel == 'fsdp' else 1
+    shapes = _param_shapes(c)
+    local = sum(_numel(s, W) for _, s, _ in shapes)
+    weights = 4 * local + (2 * c.block_size * c.head_dim * 4 if c.pos_emb == 'rope' else 0)
+    grads = 4 * local
+    if optimizer == 'adamw':
+        opt = 8 * local + 4 * len(shapes)
+    else:   # muon_param_groups: the blocks' 2-D weights get a momentum buffer, the rest AdamW
+        muon = [s for _, s, g in shapes if g == 'block' and len(s) == 2]
+        rest = [s for _, s, g in shapes if not (g == 'block' and len(s) == 2)]
+        opt = 4 * sum(_numel(s, W) for s in muon) + 8 * sum(_numel(s, W) for s in rest) + 4 * len(rest)
+    if parallel == 'fsdp':
+        block = sum(_numel(s) for _, s, g in shapes if g == 'block') // c.n_layer
+        root = sum(_numel(s) for _, s, g in shapes if g == 'root')
+        weights += a * (root + 2 * block)
+        grads += 4 * max(block, root)
+
+    tokens = micro_batch * c.block_size
+    C = c.n_embd
+    per_layer = activation_bytes_per_token_layer(c, compute_dtype) * tokens
+    blocks = (c.n_layer * 4 * C * tokens + per_layer) if activation_checkpointing else c.n_layer * per_layer
+    # the loss's gradient of the vocabulary matrix comes in the weight's dtype: FSDP gathers it in compute dtype
+    outside = tokens * (8 + _norm_bytes(c) + a * C) + (a if parallel == 'fsdp' else 4) * c.padded_vocab_size * C
+    if c.pos_emb == 'learned':
+        outside += 8 * c.block_size   # wpe's position ids
+    if c.dropout > 0:
+        outside += tokens * C         # the embedding dropout's mask
+    rows = min(tokens, max(1, CE_CHUNK_ELEMENTS // c.vocab_size))
+    outside += 2 * 4 * rows * c.vocab_size
+    activations = blocks + outside
+    if parallel == 'ddp' and a < 4:
+        matrices = sum(_numel(s) for _, s, g in shapes if g == 'block' and len(s) == 2)
+        activations += a * matrices
+    out = dict(weights=weights, grads=grads, optimizer=opt, activations=activations)
+    out = {k: int(v) for k, v in out.items()}
+    out['total'] = sum(out.values())
+    return out
