@@ -45,7 +45,8 @@ branch_from = None                 # with init_from='resume': a parent run's dir
 # checkpoints
 checkpoint_interval = 500          # steps between checkpoints (and one at the end); 0 = only at the end
 keep_checkpoints = 1               # 1: ckpt.pt only; k > 1: also ckpt_<step>.pt of the last k; 0: of every one
-spike_factor = 2.0                 # a checkpoint whose val loss is > this x the run's best is not written; 0 = off
+spike_factor = 1.3                 # a checkpoint whose val loss is > this x the run's best is not written; 0 = off
+                                   # (healthy runs: val rose at most 1.024x its best in experiments/' 103 logs)
 # evaluation and logging
 eval_interval = 200                # steps between val-loss evaluations (and one at every checkpoint and the last step)
 eval_iters = 20                    # val batches per evaluation: always the same first val sequences
@@ -77,7 +78,7 @@ zero_init_proj = False             # residual output projections start at zero (
 logit_softcap = None               # cap * tanh(logits / cap) (Gemma 2; modded-nanogpt 30, nanochat 15); None = off
 # optimizer
 optimizer = 'adamw'                # 'adamw' | 'muon' (Muon on the blocks' matrices, AdamW on the rest: muon.py)
-learning_rate = 6e-3               # peak LR of AdamW (the best of a sweep at this size: experiments/isoflop-shakespeare)
+learning_rate = 6e-3               # peak LR of AdamW (best of experiments/isoflop-shakespeare's LR sweep at 0.95M params)
 muon_lr = None                     # peak LR of Muon's matrices (required with optimizer='muon')
 muon_momentum = 0.95               # Muon's (Nesterov) momentum
 muon_ns_dtype = 'auto'             # Newton-Schulz dtype: 'auto' (bf16 on CUDA and CPUs with bf16 matmuls), 'float32'
@@ -97,7 +98,7 @@ cooldown_shape = '1-sqrt'          # wsd: 'linear' | '1-sqrt' (Hägele et al. 20
 # system
 device = 'auto'                    # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'                     # 'auto' (bf16 on CUDA, fp16 on GPUs without bf16, else float32) | 'float32' | 'bfloat16' | 'float16'
-compile = False                    # torch.compile the model (measured: see README; True on GPUs in their configs)
+compile = False                    # torch.compile the model (no gain at quick-start size on CPU; the GPU configs turn it on)
 seed = 1337                        # model init, data order and dropout all derive from it
 # -----------------------------------------------------------------------------
 DEFAULTS = knobs(globals())

@@ -354,8 +354,8 @@ def test_a_loss_spike_keeps_the_last_good_checkpoint(data_dir, tmp_path, capsys)
     """A finite blow-up must not replace the last good checkpoint. Settings that blow the tiny model up reliably:
     resume the 10-step run with learning_rate=50 and grad_clip=0 (AdamW then moves every weight by ~50 a step):
     measured, the train loss goes 4.5 -> 6e3 .. 2e5 within 4 steps and is still ~380 at step 20, finite all along,
-    so it is train.py's divergence guard (the val loss of the weights about to be written > spike_factor=2 x the
-    best) that refuses steps 15 and 20, not the NaN check."""
+    so it is train.py's divergence guard (the val loss of the weights about to be written > spike_factor (1.3) x
+    the best) that refuses steps 15 and 20, not the NaN check."""
     train.train(cfg_for(data_dir, tmp_path, max_iters=10))
     good = (tmp_path / 'ckpt.pt').read_bytes()
     capsys.readouterr()
