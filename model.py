@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -435,6 +436,11 @@ class GPT(nn.Module):
         modules['ln_f'] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        # activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"): a training
+        # forward keeps only each block's input and the backward recomputes the block, ~1/3 more compute for
+        # n_layer blocks' activations less. A run setting (train.py's activation_checkpointing), not part of the
+        # config: the weights and the function are the same either way.
+        self.activation_checkpointing = False
         if config.tie_weights:   # https://paperswithcode.com/method/weight-tying
             self.transformer.wte.weight = self.lm_head.weight
         if config.pos_emb == 'rope':   # not persistent: recomputed from the config, kept out of checkpoints
@@ -475,7 +481,10 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T]) if self.config.pos_emb == 'rope' else None
         for block in self.transformer.h:
-            x = block(x, rope, kv_cache)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None:
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
         return self.transformer.ln_f(x)
