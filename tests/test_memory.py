@@ -1,5 +1,4 @@
-"""FSDP2 / DDP setup (pretrain/parallel.py), distributed checkpoints and the per-GPU memory estimate
-(pretrain/accounting.train_memory)."""
+"""The per-GPU training memory estimate (pretrain/accounting.train_memory) against what torch allocates."""
 import contextlib
 
 import pytest
