@@ -115,6 +115,8 @@ if ours:
         print(f"phases (ms): data {1e3 * p['data']:.1f} forward {1e3 * p['forward']:.1f} backward "
               f"{1e3 * p['backward']:.1f} optimizer {1e3 * p['optimizer']:.1f} = {1e3 * p['sum']:.1f}"
               f" (whole synchronized steps {1e3 * p['step']:.1f})")
+        if p['backward'] < p['forward']:   # backward is ~2x the forward's FLOPs: shorter means no real gradient
+            print("WARNING: the backward phase is shorter than the forward: this is not a training step's speed")
 else:
     rows.append(('this project B=64', 'failed: see bench_b64.err', '', ''))
 s = load('sample.json')
