@@ -31,7 +31,6 @@ budget.py (from a compute or GPU-hour budget to a model, a config and a predicte
 import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
 import errno
-import json
 import math
 import os
 import sys
@@ -46,7 +45,7 @@ from pretrain.scaling import laws
 from pretrain.scaling import plots
 from pretrain.scaling import sweep
 from pretrain.data import write_json
-from pretrain.runlog import ScalingError, load
+from pretrain.runlog import ScalingError, load, read_json
 
 
 def _floats(text):
@@ -286,12 +285,8 @@ def cmd_budget(a):
     if a.plan:
         if not a.check:
             raise ScalingError("--plan is for --check: the saved plan a run is compared with")
-        try:
-            with open(a.plan) as f:
-                p = json.load(f)
-        except ValueError as e:
-            raise ScalingError(f"{a.plan}: not valid JSON ({e})")
-        if not isinstance(p, dict) or 'n_params' not in p or 'tokens_per_s' not in p:
+        p = read_json(a.plan)
+        if 'n_params' not in p or 'tokens_per_s' not in p:
             raise ScalingError(f"{a.plan}: not a plan written by scaling.py budget")
     else:
         keys = ('compute gpu peak_tflops gpus hours mfu bench params tokens price law fit_method block_size aspect '

@@ -32,6 +32,18 @@ def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 
 
+def read_json(path, hint=''):
+    """A JSON object from a file (a fit, a plan, meta.json); anything else is one ScalingError line, + hint."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except ValueError as e:
+        raise ScalingError(f"{path}: not valid JSON ({e}){hint}") from None
+    if not isinstance(doc, dict):
+        raise ScalingError(f"{path}: not a JSON object{hint}")
+    return doc
+
+
 @dataclass
 class Run:
     name: str

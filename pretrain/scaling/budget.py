@@ -20,7 +20,7 @@ from pretrain import configurator
 from pretrain.accounting import count_params, flops_per_token, train_memory
 from pretrain.checkpoint import MODEL_FIELDS, model_config_from
 from pretrain.data import read_meta, DataError
-from pretrain.runlog import ScalingError, log_path, records
+from pretrain.runlog import ScalingError, log_path, read_json, records
 from pretrain.runtime import gpu_peak_tflops, mfu as model_flops_utilization
 from pretrain.scaling import bcrit, hparams, laws
 from pretrain.scaling.sweep import TRAIN_PY, shape_for
@@ -95,18 +95,6 @@ def _parametric(p):
     return laws.chinchilla_params([math.log(p['A']), math.log(p['B']), math.log(p['E']), p['alpha'], p['beta']])
 
 
-def _read_json(path):
-    """A JSON object from a file; anything else is one ScalingError line."""
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except ValueError as e:
-        raise ScalingError(f"{path}: not valid JSON ({e})")
-    if not isinstance(doc, dict):
-        raise ScalingError(f"{path}: not a JSON object")
-    return doc
-
-
 def read_law(spec, fit_method=None):
     """--law: a published law's name or a `scaling.py fit --json` file -> law dict (kind, n, cite, ...)."""
     if spec in LAWS:
@@ -116,7 +104,7 @@ def read_law(spec, fit_method=None):
         return law
     if not os.path.isfile(spec):
         raise ScalingError(f"--law {spec!r}: neither a published law ({', '.join(LAWS)}) nor a file")
-    doc = _read_json(spec)
+    doc = read_json(spec)
     results = doc.get('results')
     if not (isinstance(results, list) and results and all(isinstance(r, dict) and 'method' in r and
                                                          isinstance(r.get('params'), dict) for r in results)):
@@ -371,12 +359,12 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
     b_k, b_s = hparams.KNOBS['batch'][2]
     b_source = 'DeepSeek LLM 2024, sec. 3.1'
     if hparams_file:
-        fitted = ((_read_json(hparams_file).get('results') or {}).get('batch') or {})
+        fitted = ((read_json(hparams_file).get('results') or {}).get('batch') or {})
         if isinstance(fitted.get('k'), (int, float)) and isinstance(fitted.get('s'), (int, float)):
             b_k, b_s, b_source = fitted['k'], fitted['s'], hparams_file
     batch_target = b_k * C ** b_s
     if bcrit_file:
-        p = (_read_json(bcrit_file).get('results') or {}).get('params')
+        p = (read_json(bcrit_file).get('results') or {}).get('params')
         if not (isinstance(p, dict) and isinstance(p.get('B_star'), (int, float)) and
                 isinstance(p.get('inv_alpha_B'), (int, float))):
             raise ScalingError(f"{bcrit_file}: not a `scaling.py bcrit --json` file (results.params.B_star)")

@@ -18,13 +18,12 @@ tuning both per scale is part of what reconciles Kaplan's and Chinchilla's expon
 4. eta_opt = k C^s (and B_opt = k C^s) by least squares in log-log across the budgets' optima.
 5. Bootstrap: runs resampled within each budget (every budget keeps its number of runs), everything refitted.
 """
-import json
 import math
 
 import numpy as np
 
 from pretrain.scaling.laws import bootstrap, fit_power, group_budgets
-from pretrain.runlog import ScalingError
+from pretrain.runlog import ScalingError, read_json
 
 KNOBS = {  # name -> (what it is, unit, DeepSeek LLM's law (k, s) for reference)
     'lr': ('learning rate', '', (0.3118, -0.125)),
@@ -164,11 +163,7 @@ def summarize(results, ci=0.95):
 
 def read_lr_law(path):
     """(k, s) of eta_opt = k C^s from `scaling.py hparams --json` output, for `plan --lr_law`."""
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except ValueError as e:
-        raise ScalingError(f"{path}: not valid JSON ({e})")
+    doc = read_json(path)
     get = lambda d, k: d.get(k) if isinstance(d, dict) else None
     law, compute = get(get(doc, 'results'), 'lr') or {}, get(get(doc, 'options'), 'compute') or '6nd'
     if not all(isinstance(get(law, p), (int, float)) and math.isfinite(law[p]) for p in ('k', 's')):

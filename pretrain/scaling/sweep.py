@@ -19,7 +19,6 @@ train.py's interface for the branched layout: the stable run gets --schedule='ws
 --cooldown_iters=c and the stable run's model, data and learning-rate knobs. A branch with a checkpoint in its own
 out_dir resumes from that (train.py prefers it), so rerunning a plan continues it.
 """
-import json
 import math
 import os
 import re
@@ -33,7 +32,7 @@ import numpy as np
 from pretrain import configurator
 from pretrain.data import ROOT
 from pretrain.checkpoint import CKPT_NAME
-from pretrain.runlog import LOG_NAME, ScalingError, records, warn
+from pretrain.runlog import LOG_NAME, ScalingError, read_json, records, warn
 from pretrain.training import micro_steps
 
 TRAIN_PY = os.path.join(ROOT, 'train.py')
@@ -77,15 +76,7 @@ def model_counter(data_dir, vocab_size, block_size, train_config, train_args):
     model is the one checkpoint.model_config_from makes of those knobs, as train.py does."""
     model_config_from, ModelError, count_params = _model_api()
     meta_path = os.path.join(data_dir, 'meta.json')
-    meta = {}
-    if os.path.exists(meta_path):
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-        except ValueError as e:
-            raise ScalingError(f"{meta_path}: not valid JSON ({e}); run prepare.py again or pass --vocab_size")
-        if not isinstance(meta, dict):
-            raise ScalingError(f"{meta_path}: not a JSON object; run prepare.py again or pass --vocab_size")
+    meta = read_json(meta_path, '; run prepare.py again or pass --vocab_size') if os.path.exists(meta_path) else {}
     vocab_size = vocab_size or meta.get('vocab_size')
     if not vocab_size:
         raise ScalingError(f"no {meta_path} to read vocab_size from: run prepare.py first or pass --vocab_size")
