@@ -216,3 +216,38 @@ def test_memory_estimate_fsdp_shards_model_state():
         train_memory(config, 1, 8, 'zero')
     with pytest.raises(ModelError):
         train_memory(config, 1, 8, compute_dtype='fp8')
+
+
+def config_knobs(name):
+    """A config file's knobs over train.py's defaults, as train.py reads them (from the repo root: configs chain)."""
+    from pretrain.configurator import parse_config, script_defaults
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)
+        return parse_config([os.path.join('config', name)], script_defaults('train.py'))
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize('name', ['gpt2-xl.py', 'llama-7b.py'])
+def test_large_configs_choose_what_fits_80gb(name):
+    """Each large config sets parallel, activation_checkpointing and a micro-batch that train_memory says fit an
+    80 GiB GPU on 8 GPUs within scaling.py budget's headroom; twice the micro-batch does not fit; and the config's
+    comment quotes the estimate's current figures (it goes stale if train_memory changes)."""
+    from pretrain.checkpoint import model_config_from
+    from pretrain.scaling.budget import MEMORY_HEADROOM
+    cfg = config_knobs(name)
+    config = model_config_from(cfg, 50257)   # FineWeb's GPT-2 tokens
+    fits = lambda m, mode, ckpt: train_memory(config, m, 8, mode, ckpt)['total'] <= MEMORY_HEADROOM * 80 * 2 ** 30
+    mode, ckpt, micro = cfg['parallel'], cfg['activation_checkpointing'], cfg['batch_size']
+    assert fits(micro, mode, ckpt) and not fits(2 * micro, mode, ckpt)
+    chosen = train_memory(config, micro, 8, mode, ckpt)
+    text = open(os.path.join(ROOT, 'config', name)).read()
+    for key in ('weights', 'grads', 'optimizer', 'activations', 'total'):
+        assert f"{chosen[key] / 2 ** 30:.2f}" in text, key
+    if name == 'gpt2-xl.py':     # plain DDP fits: nothing to pay for
+        assert (mode, ckpt) == ('ddp', False)
+    else:                        # 7B: DDP fits at no micro-batch; FSDP without checkpointing only at 1
+        assert (mode, ckpt) == ('fsdp', True) and micro > 1
+        assert not fits(1, 'ddp', False) and not fits(1, 'ddp', True)
+        assert fits(1, 'fsdp', False) and not fits(2, 'fsdp', False)
