@@ -455,7 +455,8 @@ def memory_plan(cfg):
     world = cfg['world_size'] or int(os.environ.get('WORLD_SIZE', '1'))
     dtype = 'bfloat16' if cfg['dtype'] == 'auto' else cfg['dtype']
     rows = [{'parallel': mode, 'activation_checkpointing': ckpt,
-             **train_memory(mconf, cfg['batch_size'], world, mode, ckpt, compute_dtype=dtype, optimizer=cfg['optimizer'])}
+             **train_memory(mconf, cfg['batch_size'], world, mode, ckpt, compute_dtype=dtype,
+                            optimizer=cfg['optimizer'])}
             for mode in ('ddp', 'fsdp') for ckpt in (False, True)]
     return {'bench': 'memory', 'time': time.time(), 'torch': torch.__version__,
             'model': {**{k: getattr(mconf, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')},

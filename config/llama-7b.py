@@ -36,8 +36,8 @@ parallel = 'fsdp'
 activation_checkpointing = True
 batch_size = 8
 total_batch_size = 1048576
-# LLaMA's optimizer (sec. 2.3): AdamW (0.9, 0.95; train.py's defaults), weight decay 0.1 and clipping 1.0 (config/gpt2.py),
-# 2,000 warm-up steps, peak 3e-4, cosine to 10%
+# LLaMA's optimizer (sec. 2.3): AdamW (0.9, 0.95; train.py's defaults), weight decay 0.1 and clipping 1.0
+# (config/gpt2.py's), 2,000 warm-up steps, peak 3e-4, cosine to 10%
 learning_rate = 3e-4
 min_lr = 3e-5
 warmup_iters = 2000

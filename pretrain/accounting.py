@@ -1,10 +1,12 @@
 """
-Accounting: the one place that counts a GPT's parameters, its training FLOPs per token and the bytes a decoded
-token reads, from its GPTConfig alone (so shapes too big to build count too). train.py's run log and MFU,
-bench.py, scaling.py's plans and fits all use these numbers.
+Accounting: the one place that counts a GPT's parameters, its training FLOPs per token, the bytes a decoded
+token reads and the memory a GPU holds while training (train_memory), from its GPTConfig alone (so shapes too big
+to build count too). train.py's run log and MFU, bench.py, scaling.py's plans and fits all use these numbers.
 
 References: Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1; Chowdhery et al. 2022,
-"PaLM", Appendix B (model FLOPs utilisation); nanoGPT's estimate_mfu; gpt-fast's memory-bandwidth utilisation.
+"PaLM", Appendix B (model FLOPs utilisation); nanoGPT's estimate_mfu; gpt-fast's memory-bandwidth utilisation;
+Rajbhandari et al. 2019, "ZeRO" (model state per GPU); Korthikanti et al. 2022, "Reducing Activation Recomputation
+in Large Transformer Models" (activations).
 Pinned by tests: GPT-2 124M has 124,439,808 parameters (124,337,664 without biases) and 875,062,886,400 PaLM
 FLOPs per 1024-token sequence without biases.
 """

@@ -1,5 +1,5 @@
-"""Worker for tests/test_memory.py, run under torchrun (gloo, CPU): for each GPTConfig given as JSON on the command line,
-shard a GPT with FSDP2, take one AdamW step, and print, on rank 0, one JSON line with every rank's local bytes of
+"""Worker for tests/test_memory.py, run under torchrun (gloo, CPU): for each GPTConfig given as JSON on the command
+line, shard a GPT with FSDP2, take one AdamW step, and print, on rank 0, one JSON line with every rank's local bytes of
 parameters (and buffers), gradients and optimizer state (DTensor.to_local(): what the rank holds between steps).
 
     torchrun --nproc_per_node=2 tests/fsdp_memory_worker.py '[{"n_layer": 3, ...}, ...]'

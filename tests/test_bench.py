@@ -1,6 +1,6 @@
 """Tests for bench.py end to end on the CPU: every field of a record, real shards, --peak_tflops, one-line errors,
-the memory estimate (--memory) and strong/weak scaling under torchrun. The peak table, the measured CPU peak and MFU are runtime.py's
-(tests/test_runtime.py)."""
+the memory estimate (--memory) and strong/weak scaling under torchrun. The peak table, the measured CPU peak and MFU
+are runtime.py's (tests/test_runtime.py)."""
 import json
 import os
 import subprocess
