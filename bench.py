@@ -454,6 +454,8 @@ def memory_plan(cfg):
     mconf = memory_config(cfg)
     world = cfg['world_size'] or int(os.environ.get('WORLD_SIZE', '1'))
     dtype = 'bfloat16' if cfg['dtype'] == 'auto' else cfg['dtype']
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise ConfigError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {cfg['dtype']!r}")
     rows = [{'parallel': mode, 'activation_checkpointing': ckpt,
              **train_memory(mconf, cfg['batch_size'], world, mode, ckpt, compute_dtype=dtype,
                             optimizer=cfg['optimizer'])}

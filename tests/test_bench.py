@@ -87,6 +87,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
                         (['--peak_tflops=-3'], 'peak_tflops'),
                         (['--nprocs=0,2'], 'nprocs'),
                         (['--memory', '--world_size=0'], 'world_size must be an int >= 1'),
+                        (['--memory', '--dtype=fp8'], "dtype must be 'auto'"),
                         (['--nprocs', '1,2'], 'expected --key=value, got --nprocs')):   # the space form is gone
         with pytest.raises(SystemExit) as e:
             bench.main(['--device=cpu', *argv])
