@@ -162,7 +162,7 @@ CHECKPOINT_RNG_BYTES = 5056
 
 def _loss_bytes(config, tokens, compute_dtype, parallel):
     """(saved, transient): bytes the training loss (model.GPT.forward with return_logits=False) keeps for the
-    backward pass beyond ln_f's output, and the largest extra it allocates at once, for `tokens` = B x T rows.
+    backward pass after ln_f, and the largest extra it allocates at once, for `tokens` = B x T rows.
     a = bytes of the compute dtype, V the vocabulary, Vp the padded one.
     Plain path (the float32 logits fit model.CE_PLAIN_MAX_BYTES): lm_head keeps its input in the compute dtype
     (aC per token: ln_f's float32 output, or autocast's 16-bit copy of it) and, under DDP with a 16-bit dtype,
@@ -178,7 +178,7 @@ def _loss_bytes(config, tokens, compute_dtype, parallel):
     compute-dtype copies of h and W (16-bit dtypes only) and, for one chunk of rows = CE_CHUNK_ELEMENTS // Vp, three
     float32 (rows, Vp) buffers (the logits, logits - lse, softmax): within one such buffer of the peak measured on
     CPU, where the exact figure depends on when Python frees the loop's last chunk."""
-    from model import CE_CHUNK_ELEMENTS, CE_PLAIN_MAX_BYTES
+    from model import CE_CHUNK_ELEMENTS, CE_PLAIN_MAX_BYTES   # at each call: a user (or a test) may lower them
     c = config
     a = _DTYPE_BYTES[compute_dtype]
     C, V, Vp = c.n_embd, c.vocab_size, c.padded_vocab_size
