@@ -341,7 +341,7 @@ def bench(cfg):
         'flops_per_token': fpt, 'flops_formula': FORMULAS, 'tflops_per_device': first['tflops_per_device'],
         'peak_tflops_per_device': peak / 1e12 if peak else None, 'peak_source': peak_source, 'mfu': first['mfu'],
         'peak_memory_bytes': mem_bytes, 'peak_memory_kind': mem_kind,
-        # bench runs DDP (one process: the same per-GPU figure); the model's own checkpointing setting
+        # the estimate for what this run does: DDP (bench has no FSDP before issue 26) and the model's checkpointing
         'memory_estimate': {'parallel': 'ddp', 'activation_checkpointing': raw_model.activation_checkpointing,
                             **train_memory(mconf, B, rt.world, 'ddp', raw_model.activation_checkpointing,
                                            compute_dtype=rt.dtype, optimizer=cfg['optimizer']),
