@@ -6,6 +6,7 @@ Benchmark training throughput, MFU against this device's peak, sampling speed, a
     python bench.py config/gpt2.py --peak_tflops=312  # MFU against a peak you give (unknown GPU, or to compare)
     python bench.py --nprocs=1,2                      # strong and weak scaling under torchrun (gloo on CPU)
     python bench.py --json >> results.jsonl           # one JSON object per run
+    python bench.py config/gpt2-xl.py --memory --world_size=8   # memory per GPU, DDP vs FSDP: an estimate, no run
 
 Same configuration as train.py (a config file, then --key=value), plus the bench knobs below. A run builds the
 model, runs `warmup_steps` untimed optimizer steps, then `repeats` x `timed_steps` timed ones (the device is
@@ -17,6 +18,10 @@ MFU = model FLOPs per token x tokens/s / (peak FLOP/s per device x devices). Mod
 accounting.flops_per_token with two formulas side by side: PaLM's 6N + 12*L*H*Q*T (nanoGPT's estimate_mfu) and
 Kaplan's 6N (+ 6*L*T*d_attn). The peak is the dense (not 2:4-sparse) datasheet figure for the GPU's name, a
 matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no MFU rather than a guess.
+
+Memory: a run prints its measured peak (CUDA: torch.cuda.max_memory_allocated) beside accounting.train_memory's
+estimate per GPU. --memory prints only the estimate, for DDP and FSDP with and without activation checkpointing at
+--world_size GPUs, without building the model (a 7B model need not fit this machine).
 """
 import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
@@ -31,11 +36,12 @@ import time
 
 import torch
 
-from pretrain.accounting import count_params, decode_bytes_per_token, flops_per_token
-from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
+from pretrain.accounting import count_params, decode_bytes_per_token, flops_per_token, train_memory
+from pretrain.checkpoint import (CheckpointError, checkpoint_path, init_from_kind, load_checkpoint, load_model,
+                                 model_config_from)
 from pretrain.configurator import ConfigError, cli, parse_config, script_defaults
 from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
-from model import ModelError
+from model import PRESETS, GPTConfig, ModelError
 from pretrain.runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
 from pretrain.training import configure_optimizer, micro_steps, train_step
 
@@ -58,11 +64,16 @@ BENCH_DEFAULTS = dict(
     nprocs=None,         # e.g. 1,2 or 1,2,4,8: strong and weak scaling, each count under torchrun
     json=False,          # print one JSON object instead of the table
     scaling_totals=None,  # set by --nprocs for its torchrun workers: tokens/step values to time in one launch
+    memory=False,        # print train_memory's estimate per GPU (DDP, FSDP, with and without checkpointing), no run
+    world_size=None,     # GPUs for --memory (None: WORLD_SIZE under torchrun, else 1)
 )
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 DEFAULTS = {**script_defaults(TRAIN_PY), **BENCH_DEFAULTS}
 NULLABLE = ('grad_accum',)  # knobs that also take None although their default is a number
+# what train_memory leaves out (its docstring): said next to every estimate
+MEMORY_LEAVES_OUT = ('the CUDA context (~0.5-1 GB), allocator caching and fragmentation, NCCL buffers; '
+                     'eager PyTorch (torch.compile keeps less for the loss)')
 FORMULAS = {'palm': '6N + 12*L*H*Q*T (PaLM app. B, nanoGPT; N = params without wpe)',
             'kaplan': '6N + 6*L*T*d_attn (Kaplan et al. 2020; N non-embedding)'}
 
@@ -88,7 +99,6 @@ def make_batches(cfg, rt):
     data_dir, B, T = cfg['data_dir'], cfg['batch_size'], cfg['block_size']
     if cfg['data'] not in ('auto', 'shards', 'random'):
         raise ConfigError(f"data must be 'auto', 'shards' or 'random', got {cfg['data']!r}")
-    has_meta = os.path.isfile(os.path.join(data_dir, 'meta.json'))
     use_shards = cfg['data'] == 'shards'
     if cfg['data'] == 'auto':
         try:
@@ -104,7 +114,7 @@ def make_batches(cfg, rt):
         def get_batch(first_seq, micro):
             return loader.batch(first_seq + (micro * rt.world + rt.rank) * B, B, rt.device)
         return get_batch, meta['vocab_size'], f"shards in {data_dir} ({meta['tokenizer']} tokens)"
-    vocab = cfg['vocab_size'] or (read_meta(data_dir)['vocab_size'] if has_meta else 50257)
+    vocab = random_vocab(cfg)
     gen = torch.Generator().manual_seed(cfg['seed'] * 1000 + rt.rank)
     pin = rt.device.type == 'cuda'
 
@@ -114,6 +124,12 @@ def make_batches(cfg, rt):
         return buf[:, :-1], buf[:, 1:]
     why = 'data=random' if cfg['data'] == 'random' else f'no shards in {data_dir}'
     return get_batch, vocab, f"random tokens, vocab {vocab} ({why})"
+
+
+def random_vocab(cfg):
+    """The vocabulary of random tokens: --vocab_size, else data_dir's meta.json, else GPT-2's 50257."""
+    has_meta = os.path.isfile(os.path.join(cfg['data_dir'], 'meta.json'))
+    return cfg['vocab_size'] or (read_meta(cfg['data_dir'])['vocab_size'] if has_meta else 50257)
 
 
 def _max_over_ranks(values, rt):
@@ -172,6 +188,9 @@ def check_bench_knobs(cfg):
                      ('sample_prompt', 1), ('sample_batch', 1)):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < low:
             raise ConfigError(f"{key} must be an int >= {low}, got {cfg[key]!r}")
+    ws = cfg['world_size']
+    if ws is not None and (isinstance(ws, bool) or not isinstance(ws, int) or ws < 1):
+        raise ConfigError(f"world_size must be an int >= 1 (GPUs for --memory) or None, got {ws!r}")
     if cfg['grad_accum'] is not None and (not isinstance(cfg['grad_accum'], int) or cfg['grad_accum'] < 1):
         raise ConfigError(f"grad_accum must be a positive int or None, got {cfg['grad_accum']!r}")
     totals = cfg['scaling_totals']
@@ -322,6 +341,11 @@ def bench(cfg):
         'flops_per_token': fpt, 'flops_formula': FORMULAS, 'tflops_per_device': first['tflops_per_device'],
         'peak_tflops_per_device': peak / 1e12 if peak else None, 'peak_source': peak_source, 'mfu': first['mfu'],
         'peak_memory_bytes': mem_bytes, 'peak_memory_kind': mem_kind,
+        # the estimate for what this run does: DDP (bench has no FSDP before issue 26) and the model's checkpointing
+        'memory_estimate': {'parallel': 'ddp', 'activation_checkpointing': raw_model.activation_checkpointing,
+                            **train_memory(mconf, B, rt.world, 'ddp', raw_model.activation_checkpointing,
+                                           compute_dtype=rt.dtype, optimizer=cfg['optimizer']),
+                            'leaves_out': MEMORY_LEAVES_OUT},
         'sampling': sampling,
         # from the start of bench() (torch imported) to the end of the first optimizer step, compilation included;
         # the wall-clock end lets a caller count from its own start (benchmarks/gpu.sh)
@@ -410,6 +434,44 @@ def scaling(cfg, argv, counts):
 
 
 # -----------------------------------------------------------------------------
+# memory per GPU: the estimate alone, no model built
+
+def memory_config(cfg):
+    """The GPTConfig a run would build, without building it: from the knobs (init_from='scratch', the vocabulary
+    as for random tokens), a PRESETS shape, or out_dir's checkpoint."""
+    kind = init_from_kind(cfg['init_from'], ('scratch', 'resume', 'preset'))
+    if kind == 'scratch':
+        return model_config_from(cfg, random_vocab(cfg))
+    if kind == 'preset':
+        return GPTConfig(**{**PRESETS[cfg['init_from']], 'dropout': cfg['dropout']})
+    return GPTConfig(**load_checkpoint(checkpoint_path(cfg['out_dir']))['model_config'])
+
+
+def memory_plan(cfg):
+    """train_memory per GPU for DDP and FSDP, each with and without activation checkpointing, at micro-batch
+    batch_size x the model's block_size, world_size GPUs, and the run's dtype ('auto': bfloat16, a GPU's)."""
+    check_bench_knobs(cfg)
+    mconf = memory_config(cfg)
+    world = cfg['world_size'] or int(os.environ.get('WORLD_SIZE', '1'))
+    dtype = 'bfloat16' if cfg['dtype'] == 'auto' else cfg['dtype']
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise ConfigError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {cfg['dtype']!r}")
+    rows = [{'parallel': mode, 'activation_checkpointing': ckpt,
+             **train_memory(mconf, cfg['batch_size'], world, mode, ckpt, compute_dtype=dtype,
+                            optimizer=cfg['optimizer'])}
+            for mode in ('ddp', 'fsdp') for ckpt in (False, True)]
+    return {'bench': 'memory', 'time': time.time(), 'torch': torch.__version__,
+            'model': {**{k: getattr(mconf, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')},
+                      **count_params(mconf)},
+            'batch_size': cfg['batch_size'], 'block_size': mconf.block_size, 'world_size': world, 'dtype': dtype,
+            'optimizer': cfg['optimizer'],
+            # train.py's knobs from issue 26 (FSDP); a train.py without them runs DDP without checkpointing
+            'configured': {'parallel': cfg.get('parallel', 'ddp'),
+                           'activation_checkpointing': cfg.get('activation_checkpointing', False)},
+            'estimates': rows, 'leaves_out': MEMORY_LEAVES_OUT}
+
+
+# -----------------------------------------------------------------------------
 # output
 
 def _ms(seconds):
@@ -450,6 +512,12 @@ def format_train(r):
     else:
         lines += [f"peak                n/a ({r['peak_source']})", "MFU                 n/a (no known peak)"]
     lines.append(f"peak memory         {r['peak_memory_bytes'] / 2 ** 20:,.1f} MiB ({r['peak_memory_kind']})")
+    e = r['memory_estimate']
+    parts = ', '.join(f"{k} {e[k] / 2 ** 20:,.1f}" for k in ('weights', 'grads', 'optimizer', 'activations'))
+    vs = (f"; measured / estimate = {r['peak_memory_bytes'] / e['total']:.2f}" if r['device'].startswith('cuda') else
+          "; not comparable with a CPU's peak RSS, which also holds Python and its libraries")
+    lines.append(f"  estimate          {e['total'] / 2 ** 20:,.1f} MiB per GPU ({parts} MiB; train_memory, "
+                 f"{e['parallel']}{', activation checkpointing' if e['activation_checkpointing'] else ''}){vs}")
     lines.append(f"first step          {r['first_step_s']:.1f} s after set-up began (model, compile, first step)")
     s = r['sampling']
     if s:
@@ -464,6 +532,26 @@ def format_train(r):
             lines.append(f"  compiled decode   {s['compiled_tok_s']:,.1f} tok/s after {s['compile_warmup_s']:.1f} s "
                          f"of warm-up; {s['bytes_per_token'] / 1e6:,.1f} MB read per token{bw}")
     lines += ["", *(f"{k}: {v}" for k, v in r['flops_formula'].items())]
+    return "\n".join(lines)
+
+
+def format_memory(r):
+    m, conf, gib = r['model'], r['configured'], 2 ** 30
+    lines = [f"memory     per GPU, estimated by accounting.train_memory: {m['n_params'] / 1e6:,.2f}M parameters "
+             f"(n_layer={m['n_layer']} n_embd={m['n_embd']} vocab={m['vocab_size']}), micro-batch {r['batch_size']} "
+             f"x {r['block_size']} tokens, {r['dtype']}, {r['optimizer']}, {r['world_size']} GPU(s)",
+             "",
+             f"  {'parallel':<8} {'checkpointing':<13} {'weights':>9} {'grads':>9} {'optimizer':>9} "
+             f"{'activations':>11} {'total':>9}   GiB"]
+    for e in r['estimates']:
+        mark = ' *' if (e['parallel'], e['activation_checkpointing']) == (conf['parallel'],
+                                                                          conf['activation_checkpointing']) else ''
+        lines.append(f"  {e['parallel']:<8} {'yes' if e['activation_checkpointing'] else 'no':<13} "
+                     f"{e['weights'] / gib:>9.2f} {e['grads'] / gib:>9.2f} {e['optimizer'] / gib:>9.2f} "
+                     f"{e['activations'] / gib:>11.2f} {e['total'] / gib:>9.2f}{mark}")
+    lines += ["", f"* the configured parallel={conf['parallel']!r}, "
+                  f"activation_checkpointing={conf['activation_checkpointing']}",
+              f"left out: {r['leaves_out']}"]
     return "\n".join(lines)
 
 
@@ -492,12 +580,15 @@ def main(argv):
 
 def report(cfg, argv):
     counts = parse_nprocs(cfg['nprocs'])
-    record, master = (scaling(cfg, argv, counts), True) if counts else bench(cfg)
+    if cfg['memory']:
+        record, master = memory_plan(cfg), True
+    else:
+        record, master = (scaling(cfg, argv, counts), True) if counts else bench(cfg)
     if master:
         if cfg['json']:
             print(json.dumps(record))
         else:
-            print(format_scaling(record) if record['bench'] == 'scaling' else format_train(record))
+            print({'scaling': format_scaling, 'memory': format_memory, 'train': format_train}[record['bench']](record))
     return record
 
 

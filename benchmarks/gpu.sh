@@ -108,6 +108,8 @@ if ours:
     mfu = 100 * ours['mfu']['palm'] if ours['mfu'] else None
     row('MFU (PaLM, this card) %', mfu, nano and mfu and mfu * nano['tok_s'] / ours['tokens_per_s'], '{:.1f}')
     row('peak memory GB (torch allocator)', ours['peak_memory_bytes'] / 1e9, None, '{:.1f}')
+    # accounting.train_memory for the same step (eager: compile's fused loss keeps less)
+    row('estimated peak GB (train_memory)', ours['memory_estimate']['total'] / 1e9, None, '{:.1f}')
     row('peak memory GB (nvidia-smi, 0.2 s polls)', smi('bench'), smi('nanogpt'), '{:.1f}')
     row('time to first step s', ours['first_step_unix_s'] - t0 if t0 else None, nano and nano['first'], '{:.1f}')
     p = ours['phases_s']

@@ -1,10 +1,12 @@
 """
-Accounting: the one place that counts a GPT's parameters, its training FLOPs per token and the bytes a decoded
-token reads, from its GPTConfig alone (so shapes too big to build count too). train.py's run log and MFU,
-bench.py, scaling.py's plans and fits all use these numbers.
+Accounting: the one place that counts a GPT's parameters, its training FLOPs per token, the bytes a decoded
+token reads and the memory a GPU holds while training (train_memory), from its GPTConfig alone (so shapes too big
+to build count too). train.py's run log and MFU, bench.py, scaling.py's plans and fits all use these numbers.
 
 References: Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1; Chowdhery et al. 2022,
-"PaLM", Appendix B (model FLOPs utilisation); nanoGPT's estimate_mfu; gpt-fast's memory-bandwidth utilisation.
+"PaLM", Appendix B (model FLOPs utilisation); nanoGPT's estimate_mfu; gpt-fast's memory-bandwidth utilisation;
+Rajbhandari et al. 2019, "ZeRO" (model state per GPU); Korthikanti et al. 2022, "Reducing Activation Recomputation
+in Large Transformer Models" (activations).
 Pinned by tests: GPT-2 124M has 124,439,808 parameters (124,337,664 without biases) and 875,062,886,400 PaLM
 FLOPs per 1024-token sequence without biases.
 """
@@ -120,7 +122,7 @@ def activation_bytes_per_token_layer(config, compute_dtype='float32'):
     """Bytes that one block's forward keeps for its backward, per token: the tensors autograd saves, read off
     model.py's Block, as Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
     sec. 4.1) count them for their 16-bit GPT block (34*s*b*h bytes plus 5*a*s^2*b for the attention matrices,
-    which flash attention never keeps). Checked tensor by tensor on CPU (tests/test_parallel.py).
+    which flash attention never keeps). Checked tensor by tensor on CPU (tests/test_memory.py).
     a = bytes of the compute dtype; the residual stream stays float32 under autocast (the sum of a float32 and
     a 16-bit tensor), and the norms run in float32:
       ln_1, ln_2 (_norm_bytes): float32; LayerNorm keeps its input (4C) and the row's mean and 1/std (8);
@@ -152,12 +154,54 @@ def activation_bytes_per_token_layer(config, compute_dtype='float32'):
     return n
 
 
+# torch.utils.checkpoint (preserve_rng_state=True, its default) keeps, per checkpointed block, the CPU generator's
+# state (torch.get_rng_state(): a 5,056-byte uint8 tensor, the Mersenne Twister's) and on CUDA also a few bytes of
+# the CUDA generator's state, to replay dropout exactly in the recomputation.
+CHECKPOINT_RNG_BYTES = 5056
+
+
+def _loss_bytes(config, tokens, compute_dtype, parallel):
+    """(saved, transient): bytes the training loss (model.GPT.forward with return_logits=False) keeps for the
+    backward pass after ln_f, and the largest extra it allocates at once, for `tokens` = B x T rows.
+    a = bytes of the compute dtype, V the vocabulary, Vp the padded one.
+    Plain path (the float32 logits fit model.CE_PLAIN_MAX_BYTES): lm_head keeps its input in the compute dtype
+    (aC per token: ln_f's float32 output, or autocast's 16-bit copy of it) and, under DDP with a 16-bit dtype,
+    autocast's copy of the lm_head weight (a*Vp*C; FSDP's gathered weights are already 16-bit); the logits themselves
+    (a*Vp per token) and their float32 copy are not kept. logit_softcap keeps tanh's float32 output (4Vp);
+    log_softmax its float32 output (4V); nll_loss the int64 targets (8) and a float32 scalar. Transient: the
+    backward starts with two more float32 (tokens, V) tensors at once, nll_loss's gradient and log_softmax's (8V
+    per token): the step's peak, with every block's activations still held. (Measured on CPU, tests/test_memory.py;
+    with a padded vocabulary in float32 the slice's padded gradient adds 4(Vp - V), with logit_softcap the forward's
+    float32 capped logits can peak a little higher: both left out.)
+    Chunked path (model.linear_cross_entropy): only its float32 gradients dL/dh (4C per token) and dL/dW (4*Vp*C).
+    Transient, inside its forward: the same two gradients again before their division by the token count, the
+    compute-dtype copies of h and W (16-bit dtypes only) and, for one chunk of rows = CE_CHUNK_ELEMENTS // Vp, three
+    float32 (rows, Vp) buffers (the logits, logits - lse, softmax): within one such buffer of the peak measured on
+    CPU, where the exact figure depends on when Python frees the loop's last chunk."""
+    from model import CE_CHUNK_ELEMENTS, CE_PLAIN_MAX_BYTES   # at each call: a user (or a test) may lower them
+    c = config
+    a = _DTYPE_BYTES[compute_dtype]
+    C, V, Vp = c.n_embd, c.vocab_size, c.padded_vocab_size
+    if tokens * Vp * 4 <= CE_PLAIN_MAX_BYTES:
+        saved = tokens * (a * C + 4 * V + 8) + 4
+        if c.logit_softcap is not None:
+            saved += tokens * 4 * Vp
+        if parallel == 'ddp' and a < 4:
+            saved += a * Vp * C
+        return saved, tokens * 8 * V
+    rows = min(tokens, max(1, CE_CHUNK_ELEMENTS // Vp))
+    copies = a * (tokens + Vp) * C if a < 4 else 0
+    grads = 4 * (tokens + Vp) * C
+    return grads, grads + copies + 3 * 4 * rows * Vp
+
+
 def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_checkpointing=False,
                  compute_dtype='bfloat16', optimizer='adamw'):
     """Estimated bytes per GPU while training GPT(config) on micro_batch sequences of block_size tokens per
-    forward: {'weights', 'grads', 'optimizer', 'activations', 'total'} (ints). total is their sum: the peak at the
-    start of the backward pass with gradients already held (as during gradient accumulation); allocator caching
-    and fragmentation, the CUDA context (~0.5-1 GB) and communication buffers come on top.
+    forward: {'weights', 'grads', 'optimizer', 'activations', 'total'} (ints). total is their sum: the step's peak,
+    which comes at the start of the backward pass with the gradients already held (as during gradient accumulation)
+    and the activations at their largest; allocator caching and fragmentation, the CUDA context (~0.5-1 GB) and
+    communication buffers come on top.
 
     Model state, 16 bytes per parameter with AdamW (ZeRO: Rajbhandari et al. 2019, sec. 3.1, "mixed-precision
     training with Adam" holds 4 + 4 + 8 here since the master weights are the float32 weights themselves):
@@ -170,17 +214,24 @@ def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_c
     backward) and two blocks' (the one computing and the next one prefetched) in the compute dtype (FSDP2's
     MixedPrecisionPolicy), plus one block's unsharded gradients in float32 before their reduce-scatter.
 
-    Activations (activation_bytes_per_token_layer): n_layer blocks' worth per token; with activation
-    checkpointing only each block's float32 input (4C per token per layer) plus one block's worth recomputed in
-    the backward pass. Outside the blocks: the token (and position) ids, int64, ln_f's input and statistics
-    and, for the loss, train.py's fused linear cross-entropy (model.linear_cross_entropy): the gradient of the
-    hidden states (aC per token) and of the (padded) vocabulary matrix (V*C, the weight's dtype) computed in the forward
-    pass, and its transient float32 logits and softmax for one chunk of at most CE_CHUNK_ELEMENTS. The unfused
-    B*T*V*4-byte logits (and their gradient) never exist in training. With DDP and a 16-bit compute dtype,
-    autocast's 16-bit copies of the blocks' matrices and the lm_head are saved for the backward pass too
-    (a bytes a parameter; the loss casts the lm_head itself and keeps no copy); with FSDP those copies are the
-    gathered parameters, freed after each block."""
-    from model import CE_CHUNK_ELEMENTS
+    Activations: what the forward pass leaves allocated for the backward pass, plus the largest transient on
+    top of it in the backward pass, for eager PyTorch (torch.compile fuses the loss and keeps less). Measured on
+    CPU by tests/test_memory.py: the saved tensors byte for byte, and the step's peak from the allocator's record.
+      held: n_layer blocks' activations (activation_bytes_per_token_layer, per token); outside the blocks the
+        int64 token ids, wpe's position ids, ln_f's input and statistics and what the loss keeps (_loss_bytes);
+        with DDP and a 16-bit compute dtype, autocast's 16-bit copies of the blocks' matrices (a bytes per weight;
+        with FSDP those are the gathered parameters, freed after each block).
+      transient: the loss's (_loss_bytes): in the plain path two float32 (tokens, V) gradients, the step's peak.
+    Activation checkpointing (GPT.activation_checkpointing, torch.utils.checkpoint per block, Chen et al. 2016):
+      held: each block's float32 input (4C per token) and its RNG state (CHECKPOINT_RNG_BYTES), and the same
+        outside the blocks; the blocks' own activations and weight copies are not kept.
+      transient: the largest of the loss's; one block's activations, recomputed in the backward pass; and, with
+        DDP in 16 bits, autocast's copies of every block's matrices, which its cache holds until the forward ends.
+        The loss's wins at GPT-2's vocabulary (8V = 402 KB per token; one Llama-7B block keeps 219 KB in bf16).
+        The recomputed block's backward temporaries (the gradients of its activations) are not counted: they
+        decide the peak only when one block's activations rival 8V bytes per token (narrow vocabularies).
+    Not modelled: dropout's masks on CPU (see activation_bytes_per_token_layer) and, under FSDP2's bf16
+    param_dtype, the residual stream in bf16 rather than float32 (counted as float32: slightly high)."""
     if parallel not in ('ddp', 'fsdp'):
         raise ModelError(f"parallel={parallel!r}, expected 'ddp' or 'fsdp'")
     if compute_dtype not in _DTYPE_BYTES:
@@ -209,21 +260,23 @@ def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_c
         grads += 4 * max(block, root)
 
     tokens = micro_batch * c.block_size
-    C = c.n_embd
     per_layer = activation_bytes_per_token_layer(c, compute_dtype) * tokens
-    blocks = (c.n_layer * 4 * C * tokens + per_layer) if activation_checkpointing else c.n_layer * per_layer
-    # the loss's gradient of the vocabulary matrix comes in the weight's dtype: FSDP gathers it in compute dtype
-    outside = tokens * (8 + _norm_bytes(c) + a * C) + (a if parallel == 'fsdp' else 4) * c.padded_vocab_size * C
+    # outside the blocks: the int64 token ids (the embedding keeps them), wpe's position ids, the embedding
+    # dropout's mask, ln_f's input and statistics, then the loss
+    outside = tokens * (8 + _norm_bytes(c))
     if c.pos_emb == 'learned':
-        outside += 8 * c.block_size   # wpe's position ids
+        outside += 8 * c.block_size
     if c.dropout > 0:
-        outside += tokens * C         # the embedding dropout's mask
-    rows = min(tokens, max(1, CE_CHUNK_ELEMENTS // c.vocab_size))
-    outside += 2 * 4 * rows * c.vocab_size
-    activations = blocks + outside
+        outside += tokens * c.n_embd
+    loss_saved, loss_transient = _loss_bytes(c, tokens, compute_dtype, parallel)
+    copies = 0   # autocast's 16-bit copies of the blocks' matrices (DDP: the weights are float32)
     if parallel == 'ddp' and a < 4:
-        matrices = sum(_numel(s) for _, s, g in shapes if g == 'block' and len(s) == 2)
-        activations += a * matrices
+        copies = a * sum(_numel(s) for _, s, g in shapes if g == 'block' and len(s) == 2)
+    if activation_checkpointing:
+        held = c.n_layer * (4 * c.n_embd * tokens + CHECKPOINT_RNG_BYTES) + outside + loss_saved
+        activations = held + max(loss_transient, per_layer, copies)
+    else:
+        activations = c.n_layer * per_layer + copies + outside + loss_saved + loss_transient
     out = dict(weights=weights, grads=grads, optimizer=opt, activations=activations)
     out = {k: int(v) for k, v in out.items()}
     out['total'] = sum(out.values())

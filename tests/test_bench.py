@@ -1,6 +1,6 @@
-"""Tests for bench.py end to end on the CPU: every field of a record, real shards, --peak_tflops, one-line errors
-and strong/weak scaling under torchrun. The peak table, the measured CPU peak and MFU are runtime.py's
-(tests/test_runtime.py)."""
+"""Tests for bench.py end to end on the CPU: every field of a record, real shards, --peak_tflops, one-line errors,
+the memory estimate (--memory) and strong/weak scaling under torchrun. The peak table, the measured CPU peak and MFU
+are runtime.py's (tests/test_runtime.py)."""
 import json
 import os
 import subprocess
@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import bench
+from model import GPTConfig
+from pretrain.accounting import train_memory
 from pretrain.data import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +53,14 @@ def test_tiny_cpu_run_produces_every_field(capsys):
     s = record['sampling']
     assert s['new_tokens'] == 4 and s['kv_cache_tok_s'] > 0 and s['no_cache_tok_s'] > 0
     assert s['kv_cache_first_pass_tok_s'] > 0 and s['no_cache_first_pass_tok_s'] > 0   # reported apart
+    # the estimate beside the measured peak: this tiny model, DDP (one process), float32, AdamW
+    tiny = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=64, pos_emb='rope')   # train.py's
+    assert record['memory_estimate'] == {'parallel': 'ddp', 'activation_checkpointing': False,
+                                         **train_memory(tiny, 2, 1, compute_dtype='float32'),
+                                         'leaves_out': bench.MEMORY_LEAVES_OUT}
     text = bench.format_train(record)
     for word in ('tokens/s', 'forward', 'backward', 'optimizer', 'MFU', 'palm', 'kaplan', 'peak memory', 'KV cache',
-                 'first pass'):
+                 'first pass', 'estimate', 'not comparable'):
         assert word in text
 
 
@@ -79,11 +86,37 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
                         ([f'--data_dir={tmp_path}', '--data=shards'], 'no train shards'),
                         (['--peak_tflops=-3'], 'peak_tflops'),
                         (['--nprocs=0,2'], 'nprocs'),
+                        (['--memory', '--world_size=0'], 'world_size must be an int >= 1'),
+                        (['--memory', '--dtype=fp8'], "dtype must be 'auto'"),
                         (['--nprocs', '1,2'], 'expected --key=value, got --nprocs')):   # the space form is gone
         with pytest.raises(SystemExit) as e:
             bench.main(['--device=cpu', *argv])
         err = capsys.readouterr().err
         assert e.value.code == 1 and err.startswith('error: ') and words in err and err.count('\n') == 1
+
+
+def test_memory_estimate_per_gpu(capsys):
+    """--memory: train_memory per GPU for DDP and FSDP, each with and without activation checkpointing, at the
+    configured model and micro-batch and --world_size GPUs, in bf16 for dtype='auto' (a GPU's); no model is built."""
+    gpt2 = os.path.join(ROOT, 'config', 'gpt2.py')
+    record, out = run_main([gpt2, '--memory', '--world_size=8', '--batch_size=16', '--vocab_size=50257', '--json'],
+                           capsys)
+    assert json.loads(out) == json.loads(json.dumps(record))
+    assert record['bench'] == 'memory' and record['world_size'] == 8 and record['dtype'] == 'bfloat16'
+    config = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, pos_emb='learned', pad_vocab_multiple=64)
+    assert record['model']['n_params'] == 124_439_808
+    rows = record['estimates']
+    assert [(e['parallel'], e['activation_checkpointing']) for e in rows] == [
+        ('ddp', False), ('ddp', True), ('fsdp', False), ('fsdp', True)]
+    for e in rows:
+        est = train_memory(config, 16, 8, e['parallel'], e['activation_checkpointing'])
+        assert {k: e[k] for k in est} == est
+    ddp, ddp_ckpt, fsdp, fsdp_ckpt = rows
+    assert fsdp['optimizer'] < ddp['optimizer'] / 7 and ddp_ckpt['activations'] < ddp['activations']
+    assert fsdp_ckpt['total'] == min(e['total'] for e in rows)
+    text = bench.format_memory(record)
+    assert text.count(' *') == 1 and "parallel='ddp'" in text and 'NCCL' in text
+    assert f"{ddp['total'] / 2 ** 30:.2f} *" in text   # the configured row (train.py's default: DDP, no checkpointing)
 
 
 def test_parse_nprocs():
