@@ -1,7 +1,7 @@
 """
 The training loss paths side by side, interleaved in one run: plain cross-entropy of the padded logits (the default
 of model(x, y, return_logits=False)), eager and under torch.compile, against the chunked linear_cross_entropy (the
-path taken when the float32 logits would exceed model.CE_PLAIN_MAX_BYTES; forced here by a budget of 0). For each:
+path taken when the float32 logits would exceed lm_loss.CE_PLAIN_MAX_BYTES; forced here by a budget of 0). For each:
 forward + backward (a training micro-step) and the evaluation forward under no_grad, median milliseconds and the
 ratio to plain eager. Models: the quick start's (byte vocabulary 257) and a GPT-2-vocabulary one (50,257 padded to
 50,304), both small enough for a CPU.
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-import model as M
+import pretrain.lm_loss as L
 from model import GPT, GPTConfig
 
 ap = argparse.ArgumentParser()
@@ -39,10 +39,10 @@ for cfg, B in ((QUICK_START, 4), (GPT2_VOCAB, 4)):
         compiled(x, y, return_logits=False)
     model.zero_grad()
     compile_s = time.perf_counter() - t0
-    budget = M.CE_PLAIN_MAX_BYTES
+    budget = L.CE_PLAIN_MAX_BYTES
     for _ in range(args.rounds):
         for name, (net, chunked) in paths.items():
-            M.CE_PLAIN_MAX_BYTES = 0 if chunked else budget
+            L.CE_PLAIN_MAX_BYTES = 0 if chunked else budget
             t0 = time.perf_counter()
             net(x, y, return_logits=False)[1].backward()
             times[name, 'train'].append(time.perf_counter() - t0)
@@ -51,7 +51,7 @@ for cfg, B in ((QUICK_START, 4), (GPT2_VOCAB, 4)):
                 t0 = time.perf_counter()
                 net(x, y, return_logits=False)
                 times[name, 'eval'].append(time.perf_counter() - t0)
-    M.CE_PLAIN_MAX_BYTES = budget
+    L.CE_PLAIN_MAX_BYTES = budget
     med = {k: 1e3 * statistics.median(v[2:]) for k, v in times.items()}
     print(f"\nvocab {cfg.vocab_size} (padded {cfg.padded_vocab_size}), {B} x {cfg.block_size} tokens, "
           f"{cfg.n_layer} layers x {cfg.n_embd}; first compile {compile_s:.1f} s")

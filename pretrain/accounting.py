@@ -164,7 +164,7 @@ def _loss_bytes(config, tokens, compute_dtype, parallel):
     """(saved, transient): bytes the training loss (model.GPT.forward with return_logits=False) keeps for the
     backward pass after ln_f, and the largest extra it allocates at once, for `tokens` = B x T rows.
     a = bytes of the compute dtype, V the vocabulary, Vp the padded one.
-    Plain path (the float32 logits fit model.CE_PLAIN_MAX_BYTES): lm_head keeps its input in the compute dtype
+    Plain path (the float32 logits fit lm_loss.CE_PLAIN_MAX_BYTES): lm_head keeps its input in the compute dtype
     (aC per token: ln_f's float32 output, or autocast's 16-bit copy of it) and, under DDP with a 16-bit dtype,
     autocast's copy of the lm_head weight (a*Vp*C; FSDP's gathered weights are already 16-bit); the logits themselves
     (a*Vp per token) and their float32 copy are not kept. logit_softcap keeps tanh's float32 output (4Vp);
@@ -173,12 +173,12 @@ def _loss_bytes(config, tokens, compute_dtype, parallel):
     per token): the step's peak, with every block's activations still held. (Measured on CPU, tests/test_memory.py;
     with a padded vocabulary in float32 the slice's padded gradient adds 4(Vp - V), with logit_softcap the forward's
     float32 capped logits can peak a little higher: both left out.)
-    Chunked path (model.linear_cross_entropy): only its float32 gradients dL/dh (4C per token) and dL/dW (4*Vp*C).
+    Chunked path (lm_loss.linear_cross_entropy): only its float32 gradients dL/dh (4C per token) and dL/dW (4*Vp*C).
     Transient, inside its forward: the same two gradients again before their division by the token count, the
     compute-dtype copies of h and W (16-bit dtypes only) and, for one chunk of rows = CE_CHUNK_ELEMENTS // Vp, three
     float32 (rows, Vp) buffers (the logits, logits - lse, softmax): within one such buffer of the peak measured on
     CPU, where the exact figure depends on when Python frees the loop's last chunk."""
-    from model import CE_CHUNK_ELEMENTS, CE_PLAIN_MAX_BYTES   # at each call: a user (or a test) may lower them
+    from pretrain.lm_loss import CE_CHUNK_ELEMENTS, CE_PLAIN_MAX_BYTES   # at each call: a user (or a test) may lower them
     c = config
     a = _DTYPE_BYTES[compute_dtype]
     C, V, Vp = c.n_embd, c.vocab_size, c.padded_vocab_size

@@ -33,7 +33,7 @@ from pretrain.data import CACHE_DIR, write_json
 # The torch versions this code is checked on, (major, minor) oldest and newest: its tests pass at both ends and
 # `train.py --compile=True` learns on each. Older ones refuse to start (nothing before 2.11 was checked; before
 # 2.12 torch.compile gave zero gradients through a custom autograd.Function, PyTorch issue 180642, which is why
-# model.linear_cross_entropy stays out of compiled graphs). Newer ones start with a one-line warning.
+# lm_loss.linear_cross_entropy stays out of compiled graphs). Newer ones start with a one-line warning.
 TORCH_SUPPORTED = ((2, 11), (2, 13))
 
 

@@ -179,7 +179,7 @@ def train_step(model, optimizer, scaler, accum, rt, grad_clip, get_batch, mark=N
         sync = (micro == accum - 1 and noise is None) or not rt.ddp
         with (contextlib.nullcontext() if sync else model.no_sync()):
             with rt.autocast:
-                _, loss = model(x, y, return_logits=False)   # logits not kept; chunked past model.CE_PLAIN_MAX_BYTES
+                _, loss = model(x, y, return_logits=False)   # logits not kept; chunked past lm_loss.CE_PLAIN_MAX_BYTES
             mark('forward')
             scaler.scale(loss / accum).backward()
             mark('backward')

@@ -132,11 +132,11 @@ def test_low_precision_gradients_equal_float32_through_the_training_loss(dtype, 
     through the training loss path within 1e-2 of float32's, per parameter, on GPT-2's padded vocabulary and a
     realistic token count (8 x 1024: the per-token gradient 1/8192 is already near fp16's smallest normal), on
     both loss paths. The fused path formed its gradient in fp16: NaN and 83% zeroed entries on an H200."""
-    import model as M
+    import pretrain.lm_loss as L
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         pytest.skip('no bf16 on this GPU')
     if chunked:
-        monkeypatch.setattr(M, 'CE_PLAIN_MAX_BYTES', 0)
+        monkeypatch.setattr(L, 'CE_PLAIN_MAX_BYTES', 0)
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=1024, vocab_size=50257, n_layer=2, n_head=4, n_embd=128, pad_vocab_multiple=64)
     model = GPT(cfg).cuda()
@@ -182,9 +182,9 @@ def test_compiled_training_gradients_equal_eager(chunked, monkeypatch):
     loss and every parameter's gradient equal eager's (relative 1e-5), on both loss paths, with GPT-2's padded
     vocabulary, tied weights and ignored targets. On torch 2.11 the fused path's compiled gradients were all zero."""
     import torch._dynamo
-    import model as M
+    import pretrain.lm_loss as L
     if chunked:
-        monkeypatch.setattr(M, 'CE_PLAIN_MAX_BYTES', 0)
+        monkeypatch.setattr(L, 'CE_PLAIN_MAX_BYTES', 0)
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**SMALL, 'vocab_size': 50257, 'pad_vocab_multiple': 64})).cuda()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import model as M
+import pretrain.lm_loss as L
 from model import GPT, GPTConfig
 
 PATHS = ['plain', 'chunked']
@@ -17,8 +17,8 @@ def loss_path(monkeypatch, request):
     """Force one loss path: 'chunked' by a zero byte budget for the plain logits, with 7-row chunks (several
     chunks, the last one short)."""
     if request.param == 'chunked':
-        monkeypatch.setattr(M, 'CE_PLAIN_MAX_BYTES', 0)
-        monkeypatch.setattr(M, 'CE_CHUNK_ELEMENTS', 7 * 320)
+        monkeypatch.setattr(L, 'CE_PLAIN_MAX_BYTES', 0)
+        monkeypatch.setattr(L, 'CE_CHUNK_ELEMENTS', 7 * 320)
     return request.param
 
 
@@ -132,7 +132,7 @@ def test_low_precision_gradients_stay_near_float32(loss_path, dtype):
     (3e-5) below fp16's normal range (6.1e-5): a loss gradient formed so in fp16 loses most of its bits (relative
     error 0.65 before the fix; 83% of the entries zeroed at 65,536 tokens of GPT-2)."""
     if loss_path == 'chunked':   # 7-row chunks of 32,768 rows would take long: 8 chunks of 4096 rows
-        M.CE_CHUNK_ELEMENTS = 4096 * 320
+        L.CE_CHUNK_ELEMENTS = 4096 * 320
     torch.manual_seed(0)
     cfg = tiny(block_size=128)
     net = GPT(cfg)
@@ -172,15 +172,15 @@ def test_evaluation_under_no_grad_does_no_gradient_work(loss_path):
 def test_the_path_is_chosen_by_the_size_of_the_float32_logits(monkeypatch):
     """Plain cross-entropy while B*T*V_padded*4 bytes fit CE_PLAIN_MAX_BYTES, the chunked path beyond."""
     calls = []
-    real = M.linear_cross_entropy
-    monkeypatch.setattr(M, 'linear_cross_entropy', lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = L.linear_cross_entropy
+    monkeypatch.setattr(L, 'linear_cross_entropy', lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = tiny()
     net = GPT(cfg)
     x, y = batch(cfg)
     need = x.numel() * cfg.padded_vocab_size * 4
     for budget, chunked in ((need, False), (need - 1, True)):
         calls.clear()
-        monkeypatch.setattr(M, 'CE_PLAIN_MAX_BYTES', budget)
+        monkeypatch.setattr(L, 'CE_PLAIN_MAX_BYTES', budget)
         net(x, y, return_logits=False)
         assert bool(calls) == chunked
     logits, _ = net(x, y)   # return_logits=True always makes the logits

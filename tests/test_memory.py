@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-import model as M
+import pretrain.lm_loss as L
 from model import GPT, GPTConfig, ModelError
 from pretrain.accounting import train_memory
 
@@ -95,8 +95,8 @@ def test_activation_estimate_is_what_autograd_keeps(shape, dtype):
 def test_chunked_loss_path(monkeypatch, shape, dtype):
     """Past CE_PLAIN_MAX_BYTES the chunked loss keeps only its float32 gradients (dL/dh, dL/dW), exactly; the step's
     peak is the estimate within one float32 chunk of logits (when Python frees the loop's last chunk)."""
-    monkeypatch.setattr(M, 'CE_PLAIN_MAX_BYTES', 0)
-    monkeypatch.setattr(M, 'CE_CHUNK_ELEMENTS', 20 * 2048)
+    monkeypatch.setattr(L, 'CE_PLAIN_MAX_BYTES', 0)
+    monkeypatch.setattr(L, 'CE_CHUNK_ELEMENTS', 20 * 2048)
     config = tiny(vocab_size=2000, **SHAPES[shape])
     torch.manual_seed(0)
     model = GPT(config)
