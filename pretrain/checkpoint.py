@@ -58,6 +58,14 @@ def _first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
+def _dcp_failure(e):
+    """The first rank's own exception inside DCP's CheckpointException (a BaseException holding each failed rank's
+    (exception, traceback)), or e itself."""
+    if isinstance(e, dcp.api.CheckpointException) and e.failures:
+        return next(iter(e.failures.values()))[0]
+    return e
+
+
 # -----------------------------------------------------------------------------
 # writing
 
@@ -191,10 +199,10 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
             # every rank writes its own file __<rank>_0.distcp; rank 0 also the .metadata, after all have written
             # (DCP's save is collective: one rank's failed write fails it on every rank)
             dcp.save(shards, storage_writer=dcp.FileSystemWriter(shard_dir, sync_files=True))
-        except Exception as e:
+        except (Exception, dcp.api.CheckpointException) as e:
             if master:
                 shutil.rmtree(shard_dir, ignore_errors=True)
-            raise _write_error(os.path.join(out_dir, CKPT_NAME), e) from None
+            raise _write_error(os.path.join(out_dir, CKPT_NAME), _dcp_failure(e)) from None
     failed = [None]
     if master:
         try:
@@ -279,7 +287,8 @@ def read_shards(shard_dir, with_optimizer=True, into=None):
             warnings.filterwarnings('ignore', message='torch.distributed is disabled')
             _load_state_dict(state, storage_reader=dcp.FileSystemReader(shard_dir),
                              planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
-    except Exception as e:
+    except (Exception, dcp.api.CheckpointException) as e:
+        e = _dcp_failure(e)
         raise CheckpointError(f"shard directory {shard_dir} is incomplete or damaged ({type(e).__name__}: "
                               f"{_first_line(e)}); resume from an earlier checkpoint") from None
     if with_optimizer:
