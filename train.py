@@ -255,7 +255,7 @@ class Run:
     cfg: dict                       # every knob (DEFAULTS with the config file and overrides)
     rt: object                      # runtime.setup_runtime(): device, dtype, autocast, rank, world, ddp, master
     meta: dict                      # the dataset's meta.json
-    raw_model: torch.nn.Module      # the GPT itself: checkpoints, HellaSwag
+    raw_model: torch.nn.Module      # the GPT itself (under fsdp, sharded in place): checkpoints, HellaSwag
     model: torch.nn.Module          # what steps run through: raw_model, compiled and/or wrapped (parallel.wrap)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler    # fp16 loss scaling (disabled otherwise)
@@ -344,8 +344,9 @@ def setup(cfg):
     tokenizer = get_tokenizer(meta['tokenizer'])
     examples = hellaswag.load_examples(cfg['hellaswag_path'], None, rt) if cfg['hellaswag_interval'] else None
 
-    wrapped = wrap(model, rt, cfg['parallel'], cfg['compile'], cfg['activation_checkpointing'])   # before the optimizer:
-    optimizer = configure_optimizer(model, cfg, rt.device)                                       # fsdp shards params
+    # wrapped before the optimizer is built: under fsdp, parallel.wrap replaces the parameters by their shards
+    wrapped = wrap(model, rt, cfg['parallel'], cfg['compile'], cfg['activation_checkpointing'])
+    optimizer = configure_optimizer(model, cfg, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
     noise = GradNoise([p for p in model.parameters() if p.requires_grad], B * T, cfg['total_batch_size']) \
         if cfg['noise_scale'] else None
@@ -353,7 +354,7 @@ def setup(cfg):
     seqs_per_step = cfg['total_batch_size'] // T
     if ckpt is not None:
         if cfg['parallel'] == 'fsdp' and 'sharded' in ckpt:   # each rank reads its part, at any world size
-            load_state(model, optimizer, read_shards(ckpt['sharded'], into=sharded_state(model, optimizer)))
+            load_state(model, optimizer, read_shards(ckpt, into=sharded_state(model, optimizer)))
         elif cfg['parallel'] == 'fsdp':   # a single-file checkpoint: weights loaded before sharding (build)
             load_full_optimizer(model, optimizer, ckpt['optimizer'])
         else:

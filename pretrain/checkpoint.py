@@ -185,9 +185,11 @@ def save_checkpoint(out_dir, state, keep=1):
 def save_sharded_checkpoint(out_dir, state, shards, keep=1):
     """A sharded checkpoint; every rank calls this. shards = {'model': ..., 'optimizer': ...}, this rank's part
     (parallel.sharded_state); state = the rest of a checkpoint (step, loader, config, ...). Each rank writes its
-    shards into a new directory ckpt.dcp.<step>-<hex> with DCP; only when all have, rank 0 writes the manifest
-    ckpt.pt (state + 'sharded': the directory's name) atomically with save_checkpoint, then removes the directories
-    no manifest names. A save killed at any moment leaves the previous manifest and its directory, as they were;
+    tensors into a new directory ckpt.dcp.<step>-<hex> with DCP; only when all have, rank 0 writes the manifest
+    ckpt.pt (state + 'sharded': the directory's name + 'param_groups': the optimizer's groups, plain values)
+    atomically with save_checkpoint, then removes the directories no manifest names. The directory holds tensors
+    only: DCP reads any non-tensor value back with torch.load(weights_only=False), so they go to the manifest,
+    which is read with weights_only=True. A save killed at any moment leaves the previous manifest and its directory, as they were;
     the half-written directory is swept at the next start (sweep_stale). Failure: CheckpointError on every rank."""
     import torch.distributed as dist
     master = dist.get_rank() == 0
@@ -198,7 +200,8 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
         try:
             # every rank writes its own file __<rank>_0.distcp; rank 0 also the .metadata, after all have written
             # (DCP's save is collective: one rank's failed write fails it on every rank)
-            dcp.save(shards, storage_writer=dcp.FileSystemWriter(shard_dir, sync_files=True))
+            tensors = {'model': shards['model'], 'optimizer': {'state': shards['optimizer']['state']}}
+            dcp.save(tensors, storage_writer=dcp.FileSystemWriter(shard_dir, sync_files=True))
         except (Exception, dcp.api.CheckpointException) as e:
             if master:
                 shutil.rmtree(shard_dir, ignore_errors=True)
@@ -206,7 +209,8 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
     failed = [None]
     if master:
         try:
-            save_checkpoint(out_dir, {**state, 'sharded': name[0]}, keep)
+            save_checkpoint(out_dir, {**state, 'sharded': name[0],
+                                      'param_groups': shards['optimizer']['param_groups']}, keep)
         except CheckpointError as e:
             failed = [str(e)]
         _remove_unnamed_shards(out_dir)   # the new directory too, if its manifest could not be written
@@ -260,27 +264,32 @@ def load_checkpoint(path, for_resume=False, shards=True):
         if not isinstance(name, str) or not name.startswith(DCP_PREFIX) or os.sep in name:
             raise CheckpointError(f"checkpoint {path}: 'sharded' is {name!r}, not a {DCP_PREFIX}* directory name")
         ckpt['sharded'] = os.path.join(os.path.dirname(path), name)
+        if not isinstance(ckpt.get('param_groups'), list):
+            raise CheckpointError(f"checkpoint {path}: 'param_groups' (the optimizer's groups) is missing")
         if not os.path.isfile(os.path.join(ckpt['sharded'], '.metadata')):
             raise CheckpointError(f"checkpoint {path}: its shard directory {ckpt['sharded']} is missing or has no "
                                   f".metadata (copy the whole run directory, not ckpt.pt alone)")
         if shards:
-            ckpt.update(read_shards(ckpt['sharded'], with_optimizer=for_resume))
-            del ckpt['sharded']
+            ckpt.update(read_shards(ckpt, with_optimizer=for_resume))
+            del ckpt['sharded'], ckpt['param_groups']
     if 'model' in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt['model'].values()):
         raise CheckpointError(f"checkpoint {path}: 'model' holds something other than tensors")
     return ckpt
 
 
-def read_shards(shard_dir, with_optimizer=True, into=None):
-    """A shard directory's tensors. into=None: read whole in this process, no process group needed (DCP's own
-    dcp_to_torch_save does the same: torch.distributed.checkpoint.format_utils) -> {'model': {name: tensor},
-    'optimizer': the optimizer's state_dict as a single-file checkpoint holds it}. into = a state dict of this
-    rank's shards (parallel.sharded_state): DCP reads the parts this rank holds, whatever world size wrote them.
-    A missing or damaged rank file: CheckpointError in one line."""
+def read_shards(manifest, with_optimizer=True, into=None):
+    """A sharded checkpoint's tensors (manifest: load_checkpoint(..., shards=False)). into=None: read whole in this
+    process, no process group needed (DCP's own dcp_to_torch_save does the same: torch.distributed.checkpoint.
+    format_utils) -> {'model': {name: tensor}, 'optimizer': the optimizer's state_dict as a single-file
+    checkpoint holds it}. into = a state dict of this rank's shards (parallel.sharded_state): DCP reads in place
+    the parts this rank holds, whatever world size wrote them. A missing or damaged rank file: CheckpointError."""
+    shard_dir = manifest['sharded']
     keys = {'model', 'optimizer'} if with_optimizer else {'model'}
     try:
         if into is not None:
-            dcp.load(into, checkpoint_id=shard_dir)
+            dcp.load({'model': into['model'], 'optimizer': {'state': into['optimizer']['state']}},
+                     checkpoint_id=shard_dir)
+            into['optimizer']['param_groups'] = manifest['param_groups']
             return into
         state = {}   # filled from the directory's own metadata (dcp.load would fill a copy of an empty dict)
         with warnings.catch_warnings():   # "assuming the intent is to load in a single process": it is
@@ -292,7 +301,7 @@ def read_shards(shard_dir, with_optimizer=True, into=None):
         raise CheckpointError(f"shard directory {shard_dir} is incomplete or damaged ({type(e).__name__}: "
                               f"{_first_line(e)}); resume from an earlier checkpoint") from None
     if with_optimizer:
-        state['optimizer'] = optimizer_by_index(state['optimizer'])
+        state['optimizer'] = optimizer_by_index({**state['optimizer'], 'param_groups': manifest['param_groups']})
     return state
 
 

@@ -165,8 +165,9 @@ class GradNoise:
 
 def train_step(model, optimizer, scaler, accum, rt, grad_clip, get_batch, mark=None, noise=None):
     """One optimizer step: accum micro-steps of forward/backward (DDP all-reduces, FSDP reduce-scatters gradients
-    on the last one only: parallel.no_sync), clip (the global norm, sharded or not), step, zero_grad. get_batch(micro) -> (x, y). mark(phase), if given, is called after each
-    phase ('data', 'forward', 'backward', 'optimizer'): bench.py times them. noise, a GradNoise, measures the
+    on the last one only: parallel.no_sync), clip (the global norm, sharded or not), step, zero_grad.
+    get_batch(micro) -> (x, y). mark(phase), if given, is called after each phase ('data', 'forward',
+    'backward', 'optimizer'): bench.py times them. noise, a GradNoise, measures the
     gradient noise scale (then DDP's all-reduce is done by GradNoise.finish instead). Returns the summed
     micro-step losses as a device tensor, so the caller decides when to wait for the device."""
     mark = mark or (lambda phase: None)
@@ -212,7 +213,7 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
     model.eval()
     total = torch.zeros(2, device=rt.device, dtype=torch.float64)  # [sum of token losses, token count]
     lo, hi = rt.rank * n_seqs // rt.world, (rt.rank + 1) * n_seqs // rt.world
-    n_forwards = -(-(-(-n_seqs // rt.world)) // batch_size)   # ceil(ceil(n_seqs / world) / batch_size), every rank
+    n_forwards = math.ceil(math.ceil(n_seqs / rt.world) / batch_size)   # the largest part's, on every rank
     for i in range(n_forwards):
         first = lo + i * batch_size
         n = max(0, min(batch_size, hi - first))

@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 import conftest
 import eval as evaluation
@@ -147,6 +149,10 @@ def test_sharded_checkpoint_layout(straight):
     assert 'model' not in manifest and 'optimizer' not in manifest and manifest['step'] == 6
     assert manifest['sharded'].startswith('ckpt.dcp.000006-')
     assert sorted(os.listdir(straight / manifest['sharded'])) == ['.metadata', '__0_0.distcp', '__1_0.distcp']
+    # tensors only in the directory (DCP unpickles anything else without weights_only); the groups are in ckpt.pt
+    meta = dcp.FileSystemReader(str(straight / manifest['sharded'])).read_metadata()
+    assert all(isinstance(m, TensorStorageMetadata) for m in meta.state_dict_metadata.values())
+    assert [len(g['params']) for g in manifest['param_groups']] and 'lm_head.weight' not in str(manifest['param_groups'])
     named = sorted(torch.load(p, weights_only=True)['sharded'] for _, p in numbered_checkpoints(straight))
     assert [s for s, _ in numbered_checkpoints(straight)] == [3, 6]
     assert sorted(n for n in os.listdir(straight) if n.startswith('ckpt.dcp.')) == named
@@ -248,7 +254,6 @@ def test_damaged_sharded_checkpoints(straight, tmp_path, capsys):
 def test_failed_sharded_save_keeps_the_previous(data_dir, tmp_path, monkeypatch):
     """The shard write of step 6 fails (a full disk): CheckpointError in one line, ckpt.pt still names step 3's
     complete directory, the failed directory is gone."""
-    import torch.distributed.checkpoint as dcp
     write = dcp.FileSystemWriter.write_data
 
     def full_disk(self, plan, planner):
