@@ -15,7 +15,8 @@ as ckpt_<step:06d>.pt (hard links, so no extra disk), for branching cooldowns fr
 
 A sharded checkpoint (train.py --parallel=fsdp, docs/parallel.md) is the same ckpt.pt without 'model' and
 'optimizer' but with 'sharded': the name of a directory beside it, ckpt.dcp.<step>-<hex>/, that every rank wrote
-its shards of both into with torch.distributed.checkpoint (DCP). The manifest is written last, atomically, so it
+its shards of the weights and the optimizer state into with torch.distributed.checkpoint (DCP), and
+'param_groups': the optimizer's groups. The manifest is written last, atomically, so it
 names a complete directory or the previous one; directories no manifest names are swept. load_checkpoint reads
 either kind into the single-file form in one process, without a process group: every reader works unchanged.
 """
@@ -23,12 +24,11 @@ import dataclasses
 import errno
 import os
 import re
+import secrets
+import shutil
 import signal
 import threading
 import warnings
-
-import secrets
-import shutil
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -178,6 +178,7 @@ def save_checkpoint(out_dir, state, keep=1):
                 old = numbered_checkpoints(out_dir)
                 for _, p in (old[:-keep] if keep > 1 else []):
                     os.remove(p)
+            _remove_unnamed_shards(out_dir)   # shard directories whose manifests are gone or replaced
         except (OSError, RuntimeError) as e:
             raise _write_error(path, e) from None
 
@@ -187,7 +188,7 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
     (parallel.sharded_state); state = the rest of a checkpoint (step, loader, config, ...). Each rank writes its
     tensors into a new directory ckpt.dcp.<step>-<hex> with DCP; only when all have, rank 0 writes the manifest
     ckpt.pt (state + 'sharded': the directory's name + 'param_groups': the optimizer's groups, plain values)
-    atomically with save_checkpoint, then removes the directories no manifest names. The directory holds tensors
+    atomically with save_checkpoint, which then removes the directories no manifest names. The directory holds tensors
     only: DCP reads any non-tensor value back with torch.load(weights_only=False), so they go to the manifest,
     which is read with weights_only=True. A save killed at any moment leaves the previous manifest and its directory, as they were;
     the half-written directory is swept at the next start (sweep_stale). Failure: CheckpointError on every rank."""
@@ -208,12 +209,12 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
             raise _write_error(os.path.join(out_dir, CKPT_NAME), _dcp_failure(e)) from None
     failed = [None]
     if master:
-        try:
+        try:   # save_checkpoint also removes the directories no manifest names any more
             save_checkpoint(out_dir, {**state, 'sharded': name[0],
                                       'param_groups': shards['optimizer']['param_groups']}, keep)
         except CheckpointError as e:
             failed = [str(e)]
-        _remove_unnamed_shards(out_dir)   # the new directory too, if its manifest could not be written
+            _remove_unnamed_shards(out_dir)   # the new directory, whose manifest could not be written
     dist.broadcast_object_list(failed, src=0)   # all ranks learn the outcome: none waits for a rank that stopped
     if failed[0]:
         raise CheckpointError(failed[0])

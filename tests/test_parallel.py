@@ -184,6 +184,19 @@ def test_resume_2_to_1_both_modes(data_dir, straight, tmp_path):
         assert ('sharded' in torch.load(out / 'ckpt.pt', weights_only=True)) == (mode == 'fsdp')
 
 
+def test_switching_mode_in_place(data_dir, straight, tmp_path):
+    """A sharded run continued under DDP in its own directory: the new ckpt.pt is a single file, and the shard
+    directory that only the replaced manifest named is removed as it is written."""
+    run = tmp_path / 'run'
+    shutil.copytree(straight, run)
+    os.remove(run / 'ckpt_000003.pt')   # so step 3's directory is swept at the start, step 6's when the new
+    os.remove(run / 'ckpt_000006.pt')   # ckpt.pt replaces the manifest that named it
+    train.train(cfg(data_dir, run, parallel='ddp', init_from='resume', max_iters=7, lr_decay_iters=6))
+    assert 'sharded' not in torch.load(run / 'ckpt.pt', weights_only=True)
+    assert [n for n in os.listdir(run) if n.startswith('ckpt.dcp.')] == []
+    assert load_checkpoint(str(run))['step'] == 7
+
+
 def test_resume_1_to_2(data_dir, straight, tmp_path):
     """A single-process sharded run to step 3, continued by 2 processes, lands where the 2-process run does."""
     train.train(cfg(data_dir, tmp_path, max_iters=3, lr_decay_iters=6))
