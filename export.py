@@ -38,9 +38,11 @@ DEFAULTS = knobs(globals())
 def run(cfg):
     """Export cfg['out_dir']'s checkpoint into cfg['hf_dir'] (returns (class name, files written)) or into the
     single file cfg['pt_path'] (returns ('pt', [pt_path]))."""
-    if bool(cfg['hf_dir']) == bool(cfg['pt_path']):
-        raise ConfigError("give one of hf_dir (a Hugging Face directory to write, e.g. --hf_dir=hf/my-model) or "
-                          "pt_path (a single-file checkpoint to write, e.g. --pt_path=out/whole.pt)")
+    if not cfg['hf_dir'] and not cfg['pt_path']:
+        raise ConfigError("hf_dir must name the directory to write, e.g. --hf_dir=hf/my-model (or pt_path a "
+                          "single-file checkpoint to write, e.g. --pt_path=out/whole.pt)")
+    if cfg['hf_dir'] and cfg['pt_path']:
+        raise ConfigError("give hf_dir or pt_path, not both")
     if cfg['pt_path']:
         if not cfg['pt_path'].endswith('.pt') or os.path.isdir(cfg['pt_path']):
             raise ConfigError(f"pt_path={cfg['pt_path']!r} must name a .pt file")

@@ -46,8 +46,9 @@ CKPT_NAME = 'ckpt.pt'
 INIT_WORDS = ('scratch', 'resume', 'auto')
 NUMBERED_RE = re.compile(r'^ckpt_(\d{6,})\.pt$')
 DCP_PREFIX = 'ckpt.dcp.'           # a sharded checkpoint's directory: ckpt.dcp.<step:06d>-<8 hex digits>
-REQUIRED = {'model_config': dict, 'step': int, 'tokenizer': str, 'config': dict}
-FOR_RESUME = {'loader': dict, 'tokens': int}
+REQUIRED = {'model': dict, 'model_config': dict, 'step': int, 'tokenizer': str, 'config': dict}
+FOR_RESUME = {'optimizer': dict, 'loader': dict, 'tokens': int}
+IN_SHARDS = ('model', 'optimizer')   # a sharded checkpoint keeps these in its directory, not in the manifest
 
 
 class CheckpointError(Exception):
@@ -246,8 +247,8 @@ def load_checkpoint(path, for_resume=False, shards=True):
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} is a {type(ckpt).__name__}, not a train.py checkpoint")
     sharded = 'sharded' in ckpt
-    tensors = {} if sharded else {'model': dict, **({'optimizer': dict} if for_resume else {})}
-    schema = {**REQUIRED, **(FOR_RESUME if for_resume else {}), **tensors}
+    schema = {k: kind for k, kind in {**REQUIRED, **(FOR_RESUME if for_resume else {})}.items()
+              if not (sharded and k in IN_SHARDS)}
     for key, kind in schema.items():
         if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
             got = 'missing' if key not in ckpt else f"a {type(ckpt[key]).__name__}"

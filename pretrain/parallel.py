@@ -39,7 +39,7 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
     'ddp' (several processes): DistributedDataParallel around the (compiled) model; one process: the model.
     'fsdp': fully_shard each block, then the root. torch.compile per block before sharding (Module.compile, in
     place, so parameter names and checkpoints do not change; torchtitan compiles per block too: FSDP's hooks
-    between blocks stay eager, and the chunked loss is never compiled anyway, model.py). Mixed precision: with
+    between blocks stay eager, and the root's embeddings, lm_head and loss run eagerly). Mixed precision: with
     dtype bfloat16, FSDP2's MixedPrecisionPolicy keeps float32 master weights and optimizer state, all-gathers
     and computes with bf16 weights (half the all-gather bytes) and reduce-scatters gradients in float32 (PyTorch
     docs, torch.distributed.fsdp.MixedPrecisionPolicy). train_step keeps rt.autocast on as under DDP: autocast
