@@ -261,6 +261,14 @@ def test_damaged_sharded_checkpoints(straight, tmp_path, capsys):
     assert 'is missing' in line
 
 
+def test_resume_of_another_shape_is_one_line(data_dir, straight, tmp_path, capsys):
+    """A sharded checkpoint resumed with a config of another shape: one line before anything is read or written."""
+    line = one_error_line(*conftest.run_cli(train.main, argv(data_dir, tmp_path / 'x', n_embd=64, init_from='resume',
+                                                             branch_from=str(straight)), capsys)[::2])
+    assert 'checkpoint model differs from this config: n_embd is 32 in the checkpoint, 64 here' in line
+    assert not torch.distributed.is_initialized()   # refused before the model was sharded
+
+
 # -----------------------------------------------------------------------------
 # a save that fails or is killed never replaces the good checkpoint
 
