@@ -188,8 +188,8 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
     """A sharded checkpoint; every rank calls this. shards = {'model': ..., 'optimizer': ...}, this rank's part
     (parallel.sharded_state); state = the rest of a checkpoint (step, loader, config, ...). Each rank writes its
     tensors into a new directory ckpt.dcp.<step>-<hex> with DCP; only when all have, rank 0 writes the manifest
-    ckpt.pt (state + 'sharded': the directory's name + 'param_groups': the optimizer's groups, plain values)
-    atomically with save_checkpoint, which then removes the directories no manifest names. The directory holds tensors
+    ckpt.pt (state + 'sharded': the directory's name + 'param_groups': the optimizer's groups, plain values +
+    'aliases': a tied weight's other names) atomically with save_checkpoint, which then removes the directories no manifest names. The directory holds tensors
     only: DCP reads any non-tensor value back with torch.load(weights_only=False), so they go to the manifest,
     which is read with weights_only=True. A save killed at any moment leaves the previous manifest and its directory, as they were;
     the half-written directory is swept at the next start (sweep_stale). Failure: CheckpointError on every rank."""
@@ -211,8 +211,8 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
     failed = [None]
     if master:
         try:   # save_checkpoint also removes the directories no manifest names any more
-            save_checkpoint(out_dir, {**state, 'sharded': name[0],
-                                      'param_groups': shards['optimizer']['param_groups']}, keep)
+            save_checkpoint(out_dir, {**state, 'sharded': name[0], 'param_groups': shards['optimizer']['param_groups'],
+                                      'aliases': shards['aliases']}, keep)
         except CheckpointError as e:
             failed = [str(e)]
             _remove_unnamed_shards(out_dir)   # the new directory, whose manifest could not be written
@@ -266,14 +266,15 @@ def load_checkpoint(path, for_resume=False, shards=True):
         if not isinstance(name, str) or not name.startswith(DCP_PREFIX) or os.sep in name:
             raise CheckpointError(f"checkpoint {path}: 'sharded' is {name!r}, not a {DCP_PREFIX}* directory name")
         ckpt['sharded'] = os.path.join(os.path.dirname(path), name)
-        if not isinstance(ckpt.get('param_groups'), list):
-            raise CheckpointError(f"checkpoint {path}: 'param_groups' (the optimizer's groups) is missing")
+        if not isinstance(ckpt.get('param_groups'), list) or not isinstance(ckpt.get('aliases'), dict):
+            raise CheckpointError(f"checkpoint {path}: 'param_groups' (the optimizer's groups) or 'aliases' (tied "
+                                  f"weights' other names) is missing")
         if not os.path.isfile(os.path.join(ckpt['sharded'], '.metadata')):
             raise CheckpointError(f"checkpoint {path}: its shard directory {ckpt['sharded']} is missing or has no "
                                   f".metadata (copy the whole run directory, not ckpt.pt alone)")
         if shards:
             ckpt.update(read_shards(ckpt, with_optimizer=for_resume))
-            del ckpt['sharded'], ckpt['param_groups']
+            del ckpt['sharded'], ckpt['param_groups'], ckpt['aliases']
     if 'model' in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt['model'].values()):
         raise CheckpointError(f"checkpoint {path}: 'model' holds something other than tensors")
     return ckpt
@@ -292,6 +293,7 @@ def read_shards(manifest, with_optimizer=True, into=None):
             dcp.load({'model': into['model'], 'optimizer': {'state': into['optimizer']['state']}},
                      checkpoint_id=shard_dir)
             into['optimizer']['param_groups'] = manifest['param_groups']
+            into['aliases'] = manifest['aliases']
             return into
         state = {}   # filled from the directory's own metadata (dcp.load would fill a copy of an empty dict)
         with warnings.catch_warnings():   # "assuming the intent is to load in a single process": it is
@@ -302,6 +304,8 @@ def read_shards(manifest, with_optimizer=True, into=None):
         e = _dcp_failure(e)
         raise CheckpointError(f"shard directory {shard_dir} is incomplete or damaged ({type(e).__name__}: "
                               f"{_first_line(e)}); resume from an earlier checkpoint") from None
+    for alias, name in manifest['aliases'].items():   # a tied weight, stored once: the same tensor under both names
+        state['model'][alias] = state['model'][name]
     if with_optimizer:
         state['optimizer'] = optimizer_by_index({**state['optimizer'], 'param_groups': manifest['param_groups']})
     return state

@@ -114,15 +114,25 @@ def local(t):
 # Checkpoint"): keyed by parameter name, so any world size reads what any other wrote
 
 def sharded_state(model, optimizer):
-    """{'model': ..., 'optimizer': ...}: this rank's shards (DTensors) of the weights and the optimizer state, what
-    checkpoint.save_sharded_checkpoint writes and checkpoint.read_shards(into=...) fills in place."""
+    """{'model': ..., 'optimizer': ..., 'aliases': ...}: this rank's shards (DTensors) of the weights and the
+    optimizer state, what checkpoint.save_sharded_checkpoint writes and checkpoint.read_shards(into=...) fills in
+    place. A tensor under two names (the tied lm_head.weight = transformer.wte.weight) is kept under its first
+    name only, the others in 'aliases' {name: first name}: DCP, unlike torch.save, would store it twice."""
     model_state, optim_state = get_state_dict(model, optimizer)
-    return {'model': model_state, 'optimizer': optim_state}
+    first, aliases = {}, {}
+    for name, p in model.named_parameters(remove_duplicate=False):   # the same on every rank
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+            del model_state[name]
+        else:
+            first[id(p)] = name
+    return {'model': model_state, 'optimizer': optim_state, 'aliases': aliases}
 
 
 def load_state(model, optimizer, state):
     """Put a state of sharded_state's form (filled by read_shards) into the sharded model and optimizer."""
-    set_state_dict(model, optimizer, model_state_dict=state['model'], optim_state_dict=state['optimizer'])
+    model_state = {**state['model'], **{a: state['model'][t] for a, t in state['aliases'].items()}}
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=state['optimizer'])
 
 
 def load_full_optimizer(model, optimizer, optim_state):

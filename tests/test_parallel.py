@@ -153,11 +153,15 @@ def test_sharded_checkpoint_layout(straight):
     meta = dcp.FileSystemReader(str(straight / manifest['sharded'])).read_metadata()
     assert all(isinstance(m, TensorStorageMetadata) for m in meta.state_dict_metadata.values())
     assert [len(g['params']) for g in manifest['param_groups']] and 'lm_head.weight' not in str(manifest['param_groups'])
+    # the tied embedding is stored once, under its first name; its other name is an alias in the manifest
+    assert manifest['aliases'] == {'lm_head.weight': 'transformer.wte.weight'}
+    assert 'model.lm_head.weight' not in meta.state_dict_metadata
     named = sorted(torch.load(p, weights_only=True)['sharded'] for _, p in numbered_checkpoints(straight))
     assert [s for s, _ in numbered_checkpoints(straight)] == [3, 6]
     assert sorted(n for n in os.listdir(straight) if n.startswith('ckpt.dcp.')) == named
     full = load_checkpoint(str(straight), for_resume=True)   # one process, no process group: the single-file form
     assert set(full['model']) >= {'transformer.wte.weight', 'lm_head.weight'} and 'sharded' not in full
+    assert full['model']['lm_head.weight'] is full['model']['transformer.wte.weight']
     assert len(full['optimizer']['state']) == sum(len(g['params']) for g in full['optimizer']['param_groups'])
 
 
