@@ -43,10 +43,11 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
     dtype bfloat16, FSDP2's MixedPrecisionPolicy keeps float32 master weights and optimizer state, all-gathers
     and computes with bf16 weights (half the all-gather bytes) and reduce-scatters gradients in float32 (PyTorch
     docs, torch.distributed.fsdp.MixedPrecisionPolicy). train_step keeps rt.autocast on as under DDP: autocast
-    runs layer norms, softmax and the loss in float32 and casting an already-bf16 weight to bf16 is free, so an
-    FSDP bf16 run computes what a DDP bf16 run does (a DDP run's autocast casts its float32 weights to the same
-    bf16 values). torchtitan drops autocast under FSDP instead; here the loss stays float32 either way
-    (model.cross_entropy promotes the logits), and autocast keeps the norms in float32 too."""
+    runs layer norms, softmax and the loss in float32 and casting an already-bf16 weight to bf16 is free, so the
+    matmuls see the bf16 weights a DDP run's autocast would make (FSDP also rounds the embeddings and norm gains,
+    which autocast leaves float32: close to DDP, not equal; tests/test_parallel.py). torchtitan drops autocast
+    under FSDP instead; here the loss stays float32 either way (model.cross_entropy promotes the logits), and
+    autocast keeps the norms in float32 too."""
     model.activation_checkpointing = activation_checkpointing   # a run setting of the GPT (model.py, features)
     if parallel != 'fsdp':
         wrapped = torch.compile(model) if compile else model
@@ -55,7 +56,7 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
                                               else None)
         return wrapped
     if not dist.is_initialized():   # one process, no torchrun: a group of one (an in-memory store, no network)
-        dist.init_process_group('gloo' if rt.device.type == 'cpu' else 'nccl', store=dist.HashStore(), rank=0,
+        dist.init_process_group('nccl' if rt.device.type == 'cuda' else 'gloo', store=dist.HashStore(), rank=0,
                                 world_size=1, device_id=rt.device if rt.device.type == 'cuda' else None)
     mesh = init_device_mesh(rt.device.type, (rt.world,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
