@@ -4,6 +4,7 @@ Train a GPT, from one CPU core to many GPUs, with exact resume and a JSONL run l
     python train.py                                   # quick start: small byte-level model on Shakespeare, CPU
     python train.py config/gpt2.py --batch_size=32    # a config file, then --key=value overrides
     torchrun --nproc_per_node=8 train.py config/gpt2.py
+    torchrun --nproc_per_node=8 train.py config/gpt2.py --parallel=fsdp   # sharded: models DDP cannot hold
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=... train.py config/gpt2.py
 
 The defaults below are the quick start; config files are plain Python that reassign some of them.
@@ -23,9 +24,11 @@ import torch
 from pretrain import hellaswag
 from pretrain.accounting import count_params, flops_per_token
 from pretrain.checkpoint import (CKPT_NAME, CheckpointError, checkpoint_path, init_from_kind, load_model,
-                                 model_config_from, numbered_checkpoints, save_checkpoint, sweep_stale)
+                                 model_config_from, numbered_checkpoints, read_shards, save_checkpoint,
+                                 save_sharded_checkpoint, sweep_stale)
 from pretrain.configurator import ConfigError, cli, knobs, parse_config
 from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
+from pretrain.parallel import MODES, load_full_optimizer, load_state, local, sharded_state, wrap
 from pretrain.runlog import LOG_NAME
 from model import GPTConfig, ModelError
 from pretrain.runtime import device_name, peak_flops, setup_runtime
@@ -99,6 +102,9 @@ cooldown_shape = '1-sqrt'          # wsd: 'linear' | '1-sqrt' (Hägele et al. 20
 device = 'auto'                    # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'                     # 'auto' (bf16 on CUDA, fp16 on GPUs without bf16, else float32) | 'float32' | 'bfloat16' | 'float16'
 compile = False                    # torch.compile the model (no gain at quick-start size on CPU; the GPU configs turn it on)
+parallel = 'ddp'                   # 'ddp' (each process holds the whole model) | 'fsdp' (each holds 1/N of weights,
+                                   # gradients and AdamW state: FSDP2; AdamW, bf16/float32 only; docs/parallel.md)
+activation_checkpointing = False   # recompute each block in the backward: ~1/3 more compute, far less activation memory
 seed = 1337                        # model init, data order and dropout all derive from it
 # -----------------------------------------------------------------------------
 DEFAULTS = knobs(globals())
@@ -133,6 +139,7 @@ RULES += [
     ('schedule', lambda v: v in ('cosine', 'wsd'), "'cosine' or 'wsd'"),
     ('cooldown_shape', lambda v: v in ('linear', '1-sqrt'), "'linear' or '1-sqrt'"),
     ('optimizer', lambda v: v in ('adamw', 'muon'), "'adamw' or 'muon'"),
+    ('parallel', lambda v: v in MODES, "'ddp' or 'fsdp'"),
     ('out_dir', lambda v: v.strip() != '', 'a directory name'),
     ('data_dir', lambda v: v.strip() != '', 'a directory name'),
     ('branch_from', lambda v: v is None or isinstance(v, str) and v.strip() != '',
@@ -170,10 +177,28 @@ def check_train_knobs(cfg, world):
         if os.path.realpath(parent_dir) == os.path.realpath(cfg['out_dir']):
             raise ConfigError(f"branch_from={cfg['branch_from']!r} is in out_dir={cfg['out_dir']!r}: a branch writes "
                               f"to its own out_dir and only reads its parent; give --out_dir a new directory")
+    if cfg['parallel'] == 'fsdp':
+        check_fsdp_knobs(cfg, cfg['dtype'])
     if cfg['noise_scale'] and accum * world < 2:
         raise ConfigError("noise_scale needs at least two micro-batches per step (total_batch_size >= "
                           "2 x batch_size x block_size)")
     return accum
+
+
+def check_fsdp_knobs(cfg, dtype):
+    """What parallel='fsdp' cannot do, each refused in one line (dtype: the knob, or what 'auto' resolved to)."""
+    if cfg['optimizer'] == 'muon':
+        raise ConfigError("optimizer='muon' with parallel='fsdp' is not supported: Muon orthogonalizes whole "
+                          "matrices and FSDP holds 1/N of each; use optimizer='adamw' or parallel='ddp'")
+    if dtype == 'float16':
+        raise ConfigError("dtype float16 with parallel='fsdp' is not supported (its GradScaler would need "
+                          "sharded gradients); use bfloat16 or float32, or parallel='ddp'")
+    if cfg['noise_scale']:
+        raise ConfigError("noise_scale with parallel='fsdp' is not supported: it reads each micro-batch's whole "
+                          "gradient, which FSDP never holds; use parallel='ddp'")
+    if cfg['hellaswag_interval']:
+        raise ConfigError("hellaswag_interval with parallel='fsdp' is not supported; score a checkpoint with "
+                          "eval.py instead (it reads sharded checkpoints)")
 
 
 def open_out_dir(path):
@@ -230,8 +255,8 @@ class Run:
     cfg: dict                       # every knob (DEFAULTS with the config file and overrides)
     rt: object                      # runtime.setup_runtime(): device, dtype, autocast, rank, world, ddp, master
     meta: dict                      # the dataset's meta.json
-    raw_model: torch.nn.Module      # the GPT itself: checkpoints, HellaSwag
-    model: torch.nn.Module          # what steps run through: raw_model, compiled and/or wrapped in DDP
+    raw_model: torch.nn.Module      # the GPT itself (under fsdp, sharded in place): checkpoints, HellaSwag
+    model: torch.nn.Module          # what steps run through: raw_model, compiled and/or wrapped (parallel.wrap)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler    # fp16 loss scaling (disabled otherwise)
     noise: GradNoise | None         # the gradient noise scale (noise_scale=True)
@@ -265,7 +290,9 @@ def build(cfg, rt, meta):
     torch.manual_seed(cfg['seed'])
     if init_from == 'resume':
         source = resume_source(cfg)
-        model, tokenizer, where, ckpt = load_model('resume', source, cfg, for_resume=True)
+        # under fsdp each rank reads only its part of a sharded checkpoint, after sharding (setup)
+        model, tokenizer, where, ckpt = load_model('resume', source, cfg, for_resume=True,
+                                                   shards=cfg['parallel'] != 'fsdp')
         # the model comes from the checkpoint; a config that asks for another shape is a mistake, not a wish
         shape_keys = {f.name for f in dataclasses.fields(GPTConfig)} - {'dropout', 'vocab_size'}
         differ = {k: (v, cfg[k]) for k, v in ckpt['model_config'].items() if k in shape_keys and k in cfg and cfg[k] != v}
@@ -297,6 +324,8 @@ def setup(cfg):
     record -> Run."""
     accum = check_train_knobs(cfg, int(os.environ.get('WORLD_SIZE', 1)))  # before any device or process group
     rt = setup_runtime(cfg)
+    if cfg['parallel'] == 'fsdp':
+        check_fsdp_knobs(cfg, rt.dtype)   # dtype='auto' is float16 on GPUs without bf16
     if rt.master:
         open_out_dir(cfg['out_dir'])
     meta = read_meta(cfg['data_dir'])
@@ -315,6 +344,8 @@ def setup(cfg):
     tokenizer = get_tokenizer(meta['tokenizer'])
     examples = hellaswag.load_examples(cfg['hellaswag_path'], None, rt) if cfg['hellaswag_interval'] else None
 
+    # wrapped before the optimizer is built: under fsdp, parallel.wrap replaces the parameters by their shards
+    wrapped = wrap(model, rt, cfg['parallel'], cfg['compile'], cfg['activation_checkpointing'])
     optimizer = configure_optimizer(model, cfg, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
     noise = GradNoise([p for p in model.parameters() if p.requires_grad], B * T, cfg['total_batch_size']) \
@@ -322,7 +353,12 @@ def setup(cfg):
     step, next_seq, best_val_loss = 0, 0, math.inf
     seqs_per_step = cfg['total_batch_size'] // T
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
+        if cfg['parallel'] == 'fsdp' and 'sharded' in ckpt:   # each rank reads its part, at any world size
+            load_state(model, optimizer, read_shards(ckpt, into=sharded_state(model, optimizer)))
+        elif cfg['parallel'] == 'fsdp':   # a single-file checkpoint: weights loaded before sharding (build)
+            load_full_optimizer(model, optimizer, ckpt['optimizer'])
+        else:
+            optimizer.load_state_dict(ckpt['optimizer'])
         reset_peak_lr(optimizer, cfg)
         if 'scaler' in ckpt:
             scaler.load_state_dict(ckpt['scaler'])
@@ -333,10 +369,6 @@ def setup(cfg):
         if ckpt['loader']['seqs_per_step'] != seqs_per_step and rt.master:
             print(f"note: tokens per step changed on resume; data continues at sequence {next_seq}")
     del ckpt
-    wrapped = torch.compile(model) if cfg['compile'] else model
-    if rt.ddp:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[rt.device.index] if rt.device.type == 'cuda' else None)
 
     # accounting for the log and MFU (accounting.py holds the formulas and their sources)
     counts = count_params(mconf)
@@ -414,7 +446,7 @@ def train(cfg):
                 nonfinite += 1
         if checkpoint_due:
             # a finite loss can still follow an update with inf gradients: check the weights we are about to keep
-            nonfinite += sum((~torch.isfinite(p)).sum() for p in r.raw_model.parameters())
+            nonfinite += sum((~torch.isfinite(local(p))).sum() for p in r.raw_model.parameters())  # fsdp: own shards
             if diverged(nonfinite, rt):
                 break
             if c['spike_factor'] and val_loss > c['spike_factor'] * r.best_val_loss:
@@ -424,7 +456,7 @@ def train(cfg):
             else:
                 refused = None
                 r.best_val_loss = min(r.best_val_loss, val_loss)
-                if rt.master:
+                if rt.master or c['parallel'] == 'fsdp':   # a sharded checkpoint: every rank writes its part
                     write_checkpoint(r, step)
         elif val_loss is not None:
             r.best_val_loss = min(r.best_val_loss, val_loss)
@@ -458,7 +490,7 @@ def train(cfg):
             dt = (now - t_last) / steps_since_log
             t_last, steps_since_log = now, 0
             log_step(r, step, lr, loss_val, dt, now - t_start)
-    if rt.ddp:
+    if torch.distributed.is_initialized():   # DDP, or fsdp (a group of one without torchrun)
         torch.distributed.barrier()   # every rank done with its collectives before any tears the group down
         torch.distributed.destroy_process_group()
     if nonfinite.item():
@@ -497,16 +529,20 @@ def diverged(nonfinite, rt):
 
 def write_checkpoint(r, step):
     """The checkpoint of DESIGN.md: enough to continue exactly (weights, optimizer, scaler, step, data position,
-    the divergence guard's memory)."""
+    the divergence guard's memory). Under fsdp every rank calls this: the weights and optimizer state go to a
+    shard directory, the rest to the manifest ckpt.pt."""
     c = r.cfg
-    state = {'model': r.raw_model.state_dict(), 'model_config': dataclasses.asdict(r.raw_model.config),
-             'optimizer': r.optimizer.state_dict(), 'scaler': r.scaler.state_dict(), 'step': step,
+    state = {'model_config': dataclasses.asdict(r.raw_model.config), 'scaler': r.scaler.state_dict(), 'step': step,
              'tokens': step * c['total_batch_size'],
              'loader': {'next_seq': r.next_seq, 'seqs_per_step': r.seqs_per_step},
              'config': c, 'tokenizer': r.meta['tokenizer'], 'guard': {'best_val_loss': r.best_val_loss}}
     if r.noise is not None:
         state['noise'] = r.noise.state_dict()
-    save_checkpoint(c['out_dir'], state, keep=c['keep_checkpoints'])
+    if c['parallel'] == 'fsdp':
+        save_sharded_checkpoint(c['out_dir'], state, sharded_state(r.raw_model, r.optimizer), keep=c['keep_checkpoints'])
+    else:
+        save_checkpoint(c['out_dir'], {**state, 'model': r.raw_model.state_dict(), 'optimizer': r.optimizer.state_dict()},
+                        keep=c['keep_checkpoints'])
 
 
 def _hms(seconds):

@@ -3,12 +3,12 @@ One optimizer step and what it needs, shared by train.py and bench.py: the optim
 hidden matrices), the learning-rate schedule, train_step(), the gradient noise scale, and the val-loss evaluation
 (also eval.py's bits per byte).
 """
-import contextlib
 import math
 
 import torch
 
 from pretrain.configurator import ConfigError
+from pretrain.parallel import clip_grad_norm_, no_sync
 
 
 # -----------------------------------------------------------------------------
@@ -164,9 +164,10 @@ class GradNoise:
 # one optimizer step
 
 def train_step(model, optimizer, scaler, accum, rt, grad_clip, get_batch, mark=None, noise=None):
-    """One optimizer step: accum micro-steps of forward/backward (DDP all-reduces gradients on the last one
-    only), clip, step, zero_grad. get_batch(micro) -> (x, y). mark(phase), if given, is called after each
-    phase ('data', 'forward', 'backward', 'optimizer'): bench.py times them. noise, a GradNoise, measures the
+    """One optimizer step: accum micro-steps of forward/backward (DDP all-reduces, FSDP reduce-scatters gradients
+    on the last one only: parallel.no_sync), clip (the global norm, sharded or not), step, zero_grad.
+    get_batch(micro) -> (x, y). mark(phase), if given, is called after each phase ('data', 'forward',
+    'backward', 'optimizer'): bench.py times them. noise, a GradNoise, measures the
     gradient noise scale (then DDP's all-reduce is done by GradNoise.finish instead). Returns the summed
     micro-step losses as a device tensor, so the caller decides when to wait for the device."""
     mark = mark or (lambda phase: None)
@@ -177,7 +178,7 @@ def train_step(model, optimizer, scaler, accum, rt, grad_clip, get_batch, mark=N
         x, y = get_batch(micro)
         mark('data')
         sync = (micro == accum - 1 and noise is None) or not rt.ddp
-        with (contextlib.nullcontext() if sync else model.no_sync()):
+        with no_sync(model, skip=not sync):
             with rt.autocast:
                 _, loss = model(x, y, return_logits=False)   # logits not kept; chunked past lm_loss.CE_PLAIN_MAX_BYTES
             mark('forward')
@@ -190,7 +191,7 @@ def train_step(model, optimizer, scaler, accum, rt, grad_clip, get_batch, mark=N
         noise.finish(rt, scaler.get_scale() if scaler.is_enabled() else 1.0)
     if grad_clip > 0:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -206,21 +207,26 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
     """Mean loss (nats per token) over val sequences 0..n_seqs-1. Each rank takes a contiguous part and the sums
     are all-reduced, so the number does not depend on the world size (up to float rounding). Every forward has
     the same shape (batch_size rows; a short last batch is filled with rows whose targets are ignored), so a
-    compiled model compiles its evaluation graph once, not again for a last batch of another size."""
+    compiled model compiles its evaluation graph once, not again for a last batch of another size. Every rank
+    runs the same number of forwards (a rank with fewer sequences runs a batch it does not count): an FSDP
+    forward all-gathers weights, a collective all ranks must join."""
     model.eval()
     total = torch.zeros(2, device=rt.device, dtype=torch.float64)  # [sum of token losses, token count]
     lo, hi = rt.rank * n_seqs // rt.world, (rt.rank + 1) * n_seqs // rt.world
-    for first in range(lo, hi, batch_size):
-        n = min(batch_size, hi - first)
-        x, y = loader.batch(first, batch_size if n == batch_size else n, rt.device)
+    n_forwards = math.ceil(math.ceil(n_seqs / rt.world) / batch_size)   # the largest part's, on every rank
+    for i in range(n_forwards):
+        first = lo + i * batch_size
+        n = max(0, min(batch_size, hi - first))
+        x, y = loader.batch(first if n else 0, n or 1, rt.device)
         if n < batch_size:
-            x = torch.cat([x, x[:1].expand(batch_size - n, -1)])
-            y = torch.cat([y, torch.full_like(y[:1], -1).expand(batch_size - n, -1)])
+            x = torch.cat([x, x[:1].expand(batch_size - x.size(0), -1)])
+            y = torch.cat([y, torch.full_like(y[:1], -1).expand(batch_size - y.size(0), -1)])
         with rt.autocast:
             _, loss = model(x, y, return_logits=False)
-        count = n * y.size(1)
-        total[0] += loss.double() * count
-        total[1] += count
+        if n:   # a batch of ignored targets only has a NaN mean loss: not counted
+            count = n * y.size(1)
+            total[0] += loss.double() * count
+            total[1] += count
     if rt.ddp:
         torch.distributed.all_reduce(total)
     model.train()
