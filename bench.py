@@ -43,6 +43,7 @@ from pretrain.configurator import ConfigError, cli, parse_config, script_default
 from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
 from model import PRESETS, GPTConfig, ModelError
 from pretrain.runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
+from pretrain.parallel import MODES, check_fsdp, wrap
 from pretrain.training import configure_optimizer, micro_steps, train_step
 
 # -----------------------------------------------------------------------------
@@ -197,6 +198,9 @@ def check_bench_knobs(cfg):
     if totals is not None and (not isinstance(totals, (tuple, list)) or not totals
                                or not all(isinstance(t, int) and t > 0 for t in totals)):
         raise ConfigError(f"scaling_totals must be a tuple of positive ints, got {totals!r}")
+    if cfg['parallel'] not in MODES or not isinstance(cfg['activation_checkpointing'], bool):
+        raise ConfigError(f"parallel must be one of {MODES} and activation_checkpointing True or False, got "
+                          f"{cfg['parallel']!r} and {cfg['activation_checkpointing']!r}")
     p = cfg['peak_tflops']
     if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or p <= 0):
         raise ConfigError(f"peak_tflops must be a positive number (dense TFLOP/s of one device), got {p!r}")
@@ -284,6 +288,8 @@ def bench(cfg):
     start_unix_s = time.time()
     check_bench_knobs(cfg)
     rt = setup_runtime(cfg)
+    if cfg['parallel'] == 'fsdp':
+        check_fsdp(cfg, rt.dtype)
     cfg = dict(cfg)
     B, T = cfg['batch_size'], cfg['block_size']
     if cfg['grad_accum'] is not None:  # the bench's default: one micro-step per process, whatever the config says
@@ -299,10 +305,9 @@ def bench(cfg):
     if vocab > mconf.vocab_size:
         raise ConfigError(f"the data has {vocab} token ids, the model's vocabulary only {mconf.vocab_size}")
     raw_model = raw_model.to(rt.device)
-    model = torch.compile(raw_model) if cfg['compile'] else raw_model
-    if rt.ddp:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == 'cuda' else None)
+    # as train.py: DDP or FSDP2 (parallel.wrap), compile and activation checkpointing; before the optimizer,
+    # since under fsdp the parameters become their shards
+    model = wrap(raw_model, rt, cfg['parallel'], cfg['compile'], cfg['activation_checkpointing'])
     optimizer = configure_optimizer(raw_model, cfg, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
     one_step = Stepper(model, optimizer, scaler, rt, cfg['grad_clip'], get_batch, T)
@@ -315,7 +320,7 @@ def bench(cfg):
     phases = phase_split(one_step, totals[0], accums[0], cfg, rt) if cfg['phases'] else None
 
     sampling = None
-    if cfg['sample_tokens'] > 0 and not rt.ddp:
+    if cfg['sample_tokens'] > 0 and not rt.ddp and cfg['parallel'] == 'ddp':   # decoding a sharded model: not here
         sampling = sampling_throughput(raw_model, rt, cfg, vocab)
 
     # accounting
@@ -341,9 +346,10 @@ def bench(cfg):
         'flops_per_token': fpt, 'flops_formula': FORMULAS, 'tflops_per_device': first['tflops_per_device'],
         'peak_tflops_per_device': peak / 1e12 if peak else None, 'peak_source': peak_source, 'mfu': first['mfu'],
         'peak_memory_bytes': mem_bytes, 'peak_memory_kind': mem_kind,
-        # the estimate for what this run does: DDP (bench has no FSDP before issue 26) and the model's checkpointing
-        'memory_estimate': {'parallel': 'ddp', 'activation_checkpointing': raw_model.activation_checkpointing,
-                            **train_memory(mconf, B, rt.world, 'ddp', raw_model.activation_checkpointing,
+        # the estimate for what this run does
+        'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing'],
+        'memory_estimate': {'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing'],
+                            **train_memory(mconf, B, rt.world, cfg['parallel'], cfg['activation_checkpointing'],
                                            compute_dtype=rt.dtype, optimizer=cfg['optimizer']),
                             'leaves_out': MEMORY_LEAVES_OUT},
         'sampling': sampling,
@@ -353,7 +359,7 @@ def bench(cfg):
     }
     if cfg['scaling_totals']:
         record['scaling_runs'] = summaries
-    if rt.ddp:
+    if torch.distributed.is_initialized():   # DDP, or fsdp (a group of one without torchrun)
         torch.distributed.barrier()   # every rank done with its collectives before any tears the group down
         torch.distributed.destroy_process_group()
     return record, rt.master
@@ -466,8 +472,7 @@ def memory_plan(cfg):
             'batch_size': cfg['batch_size'], 'block_size': mconf.block_size, 'world_size': world, 'dtype': dtype,
             'optimizer': cfg['optimizer'],
             # train.py's knobs from issue 26 (FSDP); a train.py without them runs DDP without checkpointing
-            'configured': {'parallel': cfg.get('parallel', 'ddp'),
-                           'activation_checkpointing': cfg.get('activation_checkpointing', False)},
+            'configured': {'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing']},
             'estimates': rows, 'leaves_out': MEMORY_LEAVES_OUT}
 
 
@@ -485,7 +490,8 @@ def format_train(r):
         f"model      {m['n_params'] / 1e6:.2f}M parameters ({m['n_params_nonembed'] / 1e6:.2f}M non-embedding): "
         f"n_layer={m['n_layer']} n_head={m['n_head']} n_embd={m['n_embd']} vocab={m['vocab_size']}",
         f"device     {r['device_name']} ({r['device']}, {r['threads']} threads), {r['dtype']}"
-        f"{', torch.compile' if r['compile'] else ''}, {r['world_size']} process(es), torch {r['torch']}",
+        f"{', torch.compile' if r['compile'] else ''}, {r['world_size']} process(es) ({r['parallel']}"
+        f"{', activation checkpointing' if r['activation_checkpointing'] else ''}), torch {r['torch']}",
         f"batch      {r['batch_size']} x {r['block_size']} tokens x {r['grad_accum']} micro-step(s) x "
         f"{r['world_size']} process(es) = {r['tokens_per_step']:,} tokens/step; data: {r['data']}",
         f"timing     {r['warmup_steps']} warm-up steps, then {r['repeats']} repeats of {r['timed_steps']} optimizer "

@@ -28,7 +28,7 @@ from pretrain.checkpoint import (CKPT_NAME, CheckpointError, checkpoint_path, in
                                  save_sharded_checkpoint, sweep_stale)
 from pretrain.configurator import ConfigError, cli, knobs, parse_config
 from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
-from pretrain.parallel import MODES, load_full_optimizer, load_state, local, sharded_state, wrap
+from pretrain.parallel import MODES, check_fsdp, load_full_optimizer, load_state, local, sharded_state, wrap
 from pretrain.runlog import LOG_NAME
 from model import GPTConfig, ModelError
 from pretrain.runtime import device_name, peak_flops, setup_runtime
@@ -178,27 +178,11 @@ def check_train_knobs(cfg, world):
             raise ConfigError(f"branch_from={cfg['branch_from']!r} is in out_dir={cfg['out_dir']!r}: a branch writes "
                               f"to its own out_dir and only reads its parent; give --out_dir a new directory")
     if cfg['parallel'] == 'fsdp':
-        check_fsdp_knobs(cfg, cfg['dtype'])
+        check_fsdp(cfg, cfg['dtype'])
     if cfg['noise_scale'] and accum * world < 2:
         raise ConfigError("noise_scale needs at least two micro-batches per step (total_batch_size >= "
                           "2 x batch_size x block_size)")
     return accum
-
-
-def check_fsdp_knobs(cfg, dtype):
-    """What parallel='fsdp' cannot do, each refused in one line (dtype: the knob, or what 'auto' resolved to)."""
-    if cfg['optimizer'] == 'muon':
-        raise ConfigError("optimizer='muon' with parallel='fsdp' is not supported: Muon orthogonalizes whole "
-                          "matrices and FSDP holds 1/N of each; use optimizer='adamw' or parallel='ddp'")
-    if dtype == 'float16':
-        raise ConfigError("dtype float16 with parallel='fsdp' is not supported (its GradScaler would need "
-                          "sharded gradients); use bfloat16 or float32, or parallel='ddp'")
-    if cfg['noise_scale']:
-        raise ConfigError("noise_scale with parallel='fsdp' is not supported: it reads each micro-batch's whole "
-                          "gradient, which FSDP never holds; use parallel='ddp'")
-    if cfg['hellaswag_interval']:
-        raise ConfigError("hellaswag_interval with parallel='fsdp' is not supported; score a checkpoint with "
-                          "eval.py instead (it reads sharded checkpoints)")
 
 
 def open_out_dir(path):
@@ -325,7 +309,7 @@ def setup(cfg):
     accum = check_train_knobs(cfg, int(os.environ.get('WORLD_SIZE', 1)))  # before any device or process group
     rt = setup_runtime(cfg)
     if cfg['parallel'] == 'fsdp':
-        check_fsdp_knobs(cfg, rt.dtype)   # dtype='auto' is float16 on GPUs without bf16
+        check_fsdp(cfg, rt.dtype)   # dtype='auto' is float16 on GPUs without bf16
     if rt.master:
         open_out_dir(cfg['out_dir'])
     meta = read_meta(cfg['data_dir'])

@@ -28,7 +28,26 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from pretrain.configurator import ConfigError
+
 MODES = ('ddp', 'fsdp')
+
+
+def check_fsdp(cfg, dtype):
+    """What parallel='fsdp' cannot do, each refused in one line (train.py and bench.py, before anything is written;
+    dtype: the knob, or what 'auto' resolved to)."""
+    if cfg['optimizer'] == 'muon':
+        raise ConfigError("optimizer='muon' with parallel='fsdp' is not supported: Muon orthogonalizes whole "
+                          "matrices and FSDP holds 1/N of each; use optimizer='adamw' or parallel='ddp'")
+    if dtype == 'float16':
+        raise ConfigError("dtype float16 with parallel='fsdp' is not supported (its GradScaler would need "
+                          "sharded gradients); use bfloat16 or float32, or parallel='ddp'")
+    if cfg['noise_scale']:
+        raise ConfigError("noise_scale with parallel='fsdp' is not supported: it reads each micro-batch's whole "
+                          "gradient, which FSDP never holds; use parallel='ddp'")
+    if cfg['hellaswag_interval']:
+        raise ConfigError("hellaswag_interval with parallel='fsdp' is not supported; score a checkpoint with "
+                          "eval.py instead (it reads sharded checkpoints)")
 
 
 def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
@@ -46,7 +65,7 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
     runs layer norms, softmax and the loss in float32 and casting an already-bf16 weight to bf16 is free, so the
     matmuls see the bf16 weights a DDP run's autocast would make (FSDP also rounds the embeddings and norm gains,
     which autocast leaves float32: close to DDP, not equal; tests/test_parallel.py). torchtitan drops autocast
-    under FSDP instead; here the loss stays float32 either way (model.cross_entropy promotes the logits), and
+    under FSDP instead; here the loss stays float32 either way (lm_loss.cross_entropy promotes the logits), and
     autocast keeps the norms in float32 too."""
     model.activation_checkpointing = activation_checkpointing   # a run setting of the GPT (model.py, features)
     if parallel != 'fsdp':

@@ -2,11 +2,14 @@
 
     torchrun --nproc_per_node=2 -m tests.fsdp_worker compare RESULT.json    FSDP2 against DDP, same model and batches
     python -m tests.fsdp_worker kill STEP TRAIN_ARGS...                       train.py, SIGKILLed inside a sharded save
+    torchrun --nproc_per_node=2 -m tests.fsdp_worker memory CONFIGS_JSON     what each rank holds, for test_memory.py
 
 compare: the same tiny GPT (same seed) and the same per-rank batches go through training.train_step under DDP and
 under FSDP (parallel.wrap), and rank 0 writes what the tests assert on: the largest weight difference after several
 AdamW steps (plain; with clipping and gradient accumulation; with activation checkpointing; in bf16), the global
 gradient norm both ways, and the elements of weights and AdamW state each rank holds.
+memory: for each GPTConfig (JSON keyword dicts), a GPT sharded by parallel.wrap takes one AdamW step; rank 0 prints
+one JSON line with every rank's local bytes of weights (and buffers), gradients and optimizer state.
 kill: train.py's main with DCP's file writer patched to SIGKILL this process midway through the save of STEP
 (after some shard bytes are on disk, before the manifest), as a power cut or the OOM killer would.
 """
@@ -112,6 +115,32 @@ def compare(path):
     dist.destroy_process_group()
 
 
+def memory(configs_json):
+    rt = setup_runtime({'device': 'cpu', 'dtype': 'float32'})
+    torch.set_num_threads(1)
+    nbytes = lambda ts: sum(local(t).nbytes for t in ts)
+    out = []
+    for kw in json.loads(configs_json):
+        config = GPTConfig(**kw)
+        torch.manual_seed(0)
+        model = wrap(GPT(config), rt, 'fsdp')
+        optimizer = configure_optimizer(model, OPT, rt.device)
+        x = torch.randint(0, config.vocab_size, (2, config.block_size))
+        _, loss = model(x, x, return_logits=False)
+        loss.backward()
+        optimizer.step()
+        params = list(model.parameters())
+        mine = dict(weights=nbytes(params) + nbytes(model.buffers()), grads=nbytes(p.grad for p in params),
+                    optimizer=sum(nbytes(v for v in s.values() if torch.is_tensor(v)) for s in optimizer.state.values()))
+        ranks = [None] * rt.world
+        dist.all_gather_object(ranks, mine)
+        out.append(ranks)
+    if rt.rank == 0:
+        print(json.dumps(out))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def kill(step, argv):
     import torch.distributed.checkpoint as dcp
     import train
@@ -130,5 +159,7 @@ def kill(step, argv):
 if __name__ == '__main__':
     if sys.argv[1] == 'compare':
         compare(sys.argv[2])
+    elif sys.argv[1] == 'memory':
+        memory(sys.argv[2])
     else:
         kill(int(sys.argv[2]), sys.argv[3:])

@@ -64,6 +64,23 @@ def test_tiny_cpu_run_produces_every_field(capsys):
         assert word in text
 
 
+def test_fsdp_and_activation_checkpointing_bench_what_train_py_runs(capsys):
+    """--parallel=fsdp (a group of one without torchrun) times the sharded model, with its estimate; Muon with
+    FSDP is refused in one line, as train.py refuses it."""
+    record, out = run_main([*TINY, '--data=random', '--vocab_size=64', '--parallel=fsdp',
+                            '--activation_checkpointing=True', '--sample_tokens=0'], capsys)
+    assert record['parallel'] == 'fsdp' and record['activation_checkpointing'] is True
+    assert record['tokens_per_s'] > 0 and record['phases_s']['backward'] > 0
+    tiny = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=64, pos_emb='rope')
+    est = record['memory_estimate']
+    assert (est['parallel'], est['activation_checkpointing']) == ('fsdp', True)
+    assert est['total'] == train_memory(tiny, 2, 1, 'fsdp', True, compute_dtype='float32')['total']
+    assert '(fsdp, activation checkpointing)' in out
+    with pytest.raises(SystemExit) as e:
+        bench.main([*TINY, '--data=random', '--vocab_size=64', '--parallel=fsdp', '--optimizer=muon', '--muon_lr=0.02'])
+    assert e.value.code == 1 and "optimizer='muon' with parallel='fsdp'" in capsys.readouterr().err
+
+
 def test_real_shards_and_peak_override(tmp_path, capsys):
     data = tmp_path / 'tiny_bytes'
     data.mkdir()

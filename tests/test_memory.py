@@ -1,6 +1,6 @@
 """The per-GPU training memory estimate (pretrain/accounting.train_memory) against what torch allocates on the CPU:
 the tensors autograd saves (saved_tensors_hooks), the step's peak (the CPU allocator's record through
-torch.profiler), and each rank's FSDP2 shards under torchrun (tests/fsdp_memory_worker.py)."""
+torch.profiler), and each rank's FSDP2 shards under torchrun (tests/fsdp_worker.py memory)."""
 import contextlib
 import json
 import os
@@ -182,7 +182,7 @@ def test_fsdp_shards_are_the_estimate():
     shapes = [small, {**small, **SHAPES[1], 'pad_vocab_multiple': 1}]
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-           f'--master_port={free_port()}', os.path.join(ROOT, 'tests', 'fsdp_memory_worker.py'), json.dumps(shapes)]
+           f'--master_port={free_port()}', '-m', 'tests.fsdp_worker', 'memory', json.dumps(shapes)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for kw, ranks in zip(shapes, json.loads(r.stdout.strip().splitlines()[-1])):
