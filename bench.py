@@ -397,41 +397,53 @@ def run_worker(n, argv, totals):
 
 
 def scaling(cfg, argv, counts):
-    """Strong scaling (global batch fixed) and weak scaling (per-process batch fixed) over `counts` processes.
+    """Strong scaling (global batch fixed) and weak scaling (per-process batch fixed) over `counts` processes, for
+    DDP and for FSDP side by side (DDP alone when the run's knobs rule FSDP out: parallel.check_fsdp).
     Strong: speed-up = t_1 / t_N, efficiency = speed-up / N. Weak: efficiency = t_1 / t_N (ideal: constant step
-    time), scaled speed-up = N * t_1 / t_N (the throughput ratio). With a smallest count n0 > 1, N is read as N/n0.
-    One torchrun launch per count times both (back to back, so background load hits them alike)."""
+    time), scaled speed-up = N * t_1 / t_N (the throughput ratio). With a smallest count n0 > 1, N is read as N/n0;
+    each mode against its own base. One torchrun launch per count and mode times both strong and weak (back to
+    back, so background load hits them alike)."""
     check_bench_knobs(cfg)
+    modes, fsdp_skipped = ['ddp', 'fsdp'], None
+    try:
+        check_fsdp(cfg, cfg['dtype'])
+    except ConfigError as e:
+        modes, fsdp_skipped = ['ddp'], str(e)
     B, T, ga = cfg['batch_size'], cfg['block_size'], cfg['grad_accum']
     per_proc = B * T * ga if ga is not None else cfg['total_batch_size']
     # strong: the largest count takes as many micro-steps per process as every count does in the weak runs
     strong_total = per_proc * math.lcm(*counts) if ga is not None else cfg['total_batch_size']
     out = {'strong': [], 'weak': []}
-    for n in counts:
-        totals = {'strong': strong_total, 'weak': per_proc * n}
-        for mode, total in totals.items():
-            if total % (B * T * n):
-                raise ConfigError(f"{mode} scaling: {total} tokens/step do not split over {n} processes of "
-                                  f"{B}x{T}; use grad_accum or a total_batch_size divisible by it")
-        r = run_worker(n, argv, list(totals.values()))
-        for mode, run in zip(totals, r.pop('scaling_runs')):
-            out[mode].append({'nprocs': n, 'threads_per_proc': r['threads'], 'world_size': r['world_size'],
-                              'tokens_per_step': run['tokens_per_step'], 'grad_accum': run['grad_accum'],
-                              'step_time_s': run['step_time_s']['median'], 'spread': run['step_time_s']['spread'],
-                              'tokens_per_s': run['tokens_per_s'], 'mfu': run['mfu']})
-    for mode, rows in out.items():
-        n0, t0 = rows[0]['nprocs'], rows[0]['step_time_s']
-        for row in rows:
-            k = row['nprocs'] / n0
-            if mode == 'strong':
-                row['speedup'] = t0 / row['step_time_s']
-                row['efficiency'] = row['speedup'] / k
-            else:
-                row['efficiency'] = t0 / row['step_time_s']
-                row['speedup'] = k * row['efficiency']
+    for parallel in modes:
+        for n in counts:
+            totals = {'strong': strong_total, 'weak': per_proc * n}
+            for kind, total in totals.items():
+                if total % (B * T * n):
+                    raise ConfigError(f"{kind} scaling: {total} tokens/step do not split over {n} processes of "
+                                      f"{B}x{T}; use grad_accum or a total_batch_size divisible by it")
+            r = run_worker(n, [*argv, f'--parallel={parallel}'], list(totals.values()))
+            for kind, run in zip(totals, r.pop('scaling_runs')):
+                out[kind].append({'parallel': parallel, 'nprocs': n, 'threads_per_proc': r['threads'],
+                                  'world_size': r['world_size'], 'tokens_per_step': run['tokens_per_step'],
+                                  'grad_accum': run['grad_accum'], 'step_time_s': run['step_time_s']['median'],
+                                  'spread': run['step_time_s']['spread'], 'tokens_per_s': run['tokens_per_s'],
+                                  'mfu': run['mfu']})
+    for kind, rows in out.items():
+        for parallel in modes:
+            mine = [row for row in rows if row['parallel'] == parallel]
+            n0, t0 = mine[0]['nprocs'], mine[0]['step_time_s']
+            for row in mine:
+                k = row['nprocs'] / n0
+                if kind == 'strong':
+                    row['speedup'] = t0 / row['step_time_s']
+                    row['efficiency'] = row['speedup'] / k
+                else:
+                    row['efficiency'] = t0 / row['step_time_s']
+                    row['speedup'] = k * row['efficiency']
     return {'bench': 'scaling', 'time': time.time(), 'torch': torch.__version__, 'device': r['device'],
             'device_name': r['device_name'], 'dtype': r['dtype'], 'model': r['model'], 'data': r['data'],
-            'batch_size': B, 'block_size': T, 'nprocs': counts, 'base_nprocs': counts[0],
+            'batch_size': B, 'block_size': T, 'nprocs': counts, 'base_nprocs': counts[0], 'parallel': modes,
+            'fsdp_skipped': fsdp_skipped,
             'warmup_steps': r['warmup_steps'], 'timed_steps': r['timed_steps'], 'repeats': r['repeats'],
             'peak_source': r['peak_source'],
             'definitions': {'strong': 'global batch fixed; speedup = t1/tN, efficiency = speedup/N',
@@ -570,12 +582,15 @@ def format_scaling(r):
                                 ('weak', 'weak scaling: per-process batch fixed', 'speed-up N*t1/tN',
                                  'efficiency t1/tN')):
         lines += ["", title,
-                  f"  {'procs':>5} {'threads':>7} {'tokens/step':>11} {'accum':>5} {'step time':>12} {'spread':>6} "
-                  f"{'tokens/s':>10} {sp:>16} {ef:>16}"]
+                  f"  {'mode':<5} {'procs':>5} {'threads':>7} {'tokens/step':>11} {'accum':>5} {'step time':>12} "
+                  f"{'spread':>6} {'tokens/s':>10} {sp:>16} {ef:>16}"]
         for row in r[mode]:
-            lines.append(f"  {row['nprocs']:>5} {row['threads_per_proc']:>7} {row['tokens_per_step']:>11,} "
-                         f"{row['grad_accum']:>5} {_ms(row['step_time_s']):>12} {100 * row['spread']:>5.1f}% "
-                         f"{row['tokens_per_s']:>10,.0f} {row['speedup']:>16.2f} {100 * row['efficiency']:>15.0f}%")
+            lines.append(f"  {row['parallel']:<5} {row['nprocs']:>5} {row['threads_per_proc']:>7} "
+                         f"{row['tokens_per_step']:>11,} {row['grad_accum']:>5} {_ms(row['step_time_s']):>12} "
+                         f"{100 * row['spread']:>5.1f}% {row['tokens_per_s']:>10,.0f} {row['speedup']:>16.2f} "
+                         f"{100 * row['efficiency']:>15.0f}%")
+    if r['fsdp_skipped']:
+        lines += ["", f"fsdp not timed: {r['fsdp_skipped']}"]
     return "\n".join(lines)
 
 

@@ -147,27 +147,29 @@ def test_parse_nprocs():
 
 @pytest.mark.slow
 def test_scaling_with_one_and_two_processes():
-    # four torchrun launches (strong and weak, 1 and 2 processes) on CPU with gloo
+    # four torchrun launches (1 and 2 processes, DDP and FSDP; each times strong and weak) on CPU with gloo
     cmd = [sys.executable, os.path.join(ROOT, 'bench.py'), *TINY, '--data=random', '--vocab_size=64',
            '--peak_tflops=1', '--nprocs=1,2', '--json']
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
-    assert r['bench'] == 'scaling' and r['nprocs'] == [1, 2]
-    strong, weak = r['strong'], r['weak']
-    assert [row['nprocs'] for row in strong] == [row['nprocs'] for row in weak] == [1, 2]
-    # strong: the global batch (2 x 2 x 32 tokens) stays; one process takes 2 micro-steps, two take 1 each
-    assert [row['tokens_per_step'] for row in strong] == [128, 128]
-    assert [row['grad_accum'] for row in strong] == [2, 1]
-    # weak: each process keeps its 2 x 32 tokens, so the global batch doubles
-    assert [row['tokens_per_step'] for row in weak] == [64, 128]
-    assert [row['grad_accum'] for row in weak] == [1, 1]
-    assert [row['world_size'] for row in strong] == [1, 2] and [row['threads_per_proc'] for row in weak][1] == 1
-    for rows in (strong, weak):
-        assert rows[0]['speedup'] == pytest.approx(1.0) and rows[0]['efficiency'] == pytest.approx(1.0)
-    t1, t2 = strong[0]['step_time_s'], strong[1]['step_time_s']
-    assert strong[1]['speedup'] == pytest.approx(t1 / t2) and strong[1]['efficiency'] == pytest.approx(t1 / t2 / 2)
-    t1, t2 = weak[0]['step_time_s'], weak[1]['step_time_s']
-    assert weak[1]['efficiency'] == pytest.approx(t1 / t2) and weak[1]['speedup'] == pytest.approx(2 * t1 / t2)
+    assert r['bench'] == 'scaling' and r['nprocs'] == [1, 2] and r['parallel'] == ['ddp', 'fsdp']
+    for parallel in ('ddp', 'fsdp'):
+        strong = [row for row in r['strong'] if row['parallel'] == parallel]
+        weak = [row for row in r['weak'] if row['parallel'] == parallel]
+        assert [row['nprocs'] for row in strong] == [row['nprocs'] for row in weak] == [1, 2]
+        # strong: the global batch (2 x 2 x 32 tokens) stays; one process takes 2 micro-steps, two take 1 each
+        assert [row['tokens_per_step'] for row in strong] == [128, 128]
+        assert [row['grad_accum'] for row in strong] == [2, 1]
+        # weak: each process keeps its 2 x 32 tokens, so the global batch doubles
+        assert [row['tokens_per_step'] for row in weak] == [64, 128]
+        assert [row['grad_accum'] for row in weak] == [1, 1]
+        assert [row['world_size'] for row in strong] == [1, 2] and [row['threads_per_proc'] for row in weak][1] == 1
+        for rows in (strong, weak):   # each mode against its own one-process base
+            assert rows[0]['speedup'] == pytest.approx(1.0) and rows[0]['efficiency'] == pytest.approx(1.0)
+        t1, t2 = strong[0]['step_time_s'], strong[1]['step_time_s']
+        assert strong[1]['speedup'] == pytest.approx(t1 / t2) and strong[1]['efficiency'] == pytest.approx(t1 / t2 / 2)
+        t1, t2 = weak[0]['step_time_s'], weak[1]['step_time_s']
+        assert weak[1]['efficiency'] == pytest.approx(t1 / t2) and weak[1]['speedup'] == pytest.approx(2 * t1 / t2)
     text = bench.format_scaling(r)
-    assert 'strong scaling' in text and 'weak scaling' in text and 'speed-up t1/tN' in text
+    assert 'strong scaling' in text and 'weak scaling' in text and 'speed-up t1/tN' in text and 'fsdp' in text
