@@ -397,8 +397,8 @@ class GPT(nn.Module):
             return self.lm_logits(h), None
         V, Vp = self.config.vocab_size, self.config.padded_vocab_size
         if not return_logits and h.numel() // h.size(-1) * Vp * 4 > lm_loss.CE_PLAIN_MAX_BYTES:
-            return None, lm_loss.linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1),
-                                              V, self.config.logit_softcap)
+            return None, lm_loss.linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight,
+                                                      targets.reshape(-1), V, self.config.logit_softcap)
         logits = self.lm_logits(h)
         loss = lm_loss.cross_entropy(logits, targets, V)
         return (logits if return_logits else None), loss

@@ -178,7 +178,7 @@ def _loss_bytes(config, tokens, compute_dtype, parallel):
     compute-dtype copies of h and W (16-bit dtypes only) and, for one chunk of rows = CE_CHUNK_ELEMENTS // Vp, three
     float32 (rows, Vp) buffers (the logits, logits - lse, softmax): within one such buffer of the peak measured on
     CPU, where the exact figure depends on when Python frees the loop's last chunk."""
-    from pretrain.lm_loss import CE_CHUNK_ELEMENTS, CE_PLAIN_MAX_BYTES   # at each call: a user (or a test) may lower them
+    from pretrain.lm_loss import CE_CHUNK_ELEMENTS, CE_PLAIN_MAX_BYTES   # at each call: they may be lowered
     c = config
     a = _DTYPE_BYTES[compute_dtype]
     C, V, Vp = c.n_embd, c.vocab_size, c.padded_vocab_size

@@ -189,10 +189,11 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
     (parallel.sharded_state); state = the rest of a checkpoint (step, loader, config, ...). Each rank writes its
     tensors into a new directory ckpt.dcp.<step>-<hex> with DCP; only when all have, rank 0 writes the manifest
     ckpt.pt (state + 'sharded': the directory's name + 'param_groups': the optimizer's groups, plain values +
-    'aliases': a tied weight's other names) atomically with save_checkpoint, which then removes the directories no manifest names. The directory holds tensors
-    only: DCP reads any non-tensor value back with torch.load(weights_only=False), so they go to the manifest,
-    which is read with weights_only=True. A save killed at any moment leaves the previous manifest and its directory, as they were;
-    the half-written directory is swept at the next start (sweep_stale). Failure: CheckpointError on every rank."""
+    'aliases': a tied weight's other names) atomically with save_checkpoint, which then removes the directories
+    no manifest names. The directory holds tensors only: DCP reads any non-tensor value back with
+    torch.load(weights_only=False), so they go to the manifest, which is read with weights_only=True. A save killed
+    at any moment leaves the previous manifest and its directory as they were; the half-written directory is swept
+    at the next start (sweep_stale). Failure: CheckpointError on every rank."""
     import torch.distributed as dist
     master = dist.get_rank() == 0
     name = [f"{DCP_PREFIX}{state['step']:06d}-{secrets.token_hex(4)}"]   # fresh: never a directory in use
