@@ -52,13 +52,14 @@ spike_factor = 1.3                 # a checkpoint whose val loss is > this x the
                                    # (healthy runs: val rose at most 1.024x its best in experiments/' 103 logs)
 # evaluation and logging
 eval_interval = 200                # steps between val-loss evaluations (and one at every checkpoint and the last step)
-eval_iters = 20                    # val batches per evaluation: always the same first val sequences
+eval_iters = 40                    # val batches per evaluation: always the same first val sequences (80 of 512)
 log_interval = 10                  # steps between console lines and log.jsonl records
 hellaswag_interval = 0             # steps between HellaSwag evaluations (llm.c's scoring; GPT-2 tokens only); 0 = off
 hellaswag_path = None              # a local HellaSwag-format .jsonl instead of the downloaded val set
 noise_scale = False                # log the gradient noise scale B_simple (McCandlish et al. 2018); >= 2 micro-batches
 # data
-batch_size = 4                     # micro-batch, sequences per process per forward/backward
+batch_size = 2                     # micro-batch, sequences per process per forward/backward; 2 x 512 x 2 micro-steps
+                                   # = 2048 on one process, 1 micro-step each under torchrun --nproc_per_node=2
 block_size = 512                   # context length, tokens (sample.py's 500 new tokens fit: its KV cache never slides)
 total_batch_size = 2048            # tokens per optimizer step, over all processes and micro-steps
 # model (GPTConfig fields, see model.py)

@@ -27,7 +27,7 @@ TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')
 SEEDS = (1337, 1338, 1339)
 COMMON = ['--eval_interval=50', '--eval_iters=20', '--log_interval=50', '--checkpoint_interval=250', '--device=cpu',
-          '--dtype=float32']
+          '--dtype=float32', '--batch_size=4']   # the runs' micro-batch (train.py's default then; the same 80 val seqs)
 ADAMW = ['--optimizer=adamw']                       # learning_rate 6e-3: train.py's default, tuned for this model
 MUON_LRS = (0.005, 0.01, 0.02, 0.04)               # the sweep (Muon's matrices; AdamW keeps 6e-3 for the rest)
 OPTIONS = {'qk_norm': ['--qk_norm=True'], 'relu2': ['--mlp=relu2'], 'zero_init': ['--zero_init_proj=True'],
