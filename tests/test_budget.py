@@ -12,6 +12,7 @@ import pytest
 
 from conftest import run_scaling_cli
 from pretrain import configurator
+from pretrain.checkpoint import model_config_from
 from pretrain.scaling import budget, laws
 from pretrain.scaling.sweep import TRAIN_PY
 
@@ -191,6 +192,31 @@ def test_written_config_uses_only_train_py_knobs(tmp_path):
     assert set(budget.PLAN_KNOBS) <= set(cfg) <= set(defaults)
     assert cfg['pos_emb'] == 'learned' and cfg['pad_vocab_multiple'] == 64   # the base's model knobs, counted
     assert (cfg['n_layer'], cfg['n_embd'], cfg['max_iters']) == (p['n_layer'], p['n_embd'], p['steps'])
+
+
+def test_memory_picks_the_cheapest_mode_that_fits_and_the_config_carries_it(tmp_path):
+    """A 7B on 8 x 80 GiB: DDP's 16 bytes per parameter (104 GiB) fit at no micro-batch, with or without
+    activation checkpointing; FSDP does, and the written config runs it. A model DDP holds stays on DDP."""
+    from pretrain.accounting import train_memory
+    p = budget.plan(params=7e9, tokens=140e9, gpu='H100', gpus=8, mfu=0.4, vocab_size=50257, block_size=4096,
+                    aspect=128)
+    assert p['parallel'] == 'fsdp' and p['memory']['total'] <= 0.9 * 80 * 2 ** 30
+    conf = model_config_from({**p['model_knobs'], **{k: p[k] for k in ('n_layer', 'n_head', 'n_embd')},
+                                     'block_size': 4096}, 50257)
+    for ckpt in (False, True):
+        assert train_memory(conf, 1, 8, 'ddp', ckpt)['total'] > 0.9 * 80 * 2 ** 30
+    ckpt = p['activation_checkpointing']
+    assert train_memory(conf, p['micro_batch'], 8, 'fsdp', ckpt) == p['memory']
+    if p['micro_batch'] < 64:   # the largest micro-batch that fits: twice as many would not
+        assert train_memory(conf, 2 * p['micro_batch'], 8, 'fsdp', ckpt)['total'] > 0.9 * 80 * 2 ** 30 \
+            or 2 * p['micro_batch'] * 4096 * 8 > p['batch_target'] * 1.5
+    text = budget.config_text(p, 'out-7b')
+    (tmp_path / 'c.py').write_text(text)
+    cfg = configurator.read_config_file(str(tmp_path / 'c.py'))
+    assert (cfg['parallel'], cfg['activation_checkpointing']) == ('fsdp', ckpt)
+    assert any("FSDP shards it" in n for n in p["notes"]) and "needs sharding (FSDP)" in budget.report(p)
+    small = budget.plan(params=124e6, tokens=2.5e9, gpu='H100', gpus=8, mfu=0.4, vocab_size=50257)
+    assert (small['parallel'], small['activation_checkpointing']) == ('ddp', False)
 
 
 @pytest.fixture(scope='module')

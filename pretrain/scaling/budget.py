@@ -374,23 +374,29 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
     batch_source = f"B_opt = {b_k:.4g} C^{b_s:.4g} ({b_source})" if not bcrit_file else b_source
     learning_rate = float(f"{lr_k * C ** lr_s:.3g}")
 
-    # micro-batch per GPU: the largest power of two up to max_micro_batch and the batch's share that fits in memory
+    # how to fit the GPU: the first of these that holds micro-batch 1, cheapest first: DDP; DDP recomputing each
+    # block in the backward (activation checkpointing: about a third more compute); FSDP (ZeRO-3: 1.5x DDP's
+    # communication, ZeRO paper sec. 7.2.2); FSDP with checkpointing. Then, in that mode, the largest power-of-two
+    # micro-batch up to max_micro_batch and the batch's share per GPU that fits (train_memory, MEMORY_HEADROOM).
     mem_gib = gpu_memory or (gpu_memory_gib(gpu_name) if gpu_name else None)
     per_gpu_seqs = max(1, round(batch_target / (block_size * gpus)))
-    micro, parallel, mem = 1, 'ddp', None
+    fits = lambda m, mode, ckpt: (not mem_gib or train_memory(conf, m, gpus, mode, ckpt)['total']
+                                  <= MEMORY_HEADROOM * mem_gib * 2 ** 30)
+    modes = [('ddp', False), ('ddp', True), ('fsdp', False), ('fsdp', True)]
+    parallel, checkpointing = next(((mode, ckpt) for mode, ckpt in modes if fits(1, mode, ckpt)), ('none', True))
+    micro = 1
     for m in (2 ** i for i in range(int(math.log2(max_micro_batch)) + 1)):
-        if m > per_gpu_seqs:
-            break
-        if mem_gib and train_memory(conf, m, gpus)['total'] > MEMORY_HEADROOM * mem_gib * 2 ** 30:
+        if m > per_gpu_seqs or not fits(m, 'fsdp' if parallel == 'none' else parallel, checkpointing):
             break
         micro = m
-    mem = train_memory(conf, micro, gpus)
-    if mem_gib and mem['total'] > MEMORY_HEADROOM * mem_gib * 2 ** 30:
-        mem_fsdp = train_memory(conf, 1, gpus, parallel='fsdp')
-        parallel = 'fsdp' if mem_fsdp['total'] <= MEMORY_HEADROOM * mem_gib * 2 ** 30 else 'none'
-        notes.append(f"DDP does not fit in {mem_gib} GiB even at micro-batch 1 ({mem['total'] / 2 ** 30:.1f} GiB): "
-                     + ("sharding (FSDP) needs " f"{mem_fsdp['total'] / 2 ** 30:.1f} GiB per GPU"
-                        if parallel == 'fsdp' else "not even sharded (FSDP) across these GPUs: use more or larger"))
+    mem = train_memory(conf, micro, gpus, 'fsdp' if parallel == 'none' else parallel, checkpointing)
+    if parallel != 'ddp' or checkpointing:
+        need = train_memory(conf, 1, gpus)['total'] / 2 ** 30
+        notes.append(f"DDP does not fit in {mem_gib} GiB even at micro-batch 1 ({need:.1f} GiB): "
+                     + {'none': "not even FSDP with activation checkpointing across these GPUs: use more or larger",
+                        'ddp': "with activation checkpointing it does (about 1/3 more compute: expect a lower MFU)",
+                        'fsdp': "FSDP shards it" + (" with activation checkpointing (about 1/3 more compute: "
+                                                    "expect a lower MFU)" if checkpointing else "")}[parallel])
     accum = max(1, round(batch_target / (block_size * gpus * micro)))
     batch_tokens = block_size * gpus * micro * accum
     steps = max(1, round(D / batch_tokens))
@@ -407,7 +413,8 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
                micro_batch=micro, grad_accum=accum, steps=steps, learning_rate=learning_rate,
                min_lr=float(f"{learning_rate / 10:.3g}"), lr_source=lr_source, warmup_iters=warmup,
                memory={k: int(v) for k, v in mem.items()}, gpu_memory_gib=mem_gib,
-               parallel=parallel if mem_gib else None, gpu=gpu_name, gpus=gpus,
+               parallel=parallel if mem_gib else None, activation_checkpointing=checkpointing, gpu=gpu_name,
+               gpus=gpus,
                peak_tflops=peak / 1e12 if peak else None, mfu=mfu if hw else None, price=price,
                data_dir=data_dir, base_config=base_config, base=base, notes=notes,
                model_knobs={k: knobs[k] for k in MODEL_FIELDS if k in knobs and k not in shape and k != 'block_size'})
@@ -463,6 +470,8 @@ def report(p):
     m = p['memory']
     fit = {'ddp': 'fits with DDP', 'fsdp': 'needs sharding (FSDP)', 'none': 'does not fit',
            None: 'GPU memory unknown (--gpu_memory)'}[p['parallel']]
+    if p['activation_checkpointing'] and p['parallel'] in ('ddp', 'fsdp'):
+        fit += ' and activation checkpointing'
     lines.append(f"memory/GPU  {m['total'] / 2 ** 30:.2f} GiB (weights {m['weights'] / 2 ** 30:.2f}, grads "
                  f"{m['grads'] / 2 ** 30:.2f}, optimizer {m['optimizer'] / 2 ** 30:.2f}, activations "
                  f"{m['activations'] / 2 ** 30:.2f}) at micro-batch {p['micro_batch']}: {fit}"
@@ -486,6 +495,9 @@ def config_text(p, out_dir):
                 total_batch_size=p['batch_tokens'], max_iters=p['steps'], learning_rate=p['learning_rate'],
                 min_lr=p['min_lr'], warmup_iters=p['warmup_iters'], lr_decay_iters=p['steps'], schedule='cosine',
                 eval_interval=max(1, min(250, p['steps'] // 10)))
+    if p['parallel'] is not None:   # the mode the memory plan chose ('none': the smallest, which does not fit)
+        vals.update(parallel='fsdp' if p['parallel'] == 'none' else p['parallel'],
+                    activation_checkpointing=p['activation_checkpointing'])
     defaults = configurator.script_defaults(TRAIN_PY)
     unknown = [k for k in list(vals) + list(p['base']) + list(p['model_knobs']) if k not in defaults]
     if unknown:
