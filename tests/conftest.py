@@ -1,11 +1,13 @@
 """Fixtures and helpers shared by several test files: a local HTTP server for the downloader (tests/test_data.py) and
 for prepare.py's sources that download (tests/test_prepare.py), no test touching the internet; a script's main run
-in-process (`run_cli`); tiny GPTs (`tiny_config`, `tiny_gpt`)."""
+in-process (`run_cli`); tiny GPTs (`tiny_config`, `tiny_gpt`); a small byte-level corpus made by prepare.py
+(`word_corpus`)."""
 import gzip
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +116,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+WORDS = ['the', 'king', 'queen', 'crown', 'sword', 'love', 'night', 'day', 'speak', 'thou', 'art', 'my', 'lord']
+
+
+def word_corpus(tmp_path_factory, docs, lines=80):
+    """A byte-tokenized dataset that prepare.py makes (in-process, one worker) from `docs` documents of `lines`
+    random 12-word sentences, 10% held out for val -> its directory. The same text for the same arguments."""
+    import prepare
+    src = tmp_path_factory.mktemp('text')
+    rng = np.random.default_rng(0)
+    for i in range(docs):
+        (src / f'doc{i:02d}.txt').write_text('\n'.join(' '.join(rng.choice(WORDS, size=12)) + '.' for _ in range(lines)))
+    out = tmp_path_factory.mktemp('data') / 'tiny_bytes'
+    prepare.prepare('text', out=str(out), tokenizer='bytes', val_fraction=0.1, num_proc=1, inputs=[str(src)])
+    return str(out)

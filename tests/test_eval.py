@@ -21,7 +21,6 @@ import conftest
 import eval as evaluation   # the script under test (the name shadows the builtin only as a module attribute)
 from pretrain.checkpoint import save_checkpoint
 from pretrain.data import get_tokenizer, write_json, write_shard
-from model import GPT, GPTConfig
 from pretrain.runtime import setup_runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import conftest
-from model import GPT, GPTConfig
 from pretrain.muon import NS_COEFFS, Muon, muon_param_groups, newton_schulz
 
 # The band muon.newton_schulz documents: after 5 steps every singular value s_i with s_i / ||G||_F >= 1.6e-3

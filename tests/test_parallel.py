@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
@@ -69,16 +68,7 @@ def one_error_line(code, err):
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    src = tmp_path_factory.mktemp('text')
-    rng = np.random.default_rng(0)
-    words = ['the', 'king', 'queen', 'crown', 'sword', 'love', 'night', 'day', 'speak', 'thou', 'art', 'my', 'lord']
-    for i in range(30):
-        (src / f'doc{i:02d}.txt').write_text('\n'.join(' '.join(rng.choice(words, size=12)) + '.' for _ in range(80)))
-    out = tmp_path_factory.mktemp('data') / 'tiny_bytes'
-    r = run_python(['prepare.py', 'text', '--input', str(src), '--tokenizer', 'bytes', '--out', str(out),
-                    '--val_fraction', '0.1'])
-    assert r.returncode == 0, r.stderr
-    return str(out)
+    return conftest.word_corpus(tmp_path_factory, 30, 80)
 
 
 @pytest.fixture(scope='module')

@@ -15,7 +15,7 @@ import conftest
 import sample
 from pretrain.checkpoint import model_config_from, save_checkpoint
 from pretrain.data import get_tokenizer
-from model import GPT, GPTConfig
+from model import GPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 32

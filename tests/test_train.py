@@ -35,18 +35,7 @@ def run_script(args, timeout=300, **kw):
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    """A byte-tokenized corpus made by prepare.py from text the test writes (~60 KB, many documents)."""
-    src = tmp_path_factory.mktemp('text')
-    rng = np.random.default_rng(0)
-    words = ['the', 'king', 'queen', 'crown', 'sword', 'love', 'night', 'day', 'speak', 'thou', 'art', 'my', 'lord']
-    for i in range(60):
-        lines = [' '.join(rng.choice(words, size=12)) + '.' for _ in range(80)]
-        (src / f'doc{i:02d}.txt').write_text('\n'.join(lines))
-    out = tmp_path_factory.mktemp('data') / 'tiny_bytes'
-    r = run_script(['prepare.py', 'text', '--input', str(src), '--tokenizer', 'bytes', '--out', str(out),
-                    '--val_fraction', '0.1'])
-    assert r.returncode == 0, r.stderr
-    return str(out)
+    return conftest.word_corpus(tmp_path_factory, 60, 80)
 
 
 def cfg_for(data_dir, out_dir, **over):
