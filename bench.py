@@ -289,7 +289,7 @@ def bench(cfg):
     check_bench_knobs(cfg)
     rt = setup_runtime(cfg)
     if cfg['parallel'] == 'fsdp':
-        check_fsdp(cfg, rt.dtype)
+        check_fsdp(cfg, rt.dtype, rt.world)
     cfg = dict(cfg)
     B, T = cfg['batch_size'], cfg['block_size']
     if cfg['grad_accum'] is not None:  # the bench's default: one micro-step per process, whatever the config says
@@ -406,7 +406,7 @@ def scaling(cfg, argv, counts):
     check_bench_knobs(cfg)
     modes, fsdp_skipped = ['ddp', 'fsdp'], None
     try:
-        check_fsdp(cfg, cfg['dtype'])
+        check_fsdp(cfg, cfg['dtype'], max(counts))
     except ConfigError as e:
         modes, fsdp_skipped = ['ddp'], str(e)
     B, T, ga = cfg['batch_size'], cfg['block_size'], cfg['grad_accum']

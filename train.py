@@ -179,7 +179,7 @@ def check_train_knobs(cfg, world):
             raise ConfigError(f"branch_from={cfg['branch_from']!r} is in out_dir={cfg['out_dir']!r}: a branch writes "
                               f"to its own out_dir and only reads its parent; give --out_dir a new directory")
     if cfg['parallel'] == 'fsdp':
-        check_fsdp(cfg, cfg['dtype'])
+        check_fsdp(cfg, cfg['dtype'], world)
     if cfg['noise_scale'] and accum * world < 2:
         raise ConfigError("noise_scale needs at least two micro-batches per step (total_batch_size >= "
                           "2 x batch_size x block_size)")
@@ -310,7 +310,7 @@ def setup(cfg):
     accum = check_train_knobs(cfg, int(os.environ.get('WORLD_SIZE', 1)))  # before any device or process group
     rt = setup_runtime(cfg)
     if cfg['parallel'] == 'fsdp':
-        check_fsdp(cfg, rt.dtype)   # dtype='auto' is float16 on GPUs without bf16
+        check_fsdp(cfg, rt.dtype, rt.world)   # dtype='auto' is float16 on GPUs without bf16
     if rt.master:
         open_out_dir(cfg['out_dir'])
     meta = read_meta(cfg['data_dir'])

@@ -18,7 +18,6 @@ sharding; activation checkpointing per block. This module owns the wrapping, the
 context and the one gradient clipping (train_step uses both), and the state-dict views DCP checkpoints need.
 """
 import contextlib
-import sys
 
 import torch
 import torch.distributed as dist
@@ -32,14 +31,21 @@ from torch.nn.parallel import DistributedDataParallel
 from pretrain.configurator import ConfigError
 
 MODES = ('ddp', 'fsdp')
-# On torch 2.11 (CPU, gloo, 2 processes) a run with fully_shard and a DCP save aborted at process exit in about 1 of
-# 25 launches, after its checkpoint and log were complete; never on torch 2.13 (docs/parallel.md, known issues).
-FSDP_EXIT_CLEAN = (2, 13)
+# The oldest torch whose multi-process FSDP runs were seen to end cleanly. On torch 2.11 (CPU, gloo, 2 processes)
+# a run with fully_shard and a DCP save aborted at process exit in about 1 of 25 launches (after its checkpoint and
+# log were complete), and a 2-process FSDP benchmark hung once; 2.12 was not checked; 2.13 never failed
+# (docs/parallel.md, known issues).
+FSDP_MIN_TORCH = (2, 13)
 
 
-def check_fsdp(cfg, dtype):
+def check_fsdp(cfg, dtype, world, version=None):
     """What parallel='fsdp' cannot do, each refused in one line (train.py and bench.py, before anything is written;
     dtype: the knob, or what 'auto' resolved to)."""
+    version = version or torch.__version__
+    if world > 1 and tuple(int(x) for x in version.split('+')[0].split('.')[:2]) < FSDP_MIN_TORCH:
+        raise ConfigError(f"parallel='fsdp' over {world} processes needs torch >= {FSDP_MIN_TORCH[0]}."
+                          f"{FSDP_MIN_TORCH[1]} (on 2.11 such runs sometimes aborted or hung at the end; "
+                          f"docs/parallel.md); this is {version}: use parallel='ddp' or a newer torch")
     if cfg['optimizer'] == 'muon':
         raise ConfigError("optimizer='muon' with parallel='fsdp' is not supported: Muon orthogonalizes whole "
                           "matrices and FSDP holds 1/N of each; use optimizer='adamw' or parallel='ddp'")
@@ -78,10 +84,6 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
             wrapped = DistributedDataParallel(wrapped, device_ids=[rt.device.index] if rt.device.type == 'cuda'
                                               else None)
         return wrapped
-    if rt.master and rt.world > 1 and tuple(int(x) for x in torch.__version__.split('.')[:2]) < FSDP_EXIT_CLEAN:
-        print(f"warning: torch {torch.__version__}: multi-process FSDP runs that save a checkpoint sometimes abort at "
-              f"exit, after everything is written ('terminate called without an active exception'); torch "
-              f"{FSDP_EXIT_CLEAN[0]}.{FSDP_EXIT_CLEAN[1]}+ does not (docs/parallel.md)", file=sys.stderr)
     if not dist.is_initialized():   # one process, no torchrun: a group of one (an in-memory store, no network)
         dist.init_process_group('nccl' if rt.device.type == 'cuda' else 'gloo', store=dist.HashStore(), rank=0,
                                 world_size=1, device_id=rt.device if rt.device.type == 'cuda' else None)

@@ -21,6 +21,7 @@ import export
 import sample
 import train
 from pretrain.checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints, sweep_stale
+from pretrain.parallel import FSDP_MIN_TORCH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, total_batch_size=256, max_iters=6,
@@ -41,6 +42,8 @@ def run_python(args, timeout=600):
 
 
 def torchrun(args, timeout=600):
+    if tuple(int(x) for x in torch.__version__.split('.')[:2]) < FSDP_MIN_TORCH:
+        pytest.skip(f"FSDP over 2 processes is refused on torch {torch.__version__} (parallel.FSDP_MIN_TORCH)")
     return run_python(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
                        f'--master_port={free_port()}', *args], timeout)
 
@@ -312,6 +315,18 @@ def test_refusals(data_dir, tmp_path, capsys, over, match):
         train.check_train_knobs(cfg(data_dir, tmp_path / 'x', **over), world=1)
     line = one_error_line(*conftest.run_cli(train.main, argv(data_dir, tmp_path / 'x', **over), capsys)[::2])
     assert match in line and not (tmp_path / 'x').exists()
+
+
+def test_multi_process_fsdp_needs_a_torch_it_ended_cleanly_on(data_dir, tmp_path):
+    """Over 2+ processes FSDP is refused on a torch older than FSDP_MIN_TORCH (2.11 aborted or hung at the end);
+    one process is allowed on any supported torch, and so is every newer torch."""
+    from pretrain.parallel import check_fsdp
+    c = cfg(data_dir, tmp_path / 'x')
+    with pytest.raises(train.ConfigError, match=r"over 2 processes needs torch >= 2\.13.*this is 2\.11\.0\+cu130"):
+        check_fsdp(c, 'float32', 2, version='2.11.0+cu130')
+    check_fsdp(c, 'float32', 1, version='2.11.0')
+    check_fsdp(c, 'float32', 8, version=f'{FSDP_MIN_TORCH[0]}.{FSDP_MIN_TORCH[1]}.0')
+    check_fsdp(c, 'float32', 8, version='2.20.1')
 
 
 @pytest.mark.slow
