@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from pretrain.configurator import ConfigError
+from pretrain.runtime import torch_version
 
 MODES = ('ddp', 'fsdp')
 # The oldest torch whose multi-process FSDP runs were seen to end cleanly. On torch 2.11 (CPU, gloo, 2 processes)
@@ -42,7 +43,7 @@ def check_fsdp(cfg, dtype, world, version=None):
     """What parallel='fsdp' cannot do, each refused in one line (train.py and bench.py, before anything is written;
     dtype: the knob, or what 'auto' resolved to)."""
     version = version or torch.__version__
-    if world > 1 and tuple(int(x) for x in version.split('+')[0].split('.')[:2]) < FSDP_MIN_TORCH:
+    if world > 1 and torch_version(version) < FSDP_MIN_TORCH:
         raise ConfigError(f"parallel='fsdp' over {world} processes needs torch >= {FSDP_MIN_TORCH[0]}."
                           f"{FSDP_MIN_TORCH[1]} (on 2.11 such runs sometimes aborted or hung at the end; "
                           f"docs/parallel.md); this is {version}: use parallel='ddp' or a newer torch")

@@ -8,11 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import bench
 from model import GPTConfig
 from pretrain.accounting import train_memory
+from pretrain.parallel import FSDP_MIN_TORCH
+from pretrain.runtime import torch_version
 from pretrain.data import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,8 +156,7 @@ def test_scaling_with_one_and_two_processes():
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
     # FSDP too where this torch runs it over 2 processes (parallel.FSDP_MIN_TORCH); else DDP alone, saying why
-    from pretrain.parallel import FSDP_MIN_TORCH
-    modes = ['ddp', 'fsdp'] if tuple(int(x) for x in torch.__version__.split('.')[:2]) >= FSDP_MIN_TORCH else ['ddp']
+    modes = ['ddp', 'fsdp'] if torch_version() >= FSDP_MIN_TORCH else ['ddp']
     assert r['bench'] == 'scaling' and r['nprocs'] == [1, 2] and r['parallel'] == modes
     assert (r['fsdp_skipped'] is None) == (modes == ['ddp', 'fsdp'])
     for parallel in modes:

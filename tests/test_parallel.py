@@ -22,6 +22,7 @@ import sample
 import train
 from pretrain.checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints, sweep_stale
 from pretrain.parallel import FSDP_MIN_TORCH
+from pretrain.runtime import torch_version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, total_batch_size=256, max_iters=6,
@@ -42,7 +43,7 @@ def run_python(args, timeout=600):
 
 
 def torchrun(args, timeout=600):
-    if tuple(int(x) for x in torch.__version__.split('.')[:2]) < FSDP_MIN_TORCH:
+    if torch_version() < FSDP_MIN_TORCH:
         pytest.skip(f"FSDP over 2 processes is refused on torch {torch.__version__} (parallel.FSDP_MIN_TORCH)")
     return run_python(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
                        f'--master_port={free_port()}', *args], timeout)
