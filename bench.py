@@ -42,7 +42,8 @@ from pretrain.checkpoint import (CheckpointError, checkpoint_path, init_from_kin
 from pretrain.configurator import ConfigError, cli, parse_config, script_defaults
 from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
 from model import PRESETS, GPTConfig, ModelError
-from pretrain.runtime import copy_bandwidth, device_name, device_sync, mfu, peak_info, peak_memory, setup_runtime
+from pretrain.runtime import (copy_bandwidth, device_name, device_sync, end_of_run, mfu, peak_info, peak_memory,
+                              run_script, setup_runtime)
 from pretrain.parallel import MODES, check_fsdp, wrap
 from pretrain.training import configure_optimizer, micro_steps, train_step
 
@@ -289,7 +290,7 @@ def bench(cfg):
     check_bench_knobs(cfg)
     rt = setup_runtime(cfg)
     if cfg['parallel'] == 'fsdp':
-        check_fsdp(cfg, rt.dtype, rt.world)
+        check_fsdp(cfg, rt.dtype)
     cfg = dict(cfg)
     B, T = cfg['batch_size'], cfg['block_size']
     if cfg['grad_accum'] is not None:  # the bench's default: one micro-step per process, whatever the config says
@@ -359,9 +360,7 @@ def bench(cfg):
     }
     if cfg['scaling_totals']:
         record['scaling_runs'] = summaries
-    if torch.distributed.is_initialized():   # DDP, or fsdp (a group of one without torchrun)
-        torch.distributed.barrier()   # every rank done with its collectives before any tears the group down
-        torch.distributed.destroy_process_group()
+    end_of_run(rt)
     return record, rt.master
 
 
@@ -406,7 +405,7 @@ def scaling(cfg, argv, counts):
     check_bench_knobs(cfg)
     modes, fsdp_skipped = ['ddp', 'fsdp'], None
     try:
-        check_fsdp(cfg, cfg['dtype'], max(counts))
+        check_fsdp(cfg, cfg['dtype'])
     except ConfigError as e:
         modes, fsdp_skipped = ['ddp'], str(e)
     B, T, ga = cfg['batch_size'], cfg['block_size'], cfg['grad_accum']
@@ -614,4 +613,4 @@ def report(cfg, argv):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

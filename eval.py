@@ -32,7 +32,7 @@ from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
 from pretrain.configurator import ConfigError, cli, knobs, parse_config
 from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from model import ModelError
-from pretrain.runtime import setup_runtime
+from pretrain.runtime import end_of_run, run_script, setup_runtime
 from pretrain.training import bits_per_byte, evaluate
 
 # -----------------------------------------------------------------------------
@@ -169,6 +169,7 @@ def run(cfg):
         else:
             r = bpb(model, tokenizer, inputs[task], rt, cfg['batch_size'], cfg['max_seqs'])
             results[task] = {**r, 'split': cfg['split'], 'data_dir': data_dir}
+    end_of_run(rt)
     if rt.master:
         print(jsonlib.dumps(results) if cfg['json'] else table(results))
         sys.stdout.flush()
@@ -188,12 +189,8 @@ def table(results):
 
 
 def main(argv):
-    try:
-        cli(lambda: run(parse_config(argv, DEFAULTS, __doc__)), (ConfigError, DataError, ModelError, CheckpointError))
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    cli(lambda: run(parse_config(argv, DEFAULTS, __doc__)), (ConfigError, DataError, ModelError, CheckpointError))
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

@@ -31,7 +31,7 @@ from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from pretrain.parallel import MODES, check_fsdp, load_full_optimizer, load_state, local, sharded_state, wrap
 from pretrain.runlog import LOG_NAME
 from model import GPTConfig, ModelError
-from pretrain.runtime import device_name, peak_flops, setup_runtime
+from pretrain.runtime import device_name, end_of_run, peak_flops, run_script, setup_runtime
 from pretrain.training import (GradNoise, bits_per_byte, configure_optimizer, cooldown_steps, evaluate, get_lr,
                                micro_steps, reset_peak_lr, set_lr, train_step)
 
@@ -179,7 +179,7 @@ def check_train_knobs(cfg, world):
             raise ConfigError(f"branch_from={cfg['branch_from']!r} is in out_dir={cfg['out_dir']!r}: a branch writes "
                               f"to its own out_dir and only reads its parent; give --out_dir a new directory")
     if cfg['parallel'] == 'fsdp':
-        check_fsdp(cfg, cfg['dtype'], world)
+        check_fsdp(cfg, cfg['dtype'])
     if cfg['noise_scale'] and accum * world < 2:
         raise ConfigError("noise_scale needs at least two micro-batches per step (total_batch_size >= "
                           "2 x batch_size x block_size)")
@@ -310,7 +310,7 @@ def setup(cfg):
     accum = check_train_knobs(cfg, int(os.environ.get('WORLD_SIZE', 1)))  # before any device or process group
     rt = setup_runtime(cfg)
     if cfg['parallel'] == 'fsdp':
-        check_fsdp(cfg, rt.dtype, rt.world)   # dtype='auto' is float16 on GPUs without bf16
+        check_fsdp(cfg, rt.dtype)   # dtype='auto' is float16 on GPUs without bf16
     if rt.master:
         open_out_dir(cfg['out_dir'])
     meta = read_meta(cfg['data_dir'])
@@ -475,9 +475,7 @@ def train(cfg):
             dt = (now - t_last) / steps_since_log
             t_last, steps_since_log = now, 0
             log_step(r, step, lr, loss_val, dt, now - t_start)
-    if torch.distributed.is_initialized():   # DDP, or fsdp (a group of one without torchrun)
-        torch.distributed.barrier()   # every rank done with its collectives before any tears the group down
-        torch.distributed.destroy_process_group()
+    end_of_run(rt)
     if nonfinite.item():
         raise FloatingPointError(
             f"loss or weights became NaN or infinite by step {r.step}; stopped without saving, the last good "
@@ -542,4 +540,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

@@ -29,24 +29,13 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from pretrain.configurator import ConfigError
-from pretrain.runtime import torch_version
 
 MODES = ('ddp', 'fsdp')
-# The oldest torch whose multi-process FSDP runs were seen to end cleanly. On torch 2.11 (CPU, gloo, 2 processes)
-# a run with fully_shard and a DCP save aborted at process exit in about 1 of 25 launches (after its checkpoint and
-# log were complete), and a 2-process FSDP benchmark hung once; 2.12 was not checked; 2.13 never failed
-# (docs/parallel.md, known issues).
-FSDP_MIN_TORCH = (2, 13)
 
 
-def check_fsdp(cfg, dtype, world, version=None):
+def check_fsdp(cfg, dtype):
     """What parallel='fsdp' cannot do, each refused in one line (train.py and bench.py, before anything is written;
     dtype: the knob, or what 'auto' resolved to)."""
-    version = version or torch.__version__
-    if world > 1 and torch_version(version) < FSDP_MIN_TORCH:
-        raise ConfigError(f"parallel='fsdp' over {world} processes needs torch >= {FSDP_MIN_TORCH[0]}."
-                          f"{FSDP_MIN_TORCH[1]} (on 2.11 such runs sometimes aborted or hung at the end; "
-                          f"docs/parallel.md); this is {version}: use parallel='ddp' or a newer torch")
     if cfg['optimizer'] == 'muon':
         raise ConfigError("optimizer='muon' with parallel='fsdp' is not supported: Muon orthogonalizes whole "
                           "matrices and FSDP holds 1/N of each; use optimizer='adamw' or parallel='ddp'")
@@ -85,7 +74,8 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
             wrapped = DistributedDataParallel(wrapped, device_ids=[rt.device.index] if rt.device.type == 'cuda'
                                               else None)
         return wrapped
-    if not dist.is_initialized():   # one process, no torchrun: a group of one (an in-memory store, no network)
+    if not dist.is_initialized():   # one process, no torchrun: a group of one (an in-memory store, no network),
+        # kept for the life of the process like torchrun's (runtime.run_script) and reused by the next wrap
         dist.init_process_group('nccl' if rt.device.type == 'cuda' else 'gloo', store=dist.HashStore(), rank=0,
                                 world_size=1, device_id=rt.device if rt.device.type == 'cuda' else None)
     mesh = init_device_mesh(rt.device.type, (rt.world,))

@@ -140,6 +140,40 @@ def setup_runtime(cfg):
                            device=device, dtype=dtype, ptdtype=ptdtype, autocast=autocast)
 
 
+def end_of_run(rt):
+    """The last collective of a run: with several processes, a barrier, so that no rank leaves while another still
+    talks to it. The process group is not destroyed: it lives until the process ends (run_script says why)."""
+    if rt.world > 1:
+        torch.distributed.barrier()
+
+
+def run_script(main, argv):
+    """A script's `if __name__ == '__main__'`: main(argv), then the process ends with main's exit status. Where
+    the run made a process group (torchrun, or parallel='fsdp' in one process) it ends by os._exit after flushing
+    stdout and stderr: no destroy_process_group, no interpreter finalization. Why: gloo's worker threads free the
+    tensors of finished collectives, and freeing a tensor Python has seen takes the GIL. Destroying the group
+    joins those threads while holding the GIL (a deadlock), and a thread that asks for the GIL during
+    finalization is killed inside a destructor (SIGABRT, "terminate called without an active exception");
+    PyTorch issue 190489, seen on torch 2.11 and 2.13 (docs/parallel.md, known issues). Every file the run
+    writes is closed by then, and every rank has passed end_of_run."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        if not torch.distributed.is_initialized():
+            raise
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    if torch.distributed.is_initialized():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):   # a closed or broken pipe: nothing left to lose
+                pass
+        os._exit(code)
+
+
 def device_sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from model import GPT, GPTConfig
 from pretrain.parallel import clip_grad_norm_, local, wrap
-from pretrain.runtime import setup_runtime
+from pretrain.runtime import end_of_run, run_script, setup_runtime
 from pretrain.training import configure_optimizer, train_step
 
 CONFIG = GPTConfig(block_size=16, vocab_size=61, n_layer=2, n_head=4, n_embd=32, tie_weights=True)
@@ -111,8 +111,7 @@ def compare(path):
     if rt.master:
         with open(path, 'w') as f:
             json.dump(out, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    end_of_run(rt)
 
 
 def memory(configs_json):
@@ -137,8 +136,7 @@ def memory(configs_json):
         out.append(ranks)
     if rt.rank == 0:
         print(json.dumps(out))
-    dist.barrier()
-    dist.destroy_process_group()
+    end_of_run(rt)
 
 
 def kill(step, argv):
@@ -156,10 +154,14 @@ def kill(step, argv):
     train.main(argv)
 
 
-if __name__ == '__main__':
-    if sys.argv[1] == 'compare':
-        compare(sys.argv[2])
-    elif sys.argv[1] == 'memory':
-        memory(sys.argv[2])
+def main(argv):
+    if argv[0] == 'compare':
+        compare(argv[1])
+    elif argv[0] == 'memory':
+        memory(argv[1])
     else:
-        kill(int(sys.argv[2]), sys.argv[3:])
+        kill(int(argv[1]), argv[2:])
+
+
+if __name__ == '__main__':
+    run_script(main, sys.argv[1:])   # the end every script has (pretrain/runtime.py, run_script)

@@ -12,8 +12,6 @@ import pytest
 import bench
 from model import GPTConfig
 from pretrain.accounting import train_memory
-from pretrain.parallel import FSDP_MIN_TORCH
-from pretrain.runtime import torch_version
 from pretrain.data import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,11 +153,8 @@ def test_scaling_with_one_and_two_processes():
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
-    # FSDP too where this torch runs it over 2 processes (parallel.FSDP_MIN_TORCH); else DDP alone, saying why
-    modes = ['ddp', 'fsdp'] if torch_version() >= FSDP_MIN_TORCH else ['ddp']
-    assert r['bench'] == 'scaling' and r['nprocs'] == [1, 2] and r['parallel'] == modes
-    assert (r['fsdp_skipped'] is None) == (modes == ['ddp', 'fsdp'])
-    for parallel in modes:
+    assert r['bench'] == 'scaling' and r['nprocs'] == [1, 2] and r['parallel'] == ['ddp', 'fsdp']
+    for parallel in ('ddp', 'fsdp'):
         strong = [row for row in r['strong'] if row['parallel'] == parallel]
         weak = [row for row in r['weak'] if row['parallel'] == parallel]
         assert [row['nprocs'] for row in strong] == [row['nprocs'] for row in weak] == [1, 2]
@@ -178,4 +173,3 @@ def test_scaling_with_one_and_two_processes():
         assert weak[1]['efficiency'] == pytest.approx(t1 / t2) and weak[1]['speedup'] == pytest.approx(2 * t1 / t2)
     text = bench.format_scaling(r)
     assert 'strong scaling' in text and 'weak scaling' in text and 'speed-up t1/tN' in text and 'fsdp' in text
-    assert [row['parallel'] for row in r['strong']] == [m for m in modes for _ in (1, 2)]

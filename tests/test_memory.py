@@ -14,8 +14,6 @@ import torch
 import pretrain.lm_loss as L
 from model import GPT, GPTConfig, ModelError
 from pretrain.accounting import train_memory
-from pretrain.parallel import FSDP_MIN_TORCH
-from pretrain.runtime import torch_version
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [  # GPT-2's block; the Llama block (RMSNorm, RoPE, GQA, SwiGLU, untied); the modded-nanogpt options
@@ -180,8 +178,6 @@ def test_fsdp_shards_are_the_estimate():
     makes rank 0's shard the larger one, which the estimate counts; weights and grads also count the unsharded
     parameters FSDP gathers during the step (the root's and two blocks' in the compute dtype, one block's
     gradients), which to_local() does not show."""
-    if torch_version() < FSDP_MIN_TORCH:
-        pytest.skip(f"FSDP over 2 processes is refused on torch {torch.__version__} (parallel.FSDP_MIN_TORCH)")
     small = dict(block_size=16, vocab_size=301, n_layer=2, n_head=4, n_embd=48)
     shapes = [small, {**small, **SHAPES[1], 'pad_vocab_multiple': 1}]
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}

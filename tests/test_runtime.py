@@ -309,3 +309,36 @@ def test_torch_outside_the_supported_range_is_refused_or_warned_in_one_line(monk
     err = capsys.readouterr().err
     warned = outcome == 'warn'
     assert err.count('\n') == warned and ('newer than this code was checked on' in err) == warned
+
+
+ENDS = """
+import atexit, sys
+import torch
+import torch.distributed as dist
+from pretrain.runtime import run_script
+
+def main(argv):
+    atexit.register(lambda: print('finalized', file=sys.stderr))
+    if argv[0] == 'group':   # a group of one, as parallel.wrap makes, and a collective on a tensor Python holds
+        dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+        t = torch.ones(3)
+        dist.all_reduce(t)
+    print('the last words', end='')   # buffered: stdout is a pipe, and nothing flushes it
+    if argv[1] != 'return':
+        sys.exit(int(argv[1]))
+
+run_script(main, sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize('status', ['return', '0', '3'])
+@pytest.mark.parametrize('group', ['group', 'none'])
+def test_a_script_with_a_process_group_ends_without_tearing_it_down(group, status):
+    """run_script: with a process group the process ends by os._exit (no group teardown, no interpreter
+    finalization, so no atexit handler runs) and still keeps main's exit status and its buffered output; without
+    one it ends as Python does."""
+    r = subprocess.run([sys.executable, '-c', ENDS, group, status], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == (0 if status == 'return' else int(status)), r.stderr
+    assert r.stdout == 'the last words'
+    assert ('finalized' in r.stderr) == (group == 'none'), r.stderr
