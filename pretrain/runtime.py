@@ -37,17 +37,12 @@ from pretrain.data import CACHE_DIR, write_json
 TORCH_SUPPORTED = ((2, 11), (2, 13))
 
 
-def torch_version(version=None):
-    """'2.13.0+cpu' (default: this torch's) -> (2, 13); None where it does not start with major.minor."""
-    m = re.match(r'(\d+)\.(\d+)', version or torch.__version__)
-    return (int(m[1]), int(m[2])) if m else None
-
-
 def check_torch_version(version=None):
     """ConfigError below TORCH_SUPPORTED, a one-line warning (rank 0) above it, nothing inside."""
     version = version or torch.__version__
-    (lo, hi), v = TORCH_SUPPORTED, torch_version(version)
+    (lo, hi), m = TORCH_SUPPORTED, re.match(r'(\d+)\.(\d+)', version)
     span = f"{lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}"
+    v = (int(m[1]), int(m[2])) if m else None
     if v is None or v < lo:
         raise ConfigError(f"torch {version} is older than this code supports ({span}); install a newer torch, "
                           f"e.g. pip install torch=={hi[0]}.{hi[1]}.0")
