@@ -23,7 +23,7 @@ Memory: a run prints its measured peak (CUDA: torch.cuda.max_memory_allocated) b
 estimate per GPU. --memory prints only the estimate, for DDP and FSDP with and without activation checkpointing at
 --world_size GPUs, without building the model (a 7B model need not fit this machine).
 """
-import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
+from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
 import copy
 import json
@@ -39,11 +39,11 @@ import torch
 from pretrain.accounting import count_params, decode_bytes_per_token, flops_per_token, train_memory
 from pretrain.checkpoint import (CheckpointError, checkpoint_path, init_from_kind, load_checkpoint, load_model,
                                  model_config_from)
-from pretrain.configurator import ConfigError, cli, parse_config, script_defaults
+from pretrain.configurator import ConfigError, parse_config, script_defaults
 from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
 from model import PRESETS, GPTConfig, ModelError
-from pretrain.runtime import (copy_bandwidth, device_name, device_sync, end_of_run, mfu, peak_info, peak_memory,
-                              run_script, setup_runtime)
+from pretrain.hardware import copy_bandwidth, device_name, mfu, peak_info, peak_memory
+from pretrain.runtime import device_sync, end_of_run, setup_runtime
 from pretrain.parallel import MODES, check_fsdp, wrap
 from pretrain.training import configure_optimizer, micro_steps, train_step
 

@@ -19,7 +19,7 @@ Tasks:
 Results go to stdout (a short table, or with --json one JSON object {task: {figures}}); what was loaded and the
 progress bars go to stderr. Under torchrun every rank scores its share and rank 0 prints.
 """
-import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
+from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import json as jsonlib   # `json` is a knob below
 import math
 import sys
@@ -29,10 +29,10 @@ import torch
 from pretrain import hellaswag
 from pretrain.accounting import count_params
 from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
-from pretrain.configurator import ConfigError, cli, knobs, parse_config
+from pretrain.configurator import ConfigError, knobs, parse_config
 from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from model import ModelError
-from pretrain.runtime import end_of_run, run_script, setup_runtime
+from pretrain.runtime import end_of_run, setup_runtime
 from pretrain.training import bits_per_byte, evaluate
 
 # -----------------------------------------------------------------------------

@@ -16,11 +16,12 @@ step, data position), a sharded one (train.py --parallel=fsdp) gathered whole in
     python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('hf/my-model')"
     lm_eval --model hf --model_args pretrained=hf/my-model --tasks hellaswag      # docs/export.md
 """
+from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import os
 import sys
 
 from pretrain.checkpoint import CheckpointError, consolidate, load_model
-from pretrain.configurator import ConfigError, cli, knobs, parse_config
+from pretrain.configurator import ConfigError, knobs, parse_config
 from pretrain.data import DataError
 from pretrain.hf_export import ExportError, export
 from model import ModelError
@@ -66,4 +67,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

@@ -11,9 +11,8 @@ and the tokenizers live in data.py; DESIGN.md, "Token shards").
 Every document starts with the end-of-text token. meta.json is written last, so a dataset without a complete
 meta.json is not finished.
 """
-import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
+from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
-import errno
 import json
 import multiprocessing as mp
 import os
@@ -437,21 +436,10 @@ def main(argv=None):
     p.add_argument("--cache_dir", help=f"downloads and tokenizer files (default {CACHE_DIR}, env PREPARE_CACHE)")
     args = vars(p.parse_args(argv))
     args["inputs"] = args.pop("input")
-    try:
-        prepare(**args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:   # a full disk, permissions: name the path (the previous dataset, if any, is intact)
-        where = f"{e.filename}: " if e.filename else ""
-        full = " (the disk is full: free space and run again)" if e.errno == errno.ENOSPC else ""
-        print(f"error: {where}{e.strerror or e}{full}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted (finished shards are kept only once meta.json is complete)", file=sys.stderr)
-        return 130
-    return 0
+    # a full disk or a permission error names its path; the previous dataset, if any, is intact
+    cli(lambda: prepare(**args), DataError,
+        interrupted="interrupted: the dataset is kept only once meta.json is complete; run the same command again")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main, sys.argv[1:])

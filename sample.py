@@ -11,7 +11,7 @@ The text (prompt included) goes to stdout, streamed token by token when num_samp
 by a line of dashes. A tokens/s line and what was loaded go to stderr, so `> out.txt` captures only text.
 The tokenizer is the one the checkpoint's run used (recorded in the checkpoint; GPT-2 BPE for GPT-2 weights).
 """
-import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
+from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
 import sys
 import time
@@ -20,7 +20,7 @@ import torch
 
 from pretrain.accounting import count_params
 from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
-from pretrain.configurator import ConfigError, cli, knobs, parse_config
+from pretrain.configurator import ConfigError, knobs, parse_config
 from pretrain.data import DataError, get_tokenizer
 from model import ModelError
 from pretrain.runtime import device_sync, setup_runtime
@@ -219,4 +219,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

@@ -28,9 +28,8 @@ The library: runlog.py (reading run logs and CSV), laws.py (the loss-law fits an
 bcrit.py (critical batch size), hparams.py (learning-rate and batch-size laws), sweep.py (planning and running),
 budget.py (from a compute or GPU-hour budget to a model, a config and a predicted run: docs/budget.md).
 """
-import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
+from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
-import errno
 import math
 import os
 import sys
@@ -45,7 +44,7 @@ from pretrain.scaling import laws
 from pretrain.scaling import plots
 from pretrain.scaling import sweep
 from pretrain.data import write_json
-from pretrain.runlog import ScalingError, load, read_json
+from pretrain.scaling.runlog import ScalingError, load, read_json
 
 
 def _floats(text):
@@ -312,19 +311,10 @@ def cmd_budget(a):
 
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        dict(fit=cmd_fit, plan=cmd_plan, bcrit=cmd_bcrit, hparams=cmd_hparams, budget=cmd_budget)[a.cmd](a)
-    except (ScalingError, configurator.ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:
-        full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
-        print(f"error: {e.filename}: {e.strerror}{full}" if e.filename else f"error: {e}{full}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to continue (finished runs are skipped)", file=sys.stderr)
-        sys.exit(130)
+    cli(lambda: dict(fit=cmd_fit, plan=cmd_plan, bcrit=cmd_bcrit, hparams=cmd_hparams, budget=cmd_budget)[a.cmd](a),
+        (ScalingError, configurator.ConfigError),
+        interrupted="interrupted: rerun the same command to continue (finished runs are skipped)")
 
 
 if __name__ == '__main__':
-    main()
+    run_script(main, sys.argv[1:])

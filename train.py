@@ -10,7 +10,7 @@ Train a GPT, from one CPU core to many GPUs, with exact resume and a JSONL run l
 The defaults below are the quick start; config files are plain Python that reassign some of them.
 The run's directory gets ckpt.pt (checkpoints) and log.jsonl (the run log): both are described in DESIGN.md.
 """
-import pretrain.interrupt  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
+from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import dataclasses
 import errno
 import json
@@ -26,12 +26,13 @@ from pretrain.accounting import count_params, flops_per_token
 from pretrain.checkpoint import (CKPT_NAME, CheckpointError, checkpoint_path, init_from_kind, load_model,
                                  model_config_from, numbered_checkpoints, read_shards, save_checkpoint,
                                  save_sharded_checkpoint, sweep_stale)
-from pretrain.configurator import ConfigError, cli, knobs, parse_config
+from pretrain.configurator import ConfigError, knobs, parse_config
 from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from pretrain.parallel import MODES, check_fsdp, load_full_optimizer, load_state, local, sharded_state, wrap
-from pretrain.runlog import LOG_NAME
+from pretrain.scaling.runlog import LOG_NAME
 from model import GPTConfig, ModelError
-from pretrain.runtime import device_name, end_of_run, peak_flops, run_script, setup_runtime
+from pretrain.hardware import device_name, peak_flops
+from pretrain.runtime import end_of_run, setup_runtime
 from pretrain.training import (GradNoise, bits_per_byte, configure_optimizer, cooldown_steps, evaluate, get_lr,
                                micro_steps, reset_peak_lr, set_lr, train_step)
 

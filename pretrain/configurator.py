@@ -13,7 +13,6 @@ ConfigError with one line naming the key.
 import ast
 import builtins
 import difflib
-import errno
 import os
 import sys
 
@@ -124,27 +123,3 @@ def parse_config(argv, defaults, doc=None, nullable=()):
             cfg[key] = check_type(key, parse_value(text), defaults, arg, nullable)
     return cfg
 
-
-def cli(run, errors, interrupted=None):
-    """The error boundary of every script's main: run(); a user-facing error (one of `errors`, or an OSError from
-    files, permissions or a full disk) becomes one line `error: ...` on stderr and exit 1, Ctrl-C one line
-    (`interrupted`, or the script's own words) and exit 130, a closed pipe (`| head`) a quiet exit 0. Never a
-    traceback for any of them."""
-    try:
-        return run()
-    except errors as e:
-        sys.stdout.flush()
-        print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
-        sys.exit(1)
-    except BrokenPipeError:   # the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    except OSError as e:
-        sys.stdout.flush()
-        full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
-        print(f"error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}{full}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.stdout.flush()
-        print(interrupted or "interrupted", file=sys.stderr)
-        sys.exit(130)

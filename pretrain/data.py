@@ -67,27 +67,6 @@ def _header(n_tokens):
     return header.tobytes()
 
 
-def write_shard(path, tokens):
-    """Write tokens as one llm.c shard, atomically (tmp file, fsync, rename)."""
-    tokens = np.asarray(tokens)
-    in_range = tokens.dtype == np.uint16 or not tokens.size or (tokens.min() >= 0 and tokens.max() <= 65535)
-    if tokens.ndim != 1 or not in_range:
-        raise DataError(f"{path}: tokens must be a 1-D array of ids in 0..65535")
-    if tokens.size >= 2**31:
-        raise DataError(f"{path}: {tokens.size} tokens do not fit the int32 header")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with names_file(tmp), open(tmp, "wb") as f:
-            f.write(_header(tokens.size))
-            f.write(tokens.astype("<u2", copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def check_header(path):
     """Validate an llm.c shard's header against its size; return n_tokens."""
     try:

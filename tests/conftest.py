@@ -72,6 +72,15 @@ def server(monkeypatch):
     httpd.server_close()
 
 
+def write_shard(path, tokens, magic=data.HEADER_MAGIC, version=data.HEADER_VERSION, n=None):
+    """A shard written by hand the way llm.c's write_datafile does (DESIGN.md's format): 256 int32, then uint16."""
+    header = np.zeros(256, dtype=np.int32)
+    header[0], header[1], header[2] = magic, version, len(tokens) if n is None else n
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, dtype=np.uint16).tobytes())
+
+
 def run_cli(main, argv, capsys):
     """A script's main(argv) in-process -> (exit code, stdout, stderr). The code is SystemExit's (a string for
     sys.exit("error: ..."), which exits 1), else what main returned, None counting as 0."""

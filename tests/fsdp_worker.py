@@ -23,7 +23,8 @@ import torch.distributed as dist
 
 from model import GPT, GPTConfig
 from pretrain.parallel import clip_grad_norm_, local, wrap
-from pretrain.runtime import end_of_run, run_script, setup_runtime
+from pretrain.cli import run_script
+from pretrain.runtime import end_of_run, setup_runtime
 from pretrain.training import configure_optimizer, train_step
 
 CONFIG = GPTConfig(block_size=16, vocab_size=61, n_layer=2, n_head=4, n_embd=32, tie_weights=True)

@@ -12,7 +12,7 @@ import pytest
 import bench
 from model import GPTConfig
 from pretrain.accounting import train_memory
-from pretrain.data import write_shard
+from conftest import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a model small enough that a whole run takes about a second on one shared core

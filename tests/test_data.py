@@ -11,18 +11,9 @@ import torch
 
 from pretrain import data
 from pretrain.data import DataError
-from conftest import word_corpus
+from conftest import word_corpus, write_shard
 
 UNICODE = "héllo wörld — ünïcödé ✓\n日本語のテキスト、絵文字 🦀🐍, combining e\u0301\n"
-
-
-def llmc_shard(path, tokens, magic=20240520, version=1, n=None):
-    """A shard written the way llm.c's write_datafile does, by hand."""
-    header = np.zeros(256, dtype=np.int32)
-    header[0], header[1], header[2] = magic, version, len(tokens) if n is None else n
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype=np.uint16).tobytes())
 
 
 # -----------------------------------------------------------------------------
@@ -88,12 +79,14 @@ def test_count_bytes_gpt2_tokenizer_by_hand():
 
 def test_llmc_shard_reads_back_and_ours_has_the_same_bytes(tmp_path):
     tokens = np.random.RandomState(0).randint(0, 50257, size=1000).astype(np.uint16)
-    llmc_shard(tmp_path / "llmc_val_000000.bin", tokens)
+    write_shard(tmp_path / "llmc_val_000000.bin", tokens)
     got = data.read_shard(tmp_path / "llmc_val_000000.bin")
     assert isinstance(got, np.memmap) and got.dtype == np.uint16 and np.array_equal(got, tokens)
-    data.write_shard(tmp_path / "ours.bin", tokens)
-    assert (tmp_path / "ours.bin").read_bytes() == (tmp_path / "llmc_val_000000.bin").read_bytes()
-    assert os.path.getsize(tmp_path / "ours.bin") == 1024 + 2 * 1000
+    w = data.ShardWriter(str(tmp_path), "ours", "val", shard_size=len(tokens))   # prepare.py's writer
+    w.add(tokens)
+    w.flush()
+    assert (tmp_path / "ours_val_000000.bin").read_bytes() == (tmp_path / "llmc_val_000000.bin").read_bytes()
+    assert os.path.getsize(tmp_path / "ours_val_000000.bin") == 1024 + 2 * 1000
 
 
 @pytest.mark.parametrize("case, needle", [
@@ -109,64 +102,51 @@ def test_llmc_shard_reads_back_and_ours_has_the_same_bytes(tmp_path):
 def test_read_shard_rejects_bad_shards(tmp_path, case, needle):
     p, tokens = tmp_path / "x_train_000000.bin", np.arange(100)
     if case == "magic":
-        llmc_shard(p, tokens, magic=1234)
+        write_shard(p, tokens, magic=1234)
     elif case == "llama3":
-        llmc_shard(p, tokens, magic=20240801, version=7)
+        write_shard(p, tokens, magic=20240801, version=7)
     elif case == "version":
-        llmc_shard(p, tokens, version=2)
+        write_shard(p, tokens, version=2)
     elif case == "truncated":
-        llmc_shard(p, tokens)
+        write_shard(p, tokens)
         p.write_bytes(p.read_bytes()[:-10])
     elif case == "extra":
-        llmc_shard(p, tokens)
+        write_shard(p, tokens)
         p.write_bytes(p.read_bytes() + b"\0\0")
     elif case == "tiny":
         p.write_bytes(b"\x00" * 100)
     elif case == "empty":
-        llmc_shard(p, [])
+        write_shard(p, [])
     with pytest.raises(DataError, match=re.escape(needle)) as e:
         data.read_shard(p)
     assert "\n" not in str(e.value)
 
 
 def test_check_header_counts_tokens(tmp_path):
-    llmc_shard(tmp_path / "a.bin", np.arange(7))
+    write_shard(tmp_path / "a.bin", np.arange(7))
     assert data.check_header(tmp_path / "a.bin") == 7
-    llmc_shard(tmp_path / "e.bin", [])
+    write_shard(tmp_path / "e.bin", [])
     assert data.check_header(tmp_path / "e.bin") == 0   # a valid, empty shard: read_shard refuses it, not the header
-
-
-def test_write_shard_is_atomic_and_checks_ids(tmp_path, monkeypatch):
-    with pytest.raises(DataError, match="0..65535"):
-        data.write_shard(tmp_path / "a.bin", np.array([1, 70000]))
-    assert not (tmp_path / "a.bin").exists()
-
-    def boom(src, dst):
-        raise OSError("disk full")
-    monkeypatch.setattr(data.os, "replace", boom)
-    with pytest.raises(OSError):
-        data.write_shard(tmp_path / "b.bin", np.arange(10))
-    assert os.listdir(tmp_path) == []  # neither a half shard nor its temp file
 
 
 def test_shard_paths(tmp_path):
     with pytest.raises(DataError, match="no such data directory"):
         data.shard_paths(tmp_path / "nope", "train")
     for i in (2, 0, 1):
-        llmc_shard(tmp_path / f"d_train_{i:06d}.bin", [1, 2])
+        write_shard(tmp_path / f"d_train_{i:06d}.bin", [1, 2])
     (tmp_path / "d_train_000003.bin.123.tmp").write_bytes(b"")
     assert [os.path.basename(p) for p in data.shard_paths(tmp_path, "train")] == \
         ["d_train_000000.bin", "d_train_000001.bin", "d_train_000002.bin"]
     with pytest.raises(DataError, match="no val shards"):
         data.shard_paths(tmp_path, "val")
-    llmc_shard(tmp_path / "other_train_000000.bin", [1])
+    write_shard(tmp_path / "other_train_000000.bin", [1])
     with pytest.raises(DataError, match="mixes shards"):
         data.shard_paths(tmp_path, "train")
 
 
 def test_read_meta_without_json_assumes_gpt2_and_warns(tmp_path, capsys):
-    llmc_shard(tmp_path / "fineweb_val_000000.bin", np.arange(7))
-    llmc_shard(tmp_path / "fineweb_train_000001.bin", np.arange(5))
+    write_shard(tmp_path / "fineweb_val_000000.bin", np.arange(7))
+    write_shard(tmp_path / "fineweb_train_000001.bin", np.arange(5))
     meta = data.read_meta(tmp_path)
     assert (meta["tokenizer"], meta["vocab_size"], meta["eot"]) == ("gpt2", 50257, 50256)
     assert meta["train"] == {"shards": 1, "tokens": 5} and meta["val"] == {"shards": 1, "tokens": 7}
@@ -363,9 +343,9 @@ def bad_vocab_dir(root, meta):
     prepare.py), 'none' no meta.json at all (llm.c shards copied in by hand)."""
     root.mkdir()
     good, bad = np.arange(200) % 256, np.concatenate([np.arange(100) % 256, [300], np.arange(99) % 256])
-    data.write_shard(str(root / "d_train_000000.bin"), good)
-    data.write_shard(str(root / "d_train_000001.bin"), bad)
-    data.write_shard(str(root / "d_val_000000.bin"), good)
+    write_shard(str(root / "d_train_000000.bin"), good)
+    write_shard(str(root / "d_train_000001.bin"), bad)
+    write_shard(str(root / "d_val_000000.bin"), good)
     counts = {"train": {"shards": 2, "tokens": 400, "max_token": 300}, "val": {"shards": 1, "tokens": 200,
                                                                                "max_token": 255}}
     if meta == "unrecorded":

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 import conftest
 import eval as evaluation   # the script under test (the name shadows the builtin only as a module attribute)
 from pretrain.checkpoint import save_checkpoint
-from pretrain.data import get_tokenizer, write_json, write_shard
+from pretrain.data import get_tokenizer, write_json
+from conftest import write_shard
 from pretrain.runtime import setup_runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

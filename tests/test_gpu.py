@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from pretrain.checkpoint import load_checkpoint, load_model
-from pretrain.data import write_shard, write_json
+from pretrain.data import write_json
+from conftest import write_shard
 from model import GPT, GPTConfig
 from pretrain.runtime import setup_runtime
 from pretrain.training import configure_optimizer, train_step
@@ -322,7 +323,7 @@ def test_bench_record_on_cuda_has_mfu_from_the_peak_table():
              '--repeats=2', '--sample_tokens=16', '--json'])
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads(r.stdout.strip().splitlines()[-1])
-    from pretrain.runtime import gpu_peak_tflops
+    from pretrain.hardware import gpu_peak_tflops
     peak = gpu_peak_tflops(torch.cuda.get_device_name(0), getattr(torch, rec['dtype']))
     if peak is None:
         assert rec['mfu'] is None and 'unknown' in rec['peak_source']

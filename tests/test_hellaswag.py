@@ -371,7 +371,8 @@ def test_train_py_logs_hellaswag_records(tmp_path):
     import subprocess
     import sys
     import numpy as np
-    from pretrain.data import write_json, write_shard
+    from pretrain.data import write_json
+    from conftest import write_shard
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = tmp_path / 'gpt2data'
     data.mkdir()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pretrain.scaling import hparams
-from pretrain import runlog
+from pretrain.scaling import runlog
 from conftest import run_scaling_cli as run_cli
 
 ETA = (0.3118, -0.125)   # DeepSeek LLM: eta_opt = 0.3118 C^-0.125

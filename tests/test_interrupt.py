@@ -1,6 +1,6 @@
 """Ctrl-C at any moment of any script ends with one line and exit status 130, never a traceback (issue 23): inside
-`import torch` (the first second of every script, pretrain/interrupt.py's case) and in the middle of the work
-(configurator.cli's case, or prepare.py's own main)."""
+`import torch` (the first second of every script: pretrain/cli.py installs its hook first) and in the middle of the work
+(cli.cli, the boundary every script ends through)."""
 import os
 import signal
 import subprocess

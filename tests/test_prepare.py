@@ -14,7 +14,7 @@ import pytest
 import conftest
 from pretrain import data
 import prepare
-from test_data import llmc_shard
+from conftest import write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,7 +217,7 @@ def test_fineweb_source(tmp_path, server, capsys, monkeypatch):
     shards = {"fineweb_val_000000.bin": np.arange(50), "fineweb_train_000001.bin": np.arange(60),
               "fineweb_train_000002.bin": np.arange(70), "fineweb_train_000003.bin": np.arange(80)}
     for name, tokens in shards.items():
-        llmc_shard(tmp_path / name, tokens)
+        write_shard(tmp_path / name, tokens)
         server["files"][base + name] = (tmp_path / name).read_bytes()
     out = tmp_path / "fw"
     rc, stdout, err = run_main(capsys, "fineweb10B", "--out", out, "--train_shards", 2)
@@ -231,7 +231,7 @@ def test_fineweb_source(tmp_path, server, capsys, monkeypatch):
     rc, stdout, _ = run_main(capsys, "fineweb10B", "--out", out, "--train_shards", 2)
     assert rc == 0 and "already prepared" in stdout and len(server["requests"]) == n
     # a shard with a bad header is refused and removed
-    llmc_shard(tmp_path / "bad.bin", np.arange(90), magic=42)
+    write_shard(tmp_path / "bad.bin", np.arange(90), magic=42)
     server["files"][base + "fineweb_train_000003.bin"] = (tmp_path / "bad.bin").read_bytes()
     rc, _, err = run_main(capsys, "fineweb10B", "--out", out, "--train_shards", 3)
     assert_one_error(rc, err, "magic 42", "deleted it")

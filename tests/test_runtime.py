@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.cuda._utils import _get_device_index
 
-from pretrain import runtime
+from pretrain import hardware, runtime
 from pretrain.configurator import ConfigError
 from pretrain.accounting import flops_per_token
 from model import PRESETS, GPTConfig
@@ -146,10 +146,10 @@ def test_mfu_hand_checked_gpt2_on_a100():
     assert flops_per_token(cfg, 'palm') == 855_166_464
     assert flops_per_token(cfg, 'kaplan') == 566_959_104
     # 100k tokens/s on one A100 (312 TFLOP/s dense bf16): 855,166,464e5 / 312e12 = 0.274091815...
-    assert runtime.mfu(855_166_464, 100_000, 312e12) == pytest.approx(0.2740918, rel=1e-6)
+    assert hardware.mfu(855_166_464, 100_000, 312e12) == pytest.approx(0.2740918, rel=1e-6)
     # the same throughput spread over 8 GPUs is 1/8 of the utilization
-    assert runtime.mfu(855_166_464, 100_000, 312e12, n_devices=8) == pytest.approx(0.2740918 / 8, rel=1e-6)
-    assert runtime.mfu(855_166_464, 100_000, None) is None
+    assert hardware.mfu(855_166_464, 100_000, 312e12, n_devices=8) == pytest.approx(0.2740918 / 8, rel=1e-6)
+    assert hardware.mfu(855_166_464, 100_000, None) is None
 
 
 # -----------------------------------------------------------------------------
@@ -176,20 +176,20 @@ def test_mfu_hand_checked_gpt2_on_a100():
     ('NVIDIA B200', torch.bfloat16, True, 2250.0),
 ])
 def test_peak_table_known_names(name, dtype, tf32, expected):
-    assert runtime.gpu_peak_tflops(name, dtype, tf32=tf32) == expected
+    assert hardware.gpu_peak_tflops(name, dtype, tf32=tf32) == expected
 
 
 def test_peak_unknown_gpu_gives_no_mfu_rather_than_a_guess(monkeypatch):
-    assert runtime.gpu_peak_tflops('NVIDIA GeForce GTX 1080', torch.bfloat16) is None
-    assert runtime.gpu_peak_tflops('Imaginary Accelerator 9000', torch.float16) is None
+    assert hardware.gpu_peak_tflops('NVIDIA GeForce GTX 1080', torch.bfloat16) is None
+    assert hardware.gpu_peak_tflops('Imaginary Accelerator 9000', torch.float16) is None
     # through peak_info, as bench and train.py reach it on a CUDA device (the name lookup needs no GPU)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Imaginary Accelerator 9000')
-    peak, source = runtime.peak_info(torch.device('cuda'), torch.bfloat16)
+    peak, source = hardware.peak_info(torch.device('cuda'), torch.bfloat16)
     assert peak is None and 'peak_tflops' in source
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'NVIDIA H100 80GB HBM3')
-    peak, source = runtime.peak_info(torch.device('cuda'), torch.bfloat16)
+    peak, source = hardware.peak_info(torch.device('cuda'), torch.bfloat16)
     assert peak == pytest.approx(989.4e12) and 'H100' in source
-    assert runtime.peak_flops(torch.device('cuda:0'), torch.bfloat16, measure=False) == pytest.approx(989.4e12)
+    assert hardware.peak_flops(torch.device('cuda:0'), torch.bfloat16, measure=False) == pytest.approx(989.4e12)
 
 
 # -----------------------------------------------------------------------------
@@ -199,22 +199,22 @@ def test_peak_unknown_gpu_gives_no_mfu_rather_than_a_guess(monkeypatch):
 def peak_cache(tmp_path, monkeypatch):
     """A machine never measured: PEAK_CACHE in tmp, no in-process measurement."""
     path = tmp_path / 'peaks.json'
-    monkeypatch.setattr(runtime, 'PEAK_CACHE', str(path))
-    monkeypatch.setattr(runtime, '_measured', {})
+    monkeypatch.setattr(hardware, 'PEAK_CACHE', str(path))
+    monkeypatch.setattr(hardware, '_measured', {})
     return path
 
 
 def test_cpu_peak_is_measured_and_cached(peak_cache, monkeypatch):
-    first = runtime.peak_flops(torch.device('cpu'), torch.float32)
+    first = hardware.peak_flops(torch.device('cpu'), torch.float32)
     assert first is not None and 1e9 < first < 1e14  # any CPU: between 1 GFLOP/s and 100 TFLOP/s
-    assert runtime.peak_flops('cpu', torch.float32) == first  # cached: train.py calls it once per run
-    assert 'measured' in runtime.peak_info('cpu', torch.float32)[1]
+    assert hardware.peak_flops('cpu', torch.float32) == first  # cached: train.py calls it once per run
+    assert 'measured' in hardware.peak_info('cpu', torch.float32)[1]
     # a later process on the same machine: the best ever measured wins over its own (maybe busy) measurement
     (key, best), = json.loads(peak_cache.read_text()).items()
     assert best == first and 'float32' in key and f'{torch.get_num_threads()} threads' in key
     peak_cache.write_text(json.dumps({key: first * 10}))
-    monkeypatch.setattr(runtime, '_measured', {})
-    assert runtime.peak_flops('cpu', torch.float32) == first * 10
+    monkeypatch.setattr(hardware, '_measured', {})
+    assert hardware.peak_flops('cpu', torch.float32) == first * 10
 
 
 def test_peak_without_measuring_reads_only_the_recorded_best(peak_cache, monkeypatch):
@@ -223,41 +223,41 @@ def test_peak_without_measuring_reads_only_the_recorded_best(peak_cache, monkeyp
     def no_matmul(*a, **k):
         raise AssertionError('measure=False must not run a matmul')
     monkeypatch.setattr(torch, 'mm', no_matmul)
-    assert runtime.peak_flops(torch.device('cpu'), torch.float32, measure=False) is None
-    peak, source = runtime.peak_info(torch.device('cpu'), torch.float32, measure=False)
+    assert hardware.peak_flops(torch.device('cpu'), torch.float32, measure=False) is None
+    peak, source = hardware.peak_info(torch.device('cpu'), torch.float32, measure=False)
     assert peak is None and 'never measured' in source
     assert not peak_cache.exists()   # reading records nothing
     monkeypatch.undo()
-    monkeypatch.setattr(runtime, 'PEAK_CACHE', str(peak_cache))
-    monkeypatch.setattr(runtime, '_measured', {})
-    measured = runtime.peak_flops(torch.device('cpu'), torch.float32)   # bench.py measures and records
-    monkeypatch.setattr(runtime, '_measured', {})   # a new process
-    assert runtime.peak_flops(torch.device('cpu'), torch.float32, measure=False) == measured
+    monkeypatch.setattr(hardware, 'PEAK_CACHE', str(peak_cache))
+    monkeypatch.setattr(hardware, '_measured', {})
+    measured = hardware.peak_flops(torch.device('cpu'), torch.float32)   # bench.py measures and records
+    monkeypatch.setattr(hardware, '_measured', {})   # a new process
+    assert hardware.peak_flops(torch.device('cpu'), torch.float32, measure=False) == measured
     (key, _), = json.loads(peak_cache.read_text()).items()
     peak_cache.write_text(json.dumps({key: measured * 3}))   # a better measurement recorded meanwhile
-    monkeypatch.setattr(runtime, '_measured', {})
-    assert runtime.peak_flops(torch.device('cpu'), torch.float32, measure=False) == measured * 3
-    assert runtime.peak_flops(torch.device('cpu'), torch.bfloat16, measure=False) is None   # per dtype
+    monkeypatch.setattr(hardware, '_measured', {})
+    assert hardware.peak_flops(torch.device('cpu'), torch.float32, measure=False) == measured * 3
+    assert hardware.peak_flops(torch.device('cpu'), torch.bfloat16, measure=False) is None   # per dtype
 
 
 def test_best_peak_so_far_only_rises_and_survives_a_bad_cache(tmp_path, monkeypatch):
     path = tmp_path / 'cache' / 'peaks.json'
-    monkeypatch.setattr(runtime, 'PEAK_CACHE', str(path))
-    assert runtime._best_so_far('cpu x', 5.0) == 5.0 and json.loads(path.read_text()) == {'cpu x': 5.0}
-    assert runtime._best_so_far('cpu x', 3.0) == 5.0   # a measurement on a busy machine does not lower the peak
-    assert runtime._best_so_far('cpu x', 7.0) == 7.0 and json.loads(path.read_text()) == {'cpu x': 7.0}
-    assert runtime._best_so_far('cpu y', 1.0) == 1.0 and len(json.loads(path.read_text())) == 2
+    monkeypatch.setattr(hardware, 'PEAK_CACHE', str(path))
+    assert hardware._best_so_far('cpu x', 5.0) == 5.0 and json.loads(path.read_text()) == {'cpu x': 5.0}
+    assert hardware._best_so_far('cpu x', 3.0) == 5.0   # a measurement on a busy machine does not lower the peak
+    assert hardware._best_so_far('cpu x', 7.0) == 7.0 and json.loads(path.read_text()) == {'cpu x': 7.0}
+    assert hardware._best_so_far('cpu y', 1.0) == 1.0 and len(json.loads(path.read_text())) == 2
     path.write_text('{not json')                     # corrupt: ignored and rewritten
-    assert runtime._best_so_far('cpu x', 2.0) == 2.0 and json.loads(path.read_text()) == {'cpu x': 2.0}
-    monkeypatch.setattr(runtime, 'PEAK_CACHE', str(tmp_path / 'a-file' / 'peaks.json'))
+    assert hardware._best_so_far('cpu x', 2.0) == 2.0 and json.loads(path.read_text()) == {'cpu x': 2.0}
+    monkeypatch.setattr(hardware, 'PEAK_CACHE', str(tmp_path / 'a-file' / 'peaks.json'))
     (tmp_path / 'a-file').write_text('')             # cannot be written: the measurement still counts
-    assert runtime._best_so_far('cpu x', 4.0) == 4.0
+    assert hardware._best_so_far('cpu x', 4.0) == 4.0
 
 
 def test_peak_memory_and_device_name_on_cpu():
-    used, how = runtime.peak_memory(torch.device('cpu'))
+    used, how = hardware.peak_memory(torch.device('cpu'))
     assert used > 10 * 2 ** 20 and 'RSS' in how
-    assert isinstance(runtime.device_name(torch.device('cpu')), str) and runtime.device_name(torch.device('cpu'))
+    assert isinstance(hardware.device_name(torch.device('cpu')), str) and hardware.device_name(torch.device('cpu'))
 
 
 def test_cpu_flushes_subnormals():
@@ -315,7 +315,7 @@ ENDS = """
 import atexit, sys
 import torch
 import torch.distributed as dist
-from pretrain.runtime import run_script
+from pretrain.cli import run_script
 
 def main(argv):
     atexit.register(lambda: print('finalized', file=sys.stderr))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pretrain.scaling import laws
-from pretrain import runlog
+from pretrain.scaling import runlog
 from conftest import run_scaling_cli as run_cli
 
 # Besiroglu et al. 2024's refit of Chinchilla's approach 3 (their Table 1): a realistic ground truth

@@ -10,7 +10,7 @@ import pytest
 
 from pretrain import accounting
 from pretrain import configurator
-from pretrain import runlog
+from pretrain.scaling import runlog
 import scaling
 from pretrain.scaling import sweep
 from conftest import run_scaling_cli as run_cli

@@ -12,6 +12,7 @@ import torch
 from pretrain import data
 import train
 from pretrain import training
+import conftest
 from pretrain.configurator import ConfigError
 from model import GPT, GPTConfig
 
@@ -217,7 +218,7 @@ def val_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp('val')
     rng = np.random.default_rng(0)
     for split in ('train', 'val'):
-        data.write_shard(str(d / f'v_{split}_000000.bin'), rng.integers(0, 257, 12 * 16 + 1).astype(np.uint16))
+        conftest.write_shard(str(d / f'v_{split}_000000.bin'), rng.integers(0, 257, 12 * 16 + 1).astype(np.uint16))
     data.write_json(str(d / 'meta.json'), {'tokenizer': 'bytes', 'vocab_size': 257, 'eot': 256, 'source': 'test',
                                            'complete': True})
     return str(d)

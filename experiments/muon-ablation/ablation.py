@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 from pretrain.configurator import parse_value, script_defaults  # library modules, not scripts
 from pretrain.data import write_json
 from pretrain.scaling.plots import pyplot
-from pretrain.runlog import LOG_NAME, records
+from pretrain.scaling.runlog import LOG_NAME, records
 from pretrain.scaling.sweep import run_plan
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')

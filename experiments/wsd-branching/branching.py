@@ -22,7 +22,7 @@ from pretrain.configurator import parse_value, script_defaults  # library module
 from pretrain.data import write_json
 from pretrain.scaling.plots import pyplot
 from pretrain.checkpoint import CKPT_NAME
-from pretrain.runlog import LOG_NAME, records
+from pretrain.scaling.runlog import LOG_NAME, records
 from pretrain.scaling.sweep import run_plan
 TRAIN = script_defaults(os.path.join(ROOT, 'train.py'))
 RUNS = os.path.join(HERE, 'runs')

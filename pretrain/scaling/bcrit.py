@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from pretrain.runlog import ScalingError, log_files, noise_records, warn
+from pretrain.scaling.runlog import ScalingError, log_files, noise_records, warn
 
 KAPLAN = dict(B_star=2e8, alpha_B=0.21)  # Kaplan et al. 2020, eq. 5.3 (BPE tokens, loss in nats)
 

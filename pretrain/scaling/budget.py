@@ -20,8 +20,8 @@ from pretrain import configurator
 from pretrain.accounting import count_params, flops_per_token, train_memory
 from pretrain.checkpoint import MODEL_FIELDS, model_config_from
 from pretrain.data import read_meta, DataError
-from pretrain.runlog import ScalingError, log_path, read_json, records
-from pretrain.runtime import gpu_peak_tflops, mfu as model_flops_utilization
+from pretrain.scaling.runlog import ScalingError, log_path, read_json, records
+from pretrain.hardware import gpu_peak_tflops
 from pretrain.scaling import bcrit, hparams, laws
 from pretrain.scaling.sweep import TRAIN_PY, shape_for
 
@@ -208,13 +208,6 @@ MEMORY_HEADROOM = 0.9  # train_memory leaves out the CUDA context, allocator cac
 
 def gpu_memory_gib(name):
     return next((gib for key, gib in GPU_MEMORY_GIB if key.lower() in name.lower()), None)
-
-
-def throughput(tokens_per_step, step_s, gpus, peak_flops, flops_per_tok):
-    """Measured step time -> tokens/s, tokens/s per GPU and MFU (runtime.mfu's definition)."""
-    tok_s = tokens_per_step / step_s
-    return dict(tokens_per_s=tok_s, tokens_per_s_per_gpu=tok_s / gpus,
-                mfu=model_flops_utilization(flops_per_tok, tok_s, peak_flops, gpus))
 
 
 def wall_hours(tokens, gpus, peak_flops, mfu, flops_per_tok):
@@ -482,11 +475,6 @@ def report(p):
                      f"{p['gpu_hours']:,.1f} GPU-hours" + (f", cost {p['cost']:,.2f}" if p['cost'] is not None else ""))
     lines += [f"note        {n}" for n in p['notes']]
     return "\n".join(lines)
-
-
-# the knobs the config sets beyond the base config's: each must be one of train.py's (a test reads them back)
-PLAN_KNOBS = ('out_dir', 'data_dir', 'n_layer', 'n_head', 'n_embd', 'block_size', 'batch_size', 'total_batch_size',
-              'max_iters', 'learning_rate', 'min_lr', 'warmup_iters', 'lr_decay_iters', 'schedule', 'eval_interval')
 
 
 def config_text(p, out_dir):

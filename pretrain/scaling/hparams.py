@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from pretrain.scaling.laws import bootstrap, fit_power, group_budgets
-from pretrain.runlog import ScalingError, read_json
+from pretrain.scaling.runlog import ScalingError, read_json
 
 KNOBS = {  # name -> (what it is, unit, DeepSeek LLM's law (k, s) for reference)
     'lr': ('learning rate', '', (0.3118, -0.125)),

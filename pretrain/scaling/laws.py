@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from pretrain.runlog import Run, ScalingError, all_points, final_points, warn
+from pretrain.scaling.runlog import Run, ScalingError, all_points, final_points, warn
 
 # -----------------------------------------------------------------------------
 # a batched L-BFGS: thousands of independent starts advance together, each with its own history and line search

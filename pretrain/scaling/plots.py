@@ -8,7 +8,7 @@ import numpy as np
 
 from pretrain.scaling.bcrit import law as bcrit_law
 from pretrain.scaling.laws import group_budgets, optimal
-from pretrain.runlog import final_points, warn
+from pretrain.scaling.runlog import final_points, warn
 
 
 def pyplot():

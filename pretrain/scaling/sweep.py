@@ -32,7 +32,7 @@ import numpy as np
 from pretrain import configurator
 from pretrain.data import ROOT
 from pretrain.checkpoint import CKPT_NAME
-from pretrain.runlog import LOG_NAME, ScalingError, read_json, records, warn
+from pretrain.scaling.runlog import LOG_NAME, ScalingError, read_json, records, warn
 from pretrain.training import micro_steps
 
 TRAIN_PY = os.path.join(ROOT, 'train.py')
