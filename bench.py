@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -96,8 +97,9 @@ def build_model(cfg, vocab_size):
 
 
 def make_batches(cfg, rt):
-    """-> (get_batch(first_seq, micro) -> (x, y), vocab_size, description). Real shards as train.py reads them
-    (the same sequences in the same order), or uniformly random tokens when there are none or data='random'."""
+    """-> (batches(first_seq, accum) -> this rank's [(x, y)] of one step, vocab_size, description). Real shards as
+    train.py reads them (the same sequences in the same order), or uniformly random tokens when there are none or
+    data='random'."""
     data_dir, B, T = cfg['data_dir'], cfg['batch_size'], cfg['block_size']
     if cfg['data'] not in ('auto', 'shards', 'random'):
         raise ConfigError(f"data must be 'auto', 'shards' or 'random', got {cfg['data']!r}")
@@ -113,19 +115,22 @@ def make_batches(cfg, rt):
         meta = read_meta(data_dir)
         loader = TokenLoader(data_dir, 'train', T, seed=cfg['seed'])
 
-        def get_batch(first_seq, micro):
-            return loader.batch(first_seq + (micro * rt.world + rt.rank) * B, B, rt.device)
-        return get_batch, meta['vocab_size'], f"shards in {data_dir} ({meta['tokenizer']} tokens)"
+        def batches(first_seq, accum):
+            return loader.micro_batches(first_seq, accum, B, rt.device, rt.rank, rt.world)
+        return batches, meta['vocab_size'], f"shards in {data_dir} ({meta['tokenizer']} tokens)"
     vocab = random_vocab(cfg)
     gen = torch.Generator().manual_seed(cfg['seed'] * 1000 + rt.rank)
     pin = rt.device.type == 'cuda'
 
-    def get_batch(first_seq, micro):
-        buf = torch.randint(vocab, (B, T + 1), generator=gen)  # made on the CPU like a loader's batch
-        buf = buf.pin_memory().to(rt.device, non_blocking=True) if pin else buf.to(rt.device)
-        return buf[:, :-1], buf[:, 1:]
+    def batches(first_seq, accum):
+        out = []
+        for _ in range(accum):
+            buf = torch.randint(vocab, (B, T + 1), generator=gen)  # made on the CPU like a loader's batch
+            buf = buf.pin_memory().to(rt.device, non_blocking=True) if pin else buf.to(rt.device)
+            out.append((buf[:, :-1], buf[:, 1:]))
+        return out
     why = 'data=random' if cfg['data'] == 'random' else f'no shards in {data_dir}'
-    return get_batch, vocab, f"random tokens, vocab {vocab} ({why})"
+    return batches, vocab, f"random tokens, vocab {vocab} ({why})"
 
 
 def random_vocab(cfg):
@@ -212,15 +217,15 @@ class Stepper:
     sequences step after step. Called with `times` (a dict), it waits for the device after each phase and adds
     the phase's seconds there."""
 
-    def __init__(self, model, optimizer, scaler, rt, grad_clip, get_batch, block_size):
+    def __init__(self, model, optimizer, scaler, rt, grad_clip, batches, block_size):
         self.model, self.optimizer, self.scaler, self.rt = model, optimizer, scaler, rt
-        self.grad_clip, self.get_batch, self.block_size, self.next_seq = grad_clip, get_batch, block_size, 0
+        self.grad_clip, self.batches, self.block_size, self.next_seq = grad_clip, batches, block_size, 0
         self.first_done_unix_s = None   # wall clock when the first step (compilation included) had finished
 
     def __call__(self, total, accum, times=None):
-        clock = PhaseClock(self.rt.device, times) if times is not None else None
-        train_step(self.model, self.optimizer, self.scaler, accum, self.rt, self.grad_clip,
-                   lambda micro: self.get_batch(self.next_seq, micro), clock)
+        clock = PhaseClock(self.rt.device, times) if times is not None else None   # its 'data' phase starts here
+        train_step(self.model, self.optimizer, self.scaler, self.batches(self.next_seq, accum), self.rt,
+                   self.grad_clip, mark=clock)
         self.next_seq += total // self.block_size
         if self.first_done_unix_s is None:
             device_sync(self.rt.device)
@@ -288,16 +293,16 @@ def bench(cfg):
     """Run the benchmark described by cfg -> (record dict, is_master)."""
     start_unix_s = time.time()
     check_bench_knobs(cfg)
-    rt = setup_runtime(cfg)
     if cfg['parallel'] == 'fsdp':
-        check_fsdp(cfg, rt.dtype)
+        check_fsdp(SimpleNamespace(**cfg))
+    rt = setup_runtime(cfg)
     cfg = dict(cfg)
     B, T = cfg['batch_size'], cfg['block_size']
     if cfg['grad_accum'] is not None:  # the bench's default: one micro-step per process, whatever the config says
         cfg['total_batch_size'] = B * T * rt.world * cfg['grad_accum']
     totals = list(cfg['scaling_totals'] or [cfg['total_batch_size']])
     accums = [micro_steps(total, B, T, rt.world) for total in totals]
-    get_batch, vocab, data_desc = make_batches(cfg, rt)
+    batches, vocab, data_desc = make_batches(cfg, rt)
     torch.manual_seed(cfg['seed'])
     raw_model = build_model(cfg, vocab)
     mconf = raw_model.config
@@ -309,9 +314,9 @@ def bench(cfg):
     # as train.py: DDP or FSDP2 (parallel.wrap), compile and activation checkpointing; before the optimizer,
     # since under fsdp the parameters become their shards
     model = wrap(raw_model, rt, cfg['parallel'], cfg['compile'], cfg['activation_checkpointing'])
-    optimizer = configure_optimizer(raw_model, cfg, rt.device)
+    optimizer = configure_optimizer(raw_model, SimpleNamespace(**cfg), rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
-    one_step = Stepper(model, optimizer, scaler, rt, cfg['grad_clip'], get_batch, T)
+    one_step = Stepper(model, optimizer, scaler, rt, cfg['grad_clip'], batches, T)
 
     # warm-up, then the timed repeats: no synchronization inside a repeat, only around it
     if rt.device.type == 'cuda':
@@ -405,7 +410,7 @@ def scaling(cfg, argv, counts):
     check_bench_knobs(cfg)
     modes, fsdp_skipped = ['ddp', 'fsdp'], None
     try:
-        check_fsdp(cfg, cfg['dtype'])
+        check_fsdp(SimpleNamespace(**cfg))
     except ConfigError as e:
         modes, fsdp_skipped = ['ddp'], str(e)
     B, T, ga = cfg['batch_size'], cfg['block_size'], cfg['grad_accum']

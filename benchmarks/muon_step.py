@@ -24,7 +24,7 @@ from pretrain.configurator import script_defaults
 from pretrain.data import TokenLoader
 from model import GPT, GPTConfig
 from pretrain.muon import default_ns_dtype
-from pretrain.training import configure_optimizer, get_lr, set_lr, train_step
+from pretrain.training import configure_optimizer, lr_multiplier, peak_lr, train_step
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--steps', type=int, default=30)
@@ -47,7 +47,7 @@ for name, over, ns_dtype in (('adamw', {}, None), (f'muon ({default} NS)', dict(
         continue
     torch.manual_seed(0)
     model = GPT(cfg)
-    runs_knobs[name] = {**knobs, **over}
+    runs_knobs[name] = SimpleNamespace(**{**knobs, **over})
     opt = configure_optimizer(model, runs_knobs[name], rt.device)
     for g in opt.param_groups:
         if g.get('use_muon'):
@@ -62,10 +62,11 @@ names = list(runs)
 for i in range(args.steps + 3):
     for name in names[i % len(names):] + names[:i % len(names)]:     # rotated: no optimizer always goes first
         model, opt = runs[name]
-        set_lr(opt, get_lr(i, runs_knobs[name]), runs_knobs[name])  # the quick start's schedule, warm-up first
+        for g in opt.param_groups:   # the quick start's schedule, warm-up first
+            g['lr'] = peak_lr(g, runs_knobs[name]) * lr_multiplier(i, runs_knobs[name])
         stamps = []
         t0 = time.perf_counter()
-        train_step(model, opt, scaler, 1, rt, 1.0, lambda micro: batches[i],
+        train_step(model, opt, scaler, [batches[i]], rt, 1.0,
                    mark=lambda phase: stamps.append((phase, time.perf_counter())))
         t1 = time.perf_counter()
         for p in model.parameters():            # train_step left grads at None: give the optimizer fixed ones

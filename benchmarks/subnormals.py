@@ -17,7 +17,7 @@ import torch
 from pretrain.configurator import script_defaults
 from pretrain.data import TokenLoader
 from model import GPT, GPTConfig
-from pretrain.training import configure_optimizer, set_lr, get_lr, train_step
+from pretrain.training import configure_optimizer, lr_multiplier, peak_lr, train_step
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--steps', type=int, default=300)
@@ -29,6 +29,7 @@ args = ap.parse_args()
 torch.set_num_threads(1)
 knobs = script_defaults(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py'))
 knobs.update(optimizer=args.optimizer, muon_lr=0.01 if args.optimizer == 'muon' else None, max_iters=1000)
+knobs = SimpleNamespace(**knobs)
 rt = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0)
 cfg = GPTConfig(block_size=512, vocab_size=257, n_layer=4, n_head=8, n_embd=128, pos_emb='rope')
 runs = {}
@@ -44,9 +45,10 @@ for step in range(args.steps):
     for flush in ((True, False) if step % 2 else (False, True)):
         model, opt = runs[flush]
         torch.set_flush_denormal(flush)
-        set_lr(opt, knobs['learning_rate'] if args.peak_lr_from_start else get_lr(step, knobs), knobs)
+        for g in opt.param_groups:
+            g['lr'] = peak_lr(g, knobs) * (1.0 if args.peak_lr_from_start else lr_multiplier(step, knobs))
         t0 = time.perf_counter()
-        loss = train_step(model, opt, scaler, 1, rt, knobs['grad_clip'], lambda micro: batch)
+        loss = train_step(model, opt, scaler, [batch], rt, knobs.grad_clip)
         times[flush].append(time.perf_counter() - t0)
         losses[flush].append(loss.item())
 torch.set_flush_denormal(False)

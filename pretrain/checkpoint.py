@@ -389,9 +389,11 @@ def init_from_kind(init_from, allowed):
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
 
 
-def model_config_from(cfg, vocab_size):
-    """The GPTConfig a script's knobs describe (the knobs named like GPTConfig's fields), for vocab_size."""
-    return GPTConfig(**{k: cfg[k] for k in MODEL_FIELDS if k in cfg and k != 'vocab_size'}, vocab_size=vocab_size)
+def model_config_from(cfg, vocab_size=None):
+    """The GPTConfig a script's knobs describe (the knobs named like GPTConfig's fields); GPTConfig checks them.
+    vocab_size: the data's vocabulary (None: GPTConfig's default, until the data is read)."""
+    vocab = {} if vocab_size is None else {'vocab_size': vocab_size}
+    return GPTConfig(**{k: cfg[k] for k in MODEL_FIELDS if k in cfg and k != 'vocab_size'}, **vocab)
 
 
 def load_model(init_from, out_dir='out', cfg=None, vocab_size=None, tokenizer=None, pretrained=True, for_resume=False,

@@ -467,6 +467,12 @@ class TokenLoader:
             out[epoch == e] = self._perm[i[epoch == e]]
         return out
 
+    def micro_batches(self, first_seq, accum, batch_size, device, rank=0, world=1):
+        """One optimizer step's micro-batches for this rank: [(x, y)] * accum, where micro-step m reads sequences
+        first_seq + (m * world + rank) * batch_size ... + batch_size: the step is the same sequences at any world
+        size (the class docstring)."""
+        return [self.batch(first_seq + (m * world + rank) * batch_size, batch_size, device) for m in range(accum)]
+
     def batch(self, first_seq, n, device):
         chunk = self._chunk_ids(np.arange(first_seq, first_seq + n))
         shard = np.searchsorted(self.first_chunk, chunk, side='right') - 1

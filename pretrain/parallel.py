@@ -29,23 +29,25 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from pretrain.configurator import ConfigError
+from pretrain.runtime import resolve_device, resolve_dtype
 
 MODES = ('ddp', 'fsdp')
 
 
-def check_fsdp(cfg, dtype):
-    """What parallel='fsdp' cannot do, each refused in one line (train.py and bench.py, before anything is written;
-    dtype: the knob, or what 'auto' resolved to)."""
-    if cfg['optimizer'] == 'muon':
+def check_fsdp(c):
+    """What parallel='fsdp' cannot do, each refused in one line. c: the knobs (attributes); dtype 'auto' counts as
+    what it resolves to on this machine (float16 on GPUs without bf16)."""
+    dtype = c.dtype if c.dtype != 'auto' else resolve_dtype('auto', resolve_device(c.device))
+    if c.optimizer == 'muon':
         raise ConfigError("optimizer='muon' with parallel='fsdp' is not supported: Muon orthogonalizes whole "
                           "matrices and FSDP holds 1/N of each; use optimizer='adamw' or parallel='ddp'")
     if dtype == 'float16':
         raise ConfigError("dtype float16 with parallel='fsdp' is not supported (its GradScaler would need "
                           "sharded gradients); use bfloat16 or float32, or parallel='ddp'")
-    if cfg['noise_scale']:
+    if c.noise_scale:
         raise ConfigError("noise_scale with parallel='fsdp' is not supported: it reads each micro-batch's whole "
                           "gradient, which FSDP never holds; use parallel='ddp'")
-    if cfg['hellaswag_interval']:
+    if c.hellaswag_interval:
         raise ConfigError("hellaswag_interval with parallel='fsdp' is not supported; score a checkpoint with "
                           "eval.py instead (it reads sharded checkpoints)")
 

@@ -1,18 +1,87 @@
 """
-One optimizer step and what it needs, shared by train.py and bench.py: the optimizer (AdamW, or Muon for the
-hidden matrices), the learning-rate schedule, train_step(), the gradient noise scale, and the val-loss evaluation
-(also eval.py's bits per byte).
+What train.py (and bench.py) run, in the order a run meets it: every train.py knob checked once (check_knobs), the
+optimizer (AdamW, or Muon for the hidden matrices), the learning-rate schedule as one multiplier, one optimizer step
+(train_step), the gradient noise scale, the val-loss evaluation (also eval.py's bits per byte) and the divergence
+guard.
 """
 import math
+import os
 
 import torch
 
+from pretrain.checkpoint import CKPT_NAME, checkpoint_path, init_from_kind
 from pretrain.configurator import ConfigError
-from pretrain.parallel import clip_grad_norm_, no_sync
+from pretrain.parallel import MODES, check_fsdp, clip_grad_norm_, local, no_sync
 
 
 # -----------------------------------------------------------------------------
-# the batch
+# the knobs: every train.py knob is checked here, once, before any device, process group, directory or data is touched
+# (the model's knobs are GPTConfig's own checks, run when the model's config is made)
+
+def _whole(v, low):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_knobs(c, world=1):
+    """c: train.py's knobs (attributes). ConfigError in one line naming the knob; returns the micro-steps per
+    optimizer step per process (micro_steps)."""
+    def need(ok, msg):
+        if not ok:
+            raise ConfigError(msg)
+    for k in ('batch_size', 'block_size', 'total_batch_size', 'max_iters', 'eval_iters', 'log_interval',
+              'eval_interval'):
+        need(_whole(getattr(c, k), 1), f"{k}={getattr(c, k)!r} is not allowed: must be an int >= 1")
+    for k in ('checkpoint_interval', 'keep_checkpoints', 'warmup_iters', 'min_lr', 'weight_decay', 'grad_clip',
+              'hellaswag_interval'):
+        need(getattr(c, k) >= 0, f"{k}={getattr(c, k)!r} is not allowed: must be >= 0")
+    need(c.spike_factor == 0 or c.spike_factor > 1,
+         f"spike_factor={c.spike_factor!r} is not allowed: must be 0 (off) or > 1 (a factor over the best val loss)")
+    need(c.learning_rate > 0, f"learning_rate={c.learning_rate!r} is not allowed: must be > 0")
+    need(c.muon_lr is None or _number(c.muon_lr) and c.muon_lr > 0, f"muon_lr={c.muon_lr!r} is not allowed: must "
+         f"be None or a number > 0")
+    for k in ('muon_momentum', 'beta1', 'beta2'):
+        need(0 <= getattr(c, k) < 1, f"{k}={getattr(c, k)!r} is not allowed: must be in [0, 1)")
+    need(0 <= c.cooldown_fraction <= 1, f"cooldown_fraction={c.cooldown_fraction!r} is not allowed: must be in [0, 1]")
+    need(c.cooldown_iters is None or _whole(c.cooldown_iters, 0),
+         f"cooldown_iters={c.cooldown_iters!r} is not allowed: must be None or an int >= 0")
+    need(c.lr_decay_iters is None or _whole(c.lr_decay_iters, 1),
+         f"lr_decay_iters={c.lr_decay_iters!r} is not allowed: must be None or an int >= 1")
+    for k, allowed in (('schedule', ('cosine', 'wsd')), ('cooldown_shape', ('linear', '1-sqrt')),
+                       ('optimizer', ('adamw', 'muon')), ('muon_ns_dtype', ('auto', 'float32', 'bfloat16')),
+                       ('parallel', MODES)):
+        words = ', '.join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+        need(getattr(c, k) in allowed, f"{k}={getattr(c, k)!r} is not allowed: must be {words}")
+    for k in ('out_dir', 'data_dir'):
+        need(getattr(c, k).strip() != '', f"{k}={getattr(c, k)!r} is not allowed: must be a directory name")
+    for k in ('branch_from', 'hellaswag_path'):
+        v = getattr(c, k)
+        need(v is None or isinstance(v, str) and v.strip() != '', f"{k}={v!r} is not allowed: must be None or a path")
+    init_from_kind(c.init_from, ('scratch', 'resume', 'auto', 'gpt2'))
+    accum = micro_steps(c.total_batch_size, c.batch_size, c.block_size, world)
+    need(c.min_lr <= c.learning_rate, f"min_lr={c.min_lr} exceeds learning_rate={c.learning_rate}")
+    need(c.warmup_iters <= c.max_iters, f"warmup_iters={c.warmup_iters} exceeds max_iters={c.max_iters}")
+    need(c.schedule != 'wsd' or cooldown_steps(c) <= c.max_iters - c.warmup_iters,
+         f"the cooldown ({cooldown_steps(c)} steps) is longer than the run after warm-up ({c.max_iters} - "
+         f"{c.warmup_iters} steps)")
+    need(c.optimizer != 'muon' or c.muon_lr is not None,
+         "optimizer='muon' needs muon_lr, the peak learning rate of its matrices (e.g. --muon_lr=0.02)")
+    if c.branch_from is not None:
+        need(c.init_from == 'resume', "branch_from starts a branch from a parent's checkpoint: it needs "
+                                      "init_from='resume'")
+        parent_dir = os.path.dirname(checkpoint_path(c.branch_from)) or '.'
+        need(os.path.realpath(parent_dir) != os.path.realpath(c.out_dir),
+             f"branch_from={c.branch_from!r} is in out_dir={c.out_dir!r}: a branch writes to its own out_dir and "
+             f"only reads its parent; give --out_dir a new directory")
+    if c.parallel == 'fsdp':
+        check_fsdp(c)
+    need(not c.noise_scale or accum * world >= 2, "noise_scale needs at least two micro-batches per step "
+                                                  "(total_batch_size >= 2 x batch_size x block_size)")
+    return accum
+
 
 def micro_steps(total_batch_size, batch_size, block_size, world=1):
     """Micro-steps per optimizer step per process: the one batch rule (train.py, bench.py, scaling sweeps). A step
@@ -27,71 +96,55 @@ def micro_steps(total_batch_size, batch_size, block_size, world=1):
 # -----------------------------------------------------------------------------
 # optimizer and schedule
 
-def configure_optimizer(model, cfg, device):
+def configure_optimizer(model, c, device):
     """AdamW (weight decay on matrices and embeddings only, not on biases and norm gains), or with
-    optimizer='muon' Muon on the blocks' 2-D weights and AdamW on the rest, in one optimizer object. Every group
-    records its peak learning rate as 'lr_peak'; set_lr() scales it by the schedule."""
+    optimizer='muon' Muon on the blocks' 2-D weights and AdamW on the rest, in one optimizer object. A group's peak
+    learning rate is peak_lr(group, c); the schedule scales it (lr_multiplier)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    betas = (cfg['beta1'], cfg['beta2'])
-    if cfg['optimizer'] == 'muon':
+    betas = (c.beta1, c.beta2)
+    if c.optimizer == 'muon':
         from pretrain.muon import Muon, muon_param_groups
-        groups = muon_param_groups(model, lr_adam=cfg['learning_rate'], lr_muon=cfg['muon_lr'],
-                                   weight_decay=cfg['weight_decay'], betas=betas)
-        ns_dtype = None if cfg['muon_ns_dtype'] == 'auto' else cfg['muon_ns_dtype']  # None: muon.default_ns_dtype
-        optimizer = Muon(groups, momentum=cfg['muon_momentum'], ns_dtype=ns_dtype)
-    else:
-        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg['weight_decay']},
-                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
-        extra = {'fused': True} if device.type == 'cuda' else {}  # one kernel for all params on CUDA
-        optimizer = torch.optim.AdamW(groups, lr=cfg['learning_rate'], betas=betas, **extra)
-    reset_peak_lr(optimizer, cfg)
-    return optimizer
+        groups = muon_param_groups(model, lr_adam=c.learning_rate, lr_muon=c.muon_lr, weight_decay=c.weight_decay,
+                                   betas=betas)
+        return Muon(groups, momentum=c.muon_momentum, ns_dtype=None if c.muon_ns_dtype == 'auto' else c.muon_ns_dtype)
+    groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': c.weight_decay},
+              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+    extra = {'fused': True} if device.type == 'cuda' else {}  # one kernel for all params on CUDA
+    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=betas, **extra)
 
 
-def reset_peak_lr(optimizer, cfg):
-    """Each group's peak LR from the knobs (after a checkpoint's load_state_dict brought back the old ones)."""
-    for group in optimizer.param_groups:
-        group['lr_peak'] = cfg['muon_lr'] if group.get('use_muon') else cfg['learning_rate']
+def peak_lr(group, c):
+    """A param group's peak learning rate: muon_lr for Muon's matrices, learning_rate for AdamW's groups. Read from
+    the knobs at every step (not from the group, whose values a resumed optimizer state would bring back)."""
+    return c.muon_lr if group.get('use_muon') else c.learning_rate
 
 
-def get_lr(step, cfg):
-    """Learning rate of the AdamW groups for optimizer step `step` (0-based); the Muon groups follow the same
-    shape scaled to muon_lr. cosine: linear warm-up, cosine to min_lr at lr_decay_iters. wsd: warm-up, stable,
-    then the last cooldown_iters steps (default cooldown_fraction of max_iters) decay to min_lr, linearly or as
+def lr_multiplier(step, c):
+    """The schedule: the learning rate of optimizer step `step` (0-based) over its peak, for every group.
+    cosine: linear warm-up, then a cosine to min_lr / learning_rate at lr_decay_iters. wsd: warm-up, stable, then the
+    last cooldown_iters steps (default cooldown_fraction of max_iters) decay to min_lr / learning_rate, linearly or as
     1 - sqrt (Hägele et al. 2024, sec. 3). A decay that starts at step k depends only on k and its length, so a
     cooldown branched from step k of a constant-LR run repeats a run scheduled so from the start."""
-    lr, min_lr, warmup, max_iters = cfg['learning_rate'], cfg['min_lr'], cfg['warmup_iters'], cfg['max_iters']
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    if cfg['schedule'] == 'cosine':
-        decay_iters = cfg['lr_decay_iters'] or max_iters
+    floor = c.min_lr / c.learning_rate
+    if step < c.warmup_iters:
+        return (step + 1) / c.warmup_iters
+    if c.schedule == 'cosine':
+        decay_iters = c.lr_decay_iters or c.max_iters
         if step >= decay_iters:
-            return min_lr
-        progress = (step - warmup) / max(1, decay_iters - warmup)
-        return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
-    if cfg['schedule'] == 'wsd':
-        cooldown = cooldown_steps(cfg)
-        decay_start = max_iters - cooldown
-        if step < decay_start:
-            return lr
-        progress = (step - decay_start + 1) / cooldown  # reaches 1 at the last step
-        shrink = progress if cfg['cooldown_shape'] == 'linear' else math.sqrt(progress)
-        return min_lr + (1 - shrink) * (lr - min_lr)
-    raise ConfigError(f"schedule must be 'cosine' or 'wsd', got {cfg['schedule']!r}")
+            return floor
+        progress = (step - c.warmup_iters) / max(1, decay_iters - c.warmup_iters)
+        return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - floor)
+    decay_start = c.max_iters - cooldown_steps(c)
+    if step < decay_start:
+        return 1.0
+    progress = (step - decay_start + 1) / cooldown_steps(c)  # reaches 1 at the last step
+    shrink = progress if c.cooldown_shape == 'linear' else math.sqrt(progress)
+    return floor + (1 - shrink) * (1 - floor)
 
 
-def cooldown_steps(cfg):
+def cooldown_steps(c):
     """wsd: the number of decay steps at the end of the run."""
-    if cfg['cooldown_iters'] is not None:
-        return cfg['cooldown_iters']
-    return int(cfg['cooldown_fraction'] * cfg['max_iters'])
-
-
-def set_lr(optimizer, lr, cfg):
-    """Apply the schedule: every group at lr_peak * lr / learning_rate."""
-    scale = lr / cfg['learning_rate']
-    for group in optimizer.param_groups:
-        group['lr'] = group['lr_peak'] * scale
+    return c.cooldown_iters if c.cooldown_iters is not None else int(c.cooldown_fraction * c.max_iters)
 
 
 # -----------------------------------------------------------------------------
@@ -109,10 +162,7 @@ class GradNoise:
     micro-batches at any world size, so the estimate does not depend on the number of processes."""
     EMA = 0.95   # ~20-step memory: the estimates are noisy step to step, B_simple drifts slowly with the loss
 
-    def __init__(self, params, b_small, b_big):
-        if b_big <= b_small:
-            raise ConfigError("noise_scale needs at least two micro-batches per step (total_batch_size >= "
-                              "2 x batch_size x block_size)")
+    def __init__(self, params, b_small, b_big):   # b_big > b_small: train.py's check_knobs asks for 2+ micro-batches
         self.params, self.b_small, self.b_big = params, b_small, b_big
         self.prev = None
         self.ema_G2 = self.ema_S = None
@@ -163,20 +213,19 @@ class GradNoise:
 # -----------------------------------------------------------------------------
 # one optimizer step
 
-def train_step(model, optimizer, scaler, accum, rt, grad_clip, get_batch, mark=None, noise=None):
-    """One optimizer step: accum micro-steps of forward/backward (DDP all-reduces, FSDP reduce-scatters gradients
-    on the last one only: parallel.no_sync), clip (the global norm, sharded or not), step, zero_grad.
-    get_batch(micro) -> (x, y). mark(phase), if given, is called after each phase ('data', 'forward',
-    'backward', 'optimizer'): bench.py times them. noise, a GradNoise, measures the
-    gradient noise scale (then DDP's all-reduce is done by GradNoise.finish instead). Returns the summed
+def train_step(model, optimizer, scaler, batches, rt, grad_clip, noise=None, mark=None):
+    """One optimizer step over this process's micro-batches [(x, y), ...] (TokenLoader.micro_batches): forward and
+    backward each, gradients synchronised on the last one only (DDP all-reduces, FSDP reduce-scatters: parallel.
+    no_sync), clip the global norm (sharded or not), step, zero_grad. noise, a GradNoise, measures the gradient
+    noise scale (then GradNoise.finish averages the gradients over ranks instead of DDP). mark(phase), if given, is
+    called after each phase ('data', 'forward', 'backward', 'optimizer'): bench.py times them. Returns the summed
     micro-step losses as a device tensor, so the caller decides when to wait for the device."""
     mark = mark or (lambda phase: None)
-    loss_sum = torch.zeros((), device=rt.device)
+    accum, loss_sum = len(batches), torch.zeros((), device=rt.device)
     if noise is not None:
         noise.start()
-    for micro in range(accum):
-        x, y = get_batch(micro)
-        mark('data')
+    mark('data')
+    for micro, (x, y) in enumerate(batches):
         sync = (micro == accum - 1 and noise is None) or not rt.ddp
         with no_sync(model, skip=not sync):
             with rt.autocast:
@@ -236,3 +285,52 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
 def bits_per_byte(loss_nats_per_token, n_tokens, n_bytes):
     """Summed nats / (ln 2 x UTF-8 bytes of the text scored): comparable across tokenizers."""
     return loss_nats_per_token * n_tokens / (math.log(2) * n_bytes)
+
+
+# -----------------------------------------------------------------------------
+# the divergence guard
+
+class Guard:
+    """A checkpoint is judged before it is written, by the val loss of the very weights it would hold (train.py
+    evaluates at every checkpoint), so no blown-up update is ever saved: a NaN or inf in the loss or the weights stops
+    the run (FloatingPointError); a finite blow-up, a val loss over spike_factor x the best so far, is not written and
+    the run goes on. best_val_loss travels in the checkpoint, so a resumed run is judged against the whole run. Every
+    decision rests on all-reduced values, so all ranks make the same one."""
+
+    def __init__(self, spike_factor, out_dir, best_val_loss=math.inf):
+        self.spike_factor, self.out_dir, self.best_val_loss = spike_factor, out_dir, best_val_loss
+        self.refused = None   # (step, val loss) of the last checkpoint refused, while no later one was written
+
+    def judge(self, step, val_loss, rt, weights=None):
+        """After an evaluation; weights (the model's parameters) at a checkpoint. -> True: keep the checkpoint."""
+        bad = torch.zeros((), device=rt.device)
+        for p in weights or ():
+            bad += (~torch.isfinite(local(p))).sum()   # fsdp: each rank checks its own shards
+        if rt.ddp:
+            torch.distributed.all_reduce(bad)
+        if not math.isfinite(val_loss) or bad.item():
+            self.diverged(step)
+        if weights is not None and self.spike_factor and val_loss > self.spike_factor * self.best_val_loss:
+            self.refused = (step, val_loss)
+            if rt.master:
+                print(f"warning: step {step}: val loss {val_loss:.4f} is over {self.spike_factor}x the best "
+                      f"{self.best_val_loss:.4f}; not checkpointing (the last good checkpoint stays)")
+            return False
+        self.refused = None if weights is not None else self.refused
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        return True
+
+    def kept(self):
+        have = os.path.exists(os.path.join(self.out_dir, CKPT_NAME))
+        return f"the last good checkpoint in {self.out_dir} is kept" if have else "no checkpoint was written"
+
+    def diverged(self, step):
+        raise FloatingPointError(f"loss or weights became NaN or infinite by step {step}; stopped without saving, "
+                                 f"{self.kept()} (try a lower learning_rate or grad_clip)")
+
+    def finish(self):
+        """At the end of the run: a refused last checkpoint means the run diverged."""
+        if self.refused:
+            raise FloatingPointError(f"the run diverged: val loss {self.refused[1]:.4f} at step {self.refused[0]} is "
+                                     f"over {self.spike_factor}x the best {self.best_val_loss:.4f}; {self.kept()} "
+                                     f"(lower learning_rate)")

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ from pretrain.runtime import end_of_run, setup_runtime
 from pretrain.training import configure_optimizer, train_step
 
 CONFIG = GPTConfig(block_size=16, vocab_size=61, n_layer=2, n_head=4, n_embd=32, tie_weights=True)
-OPT = {'optimizer': 'adamw', 'learning_rate': 1e-2, 'weight_decay': 0.1, 'beta1': 0.9, 'beta2': 0.95, 'muon_lr': None}
+OPT = SimpleNamespace(optimizer='adamw', learning_rate=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95, muon_lr=None)
 STEPS, B = 5, 4
 
 
@@ -49,8 +50,8 @@ def run(rt, parallel, accum=1, clip=0.0, checkpointing=False):
     x, y = batches(rt.world, accum)
     losses = []
     for step in range(STEPS):
-        loss = train_step(wrapped, optimizer, scaler, accum, rt, clip,
-                          lambda micro: (x[step, micro, rt.rank], y[step, micro, rt.rank]))
+        loss = train_step(wrapped, optimizer, scaler, [(x[step, m, rt.rank], y[step, m, rt.rank]) for m in range(accum)],
+                          rt, clip)
         losses.append(loss.item())
     weights = {n: (p.full_tensor() if hasattr(p, 'full_tensor') else p).detach().float()
                for n, p in model.named_parameters()}

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def run(args, timeout=600):
 
 def knobs(**over):
     from pretrain.configurator import script_defaults
-    return {**script_defaults(os.path.join(ROOT, 'train.py')), **over}
+    return SimpleNamespace(**{**script_defaults(os.path.join(ROOT, 'train.py')), **over})
 
 
 def batches(vocab, B=8, T=128, n=4, seed=0):
@@ -74,7 +75,7 @@ def steps(model, cfg, rt, data, n_steps=8):
     out = []
     for s in range(n_steps):
         buf = data[s % len(data)]
-        loss = train_step(model, opt, scaler, 1, rt, 1.0, lambda m: (buf[:, :-1], buf[:, 1:]))
+        loss = train_step(model, opt, scaler, [(buf[:, :-1], buf[:, 1:])], rt, 1.0)
         out.append(loss.item())
     return out, opt, scaler
 

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -152,7 +154,7 @@ def test_model_state_estimate_is_the_tensors_after_a_step(optimizer):
         model = GPT(config)
         cfg = dict(optimizer=optimizer, learning_rate=1e-3, muon_lr=0.02, muon_momentum=0.95, muon_ns_dtype='float32',
                    weight_decay=0.1, beta1=0.9, beta2=0.95)
-        opt = configure_optimizer(model, cfg, torch.device('cpu'))
+        opt = configure_optimizer(model, SimpleNamespace(**cfg), torch.device('cpu'))
         x = torch.randint(0, config.vocab_size, (2, config.block_size))
         _, loss = model(x, x, return_logits=False)
         loss.backward()

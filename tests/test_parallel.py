@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
@@ -20,6 +22,7 @@ import eval as evaluation
 import export
 import sample
 import train
+from pretrain import training
 from pretrain.checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints, sweep_stale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +30,11 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, total_b
             warmup_iters=2, learning_rate=3e-3, min_lr=3e-4, eval_interval=3, eval_iters=2, log_interval=1,
             checkpoint_interval=3, dtype='float32', device='cpu', compile=False, pos_emb='learned',
             parallel='fsdp')
+
+
+def check_train_knobs(cfg, world=1):
+    """train.py's knob check (training.check_knobs) on a dict of knobs."""
+    return training.check_knobs(SimpleNamespace(**cfg), world)
 
 
 def free_port():
@@ -307,7 +315,7 @@ def test_killed_sharded_save_keeps_the_previous(data_dir, tmp_path):
 ])
 def test_refusals(data_dir, tmp_path, capsys, over, match):
     with pytest.raises(train.ConfigError, match=match.replace('(', r'\(')):
-        train.check_train_knobs(cfg(data_dir, tmp_path / 'x', **over), world=1)
+        check_train_knobs(cfg(data_dir, tmp_path / 'x', **over), world=1)
     line = one_error_line(*conftest.run_cli(train.main, argv(data_dir, tmp_path / 'x', **over), capsys)[::2])
     assert match in line and not (tmp_path / 'x').exists()
 

@@ -12,12 +12,15 @@ import sys
 import time
 from functools import partial
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 import conftest
 import train
+from pretrain import training
 from pretrain.checkpoint import load_checkpoint
 from pretrain.data import read_meta, read_shard, shard_paths
 
@@ -27,6 +30,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, total_batch_size=256, max_iters=20,
             warmup_iters=5, learning_rate=3e-3, min_lr=3e-4, eval_interval=10, eval_iters=2, log_interval=1,
             checkpoint_interval=10, dtype='float32', device='cpu', compile=False, dropout=0.0)
+
+
+def check_train_knobs(cfg, world=1):
+    """train.py's knob check (training.check_knobs) on a dict of knobs."""
+    return training.check_knobs(SimpleNamespace(**cfg), world)
 
 
 def run_script(args, timeout=300, **kw):
@@ -77,7 +85,7 @@ def test_config_files_in_repo_parse():
     gpt2 = train.parse_config([os.path.join(ROOT, 'config', 'gpt2.py')], train.DEFAULTS)
     # llm.c's recipe: 2**19 tokens per step, 18,865 steps ~ 9.9B tokens
     assert gpt2['total_batch_size'] == 524288 and gpt2['total_batch_size'] * gpt2['max_iters'] == 9_890_693_120
-    assert train.check_train_knobs(gpt2, world=8) == 1
+    assert check_train_knobs(gpt2, world=8) == 1
     for name in sorted(os.listdir(os.path.join(ROOT, 'config'))):   # every config passes train.py's checks
         cwd = os.getcwd()
         try:
@@ -86,14 +94,14 @@ def test_config_files_in_repo_parse():
         finally:
             os.chdir(cwd)
         world = cfg['total_batch_size'] // (cfg['batch_size'] * cfg['block_size'])   # as many processes as divide
-        assert train.check_train_knobs(cfg, world=1) >= 1 and train.check_train_knobs(cfg, world=world) == 1, name
+        assert check_train_knobs(cfg, world=1) >= 1 and check_train_knobs(cfg, world=world) == 1, name
 
 
 def test_batch_that_does_not_divide():
     cfg = {**train.DEFAULTS, 'total_batch_size': 1000}
     with pytest.raises(train.ConfigError, match='not a multiple of batch_size\\*block_size\\*world_size'):
-        train.check_train_knobs(cfg, world=1)
-    assert train.check_train_knobs({**train.DEFAULTS, 'batch_size': 32, 'block_size': 256, 'total_batch_size': 4 * 32 * 256},
+        check_train_knobs(cfg, world=1)
+    assert check_train_knobs({**train.DEFAULTS, 'batch_size': 32, 'block_size': 256, 'total_batch_size': 4 * 32 * 256},
                               world=2) == 2
 
 

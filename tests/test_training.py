@@ -19,13 +19,18 @@ from model import GPT, GPTConfig
 CPU = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0)
 
 
+def lr_at(step, cfg):
+    """The AdamW learning rate of a step: the peak times the schedule's multiplier, as train.py sets it."""
+    return cfg['learning_rate'] * training.lr_multiplier(step, SimpleNamespace(**cfg))
+
+
 # -----------------------------------------------------------------------------
 # schedules
 
 def test_cosine_schedule():
     cfg = {**train.DEFAULTS, 'learning_rate': 1.0, 'min_lr': 0.1, 'warmup_iters': 10, 'max_iters': 110,
            'lr_decay_iters': None, 'schedule': 'cosine'}
-    lrs = [training.get_lr(s, cfg) for s in range(120)]
+    lrs = [lr_at(s, cfg) for s in range(120)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))  # halfway: mean of max and min
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
@@ -35,7 +40,7 @@ def test_cosine_schedule():
 def test_cosine_schedule_with_lr_decay_iters():
     cfg = {**train.DEFAULTS, 'learning_rate': 1.0, 'min_lr': 0.1, 'warmup_iters': 10, 'max_iters': 200,
            'lr_decay_iters': 110, 'schedule': 'cosine'}
-    lrs = [training.get_lr(s, cfg) for s in range(200)]
+    lrs = [lr_at(s, cfg) for s in range(200)]
     assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1) and set(lrs[110:]) == {0.1}
 
 
@@ -43,7 +48,7 @@ def test_cosine_schedule_with_lr_decay_iters():
 def test_wsd_schedule(shape):
     cfg = {**train.DEFAULTS, 'learning_rate': 1.0, 'min_lr': 0.0, 'warmup_iters': 10, 'max_iters': 100,
            'schedule': 'wsd', 'cooldown_fraction': 0.2, 'cooldown_shape': shape}
-    lrs = [training.get_lr(s, cfg) for s in range(100)]
+    lrs = [lr_at(s, cfg) for s in range(100)]
     assert all(lr == 1.0 for lr in lrs[10:80])  # stable phase
     assert lrs[99] == pytest.approx(0.0)  # the last step trains at min_lr
     mid = lrs[89]  # half-way through the cooldown: progress 0.5
@@ -56,8 +61,8 @@ def test_wsd_cooldown_iters(shape):
     c, lr, min_lr = 5, 1.0, 0.1
     cfg = {**train.DEFAULTS, 'learning_rate': lr, 'min_lr': min_lr, 'warmup_iters': 2, 'max_iters': 20,
            'schedule': 'wsd', 'cooldown_iters': c, 'cooldown_fraction': 0.5, 'cooldown_shape': shape}
-    assert training.cooldown_steps(cfg) == c
-    lrs = [training.get_lr(s, cfg) for s in range(20)]
+    assert training.cooldown_steps(SimpleNamespace(**cfg)) == c
+    lrs = [lr_at(s, cfg) for s in range(20)]
     assert lrs[:2] == [pytest.approx(0.5), pytest.approx(1.0)]   # warm-up
     assert all(x == lr for x in lrs[2:15])                       # stable up to step 20 - 5 - 1
     decay = lrs[15:]
@@ -70,7 +75,7 @@ def test_wsd_cooldown_iters(shape):
 def test_wsd_cooldown_zero_is_constant_after_warmup():
     cfg = {**train.DEFAULTS, 'learning_rate': 1.0, 'min_lr': 0.1, 'warmup_iters': 4, 'max_iters': 50,
            'schedule': 'wsd', 'cooldown_iters': 0}
-    lrs = [training.get_lr(s, cfg) for s in range(50)]
+    lrs = [lr_at(s, cfg) for s in range(50)]
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and all(x == 1.0 for x in lrs[4:])
 
 
@@ -80,13 +85,13 @@ def test_a_cooldown_branch_repeats_the_schedule_of_a_run_planned_so():
     base = {**train.DEFAULTS, 'learning_rate': 1.0, 'min_lr': 0.1, 'warmup_iters': 2, 'schedule': 'wsd'}
     parent = {**base, 'max_iters': 8, 'cooldown_iters': 0}
     planned = {**base, 'max_iters': 6, 'cooldown_iters': 2}
-    branch = [training.get_lr(s, parent) for s in range(4)] + [training.get_lr(s, planned) for s in range(4, 6)]
-    assert branch == [training.get_lr(s, planned) for s in range(6)]
+    branch = [lr_at(s, parent) for s in range(4)] + [lr_at(s, planned) for s in range(4, 6)]
+    assert branch == [lr_at(s, planned) for s in range(6)]
 
 
 def test_unknown_schedule():
-    with pytest.raises(ConfigError, match="schedule must be 'cosine' or 'wsd'"):
-        training.get_lr(100, {**train.DEFAULTS, 'schedule': 'step'})
+    with pytest.raises(ConfigError, match="schedule='step' is not allowed: must be 'cosine' or 'wsd'"):
+        training.check_knobs(SimpleNamespace(**{**train.DEFAULTS, 'schedule': 'step'}))
 
 
 def test_muon_ns_dtype_knob():
@@ -94,23 +99,26 @@ def test_muon_ns_dtype_knob():
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
     for knob, expect in (('auto', None), ('float32', 'float32'), ('bfloat16', 'bfloat16')):
         cfg = {**train.DEFAULTS, 'optimizer': 'muon', 'muon_lr': 0.01, 'muon_ns_dtype': knob}
-        opt = training.configure_optimizer(model, cfg, torch.device('cpu'))
+        opt = training.configure_optimizer(model, SimpleNamespace(**cfg), torch.device('cpu'))
         assert {g['ns_dtype'] for g in opt.param_groups if g['use_muon']} == {expect}
 
 
-def test_optimizer_groups_and_set_lr():
+def test_optimizer_groups_and_their_peak_lr():
+    """AdamW's two groups (decay on matrices only) peak at learning_rate, Muon's matrices at muon_lr: read from the
+    knobs, so a resumed optimizer state (whose groups hold the old run's values) follows this run's knobs."""
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
-    cfg = {**train.DEFAULTS, 'learning_rate': 0.01, 'weight_decay': 0.1}
-    opt = training.configure_optimizer(model, cfg, torch.device('cpu'))
+    c = SimpleNamespace(**{**train.DEFAULTS, 'learning_rate': 0.01, 'weight_decay': 0.1})
+    opt = training.configure_optimizer(model, c, torch.device('cpu'))
     decay, no_decay = opt.param_groups
     assert decay['weight_decay'] == 0.1 and all(p.dim() >= 2 for p in decay['params'])
     assert no_decay['weight_decay'] == 0.0 and all(p.dim() < 2 for p in no_decay['params'])
     assert sum(len(g['params']) for g in opt.param_groups) == len(list(model.parameters()))
-    training.set_lr(opt, 0.005, cfg)
-    assert [g['lr'] for g in opt.param_groups] == [0.005, 0.005]
-    assert [g['lr_peak'] for g in opt.param_groups] == [0.01, 0.01]
-    training.reset_peak_lr(opt, {**cfg, 'learning_rate': 0.02})
-    assert [g['lr_peak'] for g in opt.param_groups] == [0.02] * 2
+    opt.load_state_dict({**opt.state_dict(), 'param_groups': [{**g, 'lr': 0.5} for g in opt.state_dict()['param_groups']]})
+    assert [training.peak_lr(g, c) for g in opt.param_groups] == [0.01, 0.01]
+    muon = SimpleNamespace(**{**vars(c), 'optimizer': 'muon', 'muon_lr': 0.02})
+    opt = training.configure_optimizer(model, muon, torch.device('cpu'))
+    assert {training.peak_lr(g, muon) for g in opt.param_groups if g['use_muon']} == {0.02}
+    assert {training.peak_lr(g, muon) for g in opt.param_groups if not g['use_muon']} == {0.01}
 
 
 # -----------------------------------------------------------------------------
@@ -175,12 +183,12 @@ def test_grad_noise_recovers_the_exact_gradient_noise():
     noise = training.GradNoise(list(model.parameters()), b_small=B, b_big=B * accum)
     gen = torch.Generator().manual_seed(0)
 
-    def get_batch(micro):
+    def micro_batch():
         x = torch.randn(B, D, generator=gen)
         return x, x @ W_STAR.float() + SIGMA * torch.randn(B, generator=gen)
     rows, ema = [], None
     for _ in range(N):
-        training.train_step(model, optimizer, scaler, accum, CPU, 0.0, get_batch, noise=noise)
+        training.train_step(model, optimizer, scaler, [micro_batch() for _ in range(accum)], CPU, 0.0, noise=noise)
         last = noise.last
         assert (last['b_small'], last['b_big']) == (B, B * accum)
         bs, bb, small, big = B, B * accum, last['g2_small'], last['g2_big']
@@ -200,8 +208,11 @@ def test_grad_noise_recovers_the_exact_gradient_noise():
 
 
 def test_grad_noise_needs_two_micro_batches():
+    one = {**train.DEFAULTS, 'noise_scale': True, 'batch_size': 4, 'block_size': 512, 'total_batch_size': 2048}
     with pytest.raises(ConfigError, match='at least two micro-batches'):
-        training.GradNoise([torch.nn.Parameter(torch.zeros(2))], b_small=128, b_big=128)
+        training.check_knobs(SimpleNamespace(**one))
+    two = {**one, 'total_batch_size': 4096}   # two micro-steps, or one on each of two ranks
+    assert training.check_knobs(SimpleNamespace(**two)) == 2 and training.check_knobs(SimpleNamespace(**two), 2) == 1
 
 
 def test_grad_noise_state_round_trip():
