@@ -155,6 +155,7 @@ def sampling_throughput(model, rt, cfg, vocab):
     the median over the repeats that follow. With sample_compile, also the compiled static-cache decode and, on
     CUDA, its memory-bandwidth utilisation: bytes read per token (model.decode_bytes_per_token) x tokens/s over the
     measured copy bandwidth of the device."""
+    from pretrain.generate import generate
     T = model.config.block_size
     prompt = max(1, min(cfg['sample_prompt'], T - cfg['sample_tokens']))
     new = min(cfg['sample_tokens'], T - prompt)  # stay inside the window: past it the cache is rebuilt per token
@@ -169,7 +170,7 @@ def sampling_throughput(model, rt, cfg, vocab):
             for _ in range(1 + cfg['repeats']):
                 device_sync(rt.device)
                 t0 = time.perf_counter()
-                m.generate(idx, new, **kw)
+                generate(m, idx, new, **kw)
                 device_sync(rt.device)
                 times.append(time.perf_counter() - t0)
         return B * new / times[0], B * new / statistics.median(times[1:]), times[0]

@@ -5,9 +5,8 @@ GPT-2 exactly (so OpenAI's checkpoints load and published numbers reproduce), pl
 changes of the Llama-3 block as plain config options: RMSNorm, rotary position embeddings (RoPE),
 grouped-query attention (GQA), SwiGLU, untied embeddings; and, from modded-nanogpt / nanochat, QK-norm,
 squared ReLU, zero-initialised residual projections and logit soft-capping (all off by default). Also
-here: GPT-2 initialisation, generation with a KV cache (and a fixed-shape, compilable one-token step for
-GPUs) and loading OpenAI's GPT-2 weights. The loss is pretrain/lm_loss.py; parameter, FLOP and memory counts are
-pretrain/accounting.py.
+here: GPT-2 initialisation. The forward reads and extends a KV cache; generation is pretrain/generate.py,
+the loss pretrain/lm_loss.py, OpenAI's weights pretrain/gpt2_weights.py, the counts pretrain/accounting.py.
 
 References:
 1) nanoGPT (Karpathy): the structure and names of this file.
@@ -15,16 +14,12 @@ References:
 3) Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position Embedding", eq. 34.
 4) Ainslie et al. 2023, "GQA"; Shazeer 2019 (multi-query); Shazeer 2020, "GLU Variants Improve Transformer".
 5) Zhang & Sennrich 2019, "Root Mean Square Layer Normalization".
-6) Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1.
-7) Chowdhery et al. 2022, "PaLM", Appendix B (model FLOPs utilisation).
-8) Brown et al. 2020, "Language Models are Few-Shot Learners" (GPT-3), Table 2.1.
-9) Dehghani et al. 2023, "Scaling Vision Transformers to 22 Billion Parameters", sec. 3.1 (QK layernorm);
+6) Brown et al. 2020, "Language Models are Few-Shot Learners" (GPT-3), Table 2.1.
+7) Dehghani et al. 2023, "Scaling Vision Transformers to 22 Billion Parameters", sec. 3.1 (QK layernorm);
    Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training instabilities", sec. 3.1.
-10) So et al. 2021, "Primer: Searching for Efficient Transformers for Language Modeling" (squared ReLU).
-11) Gemma Team 2024, "Gemma 2: Improving Open Language Models at a Practical Size", sec. 2 (logit soft-capping).
-12) modded-nanogpt (K. Jordan et al.) and nanochat (Karpathy): where the four options above were taken from.
-13) gpt-fast (PyTorch team 2023; blog "Accelerating Generative AI with PyTorch II: GPT, Fast"): static KV
-    cache + torch.compile(mode='reduce-overhead') decoding, and memory-bandwidth utilisation (MBU).
+8) So et al. 2021, "Primer: Searching for Efficient Transformers for Language Modeling" (squared ReLU).
+9) Gemma Team 2024, "Gemma 2: Improving Open Language Models at a Practical Size", sec. 2 (logit soft-capping).
+10) modded-nanogpt (K. Jordan et al.) and nanochat (Karpathy): where the four options above were taken from.
 """
 
 import math
@@ -34,7 +29,6 @@ import torch
 import torch.utils.checkpoint
 import torch.nn as nn
 from torch.nn import functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pretrain import lm_loss
 
@@ -61,7 +55,7 @@ class GPTConfig:
     rope_theta: float = 10000.0   # RoPE base (RoFormer: 10000; Llama 3: 500000)
     norm_eps: float = 1e-5        # GPT-2's layer_norm_epsilon
     mlp_hidden: int = None        # None: 4*n_embd for gelu and relu2; for swiglu 8/3*n_embd rounded up to 64s
-    # modded-nanogpt / nanochat options (references 9-12); off = GPT-2
+    # modded-nanogpt / nanochat options (references 7-10); off = GPT-2
     qk_norm: bool = False         # RMS-normalise each head's queries and keys (parameter-free), before RoPE
     zero_init_proj: bool = False  # attn.c_proj and mlp.c_proj weights start at 0 instead of N(0, 0.02/sqrt(2L))
     logit_softcap: float = None   # None, or cap > 0: logits = cap * tanh(logits / cap) (modded-nanogpt 30, nanochat 15)
@@ -146,42 +140,10 @@ PRESETS = {
 # -----------------------------------------------------------------------------
 # The model
 
-# Attention kernels for eager generation. Each eager step gives attention a new key length (the cache grows by one,
-# or, without the cache, the window does). cuDNN attention, torch 2.11's first choice on Hopper, builds a plan per
-# new shape (tens of ms each), which made eager batch-1 decoding ~10x slower on its first pass; flash and
-# memory-efficient attention (and the math fallback) take any length without a plan. Training and evaluation have
-# fixed shapes, so there cuDNN plans once and torch keeps its own choice; so does the compiled decode_step.
-GENERATE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1; nanoGPT's class)."""
-
-    def __init__(self, ndim, bias, eps):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-        self.eps = eps
-
-    def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
-
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): no centring, no bias."""
-
-    def __init__(self, ndim, eps):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.eps = eps
-
-    def forward(self, x):
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-
-
 def make_norm(config):
-    if config.norm == 'rmsnorm':
-        return RMSNorm(config.n_embd, config.norm_eps)
-    return LayerNorm(config.n_embd, config.bias, config.norm_eps)
+    if config.norm == 'rmsnorm':   # x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): no centring, no bias
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 def rope_tables(head_dim, length, theta):
@@ -201,36 +163,6 @@ def apply_rope(x, cos, sin):
     xf = x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
-
-
-class KVCache:
-    """Keys and values of every layer for the positions seen so far, preallocated to block_size.
-    Keys are stored after RoPE (rotated at their absolute position), so they are never recomputed.
-    update() (features) returns the filled prefix, a new shape at every step; write() (decode_step)
-    returns the whole buffers, the same shapes at every step."""
-
-    def __init__(self, config, batch_size):
-        self.shape = (batch_size, config.kv_heads, config.block_size, config.head_dim)
-        self.k = [None] * config.n_layer
-        self.v = [None] * config.n_layer
-        self.pos = 0   # positions filled; GPT.features advances it after all layers
-
-    def update(self, layer, k, v):
-        buf = self.k[layer]
-        # allocate lazily: dtype follows autocast (again if a kept cache meets another dtype or device)
-        if buf is None or buf.dtype != k.dtype or buf.device != k.device:
-            self.k[layer] = torch.zeros(self.shape, dtype=k.dtype, device=k.device)
-            self.v[layer] = torch.zeros(self.shape, dtype=v.dtype, device=v.device)
-        p, T = self.pos, k.size(2)
-        self.k[layer][:, :, p:p + T] = k
-        self.v[layer][:, :, p:p + T] = v
-        return self.k[layer][:, :, :p + T], self.v[layer][:, :, :p + T]
-
-    def write(self, layer, k, v, pos):
-        """One position, given as a (1,) tensor pos: fixed shapes, one graph for every step (gpt-fast)."""
-        self.k[layer].index_copy_(2, pos, k)
-        self.v[layer].index_copy_(2, pos, v)
-        return self.k[layer], self.v[layer]
 
 
 class CausalSelfAttention(nn.Module):
@@ -365,24 +297,29 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def features(self, idx, kv_cache=None):
-        """Final hidden states (B, T, n_embd) after ln_f. With a kv_cache, idx holds the tokens at
-        positions kv_cache.pos .. kv_cache.pos+T-1 and the cache is extended by them."""
+    def features(self, idx, kv_cache=None, pos=None):
+        """Final hidden states (B, T, n_embd) after ln_f. With a kv_cache, idx holds the tokens at positions
+        kv_cache.pos .. kv_cache.pos+T-1 and the cache is extended by them. With pos too, a (1,) long tensor,
+        idx (B, 1) is at position pos, written into the cache's fixed-shape buffers, cache.pos left to the caller
+        (generate.decode_step: one graph for every position)."""
         B, T = idx.size()
-        pos0 = 0 if kv_cache is None else kv_cache.pos
-        if pos0 + T > self.config.block_size:
-            raise ModelError(f"cannot forward {pos0 + T} positions, block_size is {self.config.block_size}")
+        at = pos   # else a slice: the RoPE tables stay views of the buffers, not copies kept for backward
+        if pos is None:
+            pos0 = 0 if kv_cache is None else kv_cache.pos
+            if pos0 + T > self.config.block_size:
+                raise ModelError(f"cannot forward {pos0 + T} positions, block_size is {self.config.block_size}")
+            at = slice(pos0, pos0 + T)
         x = self.transformer.wte(idx)
         if self.config.pos_emb == 'learned':
-            x = x + self.transformer.wpe(torch.arange(pos0, pos0 + T, dtype=torch.long, device=idx.device))
+            x = x + self.transformer.wpe(torch.arange(at.start, at.stop, device=idx.device) if pos is None else pos)
         x = self.transformer.drop(x)
-        rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T]) if self.config.pos_emb == 'rope' else None
+        rope = (self.rope_cos[at], self.rope_sin[at]) if self.config.pos_emb == 'rope' else None
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None:
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, rope, kv_cache)
-        if kv_cache is not None:
+                x = block(x, rope, kv_cache, pos)
+        if kv_cache is not None and pos is None:
             kv_cache.pos += T
         return self.transformer.ln_f(x)
 
@@ -413,163 +350,17 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits.to(torch.promote_types(logits.dtype, torch.float32)) / cap)
         return logits
 
-    def decode_step(self, idx, cache, pos):
-        """One decoding step with fixed shapes (gpt-fast), so that one compiled graph (one CUDA graph) serves
-        every position: idx (B, 1) the tokens at position pos, a (1,) long tensor on idx's device (not an int:
-        a new int would be a new graph); cache a KVCache that already holds positions 0 .. pos-1 (a prefill
-        through features()). Writes position pos into the cache (cache.pos is left to the caller) and returns
-        the logits (B, padded_vocab_size) for the next token. Attention reads all block_size positions, those
-        after pos masked out: each step costs the same as the last one before the window slides."""
-        x = self.transformer.wte(idx)
-        if self.config.pos_emb == 'learned':
-            x = x + self.transformer.wpe(pos)
-        x = self.transformer.drop(x)
-        rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.pos_emb == 'rope' else None
-        for block in self.transformer.h:
-            x = block(x, rope, cache, pos)
-        return self.lm_logits(self.transformer.ln_f(x)[:, -1, :])
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, kv_cache=True,
-                 compile_decode=False):
-        """Continue the prompts idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens).
-        Each token is drawn from the model's distribution given the last block_size tokens (nanoGPT's
-        sliding window). temperature=0 is greedy; top_k / top_p filter as in sample_next; generator is a
-        torch.Generator for reproducible draws. Runs in eval mode (dropout off) and restores the mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, generator, kv_cache,
-                                            compile_decode))
-        finally:
-            self.train(was_training)
-        return torch.cat([idx] + new, dim=1)
-
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                        kv_cache=True, compile_decode=False):
-        """generate() one step at a time: yields the next token of every row, (B, 1), so text can be shown as it
-        comes (sample.py). Call it in eval mode under torch.no_grad(): a generator cannot hold those for its caller.
-
-        With kv_cache=True the keys/values of earlier positions are kept and each step feeds one token.
-        When the window slides (the cache holds block_size positions), every kept token changes position
-        (and with it, from layer 2 on, every key and value), so the cache is rebuilt from scratch from the
-        last block_size tokens. Rolling the cache would be wrong with learned positions and, for RoPE,
-        only an approximation. So past block_size each step costs a full forward, as without the cache,
-        and both paths give the same tokens (the tests check this).
-
-        compile_decode=True (with kv_cache; ignored without) runs the one-token steps through decode_step,
-        compiled once per model: on CUDA with torch.compile(mode='reduce-overhead', fullgraph=True), which
-        replays CUDA graphs (one launch per step instead of one per kernel, gpt-fast's approach); elsewhere
-        with plain torch.compile. The prompt and each rebuild keep the path above. The first call compiles
-        (tens of seconds); the same tokens as without it, up to floating-point rounding."""
-        bs = self.config.block_size
-        step = idx_next = None
-        if kv_cache:
-            step, cache = self._compiled_decode(idx) if compile_decode else (None, KVCache(self.config, idx.size(0)))
-        for _ in range(max_new_tokens):
-            if not kv_cache:
-                logits = self._last_logits(idx[:, -bs:])
-            elif cache.pos in (0, bs):   # first step, or the window slid: (re)build
-                cache.pos = 0            # reuse the buffers, overwrite from position 0
-                logits = self._last_logits(idx[:, -bs:], cache)
-                if step is not None:
-                    pos = torch.tensor([cache.pos], device=idx.device)   # kept on the device, += 1 at each step
-                    if idx.is_cuda:   # the buffers never move: CUDA graphs read and write them in place
-                        for t in cache.k + cache.v:
-                            torch._dynamo.mark_static_address(t)
-            elif step is None:
-                logits = self._last_logits(idx[:, -1:], cache)
-            else:
-                if idx.is_cuda:
-                    torch.compiler.cudagraph_mark_step_begin()   # the last step's graph outputs are consumed
-                logits = step(idx_next, cache, pos)   # the token just drawn: (B, 1), the same strides every step
-                pos += 1
-                cache.pos += 1
-            idx_next = sample_next(logits, self.config.vocab_size, temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, idx_next), dim=1)
-            yield idx_next
-
-    def _last_logits(self, idx, cache=None):
-        """An eager generation step: the logits (B, padded_vocab_size) of the last position only, with attention
-        restricted to GENERATE_SDPA_BACKENDS (no per-shape plans)."""
-        with sdpa_kernel(GENERATE_SDPA_BACKENDS):
-            return self.lm_logits(self.features(idx, cache)[:, -1, :])
-
-    def _compiled_decode(self, idx):
-        """decode_step compiled, and the KVCache it works in, kept on the model (not in its state_dict):
-        compiling again at every call would cost tens of seconds, and new cache buffers would be new graph
-        inputs (a recompile, or a CUDA graph re-record). Both are made again for another device type or
-        batch size. The cache (block_size positions per sequence) stays allocated until the model is freed;
-        being one, it serves one compile_decode generation at a time (do not interleave two such streams)."""
-        dev, B = idx.device.type, idx.size(0)
-        kept = getattr(self, '_decode', None)
-        if kept is None or kept['device'] != dev:
-            mode = dict(mode='reduce-overhead') if dev == 'cuda' else {}
-            self._decode = kept = dict(device=dev, cache=None,
-                                       step=torch.compile(self.decode_step, fullgraph=True, **mode))
-        if kept['cache'] is None or kept['cache'].shape[0] != B:
-            kept['cache'] = KVCache(self.config, B)
-        kept['cache'].pos = 0   # empty: the first step fills it
-        return kept['step'], kept['cache']
-
     @classmethod
     def from_pretrained(cls, name_or_path, **overrides):
         """OpenAI's GPT-2 weights: a local Hugging Face directory (config.json with model.safetensors or
         pytorch_model.bin, or their sharded *.index.json), or a name ('gpt2', 'gpt2-medium', 'gpt2-large',
         'gpt2-xl') downloaded from the Hugging Face hub into ~/.cache/gpt-scaling/<name> (gpt2_weights.py).
         overrides: dropout and/or pad_vocab_multiple."""
-        from pretrain.gpt2_weights import WeightsError, read_gpt2   # reads files only; it does not import this module
+        from pretrain.gpt2_weights import WeightsError, load_gpt2   # it does not import this module: no cycle
         bad = set(overrides) - {'dropout', 'pad_vocab_multiple'}
         if bad:
             raise ModelError(f"from_pretrained can only override dropout and pad_vocab_multiple, not {sorted(bad)}")
         try:
-            return cls._load_gpt2(*read_gpt2(name_or_path), overrides)
+            return load_gpt2(name_or_path, lambda fields: cls(GPTConfig(**fields, **overrides)))
         except WeightsError as e:
             raise ModelError(str(e)) from None
-
-    @classmethod
-    def _load_gpt2(cls, path, hf_config, weights, overrides):
-        config = GPTConfig(**hf_config, **overrides)
-        model = cls(config)
-        ours = model.state_dict()   # tensors share storage with the parameters
-        loaded = set()
-        with torch.no_grad():
-            for name, w in weights:
-                if name == 'lm_head.weight' and config.tie_weights:   # the same tensor as wte
-                    continue
-                if name not in ours:
-                    raise ModelError(f"{path}: unexpected weight {name!r} for a GPT-2 model")
-                dst = ours[name]
-                if name in ('transformer.wte.weight', 'lm_head.weight'):
-                    dst[config.vocab_size:].zero_()   # padding rows, if any: unused
-                    dst = dst[:config.vocab_size]
-                if w.shape != dst.shape:
-                    raise ModelError(f"{path}: weight {name!r} has shape {tuple(w.shape)}, expected {tuple(dst.shape)}")
-                dst.copy_(w)
-                loaded.add(name)
-        missing = set(ours) - loaded - ({'lm_head.weight'} if config.tie_weights else set())
-        if missing:
-            raise ModelError(f"{path}: {len(missing)} weights missing, e.g. {sorted(missing)[0]!r}")
-        return model
-
-
-def sample_next(logits, vocab_size, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token per row from logits (B, V_padded) -> (B, 1). Padded columns (>= vocab_size) are dropped
-    first, so they are never drawn. temperature 0: argmax. Then (order as Hugging Face) temperature,
-    top_k (keep the k largest), top_p (nucleus, Holtzman et al. 2019: keep the smallest set of most
-    probable tokens whose probability reaches top_p)."""
-    logits = logits[:, :vocab_size].float()
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k:   # None or 0: off
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(dim=-1) - probs >= top_p   # the tokens before this one already reach top_p
-        drop[:, 0] = False                             # always keep the most probable token
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float('-inf')))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)

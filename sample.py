@@ -22,6 +22,7 @@ from pretrain.accounting import count_params
 from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
 from pretrain.configurator import ConfigError, knobs, parse_config
 from pretrain.data import DataError, get_tokenizer
+from pretrain.generate import generate_stream
 from model import ModelError
 from pretrain.runtime import device_sync, setup_runtime
 
@@ -180,8 +181,8 @@ def sample(cfg):
     t0 = t_first = time.perf_counter()
     with torch.no_grad(), autocast:
         try:
-            for k, nxt in enumerate(model.generate_stream(idx, T, cfg['temperature'], cfg['top_k'], cfg['top_p'],
-                                                          generator, cfg['kv_cache'], compile_decode=cfg['compile'])):
+            for k, nxt in enumerate(generate_stream(model, idx, T, cfg['temperature'], cfg['top_k'], cfg['top_p'],
+                                                    generator, cfg['kv_cache'], compile_decode=cfg['compile'])):
                 ids = nxt[:, 0].tolist()   # waits for the device, so the timing below is honest
                 if k == 1:   # the prompt's forward, the first decode step and any compilation are behind us
                     t_first = time.perf_counter()

@@ -18,6 +18,7 @@ import torch
 
 from pretrain.accounting import flops_per_token
 from model import GPT, GPTConfig, PRESETS
+from pretrain.generate import generate
 
 
 def train_speed(model, args):
@@ -58,7 +59,7 @@ def gen_speed(model, args):
     out, dt, cpu = {}, {}, {}
     for name, kv in (('kv-cache', True), ('full context', False)):
         t0, c0 = time.perf_counter(), time.process_time()
-        out[name] = model.generate(prompt, args.new_tokens, temperature=0, kv_cache=kv)
+        out[name] = generate(model, prompt, args.new_tokens, temperature=0, kv_cache=kv)
         dt[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
         print(f"generate {args.new_tokens} tokens ({name:12s}) {dt[name]:7.2f} s wall, {cpu[name]:7.2f} CPU-s  "
               f"{args.new_tokens / dt[name]:7.1f} tok/s")

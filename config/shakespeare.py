@@ -9,6 +9,6 @@
 #   learned positions, 512 bytes (4 x 512):          still 2.52 at step 400, where RoPE/512 is at 1.96
 # Learned positions at 512 bytes see each position only 4 times a step and stall; RoPE learns one rule for every
 # offset. The 512-byte window costs 1.6x the time per token of 128 bytes but holds sample.py's 500 new tokens, so
-# its KV cache never has to slide (past block_size every token is a full-window forward: see model.generate).
+# its KV cache never has to slide (past block_size every token is a full-window forward: see pretrain/generate.py).
 # Learning rate: 6e-3 (1.67) beats 3e-3 (1.69) and 1.5e-3, and 1.2e-2 trailed at step 200 (2.29 vs 2.18).
 out_dir = 'out-shakespeare'

@@ -62,7 +62,7 @@ def decode_bytes_per_token(config, dtype_bytes, kv_len, batch_size=1):
     the weights that take part in a matmul or a norm (n_params_nonembed, biases and norms included) and the
     whole lm_head matrix, padding rows included (the matmul reads them); per sequence, one row of wte (and
     of wpe) for the lookups, and keys + values: 2 * n_layer * kv_heads * head_dim * kv_len. Not counted:
-    activations, logits, RoPE tables (all small next to the weights at batch 1). GPT.decode_step attends
+    activations, logits, RoPE tables (all small next to the weights at batch 1). generate.decode_step attends
     over the whole block_size cache whatever the position, so for it kv_len = block_size is what it reads."""
     c = config
     weights = count_params(c)['n_params_nonembed'] + c.padded_vocab_size * c.n_embd

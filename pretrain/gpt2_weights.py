@@ -1,7 +1,6 @@
 """
 OpenAI's GPT-2 weights in Hugging Face's format: where they come from and how their names map onto model.py's GPT.
-GPT.from_pretrained builds the model from what read_gpt2 returns; this file only reads files (it does not import
-model.py), so there is no cycle.
+GPT.from_pretrained calls load_gpt2 with a builder of the model, so this file does not import model.py (no cycle).
 
 Files: config.json and model.safetensors (or pytorch_model.bin, or shards listed in a *.index.json). By name they
 come from the Hugging Face hub (or $HF_ENDPOINT) through data.download, the project's one downloader (timeouts,
@@ -103,14 +102,30 @@ def download_gpt2(name):
     return out_dir
 
 
-def read_gpt2(name_or_path):
-    """-> (directory, GPTConfig fields, iterator of (model.py name, tensor in nn.Linear layout))."""
+def load_gpt2(name_or_path, build):
+    """build(GPTConfig fields) -> the model, its weights copied from name_or_path (a directory or a name)."""
     path = name_or_path if os.path.isdir(name_or_path) else download_gpt2(name_or_path)
-    config = config_from_hf(path)
-
-    def weights():
+    model = build(config_from_hf(path))
+    V, tied = model.config.vocab_size, model.config.tie_weights
+    ours = model.state_dict()   # tensors share storage with the parameters
+    loaded = set()
+    with torch.no_grad():
         for key, w in hf_tensors(path):
             name = gpt_name(key)
-            if name is not None:
-                yield name, (w.t() if name.endswith(TRANSPOSED) else w)
-    return path, config, weights()
+            if name is None or (name == 'lm_head.weight' and tied):   # a mask buffer; the same tensor as wte
+                continue
+            if name not in ours:
+                raise WeightsError(f"{path}: unexpected weight {name!r} for a GPT-2 model")
+            dst = ours[name]
+            if name in ('transformer.wte.weight', 'lm_head.weight'):
+                dst[V:].zero_()   # padding rows, if any: unused
+                dst = dst[:V]
+            w = w.t() if name.endswith(TRANSPOSED) else w
+            if w.shape != dst.shape:
+                raise WeightsError(f"{path}: weight {name!r} has shape {tuple(w.shape)}, expected {tuple(dst.shape)}")
+            dst.copy_(w)
+            loaded.add(name)
+    missing = set(ours) - loaded - ({'lm_head.weight'} if tied else set())
+    if missing:
+        raise WeightsError(f"{path}: {len(missing)} weights missing, e.g. {sorted(missing)[0]!r}")
+    return model

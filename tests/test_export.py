@@ -16,6 +16,7 @@ transformers = pytest.importorskip('transformers')   # requirements-dev.txt
 
 import export   # the script under test
 from model import GPT, GPTConfig
+from pretrain.generate import generate
 from pretrain.checkpoint import save_checkpoint
 from pretrain.data import get_tokenizer
 from pretrain.hf_export import ExportError, hf_class
@@ -130,7 +131,7 @@ def test_greedy_generation_gives_the_same_tokens(exported, name):
     torch.manual_seed(2)
     prompt = torch.randint(0, c.vocab_size, (2, 6))
     new = c.block_size - prompt.size(1)   # up to the full context, the longest both can see
-    ours = model.generate(prompt, new, temperature=0)
+    ours = generate(model, prompt, new, temperature=0)
     theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
                          do_sample=False, pad_token_id=hf.generation_config.pad_token_id)
     assert theirs.tolist() == ours.tolist()

@@ -18,6 +18,7 @@ from pretrain.checkpoint import load_checkpoint, load_model
 from pretrain.data import write_json
 from conftest import write_shard
 from model import GPT, GPTConfig
+from pretrain.generate import generate
 from pretrain.runtime import setup_runtime
 from pretrain.training import configure_optimizer, train_step
 
@@ -254,8 +255,8 @@ def test_kv_cache_equals_no_cache_greedy_in_bf16():
     model = GPT(GPTConfig(**{**SMALL, 'pos_emb': 'rope'})).cuda().eval()
     idx = torch.randint(512, (2, 8), device='cuda')
     with torch.autocast('cuda', dtype=torch.bfloat16):
-        a = model.generate(idx, 40, temperature=0, kv_cache=True)
-        b = model.generate(idx, 40, temperature=0, kv_cache=False)
+        a = generate(model, idx, 40, temperature=0, kv_cache=True)
+        b = generate(model, idx, 40, temperature=0, kv_cache=False)
     # bf16 rounding differs between a one-token step and a full-window forward: a near-tie may flip a token, so
     # the rows must agree on a long common prefix and at least 90% of the tokens
     assert (a == b).float().mean() > 0.9 and torch.equal(a[:, :16], b[:, :16])
@@ -274,7 +275,7 @@ def test_eager_generation_never_runs_cudnn_attention():
     for kv_cache in (True, False):
         with torch.autocast('cuda', dtype=torch.bfloat16), \
                 profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            model.generate(idx, 12, temperature=0, kv_cache=kv_cache)
+            generate(model, idx, 12, temperature=0, kv_cache=kv_cache)
         ops = {e.name for e in prof.events()}
         assert any('scaled_dot_product' in n for n in ops), sorted(ops)[:20]
         assert not any('cudnn_attention' in n for n in ops), sorted(n for n in ops if 'cudnn' in n)

@@ -13,8 +13,8 @@ import conftest
 from pretrain import data
 from pretrain.gpt2_weights import hf_tensors
 from pretrain.accounting import count_params, flops_per_token
-from model import (GPT, PRESETS, GPTConfig, KVCache, ModelError, apply_rope,
-                   rope_tables, sample_next)
+from model import GPT, PRESETS, GPTConfig, ModelError, apply_rope, rope_tables
+from pretrain.generate import GENERATE_SDPA_BACKENDS, KVCache, generate, sample_next
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
@@ -227,8 +227,8 @@ def test_generate_cached_equals_uncached_greedy_past_block_size(kw):
     model = make(tiny(**kw))
     prompt = torch.randint(0, 61, (3, 5))
     n_new = 30   # 35 tokens with block_size 16: the window slides 19 times
-    cached = model.generate(prompt, n_new, temperature=0)
-    uncached = model.generate(prompt, n_new, temperature=0, kv_cache=False)
+    cached = generate(model, prompt, n_new, temperature=0)
+    uncached = generate(model, prompt, n_new, temperature=0, kv_cache=False)
     assert cached.shape == (3, 35) and torch.equal(cached[:, :5], prompt)
     assert torch.equal(cached, uncached)
     # the uncached path is the definition: each token is the argmax given the last block_size tokens
@@ -240,7 +240,7 @@ def test_generate_cached_equals_uncached_greedy_past_block_size(kw):
 def test_generate_sampling_is_seeded_and_equal_with_and_without_cache():
     model = make(tiny(pos_emb='rope', n_kv_head=2))
     prompt = torch.randint(0, 61, (2, 4))
-    run = lambda seed, **kw: model.generate(prompt, 25, temperature=0.8, top_k=20, top_p=0.9,
+    run = lambda seed, **kw: generate(model, prompt, 25, temperature=0.8, top_k=20, top_p=0.9,
                                             generator=torch.Generator().manual_seed(seed), **kw)
     a = run(1)
     assert torch.equal(a, run(1)) and torch.equal(a, run(1, kv_cache=False))
@@ -250,8 +250,8 @@ def test_generate_sampling_is_seeded_and_equal_with_and_without_cache():
 def test_generate_restores_training_mode_and_handles_zero_tokens():
     model = make(tiny(dropout=0.1)).train()
     prompt = torch.randint(0, 61, (1, 3))
-    assert torch.equal(model.generate(prompt, 0), prompt)
-    a, b = model.generate(prompt, 10, temperature=0), model.generate(prompt, 10, temperature=0, kv_cache=False)
+    assert torch.equal(generate(model, prompt, 0), prompt)
+    a, b = generate(model, prompt, 10, temperature=0), generate(model, prompt, 10, temperature=0, kv_cache=False)
     assert model.training and torch.equal(a, b)   # dropout was off during generation
 
 
@@ -262,7 +262,7 @@ def test_padded_ids_are_never_generated():
     prompt = torch.randint(0, 61, (4, 2))
     assert model(prompt)[0][..., 61:].max() > model(prompt)[0][..., :61].max()
     for kw in (dict(temperature=0), dict(temperature=1.0), dict(temperature=2.0, top_k=200, top_p=1.0)):
-        assert model.generate(prompt, 20, generator=torch.Generator().manual_seed(0), **kw).max() < 61
+        assert generate(model, prompt, 20, generator=torch.Generator().manual_seed(0), **kw).max() < 61
 
 
 def test_sample_next_filters():
@@ -322,8 +322,8 @@ def test_from_pretrained_matches_hugging_face_logits(tmp_path):
     padded = GPT.from_pretrained(str(tmp_path), pad_vocab_multiple=64).eval()
     assert padded.lm_head.weight.shape[0] == 128
     assert torch.allclose(padded(idx)[0][..., :97], ref, atol=1e-5, rtol=1e-5)
-    g = padded.generate(idx[:, :4], 8, temperature=0)
-    assert torch.equal(g, model.generate(idx[:, :4], 8, temperature=0, kv_cache=False))
+    g = generate(padded, idx[:, :4], 8, temperature=0)
+    assert torch.equal(g, generate(model, idx[:, :4], 8, temperature=0, kv_cache=False))
 
 
 def test_from_pretrained_errors_are_one_line(tmp_path):
@@ -417,7 +417,6 @@ def test_eager_generation_attends_without_cudnn_and_restores_the_backends():
     """Eager generation runs attention with GENERATE_SDPA_BACKENDS (cuDNN attention builds a plan per new key
     length: ~10x slower first-pass decoding on an H200), only inside its own steps; the tokens are those of the
     plain forward (test_generate_cached_equals_uncached_greedy_past_block_size checks them against model(ctx))."""
-    from model import GENERATE_SDPA_BACKENDS
     from torch.nn.attention import SDPBackend
     assert SDPBackend.CUDNN_ATTENTION not in GENERATE_SDPA_BACKENDS
     model = make(tiny())
@@ -429,7 +428,7 @@ def test_eager_generation_attends_without_cudnn_and_restores_the_backends():
         prompt = torch.randint(0, 61, (1, 5))
         for kv_cache in (True, False):
             seen.clear()
-            out = model.generate(prompt, 6, temperature=0, kv_cache=kv_cache)
+            out = generate(model, prompt, 6, temperature=0, kv_cache=kv_cache)
             assert seen == [(False, True)] * 6
             assert torch.equal(out[:, 5], model(prompt)[0][:, -1, :61].argmax(-1))
     finally:

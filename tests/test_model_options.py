@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import model as model_module
 import conftest
 from pretrain import accounting
 from pretrain.accounting import count_params, decode_bytes_per_token
-from model import GPT, PRESETS, GPTConfig, KVCache, ModelError
+from model import GPT, PRESETS, GPTConfig, ModelError
+from pretrain import generate as generation
+from pretrain.generate import KVCache, decode_step, generate
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
@@ -175,11 +176,11 @@ def test_logit_softcap_bounds_logits_for_the_loss_and_for_sampling(monkeypatch):
     assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 61), idx.view(-1)))
     # generation samples from the capped logits, on every path
     seen = []
-    real_sample_next = model_module.sample_next
-    monkeypatch.setattr(model_module, 'sample_next', lambda lg, *a: seen.append(lg) or real_sample_next(lg, *a))
+    real_sample_next = generation.sample_next
+    monkeypatch.setattr(generation, 'sample_next', lambda lg, *a: seen.append(lg) or real_sample_next(lg, *a))
     monkeypatch.setattr(torch, 'compile', lambda fn, **kw: fn)
     for kv, fast in ((False, False), (True, False), (True, True)):
-        capped.generate(idx[:, :3], 20, temperature=1.0, kv_cache=kv, compile_decode=fast,
+        generate(capped, idx[:, :3], 20, temperature=1.0, kv_cache=kv, compile_decode=fast,
                         generator=torch.Generator().manual_seed(0))
     assert len(seen) == 60 and max(s.abs().max() for s in seen) <= cap
 
@@ -209,7 +210,7 @@ def test_decode_step_logits_equal_full_forward(kw):
         model.features(idx[:, :5], cache)   # prefill positions 0..4
         shapes = set()
         for t in range(5, 16):
-            logits = model.decode_step(idx[:, t:t + 1], cache, torch.tensor([t]))
+            logits = decode_step(model, idx[:, t:t + 1], cache, torch.tensor([t]))
             shapes.add((tuple(logits.shape), tuple(cache.k[0].shape)))
             assert torch.allclose(logits, full[:, t], atol=1e-5), t
     assert shapes == {((2, model.config.padded_vocab_size), (2, model.config.kv_heads, 16, 8))}   # fixed shapes
@@ -220,34 +221,36 @@ def test_decode_step_logits_equal_full_forward(kw):
 def test_compile_decode_same_tokens_as_cache_and_no_cache_past_block_size(kw, no_compile):
     model = make(tiny(**kw))
     prompt = torch.randint(0, 61, (3, 5))
-    runs = [model.generate(prompt, 30, temperature=0, compile_decode=True),   # 35 > block_size 16: slides
-            model.generate(prompt, 30, temperature=0),
-            model.generate(prompt, 30, temperature=0, kv_cache=False)]
+    runs = [generate(model, prompt, 30, temperature=0, compile_decode=True),   # 35 > block_size 16: slides
+            generate(model, prompt, 30, temperature=0),
+            generate(model, prompt, 30, temperature=0, kv_cache=False)]
     assert runs[0].shape == (3, 35) and all(torch.equal(runs[0], r) for r in runs[1:])
     # sampling too, with the same seed
-    run = lambda **k: model.generate(prompt, 25, temperature=0.9, top_k=30, generator=torch.Generator().manual_seed(3), **k)
+    run = lambda **k: generate(model, prompt, 25, temperature=0.9, top_k=30,
+                               generator=torch.Generator().manual_seed(3), **k)
     assert torch.equal(run(compile_decode=True), run())
     # a prompt longer than the window, and a window that is never filled
     long = torch.randint(0, 61, (2, 20))
-    assert torch.equal(model.generate(long, 5, temperature=0, compile_decode=True), model.generate(long, 5, temperature=0))
-    assert torch.equal(model.generate(prompt, 4, temperature=0, compile_decode=True), runs[1][:, :9])
+    assert torch.equal(generate(model, long, 5, temperature=0, compile_decode=True),
+                       generate(model, long, 5, temperature=0))
+    assert torch.equal(generate(model, prompt, 4, temperature=0, compile_decode=True), runs[1][:, :9])
 
 
 def test_compile_decode_compiles_once_per_model_and_keeps_its_cache(no_compile):
     model = make(tiny(pos_emb='rope'))
     prompt = torch.randint(0, 61, (2, 4))
-    a = model.generate(prompt, 6, temperature=0, compile_decode=True)
+    a = generate(model, prompt, 6, temperature=0, compile_decode=True)
     cache = model._decode['cache']
     buffers = [t.data_ptr() for t in cache.k]
-    b = model.generate(prompt, 6, temperature=0, compile_decode=True)
+    b = generate(model, prompt, 6, temperature=0, compile_decode=True)
     assert torch.equal(a, b) and no_compile == [dict(fullgraph=True)]   # once; plain compile off CUDA
     assert model._decode['cache'] is cache and [t.data_ptr() for t in cache.k] == buffers
-    model.generate(prompt[:1], 6, temperature=0, compile_decode=True)   # a new batch size: a new cache only
+    generate(model, prompt[:1], 6, temperature=0, compile_decode=True)   # a new batch size: a new cache only
     assert len(no_compile) == 1 and model._decode['cache'] is not cache
-    model.generate(prompt, 6, temperature=0, kv_cache=False, compile_decode=True)   # ignored without the cache
+    generate(model, prompt, 6, temperature=0, kv_cache=False, compile_decode=True)   # ignored without the cache
     assert 'decode' not in ''.join(model.state_dict())
     with torch.autocast('cpu', dtype=torch.bfloat16):   # another dtype: the kept cache is reallocated
-        model.generate(prompt, 3, temperature=0, compile_decode=True)
+        generate(model, prompt, 3, temperature=0, compile_decode=True)
     assert model._decode['cache'].k[0].dtype == torch.bfloat16
 
 
@@ -259,10 +262,10 @@ def test_compile_decode_really_compiled_on_cpu():
     counters.clear()
     model = make(tiny(pos_emb='rope', n_kv_head=2, qk_norm=True))
     prompt = torch.randint(0, 61, (2, 3))
-    fast = model.generate(prompt, 20, temperature=0, compile_decode=True)   # 23 > 16: the window slides
-    assert torch.equal(fast, model.generate(prompt, 20, temperature=0, kv_cache=False))
-    assert torch.equal(model.generate(prompt, 20, temperature=0, compile_decode=True), fast)
-    model.generate(torch.randint(0, 61, (2, 9)), 5, temperature=0, compile_decode=True)
+    fast = generate(model, prompt, 20, temperature=0, compile_decode=True)   # 23 > 16: the window slides
+    assert torch.equal(fast, generate(model, prompt, 20, temperature=0, kv_cache=False))
+    assert torch.equal(generate(model, prompt, 20, temperature=0, compile_decode=True), fast)
+    generate(model, torch.randint(0, 61, (2, 9)), 5, temperature=0, compile_decode=True)
     assert counters['stats']['unique_graphs'] == 1   # one graph for every position, prompt and call
 
 
@@ -279,11 +282,11 @@ def test_compile_decode_on_cuda_with_cuda_graphs_bf16():
     model = make(tiny(pos_emb='rope', n_kv_head=2, block_size=64, n_layer=4, n_embd=128)).cuda()
     prompt = torch.randint(0, 61, (3, 5), device='cuda', generator=torch.Generator(device='cuda').manual_seed(0))
     with torch.no_grad():
-        fp32 = model.generate(prompt, 80, temperature=0, compile_decode=True)   # past block_size 64
-        assert torch.equal(fp32, model.generate(prompt, 80, temperature=0, kv_cache=False))
+        fp32 = generate(model, prompt, 80, temperature=0, compile_decode=True)   # past block_size 64
+        assert torch.equal(fp32, generate(model, prompt, 80, temperature=0, kv_cache=False))
         with torch.autocast('cuda', dtype=torch.bfloat16):
-            fast = [model.generate(prompt, 80, temperature=0, compile_decode=True) for _ in range(2)]
-            ref = model.generate(prompt, 80, temperature=0, kv_cache=False)
+            fast = [generate(model, prompt, 80, temperature=0, compile_decode=True) for _ in range(2)]
+            ref = generate(model, prompt, 80, temperature=0, kv_cache=False)
             assert torch.equal(fast[0], fast[1])   # the second call replays the same graph
             # the compiled step itself, position by position, against the full forward
             seq = ref[:, :64]
@@ -294,7 +297,7 @@ def test_compile_decode_on_cuda_with_cuda_graphs_bf16():
             pos, err = torch.tensor([8], device='cuda'), 0.0
             for t in range(8, 64):
                 torch.compiler.cudagraph_mark_step_begin()
-                logits = step(seq[:, t:t + 1].contiguous(), cache, pos)   # contiguous: generate's strides
+                logits = step(model, seq[:, t:t + 1].contiguous(), cache, pos)   # contiguous: generate's strides
                 err = max(err, (logits[:, :61].float() - full[:, t]).abs().max().item())
                 pos += 1
             assert err < 0.04 * full.abs().max().item(), (err, full.abs().max().item())   # a few bf16 ulps

@@ -16,6 +16,7 @@ import sample
 from pretrain.checkpoint import model_config_from, save_checkpoint
 from pretrain.data import get_tokenizer
 from model import GPT
+from pretrain.generate import generate, generate_stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 32
@@ -103,11 +104,11 @@ def test_quick_start_samples_one_token_per_step(monkeypatch):
                         features(self, idx, kv_cache))
     idx = torch.tensor([prompt])
     with torch.no_grad():
-        list(model.generate_stream(idx, sample.DEFAULTS['max_new_tokens']))
+        list(generate_stream(model, idx, sample.DEFAULTS['max_new_tokens']))
     assert fed == [len(prompt)] + [1] * (sample.DEFAULTS['max_new_tokens'] - 1)
     fed.clear()   # and one step past the window rebuilds the cache from a full window
     with torch.no_grad():
-        list(model.generate_stream(torch.zeros(1, train.DEFAULTS['block_size'], dtype=torch.long), 2))
+        list(generate_stream(model, torch.zeros(1, train.DEFAULTS['block_size'], dtype=torch.long), 2))
     assert fed == [train.DEFAULTS['block_size']] * 2
 
 
@@ -187,7 +188,7 @@ def test_init_from_hugging_face_dir_uses_gpt2_tokenizer(tmp_path, capsys):
     (tmp_path / 'config.json').write_text('{"model_type": "gpt2", "n_positions": %d, "vocab_size": 50257, '
                                           '"n_layer": 2, "n_head": 2, "n_embd": 16}' % BLOCK)
     prompt = tok.encode('Hello world')
-    want = tok.decode(model.generate(torch.tensor([prompt]), 10, temperature=0)[0].tolist())
+    want = tok.decode(generate(model, torch.tensor([prompt]), 10, temperature=0)[0].tolist())
     code, out, err = run_main([f'--init_from={tmp_path}', '--device=cpu', '--start=Hello world',
                                '--temperature=0', '--max_new_tokens=10'], capsys)
     assert code == 0, err
@@ -304,11 +305,11 @@ def test_huge_but_finite_weights_are_one_line(tmp_path, capsys, temperature):
 def test_sample_next_failing_mid_generation_is_one_line(ckpt_dir, capsys, monkeypatch):
     """Probabilities that turn non-finite only after the prompt (a later token's logits): torch.multinomial's
     error becomes the same one line."""
-    import model as model_py
+    from pretrain import generate as generation
 
     def broken(*a, **k):
         raise RuntimeError('probability tensor contains either `inf`, `nan` or element < 0')
-    monkeypatch.setattr(model_py, 'sample_next', broken)
+    monkeypatch.setattr(generation, 'sample_next', broken)
     code, out, err = run_main([f'--out_dir={ckpt_dir}', '--device=cpu', '--max_new_tokens=5'], capsys)
     errors = [line for line in err.splitlines() if line.startswith('error: ')]
     assert code == 1 and 'Traceback' not in err and errors == err.splitlines()[-1:], err
