@@ -21,7 +21,7 @@ matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no M
 
 Memory: a run prints its measured peak (CUDA: torch.cuda.max_memory_allocated) beside accounting.train_memory's
 estimate per GPU. --memory prints only the estimate, for DDP and FSDP with and without activation checkpointing at
---world_size GPUs, without building the model (a 7B model need not fit this machine).
+--world_size GPUs, from the model's shapes (built on the meta device: a 7B model need not fit this machine).
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib

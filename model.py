@@ -281,6 +281,8 @@ class GPT(nn.Module):
         # zero_init_proj (modded-nanogpt, nanochat): those start at zero, so every block starts as the identity;
         # their gradients are not zero (the weights before them are not), so they learn from the first step.
         # Only these residual projections: nanochat also zeroes its (untied) lm_head, impossible when it is tied.
+        if self.lm_head.weight.is_meta:   # shapes only (pretrain/accounting.py): no values, and meta normal_ is slow
+            return
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():
             if pn.endswith('c_proj.weight'):

@@ -1,7 +1,9 @@
 """
 Accounting: the one place that counts a GPT's parameters, its training FLOPs per token, the bytes a decoded
-token reads and the memory a GPU holds while training (train_memory), from its GPTConfig alone (so shapes too big
-to build count too). train.py's run log and MFU, bench.py, scaling.py's plans and fits all use these numbers.
+token reads and the memory a GPU holds while training (train_memory). The parameters are read off GPT(config)
+itself, built on the meta device (as nanochat does: tensors with shapes and no storage, whose initialisation
+computes nothing), so a change to model.py counts without a change here and a 175B model counts in a fraction of a
+second. train.py's run log and MFU, bench.py, scaling.py's plans and fits all use these numbers.
 
 References: Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1; Chowdhery et al. 2022,
 "PaLM", Appendix B (model FLOPs utilisation); nanoGPT's estimate_mfu; gpt-fast's memory-bandwidth utilisation;
@@ -10,27 +12,36 @@ in Large Transformer Models" (activations).
 Pinned by tests: GPT-2 124M has 124,439,808 parameters (124,337,664 without biases) and 875,062,886,400 PaLM
 FLOPs per 1024-token sequence without biases.
 """
-from model import ModelError
+import dataclasses
+import functools
+import math
+
+import torch
+
+from model import GPT, GPTConfig, ModelError
+
+_VOCAB_MATRICES = ('transformer.wte.weight', 'lm_head.weight')   # padded_vocab_size rows; a tied lm_head is wte
+_EMBEDDINGS = (*_VOCAB_MATRICES, 'transformer.wpe.weight')
+
+
+@functools.lru_cache(maxsize=256)   # keyed on the config's fields: the planner counts many shapes, some many times
+def _parameters(fields):
+    """(name, shape) of every parameter of GPT(GPTConfig(*fields)) built on the meta device, tied weights once
+    (named_parameters), as the model holds them (vocabulary rows padded)."""
+    with torch.device('meta'):
+        model = GPT(GPTConfig(*fields))
+    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
 
 def count_params(config):
-    """Parameters of GPT(config), from the config alone (works for shapes too big to build).
+    """Parameters of GPT(config), as the model built on the meta device holds them.
     n_params: all parameters, vocab counted unpadded (padding rows never affect the output or get a gradient).
     n_params_nonembed: Kaplan et al. 2020's N: everything except the token embedding, the position embedding
-    and an untied lm_head (the per-vocabulary matrices). Norms and biases are included.
-    qk_norm adds no parameters (parameter-free RMS norm), relu2 has gelu's two matrices, logit_softcap and
-    zero_init_proj change no shapes."""
-    c = config
-    C, hd, H, Hkv, Fh, b = c.n_embd, c.head_dim, c.n_head, c.kv_heads, c.hidden_dim, int(c.bias)
-    attn = C * (H + 2 * Hkv) * hd + b * (H + 2 * Hkv) * hd + C * C + b * C   # c_attn (q, k, v) + c_proj
-    n_up = 2 if c.mlp == 'swiglu' else 1                                       # swiglu: gate and up; gelu, relu2: up
-    mlp = n_up * (C * Fh + b * Fh) + Fh * C + b * C
-    norm = C + (b * C if c.norm == 'layernorm' else 0)
-    nonembed = c.n_layer * (attn + mlp + 2 * norm) + norm                      # + ln_f
-    wte = c.vocab_size * C
-    wpe = c.block_size * C if c.pos_emb == 'learned' else 0
-    lm_head = 0 if c.tie_weights else c.vocab_size * C
-    return dict(n_params=nonembed + wte + wpe + lm_head, n_params_nonembed=nonembed)
+    and an untied lm_head (the per-vocabulary matrices). Norms and biases are included."""
+    params = _parameters(dataclasses.astuple(config))
+    pad = (config.padded_vocab_size - config.vocab_size) * config.n_embd
+    return dict(n_params=sum(math.prod(s) - pad * (name in _VOCAB_MATRICES) for name, s in params),
+                n_params_nonembed=sum(math.prod(s) for name, s in params if name not in _EMBEDDINGS))
 
 
 def flops_per_token(config, formula='palm', seq_len=None):
@@ -77,40 +88,10 @@ def decode_bytes_per_token(config, dtype_bytes, kv_len, batch_size=1):
 _DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
 
 
-def _param_shapes(config):
-    """(name, shape, group) of every parameter tensor of GPT(config), tied weights once, as the model holds them
-    (vocabulary rows padded). group: 'block' (inside transformer.h, one FSDP group per block) or 'root'."""
-    c = config
-    C, F, qkv = c.n_embd, c.hidden_dim, (c.n_head + 2 * c.kv_heads) * c.head_dim
-    shapes = [('wte', (c.padded_vocab_size, C), 'root')]
-    if c.pos_emb == 'learned':
-        shapes.append(('wpe', (c.block_size, C), 'root'))
-    block = [('ln_1.weight', (C,)), ('attn.c_attn.weight', (qkv, C)), ('attn.c_proj.weight', (C, C)),
-             ('ln_2.weight', (C,)), ('mlp.c_fc.weight', ((2 if c.mlp == 'swiglu' else 1) * F, C)),
-             ('mlp.c_proj.weight', (C, F))]
-    if c.bias:
-        block += [('attn.c_attn.bias', (qkv,)), ('attn.c_proj.bias', (C,)), ('mlp.c_fc.bias', (block[4][1][0],)),
-                  ('mlp.c_proj.bias', (C,))]
-        if c.norm == 'layernorm':
-            block += [('ln_1.bias', (C,)), ('ln_2.bias', (C,))]
-    for i in range(c.n_layer):
-        shapes += [(f'h.{i}.{n}', s, 'block') for n, s in block]
-    shapes.append(('ln_f.weight', (C,), 'root'))
-    if c.bias and c.norm == 'layernorm':
-        shapes.append(('ln_f.bias', (C,), 'root'))
-    if not c.tie_weights:
-        shapes.append(('lm_head', (c.padded_vocab_size, C), 'root'))
-    return shapes
-
-
 def _numel(shape, world=1):
     """Elements of one rank's shard: FSDP2 splits dim 0 into world_size chunks of ceil(dim0 / world_size) rows
     (torch.chunk, the last ones shorter or empty); this counts the first (largest) chunk, rank 0's."""
-    rows = -(-shape[0] // world)
-    rest = 1
-    for d in shape[1:]:
-        rest *= d
-    return rows * rest
+    return -(-shape[0] // world) * math.prod(shape[1:])
 
 
 def _norm_bytes(config):
@@ -243,19 +224,20 @@ def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_c
     c = config
     a = _DTYPE_BYTES[compute_dtype]
     W = world_size if parallel == 'fsdp' else 1
-    shapes = _param_shapes(c)
-    local = sum(_numel(s, W) for _, s, _ in shapes)
+    # (shape, in a block): one FSDP group per block of transformer.h, the rest in the root group
+    shapes = [(s, name.startswith('transformer.h.')) for name, s in _parameters(dataclasses.astuple(c))]
+    matrices = [s for s, blk in shapes if blk and len(s) == 2]   # Muon's parameters; autocast copies these
+    local = sum(_numel(s, W) for s, _ in shapes)
     weights = 4 * local + (2 * c.block_size * c.head_dim * 4 if c.pos_emb == 'rope' else 0)
     grads = 4 * local
     if optimizer == 'adamw':
         opt = 8 * local + 4 * len(shapes)
     else:   # muon_param_groups: the blocks' 2-D weights get a momentum buffer, the rest AdamW
-        muon = [s for _, s, g in shapes if g == 'block' and len(s) == 2]
-        rest = [s for _, s, g in shapes if not (g == 'block' and len(s) == 2)]
-        opt = 4 * sum(_numel(s, W) for s in muon) + 8 * sum(_numel(s, W) for s in rest) + 4 * len(rest)
+        rest = [s for s, blk in shapes if not (blk and len(s) == 2)]
+        opt = 4 * sum(_numel(s, W) for s in matrices) + 8 * sum(_numel(s, W) for s in rest) + 4 * len(rest)
     if parallel == 'fsdp':
-        block = sum(_numel(s) for _, s, g in shapes if g == 'block') // c.n_layer
-        root = sum(_numel(s) for _, s, g in shapes if g == 'root')
+        block = sum(_numel(s) for s, blk in shapes if blk) // c.n_layer
+        root = sum(_numel(s) for s, blk in shapes if not blk)
         weights += a * (root + 2 * block)
         grads += 4 * max(block, root)
 
@@ -271,7 +253,7 @@ def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_c
     loss_saved, loss_transient = _loss_bytes(c, tokens, compute_dtype, parallel)
     copies = 0   # autocast's 16-bit copies of the blocks' matrices (DDP: the weights are float32)
     if parallel == 'ddp' and a < 4:
-        copies = a * sum(_numel(s) for _, s, g in shapes if g == 'block' and len(s) == 2)
+        copies = a * sum(_numel(s) for s in matrices)
     if activation_checkpointing:
         held = c.n_layer * (4 * c.n_embd * tokens + CHECKPOINT_RNG_BYTES) + outside + loss_saved
         activations = held + max(loss_transient, per_layer, copies)

@@ -114,7 +114,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
 
 def test_memory_estimate_per_gpu(capsys):
     """--memory: train_memory per GPU for DDP and FSDP, each with and without activation checkpointing, at the
-    configured model and micro-batch and --world_size GPUs, in bf16 for dtype='auto' (a GPU's); no model is built."""
+    configured model and micro-batch and --world_size GPUs, in bf16 for dtype='auto' (a GPU's); no model is allocated."""
     gpt2 = os.path.join(ROOT, 'config', 'gpt2.py')
     record, out = run_main([gpt2, '--memory', '--world_size=8', '--batch_size=16', '--vocab_size=50257', '--json'],
                            capsys)

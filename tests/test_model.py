@@ -81,7 +81,7 @@ def test_every_option_combination_shapes_loss_grads_and_param_count():
         loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), kw
         assert model.lm_head.weight.grad[61:].abs().sum() == 0   # padding rows never learn
-        # the formula in count_params matches the module, up to the padding rows it leaves out
+        # count_params counts the module's parameters, less the padding rows
         pad_rows = (c.padded_vocab_size - 61) * 32 * (1 if c.tie_weights else 2)
         assert n_weights(model) == count_params(c)['n_params'] + pad_rows, kw
         if not kw['bias']:
@@ -411,6 +411,41 @@ def test_accounting_matches_built_models_and_gpt3_nominal_sizes():
     llama = GPTConfig(**PRESETS['llama-small'])
     p = count_params(llama)
     assert flops_per_token(llama) == 6 * (p['n_params_nonembed'] + 50257 * 768) + 12 * 12 * 12 * 64 * 1024
+
+
+def test_a_weight_added_to_block_is_counted_in_the_run_log(monkeypatch, tmp_path_factory):
+    """A fork that adds a parameter to Block, in model.py alone, gets the right n_params and FLOPs in train.py's run
+    log: accounting counts the model itself (built on the meta device), not a formula of its architecture."""
+    import model
+    import train
+    from pretrain import accounting
+    from pretrain.scaling.runlog import LOG_NAME
+    block_init = model.Block.__init__
+
+    def forked_init(self, config, layer_idx):
+        block_init(self, config, layer_idx)
+        self.gain = torch.nn.Parameter(torch.ones(config.n_embd))
+
+    data_dir = conftest.word_corpus(tmp_path_factory, 10, 40)
+    out = tmp_path_factory.mktemp('fork')
+    monkeypatch.setattr(model.Block, '__init__', forked_init)
+    accounting._parameters.cache_clear()   # this process has counted the unforked model
+    try:
+        train.train({**train.DEFAULTS, 'data_dir': data_dir, 'out_dir': str(out), 'n_layer': 2, 'n_head': 2,
+                     'n_embd': 32, 'block_size': 32, 'pad_vocab_multiple': 64, 'batch_size': 2,
+                     'total_batch_size': 64, 'max_iters': 2, 'warmup_iters': 1, 'eval_interval': 2, 'eval_iters': 1,
+                     'device': 'cpu', 'dtype': 'float32'})
+        run = next(r for r in map(json.loads, open(out / LOG_NAME)) if r['type'] == 'run')
+        c = GPTConfig(**run['model'])
+        pad_rows = (c.padded_vocab_size - c.vocab_size) * c.n_embd
+        assert run['n_params'] == n_weights(GPT(c)) - pad_rows
+    finally:
+        monkeypatch.undo()
+        accounting._parameters.cache_clear()
+    added = c.n_layer * c.n_embd
+    assert run['n_params'] - count_params(c)['n_params'] == added
+    assert run['n_params_nonembed'] - count_params(c)['n_params_nonembed'] == added
+    assert run['flops_per_token'] - flops_per_token(c, seq_len=c.block_size) == 6 * added   # PaLM's 6N
 
 
 def test_eager_generation_attends_without_cudnn_and_restores_the_backends():

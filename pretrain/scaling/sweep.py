@@ -56,17 +56,20 @@ def _shell(arg):
 
 def shape_for(target, aspect, head_dim, count):
     """The stated rule: n_layer = round((target / (12 aspect^2))^(1/3)) from N ~ 12 L d^2 with d = aspect * L;
-    then n_embd = the multiple of head_dim (one head per head_dim) whose total parameter count is closest to
-    target on a log scale."""
+    then n_embd = the multiple of head_dim (one head per head_dim, at most 4096 heads) whose total parameter count
+    is closest to target on a log scale. The count grows with the heads, so the closest is the fewest heads whose
+    count exceeds target, or one head fewer. Each count builds a model: the search steps away from N ~ 12 L d^2's
+    guess by doubling steps until it brackets that number, then bisects (a few counts)."""
     L = max(1, round((target / (12 * aspect ** 2)) ** (1 / 3)))
-    best = None
-    for k in range(1, 4097):
-        n = count(L, k, k * head_dim)
-        if best is None or abs(math.log(n / target)) < best[0]:
-            best = (abs(math.log(n / target)), k)
-        if n > target:
-            break
-    return dict(n_layer=L, n_head=best[1], n_embd=best[1] * head_dim)
+    n = lambda k: count(L, k, k * head_dim)
+    lo, hi, step = 1, 4096, 1   # the fewest heads whose count exceeds target (4096 if none) is in [lo, hi]
+    k = min(hi - 1, max(lo, round((target / (12 * L)) ** 0.5 / head_dim)))
+    while lo < hi:
+        lo, hi, k = (lo, k, k - step) if n(k) > target else (k + 1, hi, k + step)
+        step *= 2
+        k = k if lo <= k < hi else (lo + hi) // 2   # bracketed: bisection
+    k = min((max(1, lo - 1), lo), key=lambda k: abs(math.log(n(k) / target)))   # the fewer heads on a tie
+    return dict(n_layer=L, n_head=k, n_embd=k * head_dim)
 
 
 def model_counter(data_dir, vocab_size, block_size, train_config, train_args):
