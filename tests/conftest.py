@@ -1,18 +1,31 @@
 """Fixtures and helpers shared by several test files: a local HTTP server for the downloader (tests/test_data.py) and
-for prepare.py's sources that download (tests/test_prepare.py), no test touching the internet; a script's main run
-in-process (`run_cli`); tiny GPTs (`tiny_config`, `tiny_gpt`); a small byte-level corpus made by prepare.py
-(`word_corpus`)."""
+for prepare.py's sources that download (tests/test_prepare.py), and one serving a directory (`serve_dir`), no test
+touching the internet; a script's main run in-process (`run_cli`) or as a child process (`run_python`, `torchrun`)
+and its one `error:` line (`one_error_line`); the CPU runtime (`rt`); tiny GPTs (`tiny_config`, `tiny_gpt`,
+`make_gpt`) and their checkpoints (`write_ckpt`); a small byte-level corpus made by prepare.py (`word_corpus`)."""
+import contextlib
+import dataclasses
+import functools
 import gzip
+import os
 import re
+import socket
+import subprocess
+import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
 
 from model import GPT, GPTConfig
+from pretrain.generate import KVCache
 from pretrain import data
+from pretrain.checkpoint import save_checkpoint
+from pretrain.runtime import setup_runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -72,6 +85,24 @@ def server(monkeypatch):
     httpd.server_close()
 
 
+class QuietFiles(SimpleHTTPRequestHandler):
+    """The standard library's file server without its line per request on stderr."""
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve_dir(root):
+    """A local HTTP server of the files under root, for the `with` block -> its base URL (http://127.0.0.1:port)."""
+    srv = ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(QuietFiles, directory=str(root)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f'http://127.0.0.1:{srv.server_address[1]}'
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def write_shard(path, tokens, magic=data.HEADER_MAGIC, version=data.HEADER_VERSION, n=None):
     """A shard written by hand the way llm.c's write_datafile does (DESIGN.md's format): 256 int32, then uint16."""
     header = np.zeros(256, dtype=np.int32)
@@ -92,10 +123,52 @@ def run_cli(main, argv, capsys):
     return (0 if code is None else code), out, err
 
 
+def one_error_line(code, err, *words, alone=True):
+    """Asserts exit code 1 and one `error:` line on stderr containing each of words, no traceback -> that line.
+    alone=False lets other lines (progress) stand beside it."""
+    lines = err.splitlines() if alone else [line for line in err.splitlines() if line.startswith('error: ')]
+    assert code == 1 and 'Traceback' not in err and len(lines) == 1 and lines[0].startswith('error: '), err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def run_python(args, timeout=300, one_thread=True):
+    """`python *args` in the repository root -> the CompletedProcess, output as text. one_thread: OMP_NUM_THREADS=1
+    (tiny models gain nothing from threads on a shared machine); else the child inherits this environment."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'} if one_thread else None
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, encoding='utf-8',
+                          timeout=timeout)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on (the OS picks one)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def torchrun(args, timeout=600):
+    """run_python of torchrun launching `args` as two local processes (CPU: gloo) on a free port."""
+    return run_python(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
+                       f'--master_port={free_port()}', *args], timeout)
+
+
 def run_scaling_cli(argv, capsys):
     """scaling.py's command line in-process -> (exit code, stdout, stderr)."""
     import scaling
     return run_cli(scaling.main, argv, capsys)
+
+
+@pytest.fixture(scope='module')
+def rt():
+    """The runtime of a CPU run in float32 (pretrain.runtime.setup_runtime)."""
+    return setup_runtime({'device': 'cpu', 'dtype': 'float32'})
+
+
+def rel(a, b):
+    """|a - b| / |b|, Frobenius norms, as a float."""
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def tiny_config(**kw):
@@ -114,6 +187,30 @@ def tiny_gpt(seed=0, large_weights=False, **kw):
                 if p.dim() >= 2:
                     p.normal_(0, 0.3)
     return model
+
+
+def make_gpt(config, seed=0):
+    """GPT(config) built after torch.manual_seed(seed), in eval mode."""
+    torch.manual_seed(seed)
+    return GPT(config).eval()
+
+
+def cache_setup(kw):
+    """For the KV-cache tests: make_gpt(tiny_config(**kw)), a random (2, 16) batch of ids, the logits of one full
+    forward over it and an empty KVCache."""
+    model = make_gpt(tiny_config(**kw))
+    idx = torch.randint(0, 61, (2, 16))
+    return model, idx, model(idx)[0], KVCache(model.config, 2)
+
+
+def write_ckpt(out_dir, net, **keys):
+    """A checkpoint of the model `net` in train.py's format (bytes tokenizer) in out_dir -> out_dir as a string;
+    keys replace its entries, None deleting one."""
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt = {'model': net.state_dict(), 'model_config': dataclasses.asdict(net.config), 'optimizer': {}, 'step': 7,
+            'tokens': 0, 'loader': {}, 'rng': {}, 'config': {}, 'tokenizer': 'bytes', **keys}
+    save_checkpoint(str(out_dir), {k: v for k, v in ckpt.items() if v is not None})
+    return str(out_dir)
 
 
 @pytest.fixture(scope='module')

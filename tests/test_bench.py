@@ -3,35 +3,31 @@ the memory estimate (--memory) and strong/weak scaling under torchrun. The peak 
 are runtime.py's (tests/test_runtime.py)."""
 import json
 import os
-import subprocess
-import sys
+from functools import partial
 
 import numpy as np
 import pytest
 
 import bench
+import conftest
 from model import GPTConfig
 from pretrain.accounting import train_memory
-from conftest import write_shard
+from conftest import ROOT, write_shard
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a model small enough that a whole run takes about a second on one shared core
 # (pinned to the CPU: on a machine with a GPU, device='auto' would pick it and the CPU expectations would not hold)
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=2', '--warmup_steps=1',
         '--timed_steps=2', '--repeats=2', '--sample_tokens=4', '--sample_prompt=4', '--dtype=float32', '--device=cpu']
 
 
-def run_main(argv, capsys):
-    record = bench.main(argv)
-    out = capsys.readouterr().out
-    return record, out
+run_main = partial(conftest.run_cli, bench.main)   # (argv, capsys) -> (the record bench.main returns, stdout, stderr)
 
 
 # -----------------------------------------------------------------------------
 # end to end on the CPU
 
 def test_tiny_cpu_run_produces_every_field(capsys):
-    record, out = run_main([*TINY, '--data=random', '--vocab_size=64', '--json'], capsys)
+    record, out, _ = run_main([*TINY, '--data=random', '--vocab_size=64', '--json'], capsys)
     assert json.loads(out) == json.loads(json.dumps(record))  # stdout is exactly one JSON object
     for key, value in record.items():
         assert value is not None, key
@@ -67,8 +63,8 @@ def test_tiny_cpu_run_produces_every_field(capsys):
 def test_fsdp_and_activation_checkpointing_bench_what_train_py_runs(capsys):
     """--parallel=fsdp (a group of one without torchrun) times the sharded model, with its estimate; Muon with
     FSDP is refused in one line, as train.py refuses it."""
-    record, out = run_main([*TINY, '--data=random', '--vocab_size=64', '--parallel=fsdp',
-                            '--activation_checkpointing=True', '--sample_tokens=0'], capsys)
+    record, out, _ = run_main([*TINY, '--data=random', '--vocab_size=64', '--parallel=fsdp',
+                               '--activation_checkpointing=True', '--sample_tokens=0'], capsys)
     assert record['parallel'] == 'fsdp' and record['activation_checkpointing'] is True
     assert record['tokens_per_s'] > 0 and record['phases_s']['backward'] > 0
     tiny = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=64, pos_emb='rope')
@@ -89,8 +85,8 @@ def test_real_shards_and_peak_override(tmp_path, capsys):
         write_shard(str(data / f'tiny_bytes_{split}_000000.bin'), rng.integers(0, 257, 4000).astype(np.uint16))
     (data / 'meta.json').write_text(json.dumps({'tokenizer': 'bytes', 'vocab_size': 257, 'eot': 256,
                                                 'source': 'test', 'complete': True}))
-    record, _ = run_main([*TINY, f'--data_dir={data}', '--data=shards', '--peak_tflops=0.5',
-                          '--sample_tokens=0', '--phases=False', '--json'], capsys)
+    record, _, _ = run_main([*TINY, f'--data_dir={data}', '--data=shards', '--peak_tflops=0.5',
+                             '--sample_tokens=0', '--phases=False', '--json'], capsys)
     assert 'shards' in record['data'] and record['model']['vocab_size'] == 257
     assert record['peak_source'].startswith('given') and record['peak_tflops_per_device'] == 0.5
     fpt = record['flops_per_token']['kaplan']
@@ -116,8 +112,8 @@ def test_memory_estimate_per_gpu(capsys):
     """--memory: train_memory per GPU for DDP and FSDP, each with and without activation checkpointing, at the
     configured model and micro-batch and --world_size GPUs, in bf16 for dtype='auto' (a GPU's); no model is allocated."""
     gpt2 = os.path.join(ROOT, 'config', 'gpt2.py')
-    record, out = run_main([gpt2, '--memory', '--world_size=8', '--batch_size=16', '--vocab_size=50257', '--json'],
-                           capsys)
+    record, out, _ = run_main([gpt2, '--memory', '--world_size=8', '--batch_size=16', '--vocab_size=50257', '--json'],
+                              capsys)
     assert json.loads(out) == json.loads(json.dumps(record))
     assert record['bench'] == 'memory' and record['world_size'] == 8 and record['dtype'] == 'bfloat16'
     config = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, pos_emb='learned', pad_vocab_multiple=64)
@@ -148,9 +144,8 @@ def test_parse_nprocs():
 @pytest.mark.slow
 def test_scaling_with_one_and_two_processes():
     # four torchrun launches (1 and 2 processes, DDP and FSDP; each times strong and weak) on CPU with gloo
-    cmd = [sys.executable, os.path.join(ROOT, 'bench.py'), *TINY, '--data=random', '--vocab_size=64',
-           '--peak_tflops=1', '--nprocs=1,2', '--json']
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = conftest.run_python(['bench.py', *TINY, '--data=random', '--vocab_size=64', '--peak_tflops=1',
+                                '--nprocs=1,2', '--json'], one_thread=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
     assert r['bench'] == 'scaling' and r['nprocs'] == [1, 2] and r['parallel'] == ['ddp', 'fsdp']

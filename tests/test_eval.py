@@ -1,16 +1,10 @@
 """Tests for eval.py: bits per byte checked by hand for both tokenizers, the same figures at 1 and 2 processes
 (torchrun on CPU/gloo), and every bad input as one `error:` line with exit status 1. Checkpoints and datasets are
 tiny and written here."""
-import dataclasses
-import functools
-import http.server
 import json
 import math
 import os
-import socket
-import subprocess
-import sys
-import threading
+from functools import partial
 
 import numpy as np
 import pytest
@@ -19,12 +13,9 @@ import torch.nn.functional as F
 
 import conftest
 import eval as evaluation   # the script under test (the name shadows the builtin only as a module attribute)
-from pretrain.checkpoint import save_checkpoint
 from pretrain.data import get_tokenizer, write_json
-from conftest import write_shard
-from pretrain.runtime import setup_runtime
+from conftest import free_port, one_error_line, run_python, serve_dir, torchrun, write_ckpt, write_shard
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = ("First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. First Citizen: You are "
         "all resolved rather to die than to famish? All: Resolved. resolved. First Citizen: First, you know Caius "
         "Marcius is chief enemy to the people. All: We know't, we know't. First Citizen: Let us kill him, and "
@@ -50,15 +41,8 @@ HELLASWAG = [
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
-@pytest.fixture(scope='module')
-def rt():
-    return setup_runtime({'device': 'cpu', 'dtype': 'float32'})
-
-
-def tiny_gpt(vocab_size, block_size, seed=0):
-    """Large random weights: the losses depend on the context, so nothing below is true by accident."""
-    return conftest.tiny_gpt(seed, large_weights=True, vocab_size=vocab_size, block_size=block_size, n_layer=1,
-                             n_head=2, n_embd=32).eval()
+# large random weights: the losses depend on the context, so nothing below is true by accident
+tiny_gpt = partial(conftest.tiny_gpt, large_weights=True, n_layer=1, n_head=2, n_embd=32)
 
 
 def write_dataset(path, tokenizer_name, val, train=None):
@@ -75,14 +59,6 @@ def write_dataset(path, tokenizer_name, val, train=None):
     return str(path)
 
 
-def write_ckpt(out_dir, model, tokenizer, data_dir=None):
-    os.makedirs(out_dir, exist_ok=True)
-    save_checkpoint(str(out_dir), {'model': model.state_dict(), 'model_config': dataclasses.asdict(model.config),
-                                   'step': 5, 'tokenizer': tokenizer,
-                                   'config': {} if data_dir is None else {'data_dir': data_dir}})
-    return str(out_dir)
-
-
 @pytest.fixture(scope='module')
 def gpt2_run(tmp_path_factory):
     """A GPT-2-token checkpoint whose run trained on a GPT-2-token dataset, and a HellaSwag-format file."""
@@ -92,15 +68,17 @@ def gpt2_run(tmp_path_factory):
     data = write_dataset(tmp / 'data', 'gpt2', ids)
     hs = tmp / 'hellaswag.jsonl'
     hs.write_text(''.join(json.dumps(ex) + '\n' for ex in HELLASWAG))
-    return {'out': write_ckpt(tmp / 'run', tiny_gpt(50257, 64), 'gpt2', data), 'data': data, 'hs': str(hs),
-            'ids': ids}
+    return {'out': write_ckpt(tmp / 'run', tiny_gpt(vocab_size=50257, block_size=64), tokenizer='gpt2',
+                              config={'data_dir': data}),
+            'data': data, 'hs': str(hs), 'ids': ids}
 
 
 @pytest.fixture(scope='module')
 def bytes_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('bytes')
     data = write_dataset(tmp / 'data', 'bytes', list(TEXT.encode()))
-    return {'out': write_ckpt(tmp / 'run', tiny_gpt(257, 16), 'bytes', data), 'data': data}
+    return {'out': write_ckpt(tmp / 'run', tiny_gpt(vocab_size=257, block_size=16), config={'data_dir': data}),
+            'data': data}
 
 
 def direct_nats(model, ids, n_seqs):
@@ -125,7 +103,7 @@ def targets(ids, T, n_seqs):
 
 def test_bpb_bytes_is_loss_over_ln2(bytes_run, rt):
     """One token per byte and no end-of-text among the targets: bits per byte is the loss in bits."""
-    model, tok = tiny_gpt(257, 16), get_tokenizer('bytes')
+    model, tok = tiny_gpt(vocab_size=257, block_size=16), get_tokenizer('bytes')
     ids = list(TEXT.encode())
     n = (len(ids) - 1) // 16
     loader = evaluation.open_split(bytes_run['data'], 'val', tok, model)
@@ -136,7 +114,7 @@ def test_bpb_bytes_is_loss_over_ln2(bytes_run, rt):
 
 
 def test_bpb_bytes_does_not_count_end_of_text(tmp_path, rt):
-    model, tok = tiny_gpt(257, 16), get_tokenizer('bytes')
+    model, tok = tiny_gpt(vocab_size=257, block_size=16), get_tokenizer('bytes')
     ids = [256] + list(TEXT[:150].encode()) + [256] + list(TEXT[150:].encode())   # two documents
     data = write_dataset(tmp_path / 'data', 'bytes', ids)
     n = (len(ids) - 1) // 16
@@ -150,7 +128,7 @@ def test_bpb_bytes_does_not_count_end_of_text(tmp_path, rt):
 @pytest.mark.parametrize('max_seqs', [None, 3])
 def test_bpb_gpt2_by_hand(gpt2_run, rt, max_seqs):
     """Nats from plain forwards; bytes from the UTF-8 of the decoded target tokens."""
-    model, tok, ids = tiny_gpt(50257, 64), get_tokenizer('gpt2'), gpt2_run['ids']
+    model, tok, ids = tiny_gpt(vocab_size=50257, block_size=64), get_tokenizer('gpt2'), gpt2_run['ids']
     n = (len(ids) - 1) // 64 if max_seqs is None else max_seqs
     r = evaluation.bpb(model, tok, evaluation.open_split(gpt2_run['data'], 'val', tok, model), rt, batch_size=2,
                        max_seqs=max_seqs)
@@ -184,7 +162,7 @@ def test_cli_few_shot(gpt2_run, rt, capsys):
     code, out, err = run_main(args + ['--shots=3', '--shots_seed=5'], capsys)
     assert code == 0, err
     r = json.loads(out)['hellaswag']
-    model = tiny_gpt(50257, 64)   # the checkpoint's model (same seed)
+    model = tiny_gpt(vocab_size=50257, block_size=64)   # the checkpoint's model (same seed)
     want = hellaswag.score(model, get_tokenizer('gpt2'), HELLASWAG, rt, progress=False, shots=3, train=HELLASWAG,
                            shots_seed=5)
     assert r == {**want, 'shots': 3}
@@ -197,26 +175,12 @@ def test_cli_few_shot(gpt2_run, rt, capsys):
 # -----------------------------------------------------------------------------
 # one process or two: the same figures
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def cli(args, torchrun=False, timeout=300):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    launch = ['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-              f'--master_port={free_port()}'] if torchrun else []
-    return subprocess.run([sys.executable, *launch, 'eval.py', *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_two_processes_match_one(gpt2_run):
     """7 examples and 6 sequences: the ranks get unequal slices (3 + 4 examples) and batches of several sizes."""
     args = ['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag,bpb', '--device=cpu',
             '--dtype=float32', f"--hellaswag_path={gpt2_run['hs']}", '--batch_size=2', '--json', '--progress=False']
-    one, two = cli(args), cli(args, torchrun=True)
+    one, two = run_python(['eval.py', *args]), torchrun(['eval.py', *args])
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
     r1, r2 = json.loads(one.stdout), json.loads(two.stdout)   # rank 0 alone prints: exactly one object
@@ -234,12 +198,6 @@ def test_two_processes_match_one(gpt2_run):
 def run_main(argv, capsys):
     """eval.main in-process, on CPU in float32 without progress bars -> (exit code, stdout, stderr)."""
     return conftest.run_cli(evaluation.main, ['--device=cpu', '--dtype=float32', '--progress=False', *argv], capsys)
-
-
-def one_error_line(err):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert 'Traceback' not in err and len(lines) == 1 and lines[0].startswith('error: '), err
-    return lines[0]
 
 
 @pytest.mark.parametrize('case, message', [
@@ -274,44 +232,37 @@ def test_cli_errors(gpt2_run, bytes_run, tmp_path, capsys, case, message):
     if 'NOTRAIN' in ''.join(case):
         os.remove(os.path.join(tmp_path / 'notrain', 'tiny_train_000000.bin'))
     code, out, err = run_main([f"--out_dir={gpt2_run['out']}", *args], capsys)
-    assert code == 1 and out == ''
-    assert message.replace('HS', gpt2_run['hs']) in one_error_line(err)
+    assert out == '' and message.replace('HS', gpt2_run['hs']) in one_error_line(code, err)
 
 
 def test_cli_corrupt_hellaswag_file(gpt2_run, tmp_path, capsys):
     bad = tmp_path / 'bad.jsonl'
     bad.write_text(json.dumps(HELLASWAG[0]) + '\n{"ctx": "a", "endings": ["b"], "label": 0}\n')
     code, _, err = run_main([f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag', f'--hellaswag_path={bad}'], capsys)
-    assert code == 1 and f"{bad}:2: 'endings' must be a list of 4 strings" in one_error_line(err)
+    assert f"{bad}:2: 'endings' must be a list of 4 strings" in one_error_line(code, err)
     bad.write_text('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 0}\nnot json\n')
     code, _, err = run_main([f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag', f'--hellaswag_path={bad}'], capsys)
-    assert code == 1 and f'{bad}:2: not JSON' in one_error_line(err)
+    assert f'{bad}:2: not JSON' in one_error_line(code, err)
 
 
 def test_cli_byte_model_cannot_do_hellaswag(bytes_run, gpt2_run, capsys):
     code, _, err = run_main([f"--out_dir={bytes_run['out']}", '--tasks=hellaswag',
                              f"--hellaswag_path={gpt2_run['hs']}"], capsys)
-    assert code == 1
-    assert one_error_line(err) == 'error: HellaSwag needs a GPT-2-token model; this one uses bytes'
+    assert one_error_line(code, err) == 'error: HellaSwag needs a GPT-2-token model; this one uses bytes'
 
 
 def test_cli_missing_or_corrupt_checkpoint(tmp_path, capsys):
     code, _, err = run_main([f'--out_dir={tmp_path}'], capsys)
-    assert code == 1 and 'no checkpoint at' in one_error_line(err)
+    assert 'no checkpoint at' in one_error_line(code, err)
     (tmp_path / 'ckpt.pt').write_bytes(b'not a checkpoint')
     code, _, err = run_main([f'--out_dir={tmp_path}'], capsys)
-    assert code == 1 and 'unreadable' in one_error_line(err)
+    assert 'unreadable' in one_error_line(code, err)
 
 
 def test_cli_bpb_needs_a_data_dir(tmp_path, capsys):
-    out = write_ckpt(tmp_path / 'run', tiny_gpt(257, 16), 'bytes')   # its run records no data_dir
+    out = write_ckpt(tmp_path / 'run', tiny_gpt(vocab_size=257, block_size=16))   # its run records no data_dir
     code, _, err = run_main([f'--out_dir={out}', '--tasks=bpb'], capsys)
-    assert code == 1 and 'bpb needs --data_dir' in one_error_line(err)
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+    assert 'bpb needs --data_dir' in one_error_line(code, err)
 
 
 def test_cli_corrupt_or_failed_download_is_one_line(gpt2_run, tmp_path, monkeypatch, capsys):
@@ -321,16 +272,11 @@ def test_cli_corrupt_or_failed_download_is_one_line(gpt2_run, tmp_path, monkeypa
     srv_dir = tmp_path / 'srv'
     srv_dir.mkdir()
     (srv_dir / 'hellaswag_val.jsonl').write_text(open(gpt2_run['hs']).read())
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Quiet, directory=str(srv_dir)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    monkeypatch.setattr(hellaswag, 'DATA_DIR', str(tmp_path / 'hs'))
-    monkeypatch.setattr(hellaswag, 'VAL_URL', f'http://127.0.0.1:{srv.server_address[1]}/hellaswag_val.jsonl')
-    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
-    try:
+    with serve_dir(srv_dir) as url:
+        monkeypatch.setattr(hellaswag, 'DATA_DIR', str(tmp_path / 'hs'))
+        monkeypatch.setattr(hellaswag, 'VAL_URL', f'{url}/hellaswag_val.jsonl')
+        monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
         code, out, err = run_main([f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag'], capsys)
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert code == 1 and out == ''
     assert err.strip().splitlines()[-1].startswith('error: checksum mismatch for http://127.0.0.1')
     assert sum(line.startswith('error:') for line in err.splitlines()) == 1 and 'Traceback' not in err
@@ -344,8 +290,8 @@ def test_cli_corrupt_or_failed_download_is_one_line(gpt2_run, tmp_path, monkeypa
 
 def test_cli_subprocess_errors(bytes_run, gpt2_run):
     """The real command line: no traceback, one line, exit 1."""
-    r = cli([f"--out_dir={bytes_run['out']}", '--tasks=bpb,nope', '--device=cpu'])
-    assert r.returncode == 1 and r.stdout == '' and one_error_line(r.stderr) == \
+    r = run_python(['eval.py', f"--out_dir={bytes_run['out']}", '--tasks=bpb,nope', '--device=cpu'])
+    assert r.stdout == '' and one_error_line(r.returncode, r.stderr) == \
         "error: unknown task 'nope' (tasks: hellaswag, bpb)"
-    r = cli([f"--out_dir={bytes_run['out']}", '--tasks=hellaswag', '--device=cpu'])
-    assert r.returncode == 1 and one_error_line(r.stderr).endswith('this one uses bytes')
+    r = run_python(['eval.py', f"--out_dir={bytes_run['out']}", '--tasks=hellaswag', '--device=cpu'])
+    assert one_error_line(r.returncode, r.stderr).endswith('this one uses bytes')

@@ -4,20 +4,21 @@ this repo's logits within 1e-5 in float32 and the same greedy tokens; GPT.from_p
 directory back to the same weights; AutoTokenizer encodes as the repo's tokenizers do; every knob neither class
 computes is refused in one line; bad input is one line and leaves nothing half-written."""
 import copy
-import dataclasses
 import errno
 import json
 import os
+from functools import partial
 
 import pytest
 import torch
 
 transformers = pytest.importorskip('transformers')   # requirements-dev.txt
 
+import conftest
 import export   # the script under test
+from conftest import one_error_line, write_ckpt
 from model import GPT, GPTConfig
 from pretrain.generate import generate
-from pretrain.checkpoint import save_checkpoint
 from pretrain.data import get_tokenizer
 from pretrain.hf_export import ExportError, hf_class
 
@@ -54,28 +55,7 @@ def random_gpt(fields, seed=0):
     return model.eval()
 
 
-def write_ckpt(out_dir, model, tokenizer):
-    os.makedirs(out_dir, exist_ok=True)
-    save_checkpoint(str(out_dir), {'model': model.state_dict(), 'model_config': dataclasses.asdict(model.config),
-                                   'step': 7, 'tokenizer': tokenizer, 'config': {}})
-    return str(out_dir)
-
-
-def run_main(argv, capsys):
-    """export.main in-process -> (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        export.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert 'Traceback' not in err and len(lines) == 1 and lines[0].startswith('error: '), err
-    return lines[0]
+run_main = partial(conftest.run_cli, export.main)   # (argv, capsys) -> (exit code, stdout, stderr)
 
 
 @pytest.fixture(scope='module')
@@ -85,7 +65,7 @@ def exported(tmp_path_factory):
     for name, (tok, fields, _) in SHAPES.items():
         tmp = tmp_path_factory.mktemp(name)
         model = random_gpt(fields)
-        run = write_ckpt(tmp / 'run', model, tok)
+        run = write_ckpt(tmp / 'run', model, tokenizer=tok)
         export.main([f'--out_dir={run}', f'--hf_dir={tmp / "hf"}'])
         out[name] = (model, str(tmp / 'hf'))
     return out
@@ -159,7 +139,7 @@ def test_gpt2_round_trip_untied_without_biases(tmp_path):
     """bias=False exports zero biases and reads back as bias=True with zeros: the same function, GPT-2's shape."""
     fields = dict(BODY, vocab_size=BYTES_VOCAB, tie_weights=False, bias=False)
     model = random_gpt(fields)
-    export.main([f'--out_dir={write_ckpt(tmp_path / "run", model, "bytes")}', f'--hf_dir={tmp_path / "hf"}'])
+    export.main([f'--out_dir={write_ckpt(tmp_path / "run", model)}', f'--hf_dir={tmp_path / "hf"}'])
     back = GPT.from_pretrained(str(tmp_path / 'hf')).eval()
     assert back.config.tie_weights is False and back.config.bias is True
     theirs = back.state_dict()
@@ -217,7 +197,7 @@ def test_bytes_tokenizer_round_trips_bytes(exported):
 
 def test_export_prints_the_bytes_tokenizer_statement(tmp_path, capsys):
     model = random_gpt(dict(BODY, vocab_size=BYTES_VOCAB))
-    code, out, err = run_main([f'--out_dir={write_ckpt(tmp_path / "run", model, "bytes")}',
+    code, out, err = run_main([f'--out_dir={write_ckpt(tmp_path / "run", model)}',
                                f'--hf_dir={tmp_path / "hf"}'], capsys)
     assert code == 0 and 'GPT2LMHeadModel' in out and 'UTF-8 bytes' in out and 'tokenizer.json' in out
 
@@ -241,10 +221,9 @@ GPT2 = dict(BODY, vocab_size=BYTES_VOCAB)
     (dict(LLAMA, mlp='gelu'), "cannot export mlp='gelu' with pos_emb='rope'"),
 ])
 def test_unexpressible_knobs_are_refused(tmp_path, capsys, fields, message):
-    run = write_ckpt(tmp_path / 'run', random_gpt(fields), 'bytes')
+    run = write_ckpt(tmp_path / 'run', random_gpt(fields))
     code, out, err = run_main([f'--out_dir={run}', f'--hf_dir={tmp_path / "hf"}'], capsys)
-    assert code == 1 and out == ''
-    assert message in one_error_line(err)
+    assert out == '' and message in one_error_line(code, err)
     assert sorted(os.listdir(tmp_path)) == ['run']   # no hf_dir, no temporary directory
 
 
@@ -260,21 +239,21 @@ def test_expressible_set():
 
 @pytest.fixture
 def small_run(tmp_path):
-    return write_ckpt(tmp_path / 'run', random_gpt(dict(BODY, vocab_size=BYTES_VOCAB)), 'bytes')
+    return write_ckpt(tmp_path / 'run', random_gpt(dict(BODY, vocab_size=BYTES_VOCAB)))
 
 
 def test_non_checkpoint_and_missing_checkpoint(tmp_path, capsys):
     bad = tmp_path / 'notes.pt'
     bad.write_bytes(b'this is not a checkpoint')
     code, _, err = run_main([f'--out_dir={bad}', f'--hf_dir={tmp_path / "hf"}'], capsys)
-    assert code == 1 and 'unreadable' in one_error_line(err)
+    assert 'unreadable' in one_error_line(code, err)
     torch.save({'weights': torch.zeros(2)}, tmp_path / 'other.pt')
     code, _, err = run_main([f'--out_dir={tmp_path / "other.pt"}', f'--hf_dir={tmp_path / "hf"}'], capsys)
-    assert code == 1 and "'model' is missing" in one_error_line(err)
+    assert "'model' is missing" in one_error_line(code, err)
     code, _, err = run_main([f'--out_dir={tmp_path / "nowhere"}', f'--hf_dir={tmp_path / "hf"}'], capsys)
-    assert code == 1 and 'no checkpoint at' in one_error_line(err)
+    assert 'no checkpoint at' in one_error_line(code, err)
     code, _, err = run_main([f'--out_dir={tmp_path}'], capsys)
-    assert code == 1 and 'hf_dir must name the directory' in one_error_line(err)
+    assert 'hf_dir must name the directory' in one_error_line(code, err)
     assert not os.path.exists(tmp_path / 'hf')
 
 
@@ -289,14 +268,14 @@ def test_existing_directory_needs_force(small_run, tmp_path, capsys):
     assert run_main([f'--out_dir={small_run}', f'--hf_dir={hf}'], capsys)[0] == 0
     (hf / 'README.md').write_text('mine')
     code, _, err = run_main([f'--out_dir={small_run}', f'--hf_dir={hf}'], capsys)
-    assert code == 1 and 'exists and is not empty (pass --force=True' in one_error_line(err)
+    assert 'exists and is not empty (pass --force=True' in one_error_line(code, err)
     assert (hf / 'README.md').read_text() == 'mine'
     code, _, _ = run_main([f'--out_dir={small_run}', f'--hf_dir={hf}', '--force=True'], capsys)
     assert code == 0 and not (hf / 'README.md').exists() and (hf / 'model.safetensors').exists()
     assert sorted(os.listdir(tmp_path)) == ['hf', 'run']   # the replaced directory and the temporary one are gone
     (tmp_path / 'file').write_text('x')
     code, _, err = run_main([f'--out_dir={small_run}', f'--hf_dir={tmp_path / "file"}', '--force=True'], capsys)
-    assert code == 1 and 'exists and is not a directory' in one_error_line(err)
+    assert 'exists and is not a directory' in one_error_line(code, err)
 
 
 def test_full_disk_leaves_the_old_export_and_no_temporary(small_run, tmp_path, capsys, monkeypatch):
@@ -309,15 +288,15 @@ def test_full_disk_leaves_the_old_export_and_no_temporary(small_run, tmp_path, c
         raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(safetensors.torch, 'save_file', full)
     code, _, err = run_main([f'--out_dir={small_run}', f'--hf_dir={hf}', '--force=True'], capsys)
-    assert code == 1 and 'No space left on device; nothing was changed' in one_error_line(err)
+    assert 'No space left on device; nothing was changed' in one_error_line(code, err)
     assert {f: (hf / f).read_bytes() for f in os.listdir(hf)} == before
     assert sorted(os.listdir(tmp_path)) == ['hf', 'run']
 
 
 def test_vocab_mismatch_is_refused(tmp_path, capsys):
-    run = write_ckpt(tmp_path / 'run', random_gpt(dict(BODY, vocab_size=300)), 'bytes')
+    run = write_ckpt(tmp_path / 'run', random_gpt(dict(BODY, vocab_size=300)))
     code, _, err = run_main([f'--out_dir={run}', f'--hf_dir={tmp_path / "hf"}'], capsys)
-    assert code == 1 and "vocab_size is 300 but its tokenizer 'bytes' has 257" in one_error_line(err)
+    assert "vocab_size is 300 but its tokenizer 'bytes' has 257" in one_error_line(code, err)
 
 
 # -----------------------------------------------------------------------------
@@ -361,7 +340,7 @@ def test_lm_eval_scores_an_exported_model(tmp_path, monkeypatch):
     """A random tiny GPT-2-token model, exported, scored by lm-eval's Python API: a finite accuracy over all docs."""
     need_lm_eval(monkeypatch)
     model = random_gpt(dict(BODY, vocab_size=GPT2_VOCAB, pad_vocab_multiple=64))
-    export.main([f'--out_dir={write_ckpt(tmp_path / "run", model, "gpt2")}', f'--hf_dir={tmp_path / "hf"}'])
+    export.main([f'--out_dir={write_ckpt(tmp_path / "run", model, tokenizer="gpt2")}', f'--hf_dir={tmp_path / "hf"}'])
     docs = [dict(context=f'The number after {i} is', choices=[f' {i + 1}', f' {i + 2}', f' {i * 3}'], label=0)
             for i in range(6)]
     r = lm_eval_score(monkeypatch, str(tmp_path / 'hf'), 'tiny_numbers', lm_eval_task(tmp_path, 'tiny_numbers', docs))
@@ -382,7 +361,7 @@ def test_lm_eval_accuracy_of_a_model_that_always_says_a(tmp_path, monkeypatch):
         model.transformer.ln_f.bias[0] = 1.0
         model.lm_head.weight.zero_()   # tied: the embedding too; the hidden state after ln_f ignores the input anyway
         model.lm_head.weight[ord('a'), 0] = 20.0
-    export.main([f'--out_dir={write_ckpt(tmp_path / "run", model, "bytes")}', f'--hf_dir={tmp_path / "hf"}'])
+    export.main([f'--out_dir={write_ckpt(tmp_path / "run", model)}', f'--hf_dir={tmp_path / "hf"}'])
     docs = [dict(context='Pick one:', choices=['b', 'a', 'c'], label=1),
             dict(context='Again:', choices=['a', 'b', 'c'], label=0),
             dict(context='More:', choices=['c', 'b', 'a'], label=2),

@@ -6,17 +6,17 @@ H100/H200 the whole file runs in well under 3 minutes (tiny models; one GPT-2-si
 import contextlib
 import json
 import os
-import subprocess
-import sys
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import conftest
 from pretrain.checkpoint import load_checkpoint, load_model
 from pretrain.data import write_json
-from conftest import write_shard
+from conftest import ROOT, rel, write_shard
 from model import GPT, GPTConfig
 from pretrain.generate import generate
 from pretrain.runtime import setup_runtime
@@ -24,7 +24,6 @@ from pretrain.training import configure_optimizer, train_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(block_size=128, vocab_size=512, n_layer=2, n_head=4, n_embd=128)
 
 
@@ -51,12 +50,7 @@ def loss_grads(model, x, y, dtype=None, scale=1.0):
             for n, p in model.named_parameters() if p.grad is not None}
 
 
-def rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def run(args, timeout=600):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+run = partial(conftest.run_python, timeout=600, one_thread=False)   # (args) -> CompletedProcess
 
 
 def knobs(**over):

@@ -3,13 +3,10 @@ GPT whose summed and mean losses disagree), every score checked against a plain 
 loader's strictness, the download against a local HTTP server, and (slow, GPU, online) OpenAI GPT-2 124M's
 llm.c figure."""
 import copy
-import functools
 import hashlib
-import http.server
 import json
 import os
 import socket
-import threading
 from functools import partial
 
 import pytest
@@ -30,11 +27,6 @@ pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 @pytest.fixture(scope='module')
 def tok():
     return get_tokenizer('gpt2')
-
-
-@pytest.fixture(scope='module')
-def rt():
-    return setup_runtime({'device': 'cpu', 'dtype': 'float32'})
 
 
 # GPT-2's vocabulary (needed for GPT-2 tokens) on the smallest body: ~1.6M parameters, nearly all embedding
@@ -276,24 +268,16 @@ def test_missing_empty_and_binary_files(tmp_path):
         hellaswag.load_examples(str(tmp_path / 'bin.jsonl'))
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     """A local HTTP server standing in for raw.githubusercontent.com; the cache directory is the test's own."""
     root = tmp_path / 'srv'
     root.mkdir()
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Quiet, directory=str(root)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
-    monkeypatch.setattr(hellaswag, 'VAL_URL', f'http://127.0.0.1:{srv.server_address[1]}/hellaswag_val.jsonl')
-    monkeypatch.setattr(hellaswag, 'DATA_DIR', str(tmp_path / 'cache' / 'hellaswag'))
-    yield root
-    srv.shutdown()
-    srv.server_close()
+    with conftest.serve_dir(root) as url:
+        monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
+        monkeypatch.setattr(hellaswag, 'VAL_URL', f'{url}/hellaswag_val.jsonl')
+        monkeypatch.setattr(hellaswag, 'DATA_DIR', str(tmp_path / 'cache' / 'hellaswag'))
+        yield root
 
 
 def pin(monkeypatch, path, n):
@@ -368,12 +352,9 @@ def test_gpt2_124m_matches_llm_c():
 def test_train_py_logs_hellaswag_records(tmp_path):
     """train.py --hellaswag_interval scores during training and logs 'hellaswag' records (DESIGN.md, the run log);
     on byte-level data it refuses in one line before training."""
-    import subprocess
-    import sys
     import numpy as np
     from pretrain.data import write_json
     from conftest import write_shard
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = tmp_path / 'gpt2data'
     data.mkdir()
     ids = np.random.default_rng(0).integers(0, 50257, 20_000).astype(np.uint16)
@@ -383,11 +364,11 @@ def test_train_py_logs_hellaswag_records(tmp_path):
                                          'train': {'shards': 1, 'tokens': 20_000}, 'val': {'shards': 1, 'tokens': 4000}})
     path = tmp_path / 'hs.jsonl'
     write_jsonl(path, story_examples())
-    args = [sys.executable, 'train.py', f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', '--n_layer=1',
+    args = ['train.py', f'--data_dir={data}', f'--out_dir={tmp_path / "out"}', '--n_layer=1',
             '--n_head=2', '--n_embd=32', '--block_size=64', '--batch_size=2', '--total_batch_size=128',
             '--max_iters=4', '--warmup_iters=1', '--eval_interval=2', '--eval_iters=1', '--device=cpu',
             '--dtype=float32', '--hellaswag_interval=2', f'--hellaswag_path={path}']
-    r = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    r = conftest.run_python(args, one_thread=False)
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in open(tmp_path / 'out' / 'log.jsonl')]
     hs = [x for x in recs if x['type'] == 'hellaswag']
@@ -396,8 +377,7 @@ def test_train_py_logs_hellaswag_records(tmp_path):
     assert 'hellaswag acc' in r.stdout
     bytes_meta = dict(json.load(open(data / 'meta.json')), tokenizer='bytes', vocab_size=257, eot=256)
     write_json(str(data / 'meta.json'), bytes_meta)
-    r = subprocess.run(args + [f'--out_dir={tmp_path / "out2"}'], cwd=root, capture_output=True, text=True,
-                       timeout=300)
+    r = conftest.run_python(args + [f'--out_dir={tmp_path / "out2"}'], one_thread=False)
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         f"error: hellaswag_interval needs GPT-2 tokens; {data} has bytes"]
 

@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import pretrain.lm_loss as L
+from conftest import rel
 from model import GPT, GPTConfig
 
 PATHS = ['plain', 'chunked']
@@ -45,10 +46,6 @@ def grads(net, x, y, autocast=None, scale=1.0):
     (loss * scale).backward()
     return loss.detach(), {n.removeprefix('_orig_mod.'): p.grad.double() / scale   # a compiled net's names
                            for n, p in net.named_parameters() if p.grad is not None}
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def loss64(net, x, y):

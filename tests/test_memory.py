@@ -4,9 +4,6 @@ torch.profiler), and each rank's FSDP2 shards under torchrun (tests/fsdp_worker.
 import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
 
 from types import SimpleNamespace
 
@@ -14,10 +11,10 @@ import pytest
 import torch
 
 import pretrain.lm_loss as L
+from conftest import ROOT, torchrun
 from model import GPT, GPTConfig, ModelError
 from pretrain.accounting import train_memory
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [  # GPT-2's block; the Llama block (RMSNorm, RoPE, GQA, SwiGLU, untied); the modded-nanogpt options
     dict(),
     dict(norm='rmsnorm', pos_emb='rope', mlp='swiglu', n_kv_head=2, bias=False, tie_weights=False,
@@ -167,12 +164,6 @@ def test_model_state_estimate_is_the_tensors_after_a_step(optimizer):
         assert est['optimizer'] == sum(nbytes(v for v in s.values() if torch.is_tensor(v)) for s in opt.state.values())
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_fsdp_shards_are_the_estimate():
     """2 ranks under torchrun (gloo): each rank's local parameters, gradients and AdamW state after one step
@@ -182,10 +173,7 @@ def test_fsdp_shards_are_the_estimate():
     gradients), which to_local() does not show."""
     small = dict(block_size=16, vocab_size=301, n_layer=2, n_head=4, n_embd=48)
     shapes = [small, {**small, **SHAPES[1], 'pad_vocab_multiple': 1}]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-           f'--master_port={free_port()}', '-m', 'tests.fsdp_worker', 'memory', json.dumps(shapes)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = torchrun(['-m', 'tests.fsdp_worker', 'memory', json.dumps(shapes)], timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for kw, ranks in zip(shapes, json.loads(r.stdout.strip().splitlines()[-1])):
         config = GPTConfig(**kw)

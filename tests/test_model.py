@@ -1,31 +1,24 @@
 import dataclasses
-import functools
-import http.server
 import itertools
 import json
 import math
-import threading
 
 import pytest
 import torch
 
 import conftest
+from conftest import cache_setup, make_gpt
 from pretrain import data
 from pretrain.gpt2_weights import hf_tensors
 from pretrain.accounting import count_params, flops_per_token
 from model import GPT, PRESETS, GPTConfig, ModelError, apply_rope, rope_tables
-from pretrain.generate import GENERATE_SDPA_BACKENDS, KVCache, generate, sample_next
+from pretrain.generate import GENERATE_SDPA_BACKENDS, generate, sample_next
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 tiny = conftest.tiny_config
-
-
-def make(config, seed=0):
-    torch.manual_seed(seed)
-    return GPT(config).eval()
 
 
 def n_weights(model):
@@ -69,7 +62,7 @@ def test_every_option_combination_shapes_loss_grads_and_param_count():
     targets[0, 0] = -1   # ignored
     for kw in COMBOS:
         c = tiny(**kw)
-        model = make(c)
+        model = make_gpt(c)
         logits, loss = model(idx, targets)
         assert logits.shape == (B, T, c.padded_vocab_size), kw
         assert model(idx)[1] is None
@@ -90,7 +83,7 @@ def test_every_option_combination_shapes_loss_grads_and_param_count():
 
 def test_gpt2_init_std_and_tying():
     c = tiny(n_layer=8, n_embd=256, n_head=4, vocab_size=1000)
-    model = make(c)
+    model = make_gpt(c)
     assert model.lm_head.weight is model.transformer.wte.weight
     sd = dict(model.named_parameters())
     assert abs(sd['transformer.h.0.attn.c_attn.weight'].std().item() - 0.02) < 0.001
@@ -100,12 +93,12 @@ def test_gpt2_init_std_and_tying():
         assert abs(sd[n].std().item() - resid) < 0.05 * resid, n
     assert sd['transformer.h.0.attn.c_attn.bias'].abs().sum() == 0
     assert (sd['transformer.h.0.ln_1.weight'] == 1).all()
-    untied = make(tiny(tie_weights=False))
+    untied = make_gpt(tiny(tie_weights=False))
     assert untied.lm_head.weight is not untied.transformer.wte.weight
 
 
 def test_padded_model_is_the_same_function():
-    a, b = make(tiny()), make(tiny(pad_vocab_multiple=64))
+    a, b = make_gpt(tiny()), make_gpt(tiny(pad_vocab_multiple=64))
     with torch.no_grad():
         for (n, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
             pb[:pa.size(0)].copy_(pa)
@@ -117,7 +110,7 @@ def test_padded_model_is_the_same_function():
 
 @pytest.mark.parametrize('pos_emb', ['learned', 'rope'])
 def test_causality_future_tokens_never_change_past_logits(pos_emb):
-    model = make(tiny(pos_emb=pos_emb, n_kv_head=2))
+    model = make_gpt(tiny(pos_emb=pos_emb, n_kv_head=2))
     idx = torch.randint(0, 61, (1, 12))
     changed = idx.clone()
     changed[0, 7:] = (changed[0, 7:] + 1) % 61
@@ -128,7 +121,7 @@ def test_causality_future_tokens_never_change_past_logits(pos_emb):
 
 def test_forward_longer_than_block_size_is_a_clear_error():
     with pytest.raises(ModelError, match='block_size'):
-        make(tiny())(torch.zeros(1, 17, dtype=torch.long))
+        make_gpt(tiny())(torch.zeros(1, 17, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- GQA
@@ -138,8 +131,8 @@ def test_gqa_equals_multi_head_with_shared_kv_heads(n_kv_head):
     """A GQA model is the MHA model whose query heads in each group read the same k/v head (query head h
     uses kv head h // (n_head / n_kv_head)). Build that MHA model from the GQA weights and compare."""
     H, hd = 4, 8
-    gqa = make(tiny(n_kv_head=n_kv_head, pos_emb='rope'))
-    mha = make(tiny(n_kv_head=H, pos_emb='rope'), seed=1)
+    gqa = make_gpt(tiny(n_kv_head=n_kv_head, pos_emb='rope'))
+    mha = make_gpt(tiny(n_kv_head=H, pos_emb='rope'), seed=1)
     assert gqa.transformer.h[0].attn.c_attn.weight.shape == ((H + 2 * n_kv_head) * hd, 32)
     assert mha.transformer.h[0].attn.c_attn.weight.shape == (3 * H * hd, 32)
     with torch.no_grad():
@@ -195,9 +188,9 @@ def test_rope_matches_float64_roformer_reference():
 def test_rope_model_has_no_position_table():
     """Positions enter only through RoPE: the logits of a window depend on its tokens, not on anything else
     (no learned position table exists, and none is saved)."""
-    model = make(tiny(pos_emb='rope'))
+    model = make_gpt(tiny(pos_emb='rope'))
     assert 'transformer.wpe.weight' not in model.state_dict() and 'rope_cos' not in model.state_dict()
-    assert 'transformer.wpe.weight' in make(tiny()).state_dict()
+    assert 'transformer.wpe.weight' in make_gpt(tiny()).state_dict()
 
 
 # ----------------------------------------------------------------------------- KV cache and generation
@@ -209,10 +202,7 @@ GEN_COMBOS = [dict(), dict(norm='rmsnorm', pos_emb='rope', mlp='swiglu', n_kv_he
 
 @pytest.mark.parametrize('kw', GEN_COMBOS)
 def test_kv_cache_logits_equal_full_forward(kw):
-    model = make(tiny(**kw))
-    idx = torch.randint(0, 61, (2, 16))
-    full = model(idx)[0]
-    cache = KVCache(model.config, 2)
+    model, idx, full, cache = cache_setup(kw)
     parts = [model(idx[:, :5], kv_cache=cache)[0]]               # prefill into an empty cache
     parts.append(model(idx[:, 5:9], kv_cache=cache)[0])          # a chunk after a cached prefix
     parts += [model(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(9, 16)]   # one token at a time
@@ -224,7 +214,7 @@ def test_kv_cache_logits_equal_full_forward(kw):
 
 @pytest.mark.parametrize('kw', GEN_COMBOS)
 def test_generate_cached_equals_uncached_greedy_past_block_size(kw):
-    model = make(tiny(**kw))
+    model = make_gpt(tiny(**kw))
     prompt = torch.randint(0, 61, (3, 5))
     n_new = 30   # 35 tokens with block_size 16: the window slides 19 times
     cached = generate(model, prompt, n_new, temperature=0)
@@ -238,7 +228,7 @@ def test_generate_cached_equals_uncached_greedy_past_block_size(kw):
 
 
 def test_generate_sampling_is_seeded_and_equal_with_and_without_cache():
-    model = make(tiny(pos_emb='rope', n_kv_head=2))
+    model = make_gpt(tiny(pos_emb='rope', n_kv_head=2))
     prompt = torch.randint(0, 61, (2, 4))
     run = lambda seed, **kw: generate(model, prompt, 25, temperature=0.8, top_k=20, top_p=0.9,
                                             generator=torch.Generator().manual_seed(seed), **kw)
@@ -248,7 +238,7 @@ def test_generate_sampling_is_seeded_and_equal_with_and_without_cache():
 
 
 def test_generate_restores_training_mode_and_handles_zero_tokens():
-    model = make(tiny(dropout=0.1)).train()
+    model = make_gpt(tiny(dropout=0.1)).train()
     prompt = torch.randint(0, 61, (1, 3))
     assert torch.equal(generate(model, prompt, 0), prompt)
     a, b = generate(model, prompt, 10, temperature=0), generate(model, prompt, 10, temperature=0, kv_cache=False)
@@ -256,7 +246,7 @@ def test_generate_restores_training_mode_and_handles_zero_tokens():
 
 
 def test_padded_ids_are_never_generated():
-    model = make(tiny(pad_vocab_multiple=64))
+    model = make_gpt(tiny(pad_vocab_multiple=64))
     with torch.no_grad():
         model.lm_head.weight[61:] = torch.randn(3, 32) * 5   # padding logits would dominate if not dropped
     prompt = torch.randint(0, 61, (4, 2))
@@ -344,26 +334,15 @@ def test_from_pretrained_errors_are_one_line(tmp_path):
     assert 'no model.safetensors' in err(str(tmp_path))
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def test_from_pretrained_by_name_downloads_and_caches(tmp_path, monkeypatch):
     """By name: files fetched from $HF_ENDPOINT (a local server standing in for huggingface.co)."""
     repo = tmp_path / 'srv' / 'openai-community' / 'gpt2' / 'resolve' / 'main'
     repo.mkdir(parents=True)
     hf_model(repo)
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
-                                             functools.partial(_Quiet, directory=str(tmp_path / 'srv')))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-    monkeypatch.setenv('HF_ENDPOINT', f'http://127.0.0.1:{server.server_address[1]}')
-    try:
+    with conftest.serve_dir(tmp_path / 'srv') as url:
+        monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+        monkeypatch.setenv('HF_ENDPOINT', url)
         model = GPT.from_pretrained('gpt2')
-    finally:
-        server.shutdown()
-        server.server_close()
     cached = tmp_path / 'cache' / 'gpt-scaling' / 'gpt2'
     assert (cached / 'model.safetensors').read_bytes() == (repo / 'model.safetensors').read_bytes()
     assert model.config.vocab_size == 97
@@ -454,7 +433,7 @@ def test_eager_generation_attends_without_cudnn_and_restores_the_backends():
     plain forward (test_generate_cached_equals_uncached_greedy_past_block_size checks them against model(ctx))."""
     from torch.nn.attention import SDPBackend
     assert SDPBackend.CUDNN_ATTENTION not in GENERATE_SDPA_BACKENDS
-    model = make(tiny())
+    model = make_gpt(tiny())
     seen = []
     backends = torch.backends.cuda
     hook = model.transformer.h[0].attn.register_forward_pre_hook(

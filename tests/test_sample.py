@@ -4,7 +4,6 @@ samples from a checkpoint that train.py itself wrote. The checkpoint loader itse
 import dataclasses
 import os
 import random
-import subprocess
 import sys
 from functools import partial
 
@@ -13,12 +12,12 @@ import torch
 
 import conftest
 import sample
-from pretrain.checkpoint import model_config_from, save_checkpoint
+from conftest import run_python, write_ckpt
+from pretrain.checkpoint import model_config_from
 from pretrain.data import get_tokenizer
 from model import GPT
 from pretrain.generate import generate, generate_stream
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 32
 
 
@@ -27,33 +26,12 @@ tiny_gpt = partial(conftest.tiny_gpt, large_weights=True, block_size=BLOCK, voca
                    n_embd=16)
 
 
-def write_ckpt(out_dir, net=None, **overrides):
-    """A checkpoint of `net` in train.py's format; overrides replace its keys (None deletes one)."""
-    model = net or tiny_gpt()
-    os.makedirs(out_dir, exist_ok=True)
-    ckpt = {'model': model.state_dict(), 'model_config': dataclasses.asdict(model.config), 'optimizer': {},
-            'step': 7, 'tokens': 0, 'loader': {}, 'rng': {}, 'config': {}, 'tokenizer': 'bytes'}
-    for k, v in overrides.items():
-        if v is None:
-            del ckpt[k]
-        else:
-            ckpt[k] = v
-    save_checkpoint(str(out_dir), ckpt)
-    return str(out_dir)
-
-
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
-
-
-def run_cli(*args):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}   # the same reason, for the child processes
-    return subprocess.run([sys.executable, 'sample.py', *args], cwd=ROOT, env=env, capture_output=True,
-                          encoding='utf-8', timeout=120)
 
 
 @pytest.fixture(scope='module')
 def ckpt_dir(tmp_path_factory):
-    return write_ckpt(tmp_path_factory.mktemp('run'))
+    return write_ckpt(tmp_path_factory.mktemp('run'), tiny_gpt())
 
 
 run_main = partial(conftest.run_cli, sample.main)   # (argv, capsys) -> (exit code, stdout, stderr)
@@ -79,8 +57,8 @@ def test_cache_and_no_cache_identical_through_cli(ckpt_dir):
     """Two real processes, greedy, 60 new tokens on a 32-token context: the window slides on both paths."""
     outs = []
     for kv in ('True', 'False'):
-        r = run_cli(f'--out_dir={ckpt_dir}', '--device=cpu', '--temperature=0', '--max_new_tokens=60',
-                    '--start=To be', f'--kv_cache={kv}')
+        r = run_python(['sample.py', f'--out_dir={ckpt_dir}', '--device=cpu', '--temperature=0',
+                        '--max_new_tokens=60', '--start=To be', f'--kv_cache={kv}'])
         assert r.returncode == 0, r.stderr
         assert 'tokens/s' in r.stderr.splitlines()[-1] and f'kv_cache={kv}' in r.stderr
         outs.append(r.stdout)
@@ -215,7 +193,7 @@ def test_bad_checkpoints(case, tmp_path, capsys):
     out_dir = tmp_path / 'run'
     os.makedirs(out_dir)
     if keys is not None:
-        write_ckpt(out_dir, **keys)
+        write_ckpt(out_dir, tiny_gpt(), **keys)
     code, out, err = run_main([f'--out_dir={out_dir}', '--device=cpu'], capsys)
     assert code == 1 and out == ''
     assert err.startswith('error: ') and err.count('\n') == 1 and words in err, err
@@ -239,7 +217,7 @@ def test_bad_arguments(args, words, ckpt_dir, capsys):
 
 def test_bad_input_through_cli(tmp_path):
     """The real process: one line, exit 1, no traceback."""
-    r = run_cli(f'--out_dir={tmp_path}', '--device=cpu')
+    r = run_python(['sample.py', f'--out_dir={tmp_path}', '--device=cpu'])
     assert r.returncode == 1 and r.stdout == ''
     assert r.stderr.startswith(f"error: no checkpoint at {tmp_path / 'ckpt.pt'} (train one with train.py")
     assert r.stderr.count('\n') == 1

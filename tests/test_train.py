@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,10 +20,9 @@ import torch
 import conftest
 import train
 from pretrain import training
+from conftest import ROOT, one_error_line, torchrun
 from pretrain.checkpoint import load_checkpoint
 from pretrain.data import read_meta, read_shard, shard_paths
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a tiny model and batch: each step takes milliseconds on one CPU core
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, total_batch_size=256, max_iters=20,
@@ -37,8 +35,7 @@ def check_train_knobs(cfg, world=1):
     return training.check_knobs(SimpleNamespace(**cfg), world)
 
 
-def run_script(args, timeout=300, **kw):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+run_script = partial(conftest.run_python, one_thread=False)   # (args, timeout) -> CompletedProcess
 
 
 @pytest.fixture(scope='module')
@@ -198,12 +195,6 @@ def test_leftover_partial_checkpoint_is_ignored(data_dir, tmp_path):
     assert not (tmp_path / 'ckpt.pt.tmp').exists()   # swept at the start of the run
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('optimizer,ns_dtype,tol', [('adamw', 'auto', 1e-5), ('muon', 'float32', 1e-5),
                                                     ('muon', 'bfloat16', 2e-4)])
@@ -216,8 +207,7 @@ def test_two_processes_match_one(data_dir, tmp_path, optimizer, ns_dtype, tol):
                 optimizer=optimizer, muon_lr=0.02 if optimizer == 'muon' else None, muon_ns_dtype=ns_dtype)
     args = [f'--{k}={v!r}' for k, v in cfg_for(data_dir, tmp_path / 'ddp', **over).items()
             if k in TINY or k in over or k in ('data_dir', 'out_dir')]
-    r = run_script(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-                    f'--master_port={free_port()}', 'train.py', *args], timeout=600)
+    r = torchrun(['train.py', *args])
     assert r.returncode == 0, r.stderr[-3000:]
     train.train(cfg_for(data_dir, tmp_path / 'single', **over))
     two, one = losses(tmp_path / 'ddp'), losses(tmp_path / 'single')
@@ -241,9 +231,7 @@ def test_two_processes_match_one(data_dir, tmp_path, optimizer, ns_dtype, tol):
 ])
 def test_cli_errors(data_dir, tmp_path, extra, message):
     r = run_script(['train.py', f"--data_dir={data_dir!r}", f"--out_dir={str(tmp_path)!r}", '--device=cpu', *extra])
-    assert r.returncode == 1
-    assert r.stderr.startswith('error: ') and message in r.stderr and 'Traceback' not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert message in one_error_line(r.returncode, r.stderr)
 
 
 def test_cli_corrupt_shard(data_dir, tmp_path):
@@ -281,15 +269,6 @@ def snapshot(root):
     return found
 
 
-def assert_one_error(code, err, *words):
-    assert code == 1 and 'Traceback' not in err, err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), err
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize('case', ['a file', 'under a file', 'empty'])
 def test_out_dir_that_cannot_be_a_directory(tmp_path, capsys, case):
     """Refused before anything is loaded: the data directory here does not even exist, and the error is about
@@ -298,7 +277,7 @@ def test_out_dir_that_cannot_be_a_directory(tmp_path, capsys, case):
     out_dir = {'a file': tmp_path / 'a-file', 'under a file': tmp_path / 'a-file' / 'run', 'empty': ''}[case]
     before = snapshot(tmp_path)
     code, _, err = run_main(argv_for(tmp_path / 'no-such-data', out_dir), capsys)
-    line = assert_one_error(code, err, 'out_dir')
+    line = one_error_line(code, err, 'out_dir')
     assert 'no-such-data' not in line
     assert snapshot(tmp_path) == before
 
@@ -322,7 +301,7 @@ def test_knob_out_of_range(data_dir, tmp_path, capsys, args, knob):
     """Checked before out_dir is created or any data read."""
     before = snapshot(data_dir)
     code, _, err = run_main([*argv_for(data_dir, tmp_path / 'run'), *args], capsys)
-    assert_one_error(code, err, knob)
+    one_error_line(code, err, knob)
     assert not (tmp_path / 'run').exists() and snapshot(data_dir) == before
 
 
@@ -333,7 +312,7 @@ def test_stale_temp_checkpoint_is_removed_at_start(data_dir, tmp_path, capsys):
     before = snapshot(tmp_path)
     (tmp_path / 'ckpt.pt.tmp').write_bytes(b'PK\x03\x04 half a zip')
     code, _, err = run_main(argv_for(tmp_path / 'no-such-data', tmp_path, init_from='resume'), capsys)
-    assert_one_error(code, err, 'no-such-data')
+    one_error_line(code, err, 'no-such-data')
     assert snapshot(tmp_path) == before   # ckpt.pt and log.jsonl untouched, the temp file gone
 
 
@@ -358,7 +337,7 @@ def test_a_loss_spike_keeps_the_last_good_checkpoint(data_dir, tmp_path, capsys)
     capsys.readouterr()
     code, out, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=20, learning_rate=50.0,
                                        grad_clip=0.0, checkpoint_interval=5), capsys)
-    assert_one_error(code, err, 'the run diverged', 'last good checkpoint')
+    one_error_line(code, err, 'the run diverged', 'last good checkpoint')
     assert (tmp_path / 'ckpt.pt').read_bytes() == good
     assert out.count('not checkpointing') == 2   # steps 15 and 20
     spiked = losses(tmp_path)
@@ -407,7 +386,7 @@ def test_branch_errors(data_dir, wsd_parent, tmp_path, capsys, over, words):
     over = {**over, 'branch_from': str(wsd_parent / over['branch_from'])}
     code, _, err = run_main(argv_for(data_dir, tmp_path / 'child', **WSD, init_from='resume', max_iters=6, **over),
                             capsys)
-    assert_one_error(code, err, *words)
+    one_error_line(code, err, *words)
     assert snapshot(wsd_parent) == before and not (tmp_path / 'child' / 'ckpt.pt').exists()
 
 
@@ -432,9 +411,7 @@ def test_noise_scale_does_not_depend_on_the_world_size(data_dir, tmp_path):
     """One process takes the step's two micro-batches in turn, two processes one each: |g_small|^2 averages the same
     two micro-batch gradients and |g_big|^2 is their mean's, so both agree up to float rounding."""
     over = dict(max_iters=4, warmup_iters=1, eval_interval=4, checkpoint_interval=0, noise_scale=True)
-    r = run_script(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-                    f'--master_port={free_port()}', 'train.py', *argv_for(data_dir, tmp_path / 'ddp', **over)],
-                   timeout=600)
+    r = torchrun(['train.py', *argv_for(data_dir, tmp_path / 'ddp', **over)])
     assert r.returncode == 0, r.stderr[-3000:]
     train.train(cfg_for(data_dir, tmp_path / 'single', **over))
     two, one = ({r['step']: r for r in read_log(tmp_path / d)[0] if r['type'] == 'noise'} for d in ('ddp', 'single'))
@@ -525,7 +502,7 @@ def test_init_from_auto_starts_then_resumes(data_dir, tmp_path):
 ])
 def test_every_knob_is_checked_before_out_dir_exists(data_dir, tmp_path, capsys, args, words):
     code, _, err = run_main([*argv_for(data_dir, tmp_path / 'run'), *args], capsys)
-    assert_one_error(code, err, *words)
+    one_error_line(code, err, *words)
     assert not (tmp_path / 'run').exists()
 
 
@@ -550,7 +527,7 @@ def test_the_first_blown_up_update_is_never_saved(data_dir, tmp_path, capsys, go
     capsys.readouterr()
     code, out, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=12, checkpoint_interval=1,
                                        log_interval=5, **BLOW_UP), capsys)
-    assert_one_error(code, err, 'the run diverged', 'last good checkpoint')
+    one_error_line(code, err, 'the run diverged', 'last good checkpoint')
     assert (tmp_path / 'ckpt.pt').read_bytes() == good_run
     assert 'step 11' in out and 'not checkpointing' in out
 
@@ -568,7 +545,7 @@ def test_the_guard_remembers_across_resumes(data_dir, tmp_path, capsys, good_run
     saved = (tmp_path / 'ckpt.pt').read_bytes()
     code, _, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=14, checkpoint_interval=1,
                                      learning_rate=3e-4), capsys)
-    assert_one_error(code, err, 'the run diverged', f'{best:.4f}')
+    one_error_line(code, err, 'the run diverged', f'{best:.4f}')
     assert (tmp_path / 'ckpt.pt').read_bytes() == saved
 
 
@@ -588,7 +565,7 @@ def test_a_branch_into_its_parents_directory_is_refused(data_dir, tmp_path, caps
     parent = str(tmp_path) if where == 'the directory' else str(tmp_path / 'ckpt_000002.pt')
     code, _, err = run_main(argv_for(data_dir, tmp_path, init_from='resume', max_iters=6, warmup_iters=1,
                                      branch_from=parent), capsys)
-    assert_one_error(code, err, 'branch', 'out_dir')
+    one_error_line(code, err, 'branch', 'out_dir')
     assert snapshot(tmp_path) == before
 
 
@@ -598,7 +575,7 @@ def test_a_full_disk_at_the_write_test_names_the_path_and_leaves_nothing(data_di
     monkeypatch.setattr(os, 'write', full)
     code, _, err = run_main(argv_for(data_dir, tmp_path / 'run'), capsys)
     monkeypatch.undo()
-    assert_one_error(code, err, 'the disk is full', str(tmp_path / 'run'))
+    one_error_line(code, err, 'the disk is full', str(tmp_path / 'run'))
     assert os.listdir(tmp_path / 'run') == []   # no .write-test left behind
 
 
@@ -609,6 +586,6 @@ def test_a_full_disk_at_the_first_checkpoint_does_not_claim_a_previous_one(data_
         raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(checkpoint.torch, 'save', full)
     code, _, err = run_main(argv_for(data_dir, tmp_path, max_iters=2, warmup_iters=1), capsys)
-    line = assert_one_error(code, err, 'the disk is full', str(tmp_path / 'ckpt.pt'))
+    line = one_error_line(code, err, 'the disk is full', str(tmp_path / 'ckpt.pt'))
     assert 'intact' not in line and 'no checkpoint' in line
     assert sorted(os.listdir(tmp_path)) == ['log.jsonl']
