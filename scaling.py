@@ -9,6 +9,7 @@ gradient noise scale, and fit laws for the best learning rate and batch size.
     python scaling.py plan --budgets 1e13,3e13,1e14 --sizes 5 --branch --cooldown_frac 0.2 --run --jobs 2
     python scaling.py fit out-sweep --method all --bootstrap 100 --json fit.json --plots figs/
     python scaling.py fit points.csv --method approach3
+    python scaling.py fit out-sweep --method approach2 --json - | jq '.results[0].params'
     python scaling.py bcrit out-sweep --min_step 100 --json bcrit.json --plots figs/
     python scaling.py hparams out-lr-sweep --bootstrap 200 --json lr_law.json
     python scaling.py plan --budgets 1e13,1e14 --lr_law lr_law.json
@@ -22,7 +23,8 @@ plan uses), --compute logged takes train.py's logged FLOPs instead; IsoFLOP grou
 step == max_iters (train.py always evaluates at its last step); unfinished runs are left out with a warning, and so
 are the stable runs of branched sweeps (no cooldown: their branches are the points). Every nonlinear fit minimises
 the summed Huber loss (delta 1e-3) of log-loss residuals, as in Chinchilla's appendix D.2, with a batched float64
-L-BFGS from a grid of starts.
+L-BFGS from a grid of starts. --json FILE writes a subcommand's results as JSON; --json - prints the JSON on
+stdout, alone: the report then goes to stderr.
 
 The library: runlog.py (reading run logs and CSV), laws.py (the loss-law fits and their report), plots.py,
 bcrit.py (critical batch size), hparams.py (learning-rate and batch-size laws), sweep.py (planning and running),
@@ -30,20 +32,18 @@ budget.py (from a compute or GPU-hour budget to a model, a config and a predicte
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
+import contextlib
+import inspect
+import json
 import math
 import os
 import sys
 
 import numpy as np
 
-from pretrain.scaling import bcrit
-from pretrain.scaling import budget
 from pretrain import configurator
-from pretrain.scaling import hparams
-from pretrain.scaling import laws
-from pretrain.scaling import plots
-from pretrain.scaling import sweep
 from pretrain.data import write_json
+from pretrain.scaling import bcrit, budget, hparams, laws, plots, sweep
 from pretrain.scaling.runlog import ScalingError, load, read_json
 
 
@@ -62,6 +62,9 @@ def _lr_points(text):
         return [tuple(float(x) for x in pair.split(':')) for pair in text.split(',')]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N:lr,N:lr (e.g. 16.5e3:0.012,948e3:0.006), got {text!r}")
+
+
+JSON_HELP = "write the results as JSON here (plan, budget: the plan); '-': on stdout, the report then on stderr"
 
 
 def parse_args(argv):
@@ -85,7 +88,7 @@ def parse_args(argv):
     f.add_argument('--delta', type=float, default=1e-3, help='Huber delta')
     f.add_argument('--rtol', type=float, default=0.1, help='relative spread of C within one IsoFLOP budget')
     f.add_argument('--seed', type=int, default=0)
-    f.add_argument('--json', help='write results here')
+    f.add_argument('--json', metavar='FILE', help=JSON_HELP)
     f.add_argument('--plots', help='write PNG figures to this directory (needs matplotlib)')
     f.add_argument('--skip_bad', action='store_true', help='leave out unreadable or diverged runs with a warning')
     f.add_argument('--include_unfinished', action='store_true')
@@ -118,7 +121,7 @@ def parse_args(argv):
                    'point may move to share a checkpoint grid with the size\'s other branch points')
     p.add_argument('--train_config', help='a train.py config file to put first on every command line')
     p.add_argument('--train_args', default='', help='more --key=value for train.py, e.g. "--dtype=\'bfloat16\'"')
-    p.add_argument('--json', help='write the plan here')
+    p.add_argument('--json', metavar='FILE', help=JSON_HELP)
     p.add_argument('--run', action='store_true', help='run the sweep now; finished runs are skipped')
     p.add_argument('--keep_going', action='store_true', help='with --run: go on after a failed run')
     p.add_argument('--jobs', type=int, default=1, help='with --run: runs at once, each with cores/jobs threads')
@@ -133,7 +136,7 @@ def parse_args(argv):
     b.add_argument('--losses', type=_floats, help='losses of the B_crit table (default: 5 across the data)')
     b.add_argument('--ci', type=float, default=0.95)
     b.add_argument('--seed', type=int, default=0)
-    b.add_argument('--json', help='write results here')
+    b.add_argument('--json', metavar='FILE', help=JSON_HELP)
     b.add_argument('--plots', help='write bcrit.png to this directory (needs matplotlib)')
     h = sub.add_parser('hparams', help='fit the best learning rate (and batch size) as power laws in compute')
     h.add_argument('inputs', nargs='+', help='run dirs, log.jsonl files or sweep dirs of an LR / batch-size sweep')
@@ -143,7 +146,7 @@ def parse_args(argv):
     h.add_argument('--ci', type=float, default=0.95)
     h.add_argument('--seed', type=int, default=0)
     h.add_argument('--skip_bad', action='store_true', help='leave out unreadable or diverged runs with a warning')
-    h.add_argument('--json', help='write results here (plan --lr_law reads it)')
+    h.add_argument('--json', metavar='FILE', help=JSON_HELP)
     g = sub.add_parser('budget', help='from compute or GPUs x hours to a model, tokens, batch, lr, time, cost and a '
                        'train.py config (docs/budget.md)')
     g.add_argument('--compute', type=float, help="the law's budget C = 6ND, FLOPs")
@@ -176,7 +179,7 @@ def parse_args(argv):
     g.add_argument('--ci', type=float, default=0.95)
     g.add_argument('--out', help='write a train.py config here, and the plan next to it (.plan.json)')
     g.add_argument('--out_dir', help="the config's out_dir (default: out-<config name>)")
-    g.add_argument('--json', help='write the plan here')
+    g.add_argument('--json', metavar='FILE', help=JSON_HELP)
     g.add_argument('--check', metavar='RUN_DIR', help="compare a finished run's log.jsonl with the plan")
     g.add_argument('--plan', help='with --check: a saved plan (.plan.json) instead of planning again from the '
                    'options')
@@ -184,7 +187,17 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def cmd_fit(a):
+def with_options(fn, a, **kw):
+    """fn called with the options named as its parameters, kw added."""
+    return fn(**{**{k: v for k, v in vars(a).items() if k in inspect.signature(fn).parameters}, **kw})
+
+
+def results_doc(a, summary):
+    """The --json document of fit, bcrit and hparams: the inputs, every other option, the results."""
+    return dict(inputs=a.inputs, options={k: v for k, v in vars(a).items() if k != 'inputs'}, results=summary)
+
+
+def cmd_fit(a, emit):
     if not 0 < a.ci < 1 or a.bootstrap < 0 or a.boot_starts < 1 or not a.delta > 0:
         raise ScalingError("need 0 < --ci < 1, --bootstrap >= 0, --boot_starts >= 1 and --delta > 0")
     runs = load(a.inputs, a.n, a.compute, a.loss, a.skip_bad, a.include_unfinished, a.include_stable)
@@ -195,21 +208,13 @@ def cmd_fit(a):
     print(f"{len(runs)} runs: N {min(r.N for r in runs):.3g}..{max(r.N for r in runs):.3g}, "
           f"C {min(r.C[-1] for r in runs):.3g}..{max(r.C[-1] for r in runs):.3g} (N {a.n}, C {a.compute})")
     print(text)
-    if a.json:
-        write_json(a.json, dict(inputs=a.inputs, options={k: v for k, v in vars(a).items() if k != 'inputs'},
-                                results=summary))
-    if a.plots:
-        for path in plots.plots(results, runs, a.plots, budgets, a.ci):
-            print(f"wrote {path}")
+    emit(results_doc(a, summary))
+    for path in plots.plots(results, runs, a.plots, budgets, a.ci) if a.plots else []:
+        print(f"wrote {path}")
 
 
-def cmd_plan(a):
-    keys = ('budgets sizes span tokens_per_param aspect head_dim block_size batch_size total_batch_size '
-            'learning_rate min_lr_ratio warmup_frac evals eval_iters checkpoints data_dir vocab_size '
-            'out_root seed schedule train_config train_args min_steps lr_points branch cooldown_frac '
-            'branch_snap').split()
-    lr_law = hparams.read_lr_law(a.lr_law) if a.lr_law else None
-    rows = sweep.plan(**{k: getattr(a, k) for k in keys}, lr_law=lr_law)
+def cmd_plan(a, emit):
+    rows = with_options(sweep.plan, a, lr_law=hparams.read_lr_law(a.lr_law) if a.lr_law else None)
     if a.branch:
         spent, separate = sweep.plan_compute(rows)
         stable = [r for r in rows if r['kind'] == 'stable']
@@ -218,20 +223,16 @@ def cmd_plan(a):
               f"{len(stable)} stable runs + {len(rows) - len(stable)} branches, {spent:.3g} FLOPs in all (C = 6ND: "
               f"stable runs {trunk:.3g} + cooldowns {spent - trunk:.3g}); the same grid as separate runs: "
               f"{separate:.3g} FLOPs ({1 - spent / separate:.0%} saved)")
-        print(f"# {'name':<26} {'N':>9} {'L':>3} {'d':>5} {'steps':>7} {'from':>7} {'cool':>6} {'D':>9} {'D/N':>6} "
-              f"{'epochs':>6}")
     else:
         print(f"# IsoFLOP sweep: {len(rows)} runs, {sum(r['C'] for r in rows):.3g} FLOPs in all (C = 6ND)")
-        print(f"# {'name':<20} {'N':>9} {'L':>3} {'d':>5} {'steps':>7} {'D':>9} {'D/N':>6} {'epochs':>6}")
+    w = 26 if a.branch else 20  # with --branch: where each run starts (its branch point) and its cooldown steps
+    print(f"# {'name':<{w}} {'N':>9} {'L':>3} {'d':>5} {'steps':>7} "
+          + (f"{'from':>7} {'cool':>6} " if a.branch else "") + f"{'D':>9} {'D/N':>6} {'epochs':>6}")
     for r in rows:
         c, ep = r['config'], f"{r['epochs']:.2f}" if r['epochs'] else '?'
-        if a.branch:
-            start, cool = (r['branch_step'], c['cooldown_iters']) if r['kind'] == 'branch' else ('-', 0)
-            print(f"# {r['name']:<26} {r['N']:>9.3g} {c['n_layer']:>3} {c['n_embd']:>5} {c['max_iters']:>7} "
-                  f"{start:>7} {cool:>6} {r['D']:>9.3g} {r['tokens_per_param']:>6.1f} {ep:>6}")
-        else:
-            print(f"# {r['name']:<20} {r['N']:>9.3g} {c['n_layer']:>3} {c['n_embd']:>5} {c['max_iters']:>7} "
-                  f"{r['D']:>9.3g} {r['tokens_per_param']:>6.1f} {ep:>6}")
+        start = f"{r.get('branch_step', '-'):>7} {c['cooldown_iters']:>6} " if a.branch else ""
+        print(f"# {r['name']:<{w}} {r['N']:>9.3g} {c['n_layer']:>3} {c['n_embd']:>5} {c['max_iters']:>7} {start}"
+              f"{r['D']:>9.3g} {r['tokens_per_param']:>6.1f} {ep:>6}")
     for r in rows:
         if r.get('kind') == 'stable':
             c = r['config']
@@ -241,14 +242,13 @@ def cmd_plan(a):
                   f"{', '.join(map(str, r['checkpoint_steps']))}")
     for r in rows:
         print(r['cmd'])
-    if a.json:
-        write_json(a.json, dict(options=vars(a), runs=rows))
+    emit(dict(options=vars(a), runs=rows))
     if a.run:
         sys.stdout.flush()  # the plan before the runs' own output
         sweep.run_plan(rows, a.train_script, a.keep_going, a.jobs)
 
 
-def cmd_bcrit(a):
+def cmd_bcrit(a, emit):
     if not 0 < a.ci < 1 or a.bootstrap < 0 or a.block < 0 or a.min_step < 0:
         raise ScalingError("need 0 < --ci < 1 and --bootstrap, --block, --min_step >= 0")
     series, dropped = bcrit.load_noise(a.inputs, a.min_step)
@@ -257,28 +257,22 @@ def cmd_bcrit(a):
     print(text)
     if dropped:
         print(f"   note: {dropped} record(s) without a positive B_simple left out (|G|^2 estimate not yet > 0)")
-    if a.json:
-        write_json(a.json, dict(inputs=a.inputs, options={k: v for k, v in vars(a).items() if k != 'inputs'},
-                                results=summary))
-    if a.plots:
-        for path in plots.plot_bcrit(res, series, a.plots, a.ci):
-            print(f"wrote {path}")
+    emit(results_doc(a, summary))
+    for path in plots.plot_bcrit(res, series, a.plots, a.ci) if a.plots else []:
+        print(f"wrote {path}")
 
 
-def cmd_hparams(a):
+def cmd_hparams(a, emit):
     if not 0 < a.ci < 1 or a.bootstrap < 0:
         raise ScalingError("need 0 < --ci < 1 and --bootstrap >= 0")
     runs = load(a.inputs, 'total', a.compute, 'val', a.skip_bad)
-    results = hparams.fit(runs, a.rtol, a.bootstrap, a.seed)
-    summary, text = hparams.summarize(results, a.ci)
+    summary, text = hparams.summarize(hparams.fit(runs, a.rtol, a.bootstrap, a.seed), a.ci)
     print(f"{len(runs)} runs, C {min(r.C[-1] for r in runs):.3g}..{max(r.C[-1] for r in runs):.3g} (C {a.compute})")
     print(text)
-    if a.json:
-        write_json(a.json, dict(inputs=a.inputs, options={k: v for k, v in vars(a).items() if k != 'inputs'},
-                                results=summary))
+    emit(results_doc(a, summary))
 
 
-def cmd_budget(a):
+def cmd_budget(a, emit):
     if not 0 < a.ci < 1 or not a.rtol > 0 or a.max_micro_batch < 1:
         raise ScalingError("need 0 < --ci < 1, --rtol > 0 and --max_micro_batch >= 1")
     if a.plan:
@@ -288,16 +282,11 @@ def cmd_budget(a):
         if 'n_params' not in p or 'tokens_per_s' not in p:
             raise ScalingError(f"{a.plan}: not a plan written by scaling.py budget")
     else:
-        keys = ('compute gpu peak_tflops gpus hours mfu bench params tokens price law fit_method block_size aspect '
-                'head_dim data_dir vocab_size max_micro_batch warmup_frac gpu_memory ci').split()
-        p = budget.plan(**{k: getattr(a, k) for k in keys}, hparams_file=a.hparams, bcrit_file=a.bcrit,
-                        base_config=a.base)
+        p = with_options(budget.plan, a, hparams_file=a.hparams, bcrit_file=a.bcrit, base_config=a.base)
     if a.check:
         rows, text = budget.check(p, a.check, a.rtol)
         print(text)
-        if a.json:
-            write_json(a.json, dict(plan=p, check=rows))
-        return
+        return emit(dict(plan=p, check=rows))
     print(budget.report(p))
     if a.out:
         name = os.path.splitext(os.path.basename(a.out))[0]
@@ -305,14 +294,30 @@ def cmd_budget(a):
         plan_path = os.path.splitext(a.out)[0] + '.plan.json'
         write_json(plan_path, p)
         print(f"wrote {a.out} and {plan_path}")
-    if a.json:
-        write_json(a.json, p)
+    emit(p)
+
+
+def run(cmd, a):
+    """cmd(a, emit): emit(doc) writes --json FILE; with --json - it prints the JSON on stdout, which carries nothing
+    else (`scaling.py fit runs --json - | jq`): the report, and the console of every run `plan --run` starts (they
+    inherit the file descriptor), go to stderr."""
+    if a.json != '-':
+        return cmd(a, lambda doc: write_json(a.json, doc) if a.json else None)
+    sys.stdout.flush()
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(stdout), 'w') as out, contextlib.redirect_stdout(sys.stderr):
+            cmd(a, lambda doc: print(json.dumps(doc, indent=2), file=out, flush=True))
+    finally:
+        os.dup2(stdout, 1)
+        os.close(stdout)
 
 
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    cli(lambda: dict(fit=cmd_fit, plan=cmd_plan, bcrit=cmd_bcrit, hparams=cmd_hparams, budget=cmd_budget)[a.cmd](a),
-        (ScalingError, configurator.ConfigError),
+    cmd = dict(fit=cmd_fit, plan=cmd_plan, bcrit=cmd_bcrit, hparams=cmd_hparams, budget=cmd_budget)[a.cmd]
+    cli(lambda: run(cmd, a), (ScalingError, configurator.ConfigError),
         interrupted="interrupted: rerun the same command to continue (finished runs are skipped)")
 
 

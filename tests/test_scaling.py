@@ -373,6 +373,18 @@ def test_fit_cli_end_to_end_with_json_and_plots(tmp_path, capsys):
     assert all(open(tmp_path / 'figs' / f, 'rb').read(8) == b'\x89PNG\r\n\x1a\n' for f in figs)
 
 
+def test_fit_json_dash_puts_only_the_json_on_stdout(tmp_path, capfd):
+    """issue 35: `--json -` writes the JSON to stdout (`scaling.py fit runs --json - | jq`), the report to stderr;
+    capfd, not capsys: the JSON goes to file descriptor 1, which the runs of plan --run share."""
+    write_sweep(tmp_path / 'sweep', budgets=(1e18, 1e19))
+    code, out, err = run_cli(['fit', str(tmp_path / 'sweep'), '--method', 'approach2', '--json', '-'], capfd)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc['options']['json'] == '-' and [r['method'] for r in doc['results']] == ['approach2']
+    assert doc['results'][0]['params']['a'] == pytest.approx(TRUTH['a'], abs=0.05)
+    assert 'compute-optimal (approach2)' in err and 'compute-optimal' not in out
+
+
 def test_fit_without_matplotlib_says_how_to_get_plots(tmp_path, capsys, monkeypatch):
     write_sweep(tmp_path / 'sweep', budgets=(1e18, 1e19))
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib now raises ImportError

@@ -106,19 +106,15 @@ def summarize(res, losses=None, ci=0.95):
     q = [50 * (1 - ci), 50 * (1 + ci)]
     cis = {}
     if boot:
-        # intervals of log B_star and 1/alpha_B (the fitted line's intercept and slope); alpha_B's follows by
-        # inversion, unbounded above when the slope's interval reaches 0 (B_simple not falling with the loss)
+        # intervals of log B_star and 1/alpha_B (the fitted line's intercept and slope); alpha_B's by inversion, which
+        # maps [m_lo, m_hi] onto an interval only when it excludes 0 (B_simple clearly falling with the loss): across
+        # 0 the set of alpha_B is two rays, (-inf, 1/m_lo] and [1/m_hi, inf), and the slope's interval says more
         m_lo, m_hi = np.percentile([b['inv_alpha_B'] for b in boot], q)
-        # 1/m maps [m_lo, m_hi] onto an interval only when it excludes 0; across 0 the set of alpha_B is two
-        # rays, (-inf, 1/m_lo] and [1/m_hi, inf): no interval, and the slope's interval says more
         cis = dict(B_star=np.percentile([b['B_star'] for b in boot], q).tolist(), inv_alpha_B=[m_lo, m_hi],
                    alpha_B=sorted([1 / m_lo, 1 / m_hi]) if m_lo > 0 or m_hi < 0 else None)
-        sims = np.array([law(b, losses) for b in boot])
-        table_ci = np.percentile(sims, q, axis=0)
     table = [dict(loss=float(l), B_crit=float(law(p, l))) for l in losses]
-    for j, row in enumerate(table):
-        if boot:
-            row['B_crit_ci'] = table_ci[:, j].tolist()
+    for row, ends in zip(table, np.percentile([law(b, losses) for b in boot], q, axis=0).T if boot else []):
+        row['B_crit_ci'] = ends.tolist()
     s = {k: v for k, v in res.items() if k != 'boot'}
     s.update(ci=cis, ci_level=ci, n_boot_ok=len(boot), table=table, kaplan=KAPLAN)
     how = ("points resampled one by one (ignores their autocorrelation: too narrow)" if res['block'] == 1 else

@@ -349,8 +349,7 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
     loss = loss_at(law, N, D)
     lr_k, lr_s = hparams.read_lr_law(hparams_file) if hparams_file else hparams.KNOBS['lr'][2]
     lr_source = f"eta_opt = {lr_k:.4g} C^{lr_s:.4g} ({hparams_file if hparams_file else 'DeepSeek LLM 2024, sec. 3.1'})"
-    b_k, b_s = hparams.KNOBS['batch'][2]
-    b_source = 'DeepSeek LLM 2024, sec. 3.1'
+    (b_k, b_s), b_source = hparams.KNOBS['batch'][2], 'DeepSeek LLM 2024, sec. 3.1'
     if hparams_file:
         fitted = ((read_json(hparams_file).get('results') or {}).get('batch') or {})
         if isinstance(fitted.get('k'), (int, float)) and isinstance(fitted.get('s'), (int, float)):
@@ -407,18 +406,15 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
                min_lr=float(f"{learning_rate / 10:.3g}"), lr_source=lr_source, warmup_iters=warmup,
                memory={k: int(v) for k, v in mem.items()}, gpu_memory_gib=mem_gib,
                parallel=parallel if mem_gib else None, activation_checkpointing=checkpointing, gpu=gpu_name,
-               gpus=gpus,
-               peak_tflops=peak / 1e12 if peak else None, mfu=mfu if hw else None, price=price,
+               gpus=gpus, peak_tflops=peak / 1e12 if peak else None, mfu=mfu if hw else None, price=price,
                data_dir=data_dir, base_config=base_config, base=base, notes=notes,
                model_knobs={k: knobs[k] for k in MODEL_FIELDS if k in knobs and k not in shape and k != 'block_size'})
     ivals, out['interval_note'] = intervals(law, C, N, D_run, ci)
     out.update({f"{k}_interval": v for k, v in ivals.items()})
     if hw:
-        tok_s = gpus * peak * mfu / fpt
-        out.update(tokens_per_s=tok_s, tokens_per_s_per_gpu=tok_s / gpus,
-                   hours=wall_hours(D_run, gpus, peak, mfu, fpt))
-        out['gpu_hours'] = out['hours'] * gpus
-        out['cost'] = out['gpu_hours'] * price if price else None
+        tok_s, h = gpus * peak * mfu / fpt, wall_hours(D_run, gpus, peak, mfu, fpt)
+        out.update(tokens_per_s=tok_s, tokens_per_s_per_gpu=tok_s / gpus, hours=h, gpu_hours=h * gpus,
+                   cost=h * gpus * price if price else None)
         if hours and abs(out['hours'] / hours - 1) > 0.02 and source != 'GPUs x hours x MFU':
             raise ScalingError(f"over-specified: the {source} budget takes {out['hours']:.3g} h on {gpus} GPUs at "
                                f"MFU {mfu:.2f}, --hours says {hours:g}; drop one of them")

@@ -33,19 +33,15 @@ KNOBS = {  # name -> (what it is, unit, DeepSeek LLM's law (k, s) for reference)
 
 def points(runs):
     """-> arrays (compute C, planned budget, final loss, peak lr, batch tokens) from train.py logs."""
-    C, budget, L, lr, B = [], [], [], [], []
+    rows = []
     for r in runs:
         cfg = r.record.get('config') or {}
         b = r.record.get('tokens_per_step') or cfg.get('total_batch_size')
         if not isinstance(cfg.get('learning_rate'), (int, float)) or not isinstance(b, (int, float)):
             raise ScalingError(f"{r.name}: hparams needs train.py logs whose 'run' record has config.learning_rate "
                                f"and tokens_per_step (a CSV point has neither)")
-        C.append(r.C[-1])
-        budget.append(r.budget or r.C[-1])
-        L.append(r.L[-1])
-        lr.append(cfg['learning_rate'])
-        B.append(b)
-    return tuple(np.array(v, float) for v in (C, budget, L, lr, B))
+        rows.append((r.C[-1], r.budget or r.C[-1], r.L[-1], cfg['learning_rate'], b))
+    return tuple(np.array(v, float) for v in zip(*rows))
 
 
 def vertex(x, L, what):
@@ -134,13 +130,10 @@ def summarize(results, ci=0.95):
     out, lines = {}, []
     for knob, res in results.items():
         what, unit, (dk, ds) = KNOBS[knob]
-        if res is None:
-            out[knob] = None
-            lines += ["", f"== {what}: not swept within any budget, no law"]
-            continue
-        if 'k' not in res:
+        if res is None or 'k' not in res:
             out[knob] = res
-            lines += ["", f"== {what}: no law: {res['error']}"]
+            lines += ["", f"== {what}: " + ("not swept within any budget, no law" if res is None else
+                                            f"no law: {res['error']}")]
             continue
         boot = res.get('boot') or []
         cis = {p: np.percentile([b[p] for b in boot], q).tolist() for p in ('k', 's')} if boot else {}

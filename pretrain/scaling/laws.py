@@ -1,11 +1,7 @@
 """
 Scaling laws of the loss: Kaplan et al. 2020 and Chinchilla (Hoffmann et al. 2022) approaches 1-3, fitted to the
-runs runlog.py reads, with bootstrap intervals, compute-optimal tables and the text report.
-
-Conventions. N counts all parameters by default (Chinchilla does; Pearce & Song 2024 show that dropping embeddings
-biases small-scale exponents). C = 6*N*D by default; IsoFLOP groups always follow the planned budget
-(6 * total N * D, within rtol). Every nonlinear fit minimises the summed Huber loss (delta 1e-3) of log-loss
-residuals, as in Chinchilla's appendix D.2, with a batched float64 L-BFGS from a grid of starts.
+runs runlog.py reads, with bootstrap intervals, compute-optimal tables and the text report. The conventions (N, C,
+IsoFLOP groups, the summed Huber loss of Chinchilla's appendix D.2): scaling.py's docstring.
 """
 import itertools
 import math
@@ -17,10 +13,7 @@ from pretrain.scaling.runlog import Run, ScalingError, all_points, final_points,
 # -----------------------------------------------------------------------------
 # a batched L-BFGS: thousands of independent starts advance together, each with its own history and line search
 
-EPS = np.finfo(np.float64).eps
-
-
-def lbfgs(fun, x0, m=10, max_iter=1000, gtol=1e-5, ftol=1e7 * EPS, max_ls=30):
+def lbfgs(fun, x0, m=10, max_iter=1000, gtol=1e-5, ftol=1e7 * np.finfo(np.float64).eps, max_ls=30):
     """Minimise fun independently from every row of x0. fun(x, idx) -> (f (S,), grad (S, P)) for rows idx.
     Two-loop recursion (Nocedal & Wright alg. 7.4), Armijo backtracking plus step doubling while the curvature
     condition fails. Stops per row with scipy L-BFGS-B's defaults, the optimizer Chinchilla's fit is believed to have
@@ -395,8 +388,7 @@ def fit_kaplan(runs, irreducible=False, points='final', delta=1e-3, warm=None):
     X, slopes = np.stack([np.log(N), np.log(D)]), np.array([np.nan, 1.0])
     starts = list(itertools.product((0, 10, 20, 30, 40), (0, 10, 20, 30, 40), (.5, 1, 2), (.05, .1, .3)))
     th, _, new_warm['eq15'] = best_fit(X, np.log(L), slopes, warm.get('eq15', starts), scaled=True, delta=delta)
-    p.update(alpha_N_eq15=th[2] * th[3], alpha_D_eq15=th[3], N_c_eq15=_exp(th[0] / th[2]),
-             D_c_eq15=_exp(th[1]))
+    p.update(alpha_N_eq15=th[2] * th[3], alpha_D_eq15=th[3], N_c_eq15=_exp(th[0] / th[2]), D_c_eq15=_exp(th[1]))
     Nopt, Dopt = _winners(curves, Cg, win)
     (a, kN), (b, kD) = fit_power(Cg, Nopt), fit_power(Cg, Dopt)
     p.update(a=a, N_coef=kN, b=b, D_coef=kD)
@@ -484,7 +476,6 @@ def fit(runs, method='all', points='final', how='parabola', irreducible=False, b
     for f_ in failed:
         warn(f"skipped {f_}")
     return results
-
 
 
 # -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ def pyplot():
 
 
 def _save(plt, fig, ax, path, xl, yl, title):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     ax.set(xscale='log', xlabel=xl, ylabel=yl, title=title)
     ax.grid(alpha=.3, which='both')
     if ax.get_legend_handles_labels()[0]:
@@ -34,13 +35,11 @@ def _save(plt, fig, ax, path, xl, yl, title):
     return path
 
 
-
 def plots(results, runs, outdir, budgets, ci=0.95):
     """The loss-law figures; returns the paths written ([] without matplotlib)."""
     plt = pyplot()
     if plt is None:
         return []
-    os.makedirs(outdir, exist_ok=True)
     by, written = {r['method']: r for r in results}, []
     D, C, L, N = final_points(runs)
     cmap = plt.get_cmap('viridis')
@@ -109,7 +108,6 @@ def plot_bcrit(res, series, outdir, ci=0.95):
     plt = pyplot()
     if plt is None:
         return []
-    os.makedirs(outdir, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, L, B in series:
         ax.plot(L, B, '.', ms=3, alpha=.6, label=name if len(series) <= 8 else None)

@@ -1,12 +1,10 @@
 """
 Reading what the scaling-law fits take as input: train.py's run logs and CSV points.
 
-A run log is <out_dir>/log.jsonl, one JSON object per line; the contract is DESIGN.md in this repo (the run log).
-A 'run' record (n_params, n_params_nonembed, flops_per_token, tokens_per_step, config {every train.py knob},
-model {...}), 'train' records (step, tokens, flops, lr, loss, ...), 'eval' records (step, tokens, flops, val_loss
-[, val_bpb]), 'noise' records (the gradient noise scale, read by bcrit.py) and 'hellaswag' records. Readers keep
-the types they use and ignore every other type, so new record types never break an old reader. Steps replayed
-after a resume appear twice: the LAST record per (type, step) wins.
+A run log is <out_dir>/log.jsonl, one JSON object per line: 'run', 'train', 'eval', 'noise' (read by bcrit.py) and
+'hellaswag' records, their fields in DESIGN.md (the run log). Readers keep the types they use and ignore every
+other type, so new record types never break an old reader. Steps replayed after a resume appear twice: the LAST
+record per (type, step) wins.
 
 Everything here raises ScalingError with one line naming the file (and line) for bad input; the scripts print it
 as `error: ...` and exit 1.
@@ -55,8 +53,7 @@ class Run:
     record: dict = field(default_factory=dict)  # the log's 'run' record (config, tokens_per_step, ...); {} for CSV
 
 
-# record types keyed by step (the last record per (type, step) wins); every other type but 'run' is ignored
-STEP_TYPES = ('train', 'eval', 'noise')
+STEP_TYPES = ('train', 'eval', 'noise')   # keyed by step; every other type but 'run' is ignored
 
 
 def records(path):
@@ -127,8 +124,7 @@ def load_log(path, n='total', compute='6nd', loss='val'):
     finished = max_iters is None or ('eval', max_iters) in by_step
     name = os.path.basename(os.path.dirname(os.path.abspath(path)))
     budget = 6.0 * runs[-1]['n_params'] * D[-1] if isinstance(runs[-1].get('n_params'), (int, float)) else C[-1]
-    return Run(name, float(N), np.array(D, float), np.array(C, float), np.array(L, float), budget,
-               runs[-1]), finished
+    return Run(name, float(N), *(np.array(v, float) for v in (D, C, L)), budget, runs[-1]), finished
 
 
 def load_csv(path):
@@ -207,7 +203,7 @@ def load(inputs, n='total', compute='6nd', loss='val', skip_bad=False, include_u
     return runs
 
 
-def final_points(runs):
+def final_points(runs):   # -> arrays D, C, L, N
     return tuple(np.array([getattr(r, k)[-1] for r in runs]) for k in 'DCL') + (np.array([r.N for r in runs]),)
 
 

@@ -12,12 +12,8 @@ Two layouts.
   cooldown branch from the stable run's checkpoint at step S - c (S its steps, c = round(cooldown_frac * S) its
   cooldown). Hägele et al. find such cooldowns match cosine runs of the same length at a fraction of the compute.
 
-train.py's interface for the branched layout: the stable run gets --schedule='wsd' --cooldown_iters=0
---max_iters=<its last branch point> --checkpoint_interval=<one that hits every branch point> --keep_checkpoints=0
-(every checkpoint kept as <out_dir>/ckpt_<step:06d>.pt); a branch gets --init_from='resume'
---branch_from='<stable out_dir>/ckpt_<k:06d>.pt' --out_dir=<its own dir> --schedule='wsd' --max_iters=S
---cooldown_iters=c and the stable run's model, data and learning-rate knobs. A branch with a checkpoint in its own
-out_dir resumes from that (train.py prefers it), so rerunning a plan continues it.
+The command lines of the branched layout: branched(). A branch with a checkpoint in its own out_dir resumes from
+that (train.py prefers it to --branch_from), so rerunning a plan continues it.
 """
 import math
 import os
@@ -107,8 +103,10 @@ def model_counter(data_dir, vocab_size, block_size, train_config, train_args):
     return count, vocab_size, (meta.get('train') or {}).get('tokens'), extra
 
 
-def _nname(N):
-    return f"N{N / 1e3:.0f}k" if N < 1e6 else f"N{N / 1e6:.3g}M"
+def _nname(N, C=None):
+    """N17k, N1.5M; with a budget: C1e13_N17k."""
+    name = f"N{N / 1e3:.0f}k" if N < 1e6 else f"N{N / 1e6:.3g}M"
+    return name if C is None else f"C{C:g}_{name}".replace('e+', 'e')
 
 
 def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_dim=16, block_size=256,
@@ -116,14 +114,12 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
          eval_iters=20, checkpoints=4, data_dir='data/shakespeare_bytes', vocab_size=None, out_root='out-sweep',
          seed=1337, schedule='cosine', train_config=None, train_args='', min_steps=20, lr_points=None,
          lr_law=None, branch=False, cooldown_frac=0.2, branch_snap=0.02):
-    """An IsoFLOP sweep: per budget C, `sizes` models log-spaced over a factor `span` around the prior optimum
-    N = sqrt(C / (6 tokens_per_param)) (Chinchilla's ~20 tokens per parameter), D = C / (6N) tokens, steps =
-    round(D / total_batch_size), warm-up warmup_frac of the steps, cosine to min_lr at the last step, `evals`
-    evaluations per run. The peak learning rate: learning_rate; or lr_points [(N, lr), ...], measured optima, through
-    which a power law in N sets each run's (Kaplan et al. 2020 eq. D.1: the best rate falls with model size); or
-    lr_law (k, s), eta_opt = k C^s at the run's budget (hparams.py's fit, DeepSeek LLM 2024 sec. 3.1).
-    branch=True lays the same grid out as stable runs and cooldown branches (branched()). Returns one dict per
-    run with its train.py command line."""
+    """An IsoFLOP sweep -> one dict per run with its train.py command line: per budget C, `sizes` models log-spaced
+    over a factor `span` around the prior optimum N = sqrt(C / (6 tokens_per_param)) (Chinchilla's ~20 tokens per
+    parameter), each trained on D = C / (6N) tokens. The peak learning rate: learning_rate; or a power law in N
+    through lr_points [(N, lr), ...], measured optima (Kaplan et al. 2020 eq. D.1: the best rate falls with model
+    size); or lr_law (k, s), eta_opt = k C^s at the run's budget (hparams.py's fit, DeepSeek LLM 2024 sec. 3.1).
+    branch=True lays the same grid out as stable runs and cooldown branches (branched())."""
     if sizes < 1 or (sizes > 1 and not span > 1) or not tokens_per_param > 0 or not 0 <= warmup_frac < 1:
         raise ScalingError("need --sizes >= 1, --span > 1, --tokens_per_param > 0 and 0 <= --warmup_frac < 1")
     if lr_points and lr_law:
@@ -160,10 +156,7 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
                                    f"(fewer than {min_steps}): lower --total_batch_size or raise the budget")
             cells.append((float(C), s, counts, steps))
 
-    def lr_at(N, C):
-        if lr_law:
-            return float(f'{lr_law[0] * C ** lr_law[1]:.4g}')
-        return lr_for(N, learning_rate, lr_points)
+    lr_at = lambda N, C: float(f'{lr_law[0] * C ** lr_law[1]:.4g}') if lr_law else lr_for(N, learning_rate, lr_points)
 
     def row(name, budget, counts, steps, cfg):
         cfg = dict(out_dir=os.path.join(out_root, name), **cfg, seed=seed)
@@ -180,11 +173,10 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
     else:
         rows = []
         for C, s, counts, steps in cells:
-            N = counts['n_params']
-            name = (f"C{C:g}_{_nname(N)}").replace('e+', 'e')
+            name = _nname(counts['n_params'], C)
             if any(r['name'] == name for r in rows):
                 name += f"_L{s['n_layer']}d{s['n_embd']}"
-            lr = lr_at(N, C)
+            lr = lr_at(counts['n_params'], C)
             rows.append(row(name, C, counts, steps, dict(
                 **base(s), max_iters=steps, warmup_iters=max(1, round(warmup_frac * steps)),
                 lr_decay_iters=steps, learning_rate=lr, min_lr=float(f'{lr * min_lr_ratio:.6g}'), schedule=schedule,
@@ -254,8 +246,7 @@ def branched(cells, row, lr_at, base, cooldown_frac, snap, warmup_frac, min_lr_r
         stable.update(kind='stable', flops_run=stable['C'], checkpoint_steps=sorted({k for _, k, _ in pts}))
         stables.append(stable)
         for (C, _, _, _), (S, k, c) in zip(group, pts):
-            bname = (f"C{C:g}_{_nname(N)}").replace('e+', 'e') + name[len(_nname(N)):-len('_stable')]
-            b = row(bname, C, counts, S, dict(
+            b = row(_nname(N, C) + name[len(_nname(N)):-len('_stable')], C, counts, S, dict(
                 init_from='resume', branch_from=os.path.join(stable['config']['out_dir'], f"ckpt_{k:06d}.pt"),
                 **knobs, max_iters=S, cooldown_iters=c, eval_interval=max(1, S // evals),
                 checkpoint_interval=max(1, math.ceil(c / checkpoints))))
