@@ -95,10 +95,9 @@ def open_split(data_dir, split, tokenizer, model):
 
 
 def bpb(model, tokenizer, loader, rt, batch_size, max_seqs=None):
-    """Loss and bits per byte of the model on sequences 0..n-1 of block_size tokens (all of the loader's, or the
-    first max_seqs) -> {'loss', 'bpb', 'tokens', 'bytes', 'seqs'}. The loss is training.evaluate's (each rank its
-    share, all-reduced); the bytes are the UTF-8 bytes that exactly the target tokens spell (end-of-text spells
-    none), counted by each rank for its share and summed."""
+    """Loss and bits per byte of the model on the loader's first n = max_seqs (default all) sequences -> {'loss',
+    'bpb', 'tokens', 'bytes', 'seqs'}: training.evaluate's loss, and the UTF-8 bytes that exactly the target tokens
+    spell (end-of-text spells none); each rank takes its share of both, and they are summed."""
     n = loader.n_chunks if max_seqs is None else min(max_seqs, loader.n_chunks)
     loss = evaluate(model, loader, n, rt, batch_size)
     lo, hi = rt.rank * n // rt.world, (rt.rank + 1) * n // rt.world

@@ -7,11 +7,11 @@ Export a checkpoint as a Hugging Face model directory: transformers, lm-evaluati
 
 GPT-2-style models (learned positions, LayerNorm, GELU) become GPT2LMHeadModel, Llama-style models (RoPE, RMSNorm,
 SwiGLU, any number of kv heads) LlamaForCausalLM; a knob neither computes (qk_norm, relu2, logit_softcap, a mixed
-block) is refused. hf_dir gets config.json, model.safetensors, generation_config.json and the tokenizer's files;
-it is written whole or not at all (pretrain/hf_export.py says how and why the logits agree). With --pt_path
-instead, the checkpoint is written as one single-file checkpoint (what a DDP run writes: weights, optimizer,
-step, data position), a sharded one (train.py --parallel=fsdp) gathered whole in this one process
-(docs/parallel.md); every script reads sharded checkpoints directly, so this is for copying a run elsewhere. Then:
+block) is refused. hf_dir gets config.json, model.safetensors, generation_config.json and the tokenizer's files,
+written whole or not at all (pretrain/hf_export.py says how, and why the logits agree). --pt_path instead writes
+one single-file checkpoint (what a DDP run writes: weights, optimizer, step, data position), a sharded one
+(train.py --parallel=fsdp) gathered whole in this process; every script reads sharded checkpoints directly, so
+this is for copying a run elsewhere (docs/parallel.md). Then:
 
     python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('hf/my-model')"
     lm_eval --model hf --model_args pretrained=hf/my-model --tasks hellaswag      # docs/export.md
@@ -37,8 +37,7 @@ DEFAULTS = knobs(globals())
 
 
 def run(cfg):
-    """Export cfg['out_dir']'s checkpoint into cfg['hf_dir'] (returns (class name, files written)) or into the
-    single file cfg['pt_path'] (returns ('pt', [pt_path]))."""
+    """Export cfg['out_dir']'s checkpoint into hf_dir -> (class name, files) or pt_path -> ('pt', [pt_path])."""
     if not cfg['hf_dir'] and not cfg['pt_path']:
         raise ConfigError("hf_dir must name the directory to write, e.g. --hf_dir=hf/my-model (or pt_path a "
                           "single-file checkpoint to write, e.g. --pt_path=out/whole.pt)")

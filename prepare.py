@@ -82,14 +82,13 @@ class TextFiles:
     """Documents of .txt/.md files (one each) and .jsonl files (one per line, field 'text'), read lazily."""
 
     def __init__(self, files, bad_utf8="error"):
-        self.files, self.bad_utf8, self.replaced = files, bad_utf8, []
-        self.n_docs = 0
+        self.files, self.bad_utf8, self.replaced, self.n_docs = files, bad_utf8, [], 0
         for path in files:  # a cheap pass: the val split needs the number of documents up front
-            if path.lower().endswith(".jsonl"):
-                with open(path, "rb") as f:
-                    self.n_docs += sum(1 for line in f if line.strip())
-            else:
+            if not path.lower().endswith(".jsonl"):
                 self.n_docs += 1
+                continue
+            with open(path, "rb") as f:
+                self.n_docs += sum(1 for line in f if line.strip())
 
     def _decode(self, data, where):
         try:
@@ -186,9 +185,7 @@ def _encode_stream(texts, tokenizer, cache_dir, num_proc):
     """Yield (tokens, lengths) per batch in document order. Documents are read in this process (errors surface
     here, with their file name); at most 2*num_proc+1 batches are in flight, so memory stays bounded."""
     if num_proc <= 1:
-        tok = get_tokenizer(tokenizer, cache_dir)
-        for batch in _batches(texts):
-            yield _encode_batch(batch, tok)
+        yield from (_encode_batch(batch, get_tokenizer(tokenizer, cache_dir)) for batch in _batches(texts))
         return
     with mp.get_context().Pool(num_proc, _init_worker, (tokenizer, cache_dir)) as pool:
         pending = deque()
@@ -200,17 +197,13 @@ def _encode_stream(texts, tokenizer, cache_dir, num_proc):
             yield pending.popleft().get()
 
 
-def _cpu_count():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def write_documents(texts, n_docs, out_dir, name, tokenizer="gpt2", val=(), shard_size=SHARD_SIZE,
                     num_proc=None, cache_dir=None):
     """Tokenize documents (eot first) into shards of out_dir; document i goes to val if i in val.
     Returns {split: ShardWriter} with the paths and counts."""
     from tqdm import tqdm
     tok = get_tokenizer(tokenizer, cache_dir)  # here first: fetch/verify once, before the workers start
-    num_proc = num_proc or _cpu_count()
+    num_proc = num_proc or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     writers = {s: ShardWriter(out_dir, name, s, shard_size) for s in ("val", "train")}
     val_mask, i = np.zeros(n_docs, dtype=bool), 0
     val_mask[np.array(sorted(val), dtype=np.int64)] = True
@@ -241,7 +234,7 @@ def write_documents(texts, n_docs, out_dir, name, tokenizer="gpt2", val=(), shar
 # datasets: idempotent, and never half-finished in place
 
 def _finished(out, settings):
-    """True if out holds a complete dataset made with these settings and its shards check out."""
+    """True, and says so, if out holds a complete dataset made with these settings and its shards check out."""
     if not os.path.exists(os.path.join(out, "meta.json")):
         return False
     try:
@@ -256,6 +249,7 @@ def _finished(out, settings):
     except DataError as e:
         print(f"warning: {e}; preparing it again", file=sys.stderr)
         return False
+    print(f"already prepared (--force to redo): {_summary(out, meta)}")
     return True
 
 
@@ -306,7 +300,6 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
     settings = {"source": source, "tokenizer": tokenizer, "val_fraction": val_fraction, "shard_size": shard_size,
                 "seed": seed, "inputs": [os.path.abspath(p) for p in inputs or []], "bad_utf8": bad_utf8}
     if not force and _finished(out, settings):
-        print(f"already prepared (--force to redo): {_summary(out, read_meta(out))}")
         return out
     t0 = time.time()
     if source == "shakespeare":
@@ -374,7 +367,6 @@ def _prepare_fineweb(source, out, name, tokenizer, val_fraction, shard_size, tra
         raise DataError(f"--train_shards must be between 1 and {n_max} for {source}, got {n}")
     settings = {"source": source, "tokenizer": "gpt2", "train_shards": n}
     if not force and _finished(out, settings):
-        print(f"already prepared (--force to redo): {_summary(out, read_meta(out))}")
         return out
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")  # huggingface_hub's mirror knob
     wanted = {f"{name}_{s}_{i:06d}.bin": f"{prefix}_{s}_{i:06d}.bin" for s, i in [("val", 0)] + [("train", i) for i in range(1, n + 1)]}

@@ -2,24 +2,17 @@
 Checkpoints and the one way to get a model: from scratch, from a checkpoint (resume), from OpenAI's GPT-2
 weights by name, or from a Hugging Face GPT-2 directory. train.py, sample.py, eval.py and bench.py all load here.
 
-A checkpoint (DESIGN.md, "Checkpoints") is <out_dir>/ckpt.pt, a dict that torch.load(weights_only=True) reads:
-    model         state_dict of GPT (tensors)          model_config  GPTConfig fields (dict)
-    optimizer     the optimizer's state_dict           scaler        GradScaler state_dict (fp16 runs)
-    step          optimizer steps taken (int)          tokens        step * tokens per step (int)
-    loader        {'next_seq': int, 'seqs_per_step': int}: where the data continues
-    config        every train.py knob of the run       tokenizer     'gpt2' | 'bytes'
-    guard         {'best_val_loss': float}: the divergence guard's memory (optional: older checkpoints lack it)
-It is written atomically (temp file, fsync, rename, fsync of the directory): a crash at any moment leaves the
-previous checkpoint or the new one, never half of one. With keep > 1 (or 0 = all) the last checkpoints also stay
-as ckpt_<step:06d>.pt (hard links, so no extra disk), for branching cooldowns from them (train.py branch_from).
-
-A sharded checkpoint (train.py --parallel=fsdp, docs/parallel.md) is the same ckpt.pt without 'model' and
-'optimizer' but with 'sharded': the name of a directory beside it, ckpt.dcp.<step>-<hex>/, that every rank wrote
-its shards of the weights and the optimizer state into with torch.distributed.checkpoint (DCP), and
-'param_groups': the optimizer's groups. The manifest is written last, atomically, so it
-names a complete directory or the previous one; directories no manifest names are swept. load_checkpoint reads
-either kind into the single-file form in one process, without a process group: every reader works unchanged.
+A checkpoint is <out_dir>/ckpt.pt, a dict that torch.load(weights_only=True) reads (DESIGN.md, "Checkpoints",
+lists its keys). It is written atomically (temp file, fsync, rename, fsync of the directory): a crash at any moment
+leaves the previous checkpoint or the new one, never half of one. With keep > 1 (or 0 = all) the last checkpoints
+also stay as ckpt_<step:06d>.pt (hard links, so no extra disk), for branching cooldowns (train.py branch_from).
+A sharded checkpoint (train.py --parallel=fsdp, docs/parallel.md) is a manifest ckpt.pt without 'model' and
+'optimizer' that names a directory beside it, ckpt.dcp.<step>-<hex>/, which every rank wrote its shards into with
+torch.distributed.checkpoint (DCP). The manifest is written last, so it names a complete directory or the previous
+one; directories no manifest names are swept. load_checkpoint reads either kind into the single-file form in one
+process, without a process group.
 """
+import contextlib
 import dataclasses
 import errno
 import os
@@ -77,10 +70,8 @@ def sweep_stale(out_dir):
         return
     for name in os.listdir(out_dir):
         if name.startswith('ckpt') and name.endswith('.tmp'):
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(os.path.join(out_dir, name))
-            except OSError:
-                pass
     _remove_unnamed_shards(out_dir)
 
 
@@ -110,30 +101,24 @@ def numbered_checkpoints(out_dir):
     return sorted(found)
 
 
-class _DeferSigint:
+@contextlib.contextmanager
+def _defer_sigint():
     """Ctrl-C while a checkpoint is being written: finish the write, then raise KeyboardInterrupt. Interrupting
     torch's writer midway surfaces as a RuntimeError from inside it, not as a clean KeyboardInterrupt."""
-
-    def __enter__(self):
-        self.hit, self.old = False, None
-        if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        self.hit = True
-
-    def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
-        if self.hit and exc[0] is None:
-            raise KeyboardInterrupt
-        return False
+    hit, old = [], None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    if hit:   # reached only when the write went through
+        raise KeyboardInterrupt
 
 
 def _write_atomic(state, path):
-    """torch.save to path through a temp file, fsync, rename and fsync of the directory: readers see the old file
-    or the new one, never half of one. On failure the temp file is removed and the error raised."""
+    """torch.save to path atomically (module docstring); on failure the temp file is removed and the error raised."""
     tmp = path + '.tmp'
     try:
         with open(tmp, 'wb') as f:
@@ -147,10 +132,8 @@ def _write_atomic(state, path):
         finally:
             os.close(dir_fd)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -165,10 +148,9 @@ def _write_error(path, e):
 
 def save_checkpoint(out_dir, state, keep=1):
     """Write state to <out_dir>/ckpt.pt atomically; keep = 1: only ckpt.pt; k > 1: ckpt_<step>.pt of the last k
-    too; 0: of every checkpoint. On any failure (disk full, permissions) the temp file is removed, the previous
-    checkpoint is untouched, and CheckpointError says so in one line."""
+    too; 0: of every checkpoint. On any failure the previous checkpoint is untouched and CheckpointError says so."""
     path = os.path.join(out_dir, CKPT_NAME)
-    with _DeferSigint():
+    with _defer_sigint():
         try:
             _write_atomic(state, path)
             if keep != 1:
@@ -185,21 +167,16 @@ def save_checkpoint(out_dir, state, keep=1):
 
 
 def save_sharded_checkpoint(out_dir, state, shards, keep=1):
-    """A sharded checkpoint; every rank calls this. shards = {'model': ..., 'optimizer': ...}, this rank's part
-    (parallel.sharded_state); state = the rest of a checkpoint (step, loader, config, ...). Each rank writes its
-    tensors into a new directory ckpt.dcp.<step>-<hex> with DCP; only when all have, rank 0 writes the manifest
-    ckpt.pt (state + 'sharded': the directory's name + 'param_groups': the optimizer's groups, plain values +
-    'aliases': a tied weight's other names) atomically with save_checkpoint, which then removes the directories
-    no manifest names. The directory holds tensors only: DCP reads any non-tensor value back with
-    torch.load(weights_only=False), so they go to the manifest, which is read with weights_only=True. A save killed
-    at any moment leaves the previous manifest and its directory as they were; the half-written directory is swept
-    at the next start (sweep_stale). Failure: CheckpointError on every rank."""
+    """A sharded checkpoint (DESIGN.md, "Checkpoints"); every rank calls this with shards = this rank's part
+    (parallel.sharded_state) and state = the rest (step, loader, config, ...). The directory holds tensors only:
+    DCP reads non-tensors back with torch.load(weights_only=False), so they go to the manifest, read with
+    weights_only=True. Failure: CheckpointError on every rank."""
     import torch.distributed as dist
     master = dist.get_rank() == 0
     name = [f"{DCP_PREFIX}{state['step']:06d}-{secrets.token_hex(4)}"]   # fresh: never a directory in use
     dist.broadcast_object_list(name, src=0)   # one name for all ranks
     shard_dir = os.path.join(out_dir, name[0])
-    with _DeferSigint():
+    with _defer_sigint():
         try:
             # every rank writes its own file __<rank>_0.distcp; rank 0 also the .metadata, after all have written
             # (DCP's save is collective: one rank's failed write fails it on every rank)
@@ -231,11 +208,10 @@ def checkpoint_path(path):
 
 
 def load_checkpoint(path, for_resume=False, shards=True):
-    """Load and validate a checkpoint (a run directory or a .pt file) with weights_only=True, on the CPU.
-    Every key the schema names is checked, so a file that is not ours, truncated or from an older writer gets one
-    line (CheckpointError) rather than a KeyError later. A sharded checkpoint comes back in the single-file form
-    (its shards read whole, without a process group: read_shards), unless shards=False: then the manifest alone,
-    with 'sharded' the directory's path, for an FSDP run that reads only its own part (parallel.load_state)."""
+    """Load and validate a checkpoint (a run directory or a .pt file) with weights_only=True, on the CPU: every
+    key the schema names is checked, so a file that is not ours gets one line, not a KeyError later. A sharded
+    checkpoint comes back in the single-file form (read_shards), unless shards=False: then the manifest alone, with
+    'sharded' the directory's path, for an FSDP run that reads only its own part (parallel.load_state)."""
     path = checkpoint_path(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path} (train one with train.py, or start from GPT-2 with "
@@ -283,10 +259,9 @@ def load_checkpoint(path, for_resume=False, shards=True):
 
 def read_shards(manifest, with_optimizer=True, into=None):
     """A sharded checkpoint's tensors (manifest: load_checkpoint(..., shards=False)). into=None: read whole in this
-    process, no process group needed (DCP's own dcp_to_torch_save does the same: torch.distributed.checkpoint.
-    format_utils) -> {'model': {name: tensor}, 'optimizer': the optimizer's state_dict as a single-file
-    checkpoint holds it}. into = a state dict of this rank's shards (parallel.sharded_state): DCP reads in place
-    the parts this rank holds, whatever world size wrote them. A missing or damaged rank file: CheckpointError."""
+    process without a process group, as DCP's own format_utils.dcp_to_torch_save -> {'model', 'optimizer'} as a
+    single-file checkpoint holds them. into = this rank's shards (parallel.sharded_state): DCP fills in place the
+    parts this rank holds, whatever world size wrote them. A missing or damaged rank file: CheckpointError."""
     shard_dir = manifest['sharded']
     keys = {'model', 'optimizer'} if with_optimizer else {'model'}
     try:
@@ -315,17 +290,13 @@ def read_shards(manifest, with_optimizer=True, into=None):
 def optimizer_by_index(osd):
     """DCP keys optimizer state by parameter name ({'state': {name: ...}, 'param_groups': [{'params': [names]}]});
     torch.optim's state_dict by position (0, 1, ... over the groups in order). Same order, so renumber."""
-    order = [n for g in osd['param_groups'] for n in g['params']]
-    groups, first = [], 0
-    for g in osd['param_groups']:
-        groups.append({**g, 'params': list(range(first, first + len(g['params'])))})
-        first += len(g['params'])
-    return {'state': {i: osd['state'][n] for i, n in enumerate(order) if n in osd['state']}, 'param_groups': groups}
+    index = {n: i for i, n in enumerate(n for g in osd['param_groups'] for n in g['params'])}
+    return {'state': {i: osd['state'][n] for n, i in index.items() if n in osd['state']},
+            'param_groups': [{**g, 'params': [index[n] for n in g['params']]} for g in osd['param_groups']]}
 
 
 def consolidate(path, pt_path):
-    """Any checkpoint -> one single-file checkpoint at pt_path (what a DDP run writes), atomically: a sharded one
-    read whole. export.py --pt_path. Returns the step."""
+    """Any checkpoint -> a single-file one at pt_path, atomically (export.py --pt_path). Returns the step."""
     ckpt = load_checkpoint(path, for_resume=True)
     try:
         _write_atomic(ckpt, pt_path)
@@ -336,20 +307,17 @@ def consolidate(path, pt_path):
 
 def check_state_dict(expected, got, path):
     """The checkpoint's tensors must be exactly those of its model_config: say which ones are not, in one line."""
-    missing = [k for k in expected if k not in got]
-    extra = [k for k in got if k not in expected]
     shapes = [f"{k} is {tuple(got[k].shape)}, expected {tuple(v.shape)}"
               for k, v in expected.items() if k in got and tuple(got[k].shape) != tuple(v.shape)]
-    if missing or extra or shapes:
-        parts = ([f"{len(shapes)} shape(s) differ, e.g. {shapes[0]}"] if shapes else []) + \
-                ([f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []) + \
-                ([f"{len(extra)} unexpected, e.g. {extra[0]}"] if extra else [])
+    problems = (('shape(s) differ', shapes), ('missing', [k for k in expected if k not in got]),
+                ('unexpected', [k for k in got if k not in expected]))
+    parts = [f"{len(ks)} {what}, e.g. {ks[0]}" for what, ks in problems if ks]
+    if parts:
         raise CheckpointError(f"checkpoint {path} does not match its own model_config: {'; '.join(parts)}")
 
 
 def model_from_checkpoint(ckpt, path, weights=True, **overrides):
-    """GPT built from ckpt['model_config'] (+ overrides, e.g. dropout) with its weights loaded (unless weights is
-    False), on the CPU."""
+    """GPT on the CPU from ckpt['model_config'] (+ overrides, e.g. dropout), with its weights unless not weights."""
     try:
         model = GPT(GPTConfig(**{**ckpt['model_config'], **overrides}))
     except (TypeError, ModelError) as e:   # keys this model.py does not know, or impossible values
@@ -402,9 +370,8 @@ def load_model(init_from, out_dir='out', cfg=None, vocab_size=None, tokenizer=No
     init_from: 'scratch' (GPTConfig from cfg's knobs, vocab_size and tokenizer from the data) | 'resume' (out_dir's
     ckpt.pt, or a .pt path) | 'gpt2' ... 'gpt2-xl' (OpenAI's weights; with pretrained=False any PRESETS name, random
     weights: bench.py needs only the shape) | a local Hugging Face GPT-2 directory. Dropout comes from cfg when given.
-    for_resume: the checkpoint must also hold what continuing the run needs (optimizer, loader, tokens).
-    shards=False: a sharded checkpoint's shards are not read (load_checkpoint): the model keeps its fresh weights
-    until the caller, an FSDP run, loads its own part in place (parallel.load_state)."""
+    for_resume: the checkpoint must also hold the optimizer, loader and tokens. shards=False: a sharded checkpoint's
+    model keeps its fresh weights until the caller, an FSDP run, loads its own part in place (parallel.load_state)."""
     overrides = {'dropout': cfg['dropout']} if cfg and 'dropout' in cfg else {}
     if init_from == 'scratch':
         if cfg is None or vocab_size is None:
@@ -413,7 +380,6 @@ def load_model(init_from, out_dir='out', cfg=None, vocab_size=None, tokenizer=No
     if init_from == 'resume':
         path = checkpoint_path(out_dir)
         ckpt = load_checkpoint(path, for_resume, shards)
-        # shards=False on a sharded checkpoint: the checkpoint's shape with fresh weights, the caller loads its shards
         model = model_from_checkpoint(ckpt, path, weights='sharded' not in ckpt, **overrides)
         return model, ckpt['tokenizer'], f"{path} (step {ckpt['step']})", ckpt
     if not pretrained and init_from in PRESETS:

@@ -41,7 +41,6 @@ GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"  # 
 TOKENIZERS = {"gpt2": (50257, 50256), "bytes": (257, 256)}  # name -> (vocab_size, eot)
 
 
-
 class DataError(Exception):
     """Bad input or data: the message is one line meant for the user."""
 
@@ -160,18 +159,18 @@ class ShardWriter:
         self.out_dir, self.name, self.split, self.shard_size = out_dir, name, split, shard_size
         self.f, self.fill, self.paths, self.tokens, self.documents = None, 0, [], 0, 0
         self.max_token = -1   # the largest id written, recorded in meta.json so readers check the vocabulary cheaply
+        self.tmp = os.path.join(out_dir, f"shard.{split}.tmp")
 
     def add(self, tokens, documents=0):
         self.tokens, self.documents = self.tokens + len(tokens), self.documents + documents
         if len(tokens):
             self.max_token = max(self.max_token, int(tokens.max()))
         while len(tokens):
-            if self.f is None:
-                self.f = open(os.path.join(self.out_dir, f"shard.{self.split}.tmp"), "wb")
-                with names_file(self.f.name):
+            with names_file(self.tmp):
+                if self.f is None:
+                    self.f = open(self.tmp, "wb")
                     self.f.write(_header(0))
-            take = min(len(tokens), self.shard_size - self.fill)
-            with names_file(self.f.name):
+                take = min(len(tokens), self.shard_size - self.fill)
                 self.f.write(tokens[:take].astype("<u2", copy=False).tobytes())
             self.fill, tokens = self.fill + take, tokens[take:]
             if self.fill == self.shard_size:
@@ -179,7 +178,7 @@ class ShardWriter:
 
     def flush(self):
         if self.f is not None:
-            with names_file(self.f.name):
+            with names_file(self.tmp):
                 self.f.seek(0)
                 self.f.write(_header(self.fill))
                 self.f.flush()
@@ -243,8 +242,7 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return self.enc.decode([int(i) for i in ids])  # invalid UTF-8 becomes U+FFFD
 
-    def count_bytes(self, ids):
-        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte."""
+    def count_bytes(self, ids):   # as BytesTokenizer.count_bytes
         ids = np.asarray(ids)
         return len(self.enc.decode_bytes([int(i) for i in ids[ids != self.eot]]))
 
@@ -348,7 +346,6 @@ def _linkedsha256_of(r):
         tag = resp.headers.get("X-Linked-Etag", "").strip('"').lower()
         if re.fullmatch(r"[0-9a-f]{64}", tag):
             return tag
-    return None
 
 
 def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
@@ -405,8 +402,7 @@ def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
             last = _reason(e)
     else:
         raise DataError(f"could not download {url} after {retries + 1} attempts: {last}")
-    got = sha256_of(part) if expected else None
-    if expected and got != expected.lower():
+    if expected and (got := sha256_of(part)) != expected.lower():
         os.remove(part)
         raise DataError(f"checksum mismatch for {url}: sha256 {got[:16]}..., expected {expected[:16]}...; "
                         f"deleted the download (run again to fetch it afresh)")
@@ -419,9 +415,9 @@ def download(url, path, sha256=None, retries=4, timeout=30.0, backoff=2.0):
 
 def check_token_ids(data_dir, split, paths, shards, vocab_size):
     """Every token id must be < vocab_size: an id past the embedding is an IndexError on CPU and a device-side
-    assert on CUDA, far from its cause. The shards themselves are checked each time they are opened, not meta.json's
-    record of them (a shard edited or copied in after prepare.py would pass it): a vectorized max reads 100M tokens
-    in ~15 ms from the page cache, so 10B tokens cost ~1.5 s warm, or one read of the 20 GB from disk when cold."""
+    assert on CUDA, far from its cause. The shards are checked each time they are opened, not meta.json's record
+    (a shard edited or copied in later would pass it): a vectorized max reads 100M tokens in ~15 ms from the page
+    cache, so 10B tokens cost ~1.5 s warm, or one read of the 20 GB from disk when cold."""
     for path, tokens in zip(paths, shards):
         top = int(tokens.max())
         if top >= vocab_size:

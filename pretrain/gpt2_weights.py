@@ -3,10 +3,9 @@ OpenAI's GPT-2 weights in Hugging Face's format: where they come from and how th
 GPT.from_pretrained calls load_gpt2 with a builder of the model, so this file does not import model.py (no cycle).
 
 Files: config.json and model.safetensors (or pytorch_model.bin, or shards listed in a *.index.json). By name they
-come from the Hugging Face hub (or $HF_ENDPOINT) through data.download, the project's one downloader (timeouts,
-retries, resume, the hub's sha256 for the weights), into $XDG_CACHE_HOME/gpt-scaling/<name> (default ~/.cache).
-Safetensors files are read with the `safetensors` package (Hugging Face's reference reader; tensor by tensor, so
-gpt2-xl needs no second copy in memory); .bin files with torch.load(weights_only=True).
+come from the Hugging Face hub (or $HF_ENDPOINT) through data.download (timeouts, retries, resume, the hub's sha256
+for the weights) into $XDG_CACHE_HOME/gpt-scaling/<name> (default ~/.cache). Safetensors files are read tensor by
+tensor with `safetensors` (gpt2-xl needs no second copy in memory), .bin files with torch.load(weights_only=True).
 """
 import json
 import os

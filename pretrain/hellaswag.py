@@ -10,31 +10,26 @@ sentence. Scored as llm.c's dev/data/hellaswag.py scores it ("completion style")
     score(model, tokenizer, examples, rt, shots=10, train=load_examples(split='train'))   # 10-shot (GPT-3 style)
 
 For each example the four rows are context + ending, with context = encode(ctx) and ending = encode(" " + ending)
-(the ending starts a new word: GPT-2's BPE puts the space inside the next token). Each ending token's loss is
-the cross-entropy of that token given everything before it. llm.c's two numbers:
+(GPT-2's BPE puts the space inside the next token). Each ending token's loss is the cross-entropy of that token
+given everything before it. llm.c's two numbers:
     acc       the ending with the lowest SUMMED loss over its tokens wins (llm.c: pred = sum_loss.argmin())
     acc_norm  the ending with the lowest MEAN loss per token wins (llm.c: pred_norm = avg_loss.argmin())
-The sum favours short endings (fewer tokens to pay for); the mean does not. (EleutherAI's harness normalizes by the ending's characters instead and frames
-the task as multiple choice, so its numbers differ: 0.3114 acc_norm for GPT-2 124M.) Ties go to the lowest
+The sum favours short endings; the mean does not. (EleutherAI's harness normalizes by the ending's characters and
+frames the task as multiple choice, so its numbers differ: 0.3114 acc_norm for GPT-2 124M.) Ties go to the lowest
 index, as torch.argmin. Only the val split has labels (the test split's are hidden), so only val is scored.
 
-Several examples go through one forward (four rows each, padded to the longest row: the model is causal, so
-the padding after a row changes nothing before it), and the lm_head runs only at the ending positions: most
-positions are context, and their (rows x vocabulary) logits would cost memory for nothing. A row longer than the model's context keeps the
-end: the context is cut from the left (the ending is always whole), and score() counts the examples so cut.
-Under torchrun each rank scores a contiguous slice of the examples and the counts are all-reduced, so acc and
-acc_norm are the same at any world size.
+A row longer than the model's context loses the start of its context (the ending is always whole), and score()
+counts the examples so cut. Under torchrun each rank scores a contiguous slice and the counts are all-reduced, so
+acc and acc_norm are the same at any world size.
 
 Few-shot (Brown et al. 2020, "Language Models are Few-Shot Learners", sec. 2.4): "we evaluate each example in the
 evaluation set by randomly drawing K examples from that task's training set as conditioning, delimited by 1 or 2
-newlines". Each of the k shots is a solved train example, its context + " " + its right ending, and they come
-before the context, each followed by a blank line (lm-evaluation-harness's default delimiter too):
+newlines". Each of the k shots is a solved train example, its context + " " + its right ending, followed by a
+blank line (lm-evaluation-harness's default delimiter too), before the context:
     shot_1 + "\n\n" + ... + shot_k + "\n\n" + ctx,   then " " + ending as always
-encoded as one text; the endings are scored exactly as at 0 shots, only their context is longer. Which shots: k
-distinct train examples drawn for each example from random.Random(f"{seed}:{index}"), index its place in the
-examples list, so the draw does not depend on the batch size or the number of processes (an example never gets
-itself as a shot, should the train file hold it). With k = 0 the rows are exactly the 0-shot rows above. A context
-that no longer fits loses its beginning (the first shots), as any over-long context, and is counted as truncated.
+encoded as one text and scored exactly as at 0 shots. The shots of example number `index` are k distinct train
+examples drawn from random.Random(f"{seed}:{index}"), so the draw does not depend on the batch size or the number
+of processes; an example never gets itself as a shot. k = 0 gives exactly the 0-shot rows.
 """
 import json
 import os
@@ -46,13 +41,12 @@ import torch.nn.functional as F
 from pretrain.data import CACHE_DIR, DataError, download, sha256_of
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"  # as llm.c
-# sha256 of hellaswag_val.jsonl at that URL. Not measured here (written offline): it is the value that several
-# independent public evaluation harnesses pin for this file (one names rowanz/hellaswag commit a29ff8e9 and 10,042
-# rows); the example count below is checked as well. A mismatch is an error, never a warning.
+# sha256 of hellaswag_val.jsonl at that URL, as several independent public evaluation harnesses pin it (one names
+# rowanz/hellaswag commit a29ff8e9 and 10,042 rows); the example count is checked too. A mismatch is an error.
 VAL_SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
 VAL_EXAMPLES = 10042      # examples in the official val file (llm.c: "a total of 10,042 examples")
-# The train split, where few-shot examples come from. No independently published sha256 of this file was at hand to
-# pin, so it is checked by its example count only (the Hugging Face copy, Rowan/hellaswag, lists 39,905 train rows).
+# The train split, for few-shot examples: no published sha256 to pin, so checked by its example count only (the
+# Hugging Face copy, Rowan/hellaswag, lists 39,905 train rows).
 TRAIN_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_train.jsonl"
 TRAIN_EXAMPLES = 39905
 SHOT_SEPARATOR = "\n\n"   # after each shot (GPT-3 sec. 2.4: "1 or 2 newlines"; lm-eval's fewshot_delimiter)
@@ -68,18 +62,15 @@ def official_path(split="val"):
 
 
 def fetch(split="val", rt=None):
-    """The official val (or train) file in DATA_DIR, downloaded once (data.download: resume, retries, checksum);
-    val is checked against VAL_SHA256 every time it is used. Under torchrun each machine's local rank 0 downloads
-    while the other ranks wait."""
-    path = official_path(split)
+    """The official val (or train) file in DATA_DIR, downloaded once; val is checked against VAL_SHA256 each time.
+    Under torchrun each machine's local rank 0 downloads while the other ranks wait."""
+    path, val = official_path(split), split == "val"
     if rt is None or rt.local_rank == 0:
-        download(VAL_URL if split == "val" else TRAIN_URL, path, sha256=VAL_SHA256 if split == "val" else None)
+        download(VAL_URL if val else TRAIN_URL, path, sha256=VAL_SHA256 if val else None)
     if rt is not None and rt.ddp:
         torch.distributed.barrier()
-    if split != "val":
-        return path
-    got = sha256_of(path)
-    if VAL_SHA256 and got != VAL_SHA256:   # download() checks new files only: this catches an old or edited copy
+    # download() checks new files only: this catches an old or edited copy
+    if val and VAL_SHA256 and (got := sha256_of(path)) != VAL_SHA256:
         raise DataError(f"{path} is not the official HellaSwag val file (sha256 {got[:16]}..., expected "
                         f"{VAL_SHA256[:16]}...); delete it to download it again")
     return path
@@ -103,10 +94,9 @@ def check_example(ex, where):
 
 
 def load_examples(path=None, limit=None, rt=None, split="val"):
-    """The examples of a HellaSwag-format JSONL file -> [{ctx, endings, label}], every line checked. path None:
-    the official file of `split` (downloaded; val: sha256-checked, exactly VAL_EXAMPLES examples; train: exactly
-    TRAIN_EXAMPLES); a path: that file as it is. limit: only the first `limit` examples (the whole file is still
-    checked). rt: see fetch."""
+    """The examples of a HellaSwag-format JSONL file -> [{ctx, endings, label}], every line checked. path None: the
+    official file of `split` (fetch), which must hold exactly VAL_EXAMPLES or TRAIN_EXAMPLES. limit: only the
+    first `limit` examples (the whole file is still checked)."""
     official = path is None
     if official:
         path = fetch(split, rt)
@@ -144,8 +134,7 @@ def load_examples(path=None, limit=None, rt=None, split="val"):
 # scoring
 
 def draw_shots(train, k, seed, index, example):
-    """The k solved train examples shown before example number `index` (see the module docstring): distinct,
-    drawn from random.Random(f"{seed}:{index}"), never the example itself. [] for k = 0."""
+    """The k solved train examples shown before example number `index` (module docstring); [] for k = 0."""
     if k == 0:
         return []
     rng = random.Random(f"{seed}:{index}")   # a str seed is hashed with SHA-512: the same draw on every platform
@@ -158,10 +147,9 @@ def draw_shots(train, k, seed, index, example):
 
 def render(example, tokenizer, block_size, shots=()):
     """-> (four rows of token ids, each context + ending; the ending lengths; whether the context was cut). The
-    model reads row[:-1] and predicts row[1:], so a row may be block_size + 1 tokens long; a longer one loses
-    the start of its context. An empty context becomes the end-of-text token (a document start, as in
-    training): the first ending token needs something before it. shots: solved examples (draw_shots) whose
-    text goes before the context, each followed by SHOT_SEPARATOR; none: the 0-shot context."""
+    model reads row[:-1] and predicts row[1:], so a row may be block_size + 1 tokens long; a longer one loses the
+    start of its context (the first shots first). An empty context becomes the end-of-text token (a document
+    start, as in training): the first ending token needs something before it. shots: draw_shots' examples."""
     prefix = "".join(shot["ctx"] + " " + shot["endings"][shot["label"]] + SHOT_SEPARATOR for shot in shots)
     ctx = tokenizer.encode(prefix + example["ctx"]) or [tokenizer.eot]
     rows, lengths, cut = [], [], False
@@ -188,7 +176,8 @@ def unwrap(model):
 @torch.no_grad()
 def ending_losses(model, rendered, rt):
     """Rendered examples (render's output) in one forward -> (summed loss, mean loss per token), each a float64
-    CPU tensor (n_examples, 4). Padded positions carry target -1 and get no logits at all."""
+    CPU tensor (n_examples, 4). Rows are padded to the longest (the model is causal: padding after a row changes
+    nothing before it), and the lm_head runs only at the ending positions: the context's logits would be waste."""
     model = unwrap(model)
     rows = [(row, n) for r, lengths, _ in rendered for row, n in zip(r, lengths)]
     T = max(len(row) for row, _ in rows) - 1
@@ -211,11 +200,10 @@ def ending_losses(model, rendered, rt):
 
 
 def score(model, tokenizer, examples, rt, batch_size=8, progress=True, shots=0, train=None, shots_seed=1234):
-    """acc and acc_norm of the model on the examples -> {'acc', 'acc_norm', 'n', 'truncated'}. batch_size:
-    examples per forward (4 rows each). Runs in eval mode without gradients under rt.autocast, and leaves the
-    model in the mode it found it in. Under torchrun every rank must call it with the same examples: each scores
-    its contiguous slice and the counts are all-reduced. progress: a tqdm bar on rank 0 (stderr). shots: k solved
-    examples of `train` (load_examples(split='train')) before each context, drawn with shots_seed (draw_shots)."""
+    """acc and acc_norm of the model on the examples -> {'acc', 'acc_norm', 'n', 'truncated'}, in eval mode
+    under rt.autocast (the model's mode is restored). batch_size: examples per forward. Under torchrun every rank
+    calls it with the same examples. progress: a tqdm bar on rank 0 (stderr). shots: k solved examples of `train`
+    (load_examples(split='train')) before each context, drawn with shots_seed (draw_shots)."""
     from tqdm import tqdm
     if tokenizer.name != "gpt2":
         raise DataError(f"HellaSwag needs a GPT-2-token model; this one uses {tokenizer.name}")

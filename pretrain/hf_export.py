@@ -1,30 +1,24 @@
 """
 A checkpoint as a Hugging Face model directory, so that `transformers`, lm-evaluation-harness and the model hub can
-use it (export.py is the command line). Two classes cover what model.py can build, when the knobs match theirs:
-
-    GPT2LMHeadModel   pos_emb='learned', norm='layernorm', mlp='gelu' (tanh GELU, "gelu_new"); biases or not
-                      (no biases are written as zero biases); tied or untied embeddings; GQA is written as plain
-                      multi-head attention, each key/value head repeated for the query heads that read it (the same
-                      function: Ainslie et al. 2023, sec. 2, GQA is multi-head attention with shared k/v heads).
-    LlamaForCausalLM  pos_emb='rope', norm='rmsnorm', mlp='swiglu', any n_kv_head; rope_theta, norm_eps, the MLP
-                      width carried over; biases as Llama's attention_bias + mlp_bias; tied or untied.
-
-Everything else is refused, naming the knob, rather than exported into a model that computes something else:
-qk_norm (neither class normalizes q and k per head without a gain), mlp='relu2', logit_softcap, and the mixed
-blocks (learned positions with RMSNorm or SwiGLU; RoPE with LayerNorm or GELU). zero_init_proj and dropout change
-training only. Why the logits agree, detail by detail:
+use it (export.py is the command line; docs/export.md lists what exports). Two classes cover what model.py builds:
+    GPT2LMHeadModel   pos_emb='learned', norm='layernorm', mlp='gelu' (tanh GELU, "gelu_new"); no biases are written
+                      as zero biases; GQA as multi-head attention, each key/value head repeated for the query heads
+                      that read it (the same function: Ainslie et al. 2023, sec. 2).
+    LlamaForCausalLM  pos_emb='rope', norm='rmsnorm', mlp='swiglu', any n_kv_head; biases as attention_bias, mlp_bias.
+Any other knob is refused, naming it, rather than exported into a model that computes something else: qk_norm
+(neither class normalizes q and k per head without a gain), mlp='relu2', logit_softcap, and the mixed blocks.
+zero_init_proj and dropout change training only. Why the logits agree, detail by detail:
   - vocabulary: the pad_vocab_multiple rows of wte and lm_head are cut off; vocab_size is the tokenizer's.
-  - RoPE: model.apply_rope pairs dimension i with i + d/2 (rotate-half), Hugging Face Llama's rotate_half; the
-    angles theta^(-2i/d) * position are the same. (model.py builds the tables in float64, transformers in
-    float32: the angles differ by ~1e-7 relative, far below the 1e-5 the tests hold the logits to.)
+  - RoPE: model.apply_rope pairs dimension i with i + d/2 (rotate-half), as Llama's rotate_half, with the same
+    angles theta^(-2i/d) * position (model.py's tables are float64, transformers' float32: ~1e-7 apart, relative,
+    far below the 1e-5 the tests hold the logits to).
   - norms: LayerNorm eps -> layer_norm_epsilon, RMSNorm eps -> rms_norm_eps; both normalize in float32.
   - GPT-2's Conv1D layers store weights (in, out): gpt2_weights.TRANSPOSED, the names GPT.from_pretrained reads.
   - Llama's separate q/k/v and gate/up projections are the row blocks of model.py's fused c_attn and c_fc.
-  - tied weights: only the embedding is stored (transformers ties lm_head to it on load, from
-    tie_word_embeddings); untied, lm_head.weight is stored too.
-Tokenizer: GPT-2 BPE runs get vocab.json and merges.txt (byte for byte the encoder.json and vocab.bpe the
-repo's tokenizer is built from) and a tokenizer_config.json, so AutoTokenizer loads it; byte-level runs get a
-tokenizer.json (the `tokenizers` format) whose ids are the UTF-8 bytes 0..255 and <|endoftext|> = 256.
+  - tied weights: only the embedding is stored (transformers ties lm_head to it from tie_word_embeddings).
+Tokenizer: GPT-2 BPE runs get vocab.json and merges.txt (byte for byte the encoder.json and vocab.bpe the repo's
+tokenizer is built from) and a tokenizer_config.json for AutoTokenizer; byte-level runs get a tokenizer.json (the
+`tokenizers` format) whose ids are the UTF-8 bytes 0..255 and <|endoftext|> = 256.
 """
 import json
 import os
@@ -36,6 +30,9 @@ from pretrain.data import CACHE_DIR, _gpt2_files, get_tokenizer
 from pretrain.gpt2_weights import TRANSPOSED
 
 EOT_TEXT = '<|endoftext|>'
+# pos_emb -> (class, norm, its name, mlp, its name)
+FAMILIES = {'learned': ('GPT2LMHeadModel', 'layernorm', 'LayerNorm', 'gelu', 'GELU'),
+            'rope': ('LlamaForCausalLM', 'rmsnorm', 'RMSNorm', 'swiglu', 'SwiGLU')}
 
 
 class ExportError(Exception):
@@ -56,21 +53,17 @@ def hf_class(config):
         refuse(f'logit_softcap={config.logit_softcap}', "cap * tanh(logits / cap) on the output")
     if config.mlp == 'relu2':
         refuse("mlp='relu2'", "squared ReLU")
-    if config.pos_emb == 'learned':   # the GPT-2 family: everything else must be GPT-2's too
-        if config.norm != 'layernorm':
-            refuse(f"norm={config.norm!r} with pos_emb='learned'", "GPT2LMHeadModel has LayerNorm only")
-        if config.mlp != 'gelu':
-            refuse(f"mlp={config.mlp!r} with pos_emb='learned'", "GPT2LMHeadModel has the GELU MLP only")
-        return 'GPT2LMHeadModel'
-    if config.norm != 'rmsnorm':
-        refuse(f"norm={config.norm!r} with pos_emb='rope'", "LlamaForCausalLM has RMSNorm only")
-    if config.mlp != 'swiglu':
-        refuse(f"mlp={config.mlp!r} with pos_emb='rope'", "LlamaForCausalLM has the SwiGLU MLP only")
-    return 'LlamaForCausalLM'
+    # the GPT-2 family (learned positions) or the Llama family (RoPE): the rest of the block must be the family's
+    cls, norm, norm_name, mlp, mlp_name = FAMILIES[config.pos_emb]
+    if config.norm != norm:
+        refuse(f"norm={config.norm!r} with pos_emb={config.pos_emb!r}", f"{cls} has {norm_name} only")
+    if config.mlp != mlp:
+        refuse(f"mlp={config.mlp!r} with pos_emb={config.pos_emb!r}", f"{cls} has the {mlp_name} MLP only")
+    return cls
 
 
 # -----------------------------------------------------------------------------
-# config.json and generation_config.json
+# config.json
 
 def hf_config(config, eot, dtype):
     """config.json's contents for the class hf_class picks. eot: the end-of-text id (bos = eos, as GPT-2)."""
@@ -92,10 +85,6 @@ def hf_config(config, eot, dtype):
                 rope_parameters=dict(rope_type='default', rope_theta=config.rope_theta), rope_scaling=None,
                 attention_bias=config.bias, mlp_bias=config.bias, attention_dropout=config.dropout,
                 pretraining_tp=1, initializer_range=0.02, **common)
-
-
-def generation_config(eot):
-    return dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
 
 
 # -----------------------------------------------------------------------------
@@ -155,13 +144,6 @@ def _llama_weights(model):
     return out
 
 
-def hf_weights(model):
-    """{Hugging Face name: tensor} for the class hf_class picks; each tensor contiguous and its own storage (the
-    safetensors format stores no shared or strided tensors)."""
-    weights = _gpt2_weights(model) if hf_class(model.config) == 'GPT2LMHeadModel' else _llama_weights(model)
-    return {k: w.detach().to('cpu').contiguous().clone() for k, w in weights.items()}
-
-
 # -----------------------------------------------------------------------------
 # the tokenizer
 
@@ -215,22 +197,8 @@ def _json_bytes(obj):
 # -----------------------------------------------------------------------------
 # the directory
 
-def check_target(hf_dir, force):
-    """ExportError unless hf_dir can be (re)written: absent, an empty directory, or (force) a directory."""
-    if os.path.lexists(hf_dir) and not os.path.isdir(hf_dir):
-        raise ExportError(f"{hf_dir} exists and is not a directory")
-    if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not force:
-        raise ExportError(f"{hf_dir} exists and is not empty (pass --force=True to replace it)")
-
-
-def _write(path, data):
-    with open(path, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path):
+def _fsync(path):
+    """fsync a file, or a directory (which makes the renames in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -244,9 +212,14 @@ def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
     (a directory replaced with force is moved aside first and deleted last): a failure at any point (a refused
     knob, a full disk) leaves hf_dir as it was and no temporary directory."""
     from safetensors.torch import save_file
-    check_target(hf_dir, force)
+    if os.path.lexists(hf_dir) and not os.path.isdir(hf_dir):   # absent, an empty directory, or (force) any directory
+        raise ExportError(f"{hf_dir} exists and is not a directory")
+    if os.path.isdir(hf_dir) and os.listdir(hf_dir) and not force:
+        raise ExportError(f"{hf_dir} exists and is not empty (pass --force=True to replace it)")
     cls = hf_class(model.config)
-    weights = hf_weights(model)
+    weights = _gpt2_weights(model) if cls == 'GPT2LMHeadModel' else _llama_weights(model)
+    # each tensor contiguous and its own storage: the safetensors format stores no shared or strided tensors
+    weights = {k: w.detach().to('cpu').contiguous().clone() for k, w in weights.items()}
     dtype = str(model.lm_head.weight.dtype).removeprefix('torch.')   # the checkpoint's: float32 from train.py
     tok = get_tokenizer(tokenizer_name, cache_dir)
     if tok.vocab_size != model.config.vocab_size:
@@ -254,7 +227,7 @@ def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
                           f"{tok.vocab_size} tokens")
     eot = tok.eot
     files = {'config.json': _json_bytes(hf_config(model.config, eot, dtype)),
-             'generation_config.json': _json_bytes(generation_config(eot)),
+             'generation_config.json': _json_bytes(dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)),
              **tokenizer_files(tokenizer_name, model.config.block_size, cache_dir)}
     hf_dir = os.path.abspath(hf_dir)
     parent = os.path.dirname(hf_dir)
@@ -265,17 +238,17 @@ def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
         shutil.rmtree(tmp, ignore_errors=True)
         os.mkdir(tmp)
         save_file(weights, os.path.join(tmp, 'model.safetensors'), metadata={'format': 'pt'})
-        with open(os.path.join(tmp, 'model.safetensors'), 'rb+') as f:
-            os.fsync(f.fileno())
         for name, data in files.items():
-            _write(os.path.join(tmp, name), data)
+            with open(os.path.join(tmp, name), 'wb') as f:
+                f.write(data)
         # safetensors creates its file owner-only; the weights are as shareable as the rest (umask's mode)
         os.chmod(os.path.join(tmp, 'model.safetensors'), os.stat(os.path.join(tmp, 'config.json')).st_mode & 0o777)
-        _fsync_dir(tmp)
+        for path in [os.path.join(tmp, name) for name in ('model.safetensors', *files)] + [tmp]:
+            _fsync(path)
         if os.path.isdir(hf_dir):
             os.rename(hf_dir, old)   # empty, or force: replaced
         os.rename(tmp, hf_dir)
-        _fsync_dir(parent)
+        _fsync(parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if os.path.isdir(old) and not os.path.exists(hf_dir):

@@ -12,12 +12,10 @@ import math
 import torch
 from torch.nn import functional as F
 
-# The training loss is plain cross-entropy of the padded logits (in float32; torch.compile fuses the float32 cast,
-# log-softmax and the gather, as in nanoGPT) unless the float32 logits of one forward would exceed this many bytes;
-# then the chunked linear_cross_entropy below, which never holds them. Arithmetic for GPT-2 (padded vocabulary
-# 50,304): B x T = 64 x 1024 tokens give 65,536 x 50,304 x 4 B = 13.2 GB of float32 logits (plain: it fits an
-# 80 GB card, and an unchunked compiled cross-entropy beat 8 and 64 chunks at this vocabulary, PyTorch issue 124480);
-# 128 x 1024 give 26.4 GB (chunked). The chunked path costs no more matmuls but runs eagerly (below).
+# The plain path unless the float32 logits of one forward would exceed this many bytes. For GPT-2 (padded vocabulary
+# 50,304), B x T = 64 x 1024 tokens give 65,536 x 50,304 x 4 B = 13.2 GB (plain: it fits an 80 GB card, and an
+# unchunked compiled cross-entropy beat 8 and 64 chunks at this vocabulary, PyTorch issue 124480); 128 x 1024 give
+# 26.4 GB (chunked). The chunked path costs no more matmuls but runs eagerly (below).
 CE_PLAIN_MAX_BYTES = 16 * 2**30
 CE_CHUNK_ELEMENTS = 1 << 28   # chunked path: logits computed at once, 2^28 float32 = 1 GiB (5,336 rows of 50,304)
 
@@ -32,13 +30,12 @@ def cross_entropy(logits, targets, vocab_size):
 
 def _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad):
     """-> (mean loss, dL/dh, dL/dweight) of cross-entropy of the soft-capped h @ weight^T over its first
-    vocab_size columns, computed rows-chunk by rows-chunk; the gradients are None when need_grad is False (then
-    each chunk costs one matmul instead of three). The matmuls use the whole padded weight (aligned shapes); the
-    padded columns get logit -inf, so probability 0 and zero gradient. The logits matmul runs in autocast's dtype;
-    the softmax, the loss and the division by the token count in float32. dL/dz = softmax - onehot lies in [-1, 1]
-    per token, so it is exact enough in bf16 for the two gradient matmuls; in float16 it is not (products with the
-    1/n_tokens factor or sums over thousands of rows leave fp16's range), so with fp16 those two matmuls run in
-    float32. With a soft cap c the loss sees c*tanh(z/c), and dL/dz picks up the factor 1 - tanh^2."""
+    vocab_size columns, chunk of rows by chunk; without need_grad the gradients are None (one matmul a chunk, not
+    three). The matmuls use the whole padded weight (aligned shapes); padded columns get logit -inf, so probability
+    0 and zero gradient. The logits matmul runs in autocast's dtype; softmax, loss and the division by the token
+    count in float32. dL/dz = softmax - onehot lies in [-1, 1], exact enough in bf16 for the two gradient matmuls;
+    in float16 they run in float32 (products with 1/n_tokens or sums over thousands of rows leave fp16's range).
+    With a soft cap c the loss sees c*tanh(z/c), and dL/dz picks up the factor 1 - tanh^2."""
     dev = h.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
     acc = torch.promote_types(dtype, torch.float32)   # float32, or float64 for a float64 model
@@ -90,7 +87,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss, grad_h, grad_w = _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad=True)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = h.dtype, weight.dtype
-        return loss.float() if loss.dtype != torch.float64 else loss
+        return loss   # float32 (float64 for a float64 model), whatever autocast's dtype
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -99,10 +96,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (grad_h * grad_loss).to(ctx.dtypes[0]), (grad_w * grad_loss).to(ctx.dtypes[1]), None, None, None
 
 
-# Not compiled: torch.compile would unroll the chunk loop (a graph, and a compile time, that grow with the batch),
-# and torch 2.11's compile gave zero gradients through a custom autograd.Function like this one (PyTorch issue
-# 180642, fixed in 2.12). Run eagerly (a graph break in a compiled model), it is right on every torch, and its
-# matmuls are large enough that compiling them gains little.
+# Not compiled: torch.compile would unroll the chunk loop (a graph and a compile time that grow with the batch), and
+# torch 2.11's compile gave zero gradients through a custom autograd.Function like this one (PyTorch issue 180642,
+# fixed in 2.12). Eager (a graph break in a compiled model) it is right on every torch, and its matmuls are large.
 @torch.compiler.disable
 def linear_cross_entropy(h, weight, targets, vocab_size, softcap=None):
     """cross_entropy(softcap(h @ weight.T), targets, vocab_size) without materialising the logits (see
@@ -110,5 +106,4 @@ def linear_cross_entropy(h, weight, targets, vocab_size, softcap=None):
     that requires a gradient) only the loss is computed."""
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(h, weight, targets, vocab_size, softcap)
-    loss = _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad=False)[0]
-    return loss.float() if loss.dtype != torch.float64 else loss
+    return _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad=False)[0]

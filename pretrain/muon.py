@@ -24,22 +24,16 @@ References:
    gives Muon's update the RMS of AdamW's, so Muon reuses AdamW's learning rate and weight decay (sec. 2.2).
 3) I. Loshchilov & F. Hutter 2019, "Decoupled Weight Decay Regularization" (AdamW, Algorithm 2); D. Kingma &
    J. Ba 2015, "Adam" (Algorithm 1: bias correction). The AdamW branch is torch.optim.AdamW's arithmetic.
-4) J. Bernstein & L. Newhouse 2024, "Old Optimizer, New Norm: An Anthology" (steepest descent in the
-   spectral norm).
+4) J. Bernstein & L. Newhouse 2024, "Old Optimizer, New Norm: An Anthology" (steepest descent in the spectral norm).
 
-Distributed data parallel: after DDP's all-reduce every rank holds the same gradient, and every rank runs this
-same deterministic step on the same weights and state, so the weights stay identical on all ranks with no
-extra communication. Each rank thus repeats all the Newton-Schulz work; the sharded variant (each rank
-orthogonalises 1/world of the matrices, then an all-gather; Jordan's and modded-nanogpt's distributed Muon) is
-only a speed optimisation for many large matrices and is not done here.
+Data parallel: every rank runs the same deterministic step on the same all-reduced gradient, so the weights stay
+identical with no communication; sharding the Newton-Schulz work across ranks (Jordan's and modded-nanogpt's
+distributed Muon) would only be a speed optimisation for many large matrices.
 
-Fused q, k, v: GPT's c_attn is one (q + 2 kv) x C matrix. By default Muon orthogonalises it as one matrix, as
-Muon does any parameter it is given. modded-nanogpt orthogonalises q, k and v separately (in its 2024 records
-by splitting the fused QKV gradient into three square blocks before Newton-Schulz, later by keeping them as
-separate matrices). A muon group may say split=(rows, rows, ...) to do the same here: the update is cut along
-dim 0 into those blocks, and each is orthogonalised and scaled by its own shape; muon_param_groups(...,
-split_qkv=True) sets it for c_attn (with GQA the blocks are n_head*head_dim, then twice n_kv_head*head_dim).
-SwiGLU's c_fc fuses the gate and up projections (2H x C) in the same way; it is orthogonalised whole.
+Fused q, k, v: GPT's c_attn is one (q + 2 kv) x C matrix, orthogonalised as one matrix by default. A muon group
+may say split=(rows, rows, ...) to cut the update along dim 0 into blocks, each orthogonalised and scaled by its
+own shape, as modded-nanogpt orthogonalises q, k and v separately; muon_param_groups(..., split_qkv=True) sets it
+for c_attn (blocks n_head*head_dim, then twice n_kv_head*head_dim). SwiGLU's fused gate/up c_fc stays whole.
 """
 
 import math
@@ -54,31 +48,19 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G, steps=5, dtype=None, eps=1e-7):
-    """Approximately orthogonalise G (..., m, n): return ~ U V^T for G = U S V^T, in G's dtype and shape.
-    Leading dimensions are a batch: each matrix is normalised and orthogonalised on its own.
-
-    The quintic Newton-Schulz iteration of Jordan 2024: X <- a X + (b A + c A^2) X with A = X X^T, which is
-    X <- U p(S) V^T with p(s) = a s + b s^3 + c s^5: an odd polynomial of X acts on the singular values only and
-    leaves the singular vectors alone. Dividing by the Frobenius norm first puts every singular value in
-    [0, 1] (the spectral norm is at most the Frobenius norm), where p pushes them toward 1.
-
-    The coefficients trade accuracy for speed: p'(0) = 3.4445 grows a small singular value ~3.4x per step, but
-    p has no fixed point at 1, so the values end in a band around 1, not at 1. Measured for the scalar map in
-    float64 (and checked on matrices in tests/test_muon.py): after 5 steps every singular value with
-    s_i / ||G||_F >= 1.6e-3 lands in [0.68, 1.21] (exactly [0.6818, 1.2024]; further steps keep it in
-    [0.6818, 1.1344]). A smaller one is multiplied by about a^5 = 489 and stays below 0.68: directions with
-    under ~0.2% of G's Frobenius norm are not fully equalised, which Jordan 2024 found harmless in practice.
-    In bfloat16 (the default on CUDA and on CPUs with bf16 matmuls; measured on 24-512-row Gaussian and
-    ill-conditioned matrices) rounding perturbs U^T O V by up to 0.02-0.08 and the band measured was [0.67, 1.21];
-    rounding noise also lifts the tiny singular values a little (e.g. 3e-4 -> 0.08).
-
-    dtype: the compute dtype, default default_ns_dtype(G.device): bfloat16 on CUDA, as Jordan 2024 (the
-    iteration is stable in bf16, and its matmuls are the cost), and on CPUs with bf16 matmul instructions;
-    float32 elsewhere. The Frobenius norm is taken in at least float32. eps keeps a zero matrix at zero (a
-    parameter that got no gradient).
-
-    Cost for m <= n: per step 2 m^2 n (A) + 2 m^3 (A^2) + 2 m^2 n ((bA + cA^2) X) FLOPs. A tall matrix
-    (m > n) is transposed first, so the Gram matrix A is the smaller one, (min x min)."""
+    """Approximately orthogonalise G (..., m, n), a matrix or a batch of them: ~ U V^T for G = U S V^T, in G's
+    dtype and shape. The quintic iteration of Jordan 2024, X <- a X + (b A + c A^2) X with A = X X^T, is
+    X <- U p(S) V^T with p(s) = a s + b s^3 + c s^5: it changes the singular values only. Dividing by the
+    Frobenius norm first puts them in [0, 1]; p'(0) = 3.4445 grows a small value ~3.4x a step, but p has no fixed
+    point at 1, so the values end in a band around 1, trading accuracy for speed. For the scalar map in float64
+    (and on matrices, tests/test_muon.py): after 5 steps every s_i / ||G||_F >= 1.6e-3 lands in [0.68, 1.21]
+    (exactly [0.6818, 1.2024]; further steps keep it in [0.6818, 1.1344]); a smaller one is multiplied by about
+    a^5 = 489 and stays below 0.68, which Jordan 2024 found harmless in practice. In bfloat16 (on 24-512-row
+    Gaussian and ill-conditioned matrices) rounding perturbs U^T O V by up to 0.02-0.08, the band was
+    [0.67, 1.21], and tiny singular values are lifted a little (e.g. 3e-4 -> 0.08).
+    dtype: the compute dtype, default default_ns_dtype(G.device); the norm is taken in at least float32. eps keeps
+    a zero matrix (a parameter that got no gradient) at zero. A tall matrix is transposed first, so the Gram
+    matrix A is the smaller one (per step 4 m^2 n + 2 m^3 FLOPs for m <= n)."""
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
     if dtype is None:
@@ -88,8 +70,7 @@ def newton_schulz(G, steps=5, dtype=None, eps=1e-7):
     X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)    # Frobenius norm of each matrix: s_max <= 1
     X = X.to(dtype)
     tall = G.size(-2) > G.size(-1)
-    if tall:
-        X = X.mT                                                  # (..., n, m): now rows <= cols
+    X = X.mT if tall else X                                       # tall (..., m, n) -> (..., n, m): rows <= cols
     shape = X.shape
     X = X.reshape(-1, *shape[-2:])                                # (batch, rows, cols), batch 1 for a matrix
     for _ in range(steps):
@@ -99,22 +80,19 @@ def newton_schulz(G, steps=5, dtype=None, eps=1e-7):
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         X = torch.baddbmm(X, B, X, beta=a)
     X = X.reshape(shape)
-    if tall:
-        X = X.mT
-    return X.to(G.dtype)
+    return (X.mT if tall else X).to(G.dtype)
 
 
 def _update_scale(rows, cols, rule):
     """The factor that multiplies an orthogonalised (rows x cols) update.
-    'moonlight' (Liu et al. 2025 sec. 2.2): 0.2 * sqrt(max(rows, cols)). A semi-orthogonal rows x cols matrix has
-        min(rows, cols) unit singular values, so its RMS is sqrt(min / (rows*cols)) = 1 / sqrt(max(rows, cols));
-        the factor makes the update's RMS 0.2, about the RMS of AdamW's update in LLM training (0.2-0.4, sec. 2.2),
-        so Muon can share AdamW's learning rate and weight decay, and the update RMS does not depend on shape.
-        With 5 Newton-Schulz steps the singular values average a little under 1 (band above), so the measured
-        RMS for Gaussian gradients is 0.16-0.18, not exactly 0.2 (tests/test_muon.py).
-    'jordan' (Jordan 2024): sqrt(max(1, rows/cols)) (rows = fan-out): a tall matrix's update is scaled up by
-        sqrt(out/in), which makes its RMS-to-RMS operator norm, sqrt(in/out) * ||O||_2, equal 1; square and wide
-        ones keep spectral norm ~1. Its RMS is 1/sqrt(in) (0.09 at in = 128), so it needs its own, larger lr (~0.02)."""
+    'moonlight' (Liu et al. 2025 sec. 2.2): 0.2 * sqrt(max(rows, cols)). A semi-orthogonal matrix has RMS
+        sqrt(min / (rows*cols)) = 1 / sqrt(max(rows, cols)), so the update's RMS is 0.2 whatever the shape, about
+        AdamW's in LLM training (0.2-0.4, sec. 2.2): Muon can share AdamW's lr and weight decay. After 5
+        Newton-Schulz steps the singular values average a little under 1, so the RMS measured for Gaussian
+        gradients is 0.16-0.18 (tests/test_muon.py).
+    'jordan' (Jordan 2024): sqrt(max(1, rows/cols)) (rows = fan-out), which makes a tall matrix's RMS-to-RMS
+        operator norm, sqrt(in/out) * ||O||_2, equal 1. Its RMS is 1/sqrt(in) (0.09 at in = 128), so it needs its
+        own, larger lr (~0.02)."""
     if rule == 'moonlight':
         return 0.2 * math.sqrt(max(rows, cols))
     return math.sqrt(max(1.0, rows / cols))
@@ -131,10 +109,9 @@ def default_ns_dtype(device):
 
 def _orthogonalised_updates(Ms, ns_steps, scale, split, dtype):
     """The scaled Newton-Schulz updates for momenta Ms (out x in each): each matrix, or each of its dim-0 blocks
-    when split is given, is orthogonalised and scaled on its own. Blocks of one shape (after turning tall ones
-    wide, which leaves U V^T transposed and nothing else) go through newton_schulz as one batch: the same math
-    per block, in a few large batched matrix products instead of many small ones (on a CPU with AMX, 16 bf16
-    products of 128 x 128 run ~4x faster as one batch than one at a time)."""
+    when split is given, orthogonalised and scaled on its own. Blocks of one shape (tall ones turned wide, which
+    only transposes U V^T) go through newton_schulz as one batch: a few large matrix products instead of many
+    small ones (on a CPU with AMX, 16 bf16 products of 128 x 128 run ~4x faster as one batch)."""
     blocks = [b for M in Ms for b in (M.split(list(split), dim=0) if split else [M])]
     wide = [b.mT if b.size(0) > b.size(1) else b for b in blocks]
     by_shape = {}
@@ -153,40 +130,18 @@ def _orthogonalised_updates(Ms, ns_steps, scale, split, dtype):
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for param groups with use_muon=True (2-D matrices), AdamW for groups with use_muon=False.
-    Every group must say which: muon_param_groups(model, ...) builds them for a GPT.
-
-    Options (any group may override the constructor's):
+    """Muon for param groups with use_muon=True (2-D matrices), AdamW for groups with use_muon=False; every
+    group must say which (muon_param_groups builds them for a GPT). Options, any group may override them:
       all groups:  lr, weight_decay (decoupled: W <- W * (1 - lr * weight_decay) before the update)
       use_muon:    momentum (0.95), nesterov (True), ns_steps (5), scale ('moonlight' | 'jordan'),
                    split (None, or dim-0 block sizes orthogonalised separately, e.g. fused q, k, v),
-                   ns_dtype (None: default_ns_dtype(device), bf16 where bf16 matmuls are fast; or 'float32',
-                   'bfloat16', 'float64')
-      AdamW:       betas ((0.9, 0.999)), eps (1e-8): the defaults of torch.optim.AdamW, as is weight_decay 0.01
-
-    Muon step for W (out x in) with gradient G (Jordan 2024; Liu et al. 2025 sec. 2.1-2.2):
-      M <- momentum * M + G                        state 'momentum_buffer', (out x in)
-      V <- G + momentum * M if nesterov else M
-      O <- newton_schulz(V, ns_steps) * s          s = 0.2 sqrt(max(out, in)) ('moonlight') or sqrt(max(1, out/in))
-      W <- W * (1 - lr * weight_decay) - lr * O    (decoupled weight decay, Liu et al. 2025 sec. 2.2)
-    With the default 'moonlight' scale the RMS of lr * O is 0.2 * lr for an exact U V^T (0.16-0.18 lr after 5
-    Newton-Schulz steps), and Muon groups take AdamW's lr and weight decay (Liu et al. 2025 sec. 2.2); with
-    'jordan' use a Muon lr of the order of 0.02 (Jordan 2024).
-
-    AdamW step (torch.optim.AdamW's single-tensor arithmetic; state 'step', 'exp_avg', 'exp_avg_sq' as there):
-      t += 1; W <- W * (1 - lr * wd); m <- lerp(m, g, 1 - b1); v <- b2 v + (1 - b2) g^2
-      W <- W - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-
-    All state is in self.state, so state_dict() / load_state_dict() resume exactly. The step is deterministic
-    (no randomness, a fixed order of operations), which is what keeps DDP ranks identical (module docstring).
-    torch.amp.GradScaler works as with any optimizer: it unscales every group's gradients and skips inf steps.
-
-    Cost: Newton-Schulz is 2.35 GFLOP a step on the quick-start model (4 layers, d=128, 16 Muon matrices), 14%
-    of the model's training FLOPs for one 2048-token step (accounting.flops_per_token, attention included). The
-    step batches the matrices of each shape into one newton_schulz call, momentum and the parameter update are
-    foreach ops (one call for all matrices), and bf16 is used where the CPU has bf16 matmul instructions;
-    benchmarks/muon_step.py measures the step against AdamW's (README). The Newton-Schulz FLOPs grow as d^3 per matrix and the model's as d^2 x tokens, so for
-    larger models and batches the share falls."""
+                   ns_dtype (None: default_ns_dtype(device); or 'float32', 'bfloat16', 'float64')
+      AdamW:       betas ((0.9, 0.999)), eps (1e-8): the defaults of torch.optim.AdamW, as is weight_decay 0.01;
+                   the step is torch.optim.AdamW's single-tensor arithmetic, with its state layout
+    All state is in self.state, so state_dict() / load_state_dict() resume exactly; a GradScaler works as for any
+    optimizer. Newton-Schulz costs 2.35 GFLOP a step on the quick-start model (4 layers, d=128, 16 Muon matrices),
+    14% of one 2048-token step's training FLOPs; it grows as d^3 per matrix and the model's as d^2 x tokens, so
+    the share falls for larger models and batches (benchmarks/muon_step.py times the step against AdamW's)."""
 
     def __init__(self, params, lr=1e-3, weight_decay=0.01, momentum=0.95, nesterov=True, ns_steps=5,
                  scale='moonlight', split=None, ns_dtype=None, betas=(0.9, 0.999), eps=1e-8):
@@ -200,8 +155,7 @@ class Muon(torch.optim.Optimizer):
         if not isinstance(param_group, dict) or 'use_muon' not in param_group:
             raise ValueError("Muon: every param group needs 'use_muon': True (2-D hidden matrices) or False "
                              "(AdamW); build them with muon_param_groups(model, ...)")
-        group = dict(param_group)
-        params = group['params']
+        group, params = dict(param_group), param_group['params']
         group['params'] = [params] if isinstance(params, torch.Tensor) else list(params)
         o = {**self.defaults, **group}
 
@@ -240,19 +194,16 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if group['use_muon']:
-                self._muon_step(group)
-            else:
-                self._adamw_step(group)
+            params = [p for p in group['params'] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                branch = "Muon" if group['use_muon'] else "Muon's AdamW branch"
+                raise RuntimeError(f"{branch} does not support sparse gradients")
+            if params:
+                (self._muon_step if group['use_muon'] else self._adamw_step)(group, params)
         return loss
 
-    def _muon_step(self, group):
+    def _muon_step(self, group, params):   # Jordan 2024; Liu et al. 2025 sec. 2.1-2.2
         lr, wd, mu = group['lr'], group['weight_decay'], group['momentum']
-        params = [p for p in group['params'] if p.grad is not None]
-        if not params:
-            return
-        if any(p.grad.is_sparse for p in params):
-            raise RuntimeError("Muon does not support sparse gradients")
         grads = [p.grad for p in params]                                       # (out, in) each
         for p in params:
             if 'momentum_buffer' not in self.state[p]:
@@ -260,11 +211,11 @@ class Muon(torch.optim.Optimizer):
         bufs = [self.state[p]['momentum_buffer'] for p in params]
         torch._foreach_mul_(bufs, mu)                                          # M_t = mu M_{t-1} + G_t
         torch._foreach_add_(bufs, grads)
-        updates = torch._foreach_add(grads, bufs, alpha=mu) if group['nesterov'] else bufs  # G_t + mu M_t
+        updates = torch._foreach_add(grads, bufs, alpha=mu) if group['nesterov'] else bufs  # Nesterov: G_t + mu M_t
         dtype = self._ns_dtype(group, params[0].device)
         updates = _orthogonalised_updates(updates, group['ns_steps'], group['scale'], group['split'], dtype)
         if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_mul_(params, 1 - lr * wd)                           # decoupled (Liu et al. 2025 sec. 2.2)
         torch._foreach_add_(params, updates, alpha=-lr)
 
     def _ns_dtype(self, group, device):
@@ -274,14 +225,9 @@ class Muon(torch.optim.Optimizer):
             self._default_ns_dtypes[device] = default_ns_dtype(device)
         return self._default_ns_dtypes[device]
 
-    def _adamw_step(self, group):
+    def _adamw_step(self, group, params):
         lr, wd, eps = group['lr'], group['weight_decay'], group['eps']
         beta1, beta2 = group['betas']
-        params = [p for p in group['params'] if p.grad is not None]
-        if not params:
-            return
-        if any(p.grad.is_sparse for p in params):
-            raise RuntimeError("Muon's AdamW branch does not support sparse gradients")
         grads = [p.grad for p in params]
         for p in params:
             state = self.state[p]
@@ -308,19 +254,15 @@ class Muon(torch.optim.Optimizer):
 
 def muon_param_groups(model, lr_adam, lr_muon=None, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8,
                       split_qkv=False):
-    """Param groups for Muon(...) from a GPT (model.py): Muon for every 2-D parameter inside the transformer
-    blocks (names containing '.h.': attention c_attn and c_proj, MLP c_fc and c_proj weights); AdamW for the
-    token and position embeddings, the lm_head, and all biases and norm gains.
-
-    Weight decay as train.py's configure_optimizer: on matrices (Muon matrices, embeddings, lm_head), not on
-    biases and gains. A tied lm_head is the token embedding's tensor: model.named_parameters() yields it once,
-    and every parameter lands in exactly one group (checked). Parameters with requires_grad=False are left out.
-
-    lr_muon: the Muon groups' lr, default lr_adam. With the default 'moonlight' scale one lr fits both (Liu et
-    al. 2025 sec. 2.2), and a loop that writes the same scheduled lr into every group (train.py) is right; with
-    different lrs, multiply each group's own lr by the schedule's factor instead.
-    split_qkv: orthogonalise each c_attn's q, k and v blocks separately (module docstring; default off).
-    Groups that would be empty are left out. Returns a list of dicts for Muon(groups)."""
+    """Param groups for Muon(groups) from a GPT (model.py): Muon for every 2-D parameter inside the transformer
+    blocks (names containing '.h.'), AdamW for the embeddings, the lm_head, biases and norm gains. Weight decay as
+    training.configure_optimizer's: on matrices, not on biases and gains. A tied lm_head is the embedding's tensor
+    (named_parameters yields it once); every parameter lands in exactly one group (checked); requires_grad=False
+    ones and empty groups are left out.
+    lr_muon: the Muon groups' lr, default lr_adam. With the 'moonlight' scale one lr fits both (Liu et al. 2025
+    sec. 2.2), so a loop that writes one scheduled lr into every group (train.py) is right; with different lrs,
+    multiply each group's own lr by the schedule's factor instead.
+    split_qkv: orthogonalise each c_attn's q, k and v blocks separately (module docstring)."""
     lr_muon = lr_adam if lr_muon is None else lr_muon
     qkv_rows = {}   # id(c_attn.weight) -> (q rows, k rows, v rows)
     if split_qkv:
