@@ -213,63 +213,36 @@ def check_bench_knobs(cfg):
         raise ConfigError(f"peak_tflops must be a positive number (dense TFLOP/s of one device), got {p!r}")
 
 
-class Stepper:
-    """train.py's optimizer step (training.train_step) on the benchmark's model and data, reading on through the
-    sequences step after step. Called with `times` (a dict), it waits for the device after each phase and adds
-    the phase's seconds there."""
-
-    def __init__(self, model, optimizer, scaler, rt, grad_clip, batches, block_size):
-        self.model, self.optimizer, self.scaler, self.rt = model, optimizer, scaler, rt
-        self.grad_clip, self.batches, self.block_size, self.next_seq = grad_clip, batches, block_size, 0
-        self.first_done_unix_s = None   # wall clock when the first step (compilation included) had finished
-
-    def __call__(self, total, accum, times=None):
-        clock = PhaseClock(self.rt.device, times) if times is not None else None   # its 'data' phase starts here
-        train_step(self.model, self.optimizer, self.scaler, self.batches(self.next_seq, accum), self.rt,
-                   self.grad_clip, mark=clock)
-        self.next_seq += total // self.block_size
-        if self.first_done_unix_s is None:
-            device_sync(self.rt.device)
-            self.first_done_unix_s = time.time()
-
-
-class PhaseClock:
-    """train_step's mark(phase): the seconds since the previous mark, the device synchronized, go to times[phase]."""
-
-    def __init__(self, device, times):
-        self.device, self.times, self.t = device, times, time.perf_counter()
-
-    def __call__(self, phase):
-        device_sync(self.device)
-        now = time.perf_counter()
-        self.times[phase] += now - self.t
-        self.t = now
-
-
-def timed_steps(one_step, total, accum, cfg, rt):
-    """warmup_steps untimed, then `repeats` timings of timed_steps steps each -> seconds per step per repeat (the
-    slowest rank's: a step is done when every rank is done)."""
+def timed(one_step, cfg, rt):
+    """warmup_steps untimed, then `repeats` timings of timed_steps steps each, the device synchronized around each
+    repeat only -> seconds per step per repeat (the slowest rank's: a step is done when every rank is done)."""
     for _ in range(cfg['warmup_steps']):
-        one_step(total, accum)
+        one_step()
     step_times = []
     for _ in range(cfg['repeats']):
         device_sync(rt.device)
         t0 = time.perf_counter()
         for _ in range(cfg['timed_steps']):
-            one_step(total, accum)
+            one_step()
         device_sync(rt.device)
         step_times.append((time.perf_counter() - t0) / cfg['timed_steps'])
     return _max_over_ranks(step_times, rt)
 
 
-def phase_split(one_step, total, accum, cfg, rt):
-    """A separate pass that waits for the device between phases: the median seconds of each phase per step."""
+def phase_split(one_step, cfg, rt):
+    """A separate pass that waits for the device after each phase of train_step (its mark): the median seconds of
+    each phase per step, and of the whole step."""
     names, split = ('data', 'forward', 'backward', 'optimizer'), []
     for _ in range(cfg['timed_steps']):
-        times = dict.fromkeys(names, 0.0)
+        times, t = dict.fromkeys(names, 0.0), [time.perf_counter()]
+
+        def mark(phase):
+            device_sync(rt.device)
+            times[phase] += time.perf_counter() - t[0]
+            t[0] = time.perf_counter()
         device_sync(rt.device)
-        t0 = time.perf_counter()
-        one_step(total, accum, times)
+        t0 = t[0] = time.perf_counter()
+        one_step(mark)
         device_sync(rt.device)
         split.append(_max_over_ranks([times[k] for k in names] + [time.perf_counter() - t0], rt))
     phases = {k: statistics.median(r[i] for r in split) for i, k in enumerate(names)}
@@ -317,14 +290,21 @@ def bench(cfg):
     model = wrap(raw_model, rt, cfg['parallel'], cfg['compile'], cfg['activation_checkpointing'])
     optimizer = configure_optimizer(raw_model, SimpleNamespace(**cfg), rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
-    one_step = Stepper(model, optimizer, scaler, rt, cfg['grad_clip'], batches, T)
+    seq, first_done_unix_s = [0], []   # the next sequence; when the first step (compilation included) had ended
 
-    # warm-up, then the timed repeats: no synchronization inside a repeat, only around it
+    def step(total, accum, mark=None):
+        """train.py's optimizer step on the benchmark's data, reading on through the sequences."""
+        train_step(model, optimizer, scaler, batches(seq[0], accum), rt, cfg['grad_clip'], mark=mark)
+        seq[0] += total // T
+        if not first_done_unix_s:
+            device_sync(rt.device)
+            first_done_unix_s.append(time.time())
+
     if rt.device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(rt.device)
-    runs = [(total, accum, timed_steps(one_step, total, accum, cfg, rt)) for total, accum in zip(totals, accums)]
+    runs = [(total, accum, timed(lambda: step(total, accum), cfg, rt)) for total, accum in zip(totals, accums)]
     mem_bytes, mem_kind = peak_memory(rt.device)
-    phases = phase_split(one_step, totals[0], accums[0], cfg, rt) if cfg['phases'] else None
+    phases = phase_split(lambda mark: step(totals[0], accums[0], mark), cfg, rt) if cfg['phases'] else None
 
     sampling = None
     if cfg['sample_tokens'] > 0 and not rt.ddp and cfg['parallel'] == 'ddp':   # decoding a sharded model: not here
@@ -362,7 +342,7 @@ def bench(cfg):
         'sampling': sampling,
         # from the start of bench() (torch imported) to the end of the first optimizer step, compilation included;
         # the wall-clock end lets a caller count from its own start (benchmarks/gpu.sh)
-        'first_step_s': one_step.first_done_unix_s - start_unix_s, 'first_step_unix_s': one_step.first_done_unix_s,
+        'first_step_s': first_done_unix_s[0] - start_unix_s, 'first_step_unix_s': first_done_unix_s[0],
     }
     if cfg['scaling_totals']:
         record['scaling_runs'] = summaries
