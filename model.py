@@ -67,26 +67,23 @@ class GPTConfig:
         check(self.norm in ('layernorm', 'rmsnorm'), f"norm={self.norm!r}, expected 'layernorm' or 'rmsnorm'")
         check(self.pos_emb in ('learned', 'rope'), f"pos_emb={self.pos_emb!r}, expected 'learned' or 'rope'")
         check(self.mlp in ('gelu', 'swiglu', 'relu2'), f"mlp={self.mlp!r}, expected 'gelu', 'swiglu' or 'relu2'")
-        for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple'):
-            check(isinstance(getattr(self, k), int) and getattr(self, k) >= 1, f"{k}={getattr(self, k)!r} must be an int >= 1")
+        optional = ('n_kv_head', 'mlp_hidden', 'logit_softcap')   # None: the default rule, or off
+        for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple', 'n_kv_head',
+                  'mlp_hidden'):
+            v = getattr(self, k)
+            check((v is None and k in optional) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                  f"{k}={v!r} must be {'None or ' * (k in optional)}an int >= 1")
         check(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        check(self.n_kv_head is None or (isinstance(self.n_kv_head, int) and self.n_kv_head >= 1),
-              f"n_kv_head={self.n_kv_head!r} must be None or an int >= 1")
         check(self.n_head % self.kv_heads == 0, f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         check(self.pos_emb != 'rope' or self.head_dim % 2 == 0, f"rope needs an even head size, got {self.head_dim}")
         check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         for k in ('qk_norm', 'zero_init_proj', 'bias', 'tie_weights'):
             check(isinstance(getattr(self, k), bool), f"{k}={getattr(self, k)!r} must be True or False")
-        check(self.mlp_hidden is None or (isinstance(self.mlp_hidden, int) and not isinstance(self.mlp_hidden, bool)
-                                          and self.mlp_hidden >= 1),
-              f"mlp_hidden={self.mlp_hidden!r} must be None or an int >= 1")
-        for k in ('rope_theta', 'norm_eps'):   # theta <= 0 makes the RoPE angles NaN; eps <= 0 divides by zero
+        for k in ('rope_theta', 'norm_eps', 'logit_softcap'):   # theta <= 0: NaN RoPE angles; eps <= 0: x / 0
             v = getattr(self, k)
-            check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
-                  f"{k}={v!r} must be a finite number > 0")
-        cap = self.logit_softcap
-        check(cap is None or (isinstance(cap, (int, float)) and not isinstance(cap, bool) and 0 < cap < math.inf),
-              f"logit_softcap={cap!r} must be None or a finite number > 0")
+            check((v is None and k in optional) or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    and 0 < v < math.inf),
+                  f"{k}={v!r} must be {'None or ' * (k in optional)}a finite number > 0")
 
     @property
     def head_dim(self):
@@ -156,10 +153,9 @@ def rope_tables(head_dim, length, theta):
 
 
 def apply_rope(x, cos, sin):
-    """Rotary embedding, rotate-half layout (GPT-NeoX, Hugging Face Llama): dimension i is paired with
-    i + d/2 rather than 2i with 2i+1 as written in the RoFormer paper. The two layouts are the same
-    rotation up to a fixed permutation of the head dimensions (which the learned q/k weights absorb);
-    rotate-half is what Hugging Face Llama checkpoints use. x: (B, H, T, d); cos, sin: (T, d)."""
+    """Rotary embedding, x (B, H, T, d), cos and sin (T, d), in the rotate-half layout of GPT-NeoX and Hugging Face
+    Llama checkpoints: dimension i pairs with i + d/2, not 2i with 2i+1 as in RoFormer, the same rotation up to a
+    fixed permutation of the head dimensions (which the learned q/k weights absorb)."""
     xf = x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
@@ -170,8 +166,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        self.layer_idx = layer_idx
-        self.dropout = config.dropout
+        self.layer_idx, self.dropout = layer_idx, config.dropout
         self.qk_norm, self.norm_eps = config.qk_norm, config.norm_eps
         # q, k and v in one matmul (GPT-2's c_attn); with GQA k and v have n_kv_head heads each
         self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
@@ -266,9 +261,8 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost"): a training
-        # forward keeps only each block's input and the backward recomputes the block, ~1/3 more compute for
-        # n_layer blocks' activations less. A run setting (train.py's activation_checkpointing), not part of the
-        # config: the weights and the function are the same either way.
+        # forward keeps only each block's input and the backward recomputes the block, ~1/3 more compute for n_layer
+        # blocks' activations less. A run setting (train.py), not in the config: the function is the same.
         self.activation_checkpointing = False
         if config.tie_weights:   # https://paperswithcode.com/method/weight-tying
             self.transformer.wte.weight = self.lm_head.weight
@@ -292,12 +286,10 @@ class GPT(nn.Module):
                     torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
 
     def features(self, idx, kv_cache=None, pos=None):
         """Final hidden states (B, T, n_embd) after ln_f. With a kv_cache, idx holds the tokens at positions
@@ -326,11 +318,10 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, kv_cache=None, return_logits=True):
-        """idx (B, T) token ids -> (logits (B, T, padded_vocab_size), loss or None). Columns >= vocab_size
-        are padding: the loss is the cross-entropy over the real vocabulary only (in float32, targets -1
-        ignored), so a padded model is the same function as an unpadded one. return_logits=False (training,
-        evaluation) returns None for the logits, and when their float32 copy would exceed CE_PLAIN_MAX_BYTES the
-        loss comes from the chunked linear_cross_entropy, which never holds them (both in pretrain/lm_loss.py)."""
+        """idx (B, T) token ids -> (logits (B, T, padded_vocab_size), loss or None). The loss is the float32
+        cross-entropy over the real vocabulary (columns >= vocab_size are padding; targets -1 ignored).
+        return_logits=False (training, evaluation) gives None for the logits, and past lm_loss.CE_PLAIN_MAX_BYTES of
+        float32 logits the loss comes from lm_loss.linear_cross_entropy, which never holds them."""
         h = self.features(idx, kv_cache)
         if targets is None:
             return self.lm_logits(h), None
@@ -354,10 +345,9 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path, **overrides):
-        """OpenAI's GPT-2 weights: a local Hugging Face directory (config.json with model.safetensors or
-        pytorch_model.bin, or their sharded *.index.json), or a name ('gpt2', 'gpt2-medium', 'gpt2-large',
-        'gpt2-xl') downloaded from the Hugging Face hub into ~/.cache/gpt-scaling/<name> (gpt2_weights.py).
-        overrides: dropout and/or pad_vocab_multiple."""
+        """OpenAI's GPT-2 weights (gpt2_weights.py): a local Hugging Face directory (config.json with model.safetensors
+        or pytorch_model.bin, or their sharded *.index.json), or a name ('gpt2', 'gpt2-medium', 'gpt2-large',
+        'gpt2-xl') downloaded into ~/.cache/gpt-scaling/<name>. overrides: dropout and/or pad_vocab_multiple."""
         from pretrain.gpt2_weights import WeightsError, load_gpt2   # it does not import this module: no cycle
         bad = set(overrides) - {'dropout', 'pad_vocab_multiple'}
         if bad:

@@ -28,6 +28,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from pretrain.cli import first_line
 from pretrain.configurator import ConfigError
 from pretrain.data import TOKENIZERS
 from pretrain.gpt2_weights import HF_REPOS
@@ -46,10 +47,6 @@ IN_SHARDS = ('model', 'optimizer')   # a sharded checkpoint keeps these in its d
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be written or used: one line naming the path and what to do."""
-
-
-def _first_line(e):
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _dcp_failure(e):
@@ -139,7 +136,7 @@ def _write_atomic(state, path):
 
 def _write_error(path, e):
     full = isinstance(e, OSError) and e.errno == errno.ENOSPC or 'No space left' in str(e)
-    what = "the disk is full" if full else _first_line(e)
+    what = "the disk is full" if full else first_line(e)[:200]
     kept = ("the previous checkpoint is intact (free space or fix permissions, then resume with "
             "--init_from=resume)" if os.path.exists(path) else
             "no checkpoint was written (free space or fix permissions, then run again)")
@@ -219,7 +216,7 @@ def load_checkpoint(path, for_resume=False, shards=True):
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:   # truncated, empty, not a zip, unpickling refused: the file's problem, one line
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {_first_line(e)}); "
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {first_line(e)[:200]}); "
                               f"it may be truncated or not a checkpoint") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} is a {type(ckpt).__name__}, not a train.py checkpoint")
@@ -279,7 +276,7 @@ def read_shards(manifest, with_optimizer=True, into=None):
     except (Exception, dcp.api.CheckpointException) as e:
         e = _dcp_failure(e)
         raise CheckpointError(f"shard directory {shard_dir} is incomplete or damaged ({type(e).__name__}: "
-                              f"{_first_line(e)}); resume from an earlier checkpoint") from None
+                              f"{first_line(e)[:200]}); resume from an earlier checkpoint") from None
     for alias, name in manifest['aliases'].items():   # a tied weight, stored once: the same tensor under both names
         state['model'][alias] = state['model'][name]
     if with_optimizer:
@@ -322,7 +319,7 @@ def model_from_checkpoint(ckpt, path, weights=True, **overrides):
         model = GPT(GPTConfig(**{**ckpt['model_config'], **overrides}))
     except (TypeError, ModelError) as e:   # keys this model.py does not know, or impossible values
         raise CheckpointError(f"checkpoint {path} has a model_config this model.py cannot build "
-                              f"({_first_line(e)})") from None
+                              f"({first_line(e)[:200]})") from None
     if weights:
         check_state_dict(model.state_dict(), ckpt['model'], path)
         model.load_state_dict(ckpt['model'])

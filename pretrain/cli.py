@@ -30,6 +30,11 @@ def _hook(kind, value, tb, _default=sys.excepthook):
 sys.excepthook = _hook
 
 
+def first_line(e):
+    """An exception's message as one line (its str can be a paragraph), or its type's name when it has none."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def cli(run, errors, interrupted=None):
     """run(); one of `errors` (or an OSError from files, permissions or a full disk) -> one line `error: ...` on
     stderr and exit 1; Ctrl-C -> one line (`interrupted`, the script's own words) and exit 130."""
@@ -37,7 +42,7 @@ def cli(run, errors, interrupted=None):
         return run()
     except errors as e:
         sys.stdout.flush()
-        print(f"error: {(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         sys.exit(1)
     except BrokenPipeError:   # the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

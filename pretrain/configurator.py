@@ -1,14 +1,10 @@
 """
 The one config parser of every script: a script's knobs are the plain assignments at the top of its file
-(nanoGPT's style); a config file (plain Python assignments) and then --key=value overrides change them.
+(nanoGPT's style); a config file (plain Python, executed as nanoGPT does: the user's own code) and then
+--key=value overrides (ast.literal_eval, never eval) change them. Every key must be a known knob and every value
+have the default's type; any mistake is a ConfigError, one line naming the key.
 
     python train.py config/gpt2.py --batch_size=32 --device=cuda
-
-Values parse with ast.literal_eval, never eval (a bare word stays a string: --device=cuda). A config file is
-executed, as nanoGPT's configurator does: it is the user's own code, like the script itself. Every key must be
-a known knob and every value must have the default's type (an int where a float is expected is converted;
-None only where the default is None, or for the few knobs a script names as `nullable`). Any mistake is a
-ConfigError with one line naming the key.
 """
 import ast
 import builtins
@@ -25,9 +21,9 @@ KNOB_TYPES = (int, float, str, bool, type(None))
 
 
 def knobs(namespace):
-    """A script's defaults: the public int/float/str/bool/None globals of its module namespace."""
-    return {k: v for k, v in namespace.items() if not k.startswith('_') and isinstance(v, KNOB_TYPES)
-            and k.upper() != k}
+    """A script's defaults: the int/float/str/bool/None globals of its module namespace, not _private or CONSTANT."""
+    return {k: v for k, v in namespace.items()
+            if not k.startswith('_') and k != k.upper() and isinstance(v, KNOB_TYPES)}
 
 
 def script_defaults(path):
@@ -40,14 +36,11 @@ def script_defaults(path):
     out = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
             try:
-                value = ast.literal_eval(node.value)
+                out[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
                 continue
-            if not name.startswith('_') and name.upper() != name and isinstance(value, KNOB_TYPES):
-                out[name] = value
-    return out
+    return knobs(out)
 
 
 def parse_value(text):
@@ -83,8 +76,7 @@ def check_type(key, value, defaults, where, nullable=()):
         raise ConfigError(f"unknown config key '{key}' in {where}{hint}")
     default = defaults[key]
     if value is None and default is not None and key not in nullable:
-        raise ConfigError(f"{key} must be {type(default).__name__}, got None in {where} (None is not one of its "
-                          f"values)")
+        raise ConfigError(f"{key} must be {type(default).__name__}, got None in {where} (None is not among its values)")
     if default is None or value is None:
         # a tuple of such values too: bench.py's --nprocs=1,2 and --scaling_totals=(64, 128)
         if not (isinstance(value, KNOB_TYPES) or isinstance(value, tuple) and all(isinstance(v, KNOB_TYPES)
@@ -92,11 +84,10 @@ def check_type(key, value, defaults, where, nullable=()):
             raise ConfigError(f"{key} must be a number, a string, a bool, None or a tuple of those, got {value!r} "
                               f"in {where}")
         return value
-    if isinstance(default, bool) != isinstance(value, bool):  # bool is an int subclass: keep them apart
-        raise ConfigError(f"{key} must be {type(default).__name__}, got {value!r} in {where}")
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if not isinstance(value, type(default)):
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    # bool is an int subclass: keep them apart
+    if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default)):
         raise ConfigError(f"{key} must be {type(default).__name__}, got {value!r} in {where}")
     return value
 

@@ -23,6 +23,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from pretrain.cli import first_line
+
 HEADER_MAGIC = 20240520   # llm.c's GPT-2 token shards; 20240801 is its llama-3 (uint32) format
 HEADER_VERSION = 1
 HEADER_INTS = 256         # 1024 bytes
@@ -337,7 +339,7 @@ def _reason(e):
     if isinstance(e, requests.Timeout):
         return "timed out"
     m = re.search(r"\[Errno -?\d+\] [^'\")]+|Connection broken: [^'\"]+", str(e))
-    return m.group(0) if m else (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return m.group(0) if m else first_line(e)[:200]
 
 
 def _linkedsha256_of(r):

@@ -11,24 +11,20 @@ import torch
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# Attention kernels for eager generation. Each eager step gives attention a new key length (the cache grows by one,
-# or, without the cache, the window does). cuDNN attention, torch 2.11's first choice on Hopper, builds a plan per
-# new shape (tens of ms each), which made eager batch-1 decoding ~10x slower on its first pass; flash and
-# memory-efficient attention (and the math fallback) take any length without a plan. Training and evaluation have
-# fixed shapes, so there cuDNN plans once and torch keeps its own choice; so does the compiled decode_step.
+# Attention kernels for eager generation, where each step gives attention a new key length. cuDNN attention, torch
+# 2.11's first choice on Hopper, builds a plan per new shape (tens of ms: eager batch-1 decoding ran ~10x slower);
+# these take any length without one. Training, evaluation and the compiled decode_step keep torch's own choice.
 GENERATE_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, preallocated to block_size.
-    Keys are stored after RoPE (rotated at their absolute position), so they are never recomputed.
-    update() returns the filled prefix, a new shape at every step; write() (decode_step) returns the whole
-    buffers, the same shapes at every step."""
+    """Keys and values of every layer for the positions seen so far, preallocated to block_size; keys after RoPE
+    (rotated at their absolute position). update() returns the filled prefix, a new shape at every step; write()
+    (decode_step) the whole buffers, the same shapes at every step."""
 
     def __init__(self, config, batch_size):
         self.shape = (batch_size, config.kv_heads, config.block_size, config.head_dim)
-        self.k = [None] * config.n_layer
-        self.v = [None] * config.n_layer
+        self.k, self.v = [None] * config.n_layer, [None] * config.n_layer
         self.pos = 0   # positions filled; GPT.features advances it after all layers
 
     def update(self, layer, k, v):
@@ -50,10 +46,9 @@ class KVCache:
 
 
 def sample_next(logits, vocab_size, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token per row from logits (B, V_padded) -> (B, 1). Padded columns (>= vocab_size) are dropped
-    first, so they are never drawn. temperature 0: argmax. Then (order as Hugging Face) temperature,
-    top_k (keep the k largest), top_p (nucleus, Holtzman et al. 2019: keep the smallest set of most
-    probable tokens whose probability reaches top_p)."""
+    """One token per row from logits (B, V_padded) -> (B, 1), never a padded column (>= vocab_size). temperature 0:
+    argmax; else, in Hugging Face's order, temperature, top_k (keep the k largest), top_p (nucleus, Holtzman et al.
+    2019: keep the smallest set of most probable tokens whose probability reaches top_p)."""
     logits = logits[:, :vocab_size].float()
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
@@ -72,10 +67,9 @@ def sample_next(logits, vocab_size, temperature=1.0, top_k=None, top_p=None, gen
 
 
 def decode_step(model, idx, cache, pos):
-    """The one-token step with fixed shapes (gpt-fast), so that one compiled graph (one CUDA graph) serves every
-    position: idx (B, 1) at position pos, a (1,) long tensor on idx's device (a new int would be a new graph), into
-    a cache holding positions 0 .. pos-1 -> the logits (B, padded_vocab_size). Attention reads all block_size
-    positions, those after pos masked out: each step costs the same as the last one before the window slides."""
+    """The one-token step with fixed shapes (gpt-fast): idx (B, 1) at pos, a (1,) long tensor on idx's device (an
+    int would make a graph per position), into a cache holding positions 0 .. pos-1 -> logits (B, padded_vocab_size).
+    Attention reads all block_size positions, those after pos masked out: one compiled (CUDA) graph for every step."""
     return model.lm_logits(model.features(idx, cache, pos)[:, -1, :])
 
 
@@ -87,11 +81,9 @@ def _last_logits(model, idx, cache=None):
 
 
 def _compiled_decode(model, idx):
-    """step(model, idx, cache, pos), decode_step compiled, and the KVCache it works in, kept on the model
-    (model._decode, not in its state_dict): compiling at every call would cost tens of seconds, and new cache
-    buffers would be new graph inputs (a recompile, or a CUDA graph re-record). The step is made again for another
-    device type, the cache for another batch size; the cache stays allocated with the model and serves one
-    compile_decode generation at a time (do not interleave two such streams)."""
+    """(step, cache): decode_step compiled and its KVCache, kept on the model (model._decode, not in its state_dict):
+    compiling at every call would cost tens of seconds, and new cache buffers would be new graph inputs. Made again
+    for another device type (the step) or batch size (the cache); one compile_decode generation at a time."""
     dev, B = idx.device.type, idx.size(0)
     kept = getattr(model, '_decode', None)
     if kept is None or kept['device'] != dev:
@@ -106,10 +98,9 @@ def _compiled_decode(model, idx):
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None, kv_cache=True,
              compile_decode=False):
-    """Continue the prompts idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens).
-    Each token is drawn from the model's distribution given the last block_size tokens (nanoGPT's
-    sliding window). temperature=0 is greedy; top_k / top_p filter as in sample_next; generator is a
-    torch.Generator for reproducible draws. Runs in eval mode (dropout off) and restores the mode."""
+    """Continue the prompts idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens), each drawn given the last
+    block_size tokens (nanoGPT's sliding window). temperature=0 is greedy; top_k / top_p filter as in sample_next;
+    generator: a torch.Generator for reproducible draws. Runs in eval mode (dropout off) and restores the mode."""
     was_training = model.training
     model.eval()
     try:
@@ -122,21 +113,15 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
                     kv_cache=True, compile_decode=False):
-    """generate() one step at a time: yields the next token of every row, (B, 1), so text can be shown as it
-    comes (sample.py). Call it in eval mode under torch.no_grad(): a generator cannot hold those for its caller.
-
-    With kv_cache=True the keys/values of earlier positions are kept and each step feeds one token.
-    When the window slides (the cache holds block_size positions), every kept token changes position
-    (and with it, from layer 2 on, every key and value), so the cache is rebuilt from scratch from the
-    last block_size tokens. Rolling the cache would be wrong with learned positions and, for RoPE,
-    only an approximation. So past block_size each step costs a full forward, as without the cache,
-    and both paths give the same tokens (the tests check this).
-
-    compile_decode=True (with kv_cache; ignored without) runs the one-token steps through decode_step,
-    compiled once per model: on CUDA with torch.compile(mode='reduce-overhead', fullgraph=True), which
-    replays CUDA graphs (one launch per step instead of one per kernel, gpt-fast's approach); elsewhere
-    with plain torch.compile. The prompt and each rebuild keep the path above. The first call compiles
-    (tens of seconds); the same tokens as without it, up to floating-point rounding."""
+    """generate() one step at a time: yields the next token of every row, (B, 1), so text can be shown as it comes
+    (sample.py). Call it in eval mode under torch.no_grad(): a generator cannot hold those for its caller.
+    kv_cache=True keeps earlier positions' keys/values and feeds one token a step. When the window slides every kept
+    token changes position (and from layer 2 on every key and value), so the cache is rebuilt from the last
+    block_size tokens (rolling it would be wrong with learned positions, approximate with RoPE): past block_size
+    each step is a full forward, as without the cache, and both give the same tokens (tests check).
+    compile_decode=True (with kv_cache) runs the one-token steps through decode_step compiled once per model (on
+    CUDA with mode='reduce-overhead': CUDA graphs, one launch per step, as gpt-fast); the prompt and each rebuild
+    run eagerly. The first call compiles (tens of seconds); the tokens are the same up to floating-point rounding."""
     bs = model.config.block_size
     step = idx_next = None
     if kv_cache:

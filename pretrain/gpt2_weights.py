@@ -1,17 +1,17 @@
 """
-OpenAI's GPT-2 weights in Hugging Face's format: where they come from and how their names map onto model.py's GPT.
-GPT.from_pretrained calls load_gpt2 with a builder of the model, so this file does not import model.py (no cycle).
-
+OpenAI's GPT-2 weights in Hugging Face's format: where they come from and how their names map onto model.py's GPT
+(GPT.from_pretrained passes load_gpt2 a builder of the model: this file does not import model.py).
 Files: config.json and model.safetensors (or pytorch_model.bin, or shards listed in a *.index.json). By name they
 come from the Hugging Face hub (or $HF_ENDPOINT) through data.download (timeouts, retries, resume, the hub's sha256
 for the weights) into $XDG_CACHE_HOME/gpt-scaling/<name> (default ~/.cache). Safetensors files are read tensor by
-tensor with `safetensors` (gpt2-xl needs no second copy in memory), .bin files with torch.load(weights_only=True).
+tensor (gpt2-xl needs no second copy in memory), .bin files with torch.load(weights_only=True).
 """
 import json
 import os
 
 import torch
 
+from pretrain.cli import first_line
 from pretrain.data import DataError, download
 
 
@@ -72,8 +72,7 @@ def hf_tensors(path):
         except WeightsError:
             raise
         except Exception as e:   # truncated file, bad header or pickle, missing shard: say which file
-            msg = (str(e).strip().splitlines() or [''])[0]
-            raise WeightsError(f"{f}: cannot read weights ({type(e).__name__}: {msg})") from None
+            raise WeightsError(f"{f}: cannot read weights ({type(e).__name__}: {first_line(e)})") from None
     raise WeightsError(f"{path}: no model.safetensors or pytorch_model.bin")
 
 

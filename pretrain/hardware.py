@@ -1,7 +1,7 @@
 """
-What the hardware can do, for MFU and memory reports: dense peak FLOP/s per device (a datasheet table for GPUs, a
-measured matrix product on CPUs and Apple GPUs), measured copy bandwidth, the device's name and the run's peak
-memory. train.py, bench.py and scaling.py's planner read these; runtime.py sets the device up.
+What the hardware can do, for MFU and memory reports (train.py, bench.py, scaling.py's planner): dense peak FLOP/s
+per device (a datasheet table for GPUs, a measured matrix product on CPUs and Apple GPUs), measured copy bandwidth,
+the device's name and the run's peak memory.
 """
 import json
 import os
@@ -13,25 +13,23 @@ import time
 
 import torch
 
+from pretrain.cli import first_line
 from pretrain.data import CACHE_DIR, write_json
 from pretrain.runtime import device_sync
 
 
-# Dense peak TFLOP/s per GPU from the vendors' datasheets/whitepapers. NVIDIA quotes tensor-core figures
-# "with sparsity" (2:4 structured) in headlines: those are 2x the dense numbers used here, e.g. H100 SXM's
-# 1979 bf16 TFLOP/s is sparse, 989.4 dense. 'tf32' is what float32 matmuls get when TF32 is allowed
-# (train.py allows it on CUDA); 'fp32' is the non-tensor-core figure. None = dtype not supported in hardware.
+# Dense peak TFLOP/s per GPU from the vendors' datasheets/whitepapers. NVIDIA's headline tensor-core figures are
+# "with sparsity" (2:4 structured), 2x the dense ones used here (H100 SXM bf16: 1979 sparse, 989.4 dense). 'tf32':
+# float32 matmuls with TF32 allowed (setup_runtime allows it); 'fp32': without tensor cores; None: no such unit.
 # Patterns are tried in order against torch.cuda.get_device_name(), so more specific names come first.
 _GPU_PEAKS = [
-    # (regex on device name, {dtype: dense TFLOP/s})
-    # Blackwell. HGX B200 datasheet: FP16/BF16 4.5 PF, TF32 2.2 PF (sparse) per GPU, FP32 75 TF (Mar 2024).
+    # Blackwell. HGX B200 datasheet: FP16/BF16 4.5 PF, TF32 2.2 PF (sparse) per GPU, FP32 75 TF.
     (r'GB200', dict(bf16=2500.0, fp16=2500.0, tf32=1250.0, fp32=80.0)),  # GB200 NVL72 datasheet, per GPU, /2
     (r'B200', dict(bf16=2250.0, fp16=2250.0, tf32=1100.0, fp32=75.0)),
     (r'B100', dict(bf16=1750.0, fp16=1750.0, tf32=875.0, fp32=60.0)),  # HGX B100: 3.5 PF sparse bf16 per GPU
-    # Hopper. H100 datasheet (nvidia.com/en-us/data-center/h100): SXM bf16/fp16 1979, tf32 989 sparse, fp32 67;
-    # PCIe 1513 / 756 sparse, fp32 51; NVL 1671 / 835 sparse, fp32 60. H200 (SXM) = H100 SXM compute;
-    # H200 NVL = H100 NVL compute (H200 datasheet). GH200's Hopper = H100 SXM (GH200 datasheet).
-    # H800 = H100 with less NVLink, same compute; H20: 148 dense bf16, 74 tf32, 44 fp32 (H20 spec sheet).
+    # Hopper. H100 datasheet (nvidia.com/en-us/data-center/h100): SXM, PCIe and NVL sparse figures halved.
+    # H200 (SXM) and GH200 = H100 SXM compute, H200 NVL = H100 NVL (H200, GH200 datasheets); H800 = H100 with
+    # less NVLink; H20 spec sheet (dense).
     (r'GH200', dict(bf16=989.4, fp16=989.4, tf32=494.7, fp32=66.9)),
     (r'H200 NVL', dict(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60.0)),
     (r'H200', dict(bf16=989.4, fp16=989.4, tf32=494.7, fp32=66.9)),
@@ -39,35 +37,28 @@ _GPU_PEAKS = [
     (r'H100 PCIe|H800 PCIe', dict(bf16=756.5, fp16=756.5, tf32=378.0, fp32=51.2)),
     (r'H100|H800', dict(bf16=989.4, fp16=989.4, tf32=494.7, fp32=66.9)),  # "NVIDIA H100 80GB HBM3" = SXM
     (r'\bH20\b', dict(bf16=148.0, fp16=148.0, tf32=74.0, fp32=44.0)),
-    # Ampere. A100 datasheet: bf16/fp16 312, tf32 156 dense (624/312 sparse), fp32 19.5; PCIe and SXM alike.
-    # A800 = A100 compute. A30: 165 / 82 / 10.3. A40: 149.7 / 74.8 / 37.4. A10: 125 / 62.5 / 31.2.
-    # A10G (AWS g5): AWS publishes no tensor figure; taken to behave like the GeForce GA102 parts (half-rate fp32
-    # accumulate), i.e. ~70 dense bf16 (an estimate, not measured here: no GPU was available); fp32 31.2.
+    # Ampere. A100 datasheet (dense; A800 = A100 compute); A30, A40, A10 datasheets. A10G (AWS g5): AWS publishes
+    # no tensor figure; taken to behave like the GeForce GA102 parts (half-rate fp32 accumulate): an estimate.
     (r'A100|A800', dict(bf16=312.0, fp16=312.0, tf32=156.0, fp32=19.5)),
     (r'\bA30\b', dict(bf16=165.0, fp16=165.0, tf32=82.0, fp32=10.3)),
     (r'\bA40\b', dict(bf16=149.7, fp16=149.7, tf32=74.8, fp32=37.4)),
     (r'\bA10G\b', dict(bf16=70.0, fp16=70.0, tf32=35.0, fp32=31.2)),
     (r'\bA10\b', dict(bf16=125.0, fp16=125.0, tf32=62.5, fp32=31.2)),
     (r'RTX A6000', dict(bf16=154.8, fp16=154.8, tf32=77.4, fp32=38.7)),  # RTX A6000 datasheet (309.7 sparse)
-    # GeForce Ampere, GA102 whitepaper appendix: fp16/bf16 tensor with fp32 accumulate (what autocast uses),
-    # dense: RTX 3090 71, 3090 Ti 80; tf32 35.6 / 40; fp32 35.6 / 40.
+    # GeForce Ampere, GA102 whitepaper appendix: fp16/bf16 tensor with fp32 accumulate (what autocast uses), dense.
     (r'RTX 3090 Ti', dict(bf16=80.0, fp16=80.0, tf32=40.0, fp32=40.0)),
     (r'RTX 3090', dict(bf16=71.0, fp16=71.0, tf32=35.6, fp32=35.6)),
-    # Ada. L40S datasheet: bf16/fp16 362.05 dense (733 sparse), tf32 183, fp32 91.6. L40: 181 / 90.5 / 90.5.
-    # L4 datasheet: 121 dense (242 sparse), tf32 60, fp32 30.3. RTX 4090, Ada whitepaper appendix: fp16/bf16
-    # with fp32 accumulate 165.2 dense (330.3 sparse), tf32 82.6, fp32 82.6.
+    # Ada. L40S, L40 and L4 datasheets (dense); RTX 4090: Ada whitepaper appendix, fp16/bf16 with fp32 accumulate.
     (r'L40S', dict(bf16=362.05, fp16=362.05, tf32=183.0, fp32=91.6)),
     (r'\bL40\b', dict(bf16=181.0, fp16=181.0, tf32=90.5, fp32=90.5)),
     (r'\bL4\b', dict(bf16=121.0, fp16=121.0, tf32=60.0, fp32=30.3)),
     (r'RTX 4090', dict(bf16=165.2, fp16=165.2, tf32=82.6, fp32=82.6)),
-    # Volta/Turing: no bf16 tensor cores. V100 datasheet: SXM2 fp16 tensor 125, fp32 15.7; PCIe 112 / 14;
-    # V100S 130 / 16.4. T4 datasheet: fp16 65, fp32 8.1.
+    # Volta/Turing: no bf16 tensor cores. V100 (SXM2, PCIe, V100S) and T4 datasheets.
     (r'V100S', dict(bf16=None, fp16=130.0, tf32=None, fp32=16.4)),
     (r'V100.*PCIE', dict(bf16=None, fp16=112.0, tf32=None, fp32=14.0)),
     (r'V100', dict(bf16=None, fp16=125.0, tf32=None, fp32=15.7)),
     (r'\bT4\b', dict(bf16=None, fp16=65.0, tf32=None, fp32=8.1)),
-    # AMD (ROCm torch reports these as cuda devices). MI300X/MI325X datasheets: bf16/fp16 1307.4 dense,
-    # tf32 653.7, fp32 matrix 163.4; MI250X: bf16/fp16 383, fp32 matrix 95.7 (no tf32).
+    # AMD (ROCm torch reports these as cuda devices): MI300X/MI325X and MI250X datasheets (fp32: matrix cores).
     (r'MI3[02]5X|MI300X', dict(bf16=1307.4, fp16=1307.4, tf32=653.7, fp32=163.4)),
     (r'MI250X', dict(bf16=383.0, fp16=383.0, tf32=None, fp32=95.7)),
 ]
@@ -85,10 +76,9 @@ def gpu_peak_tflops(name, dtype, tf32=True):
     return None
 
 
-_measured = {}  # (device, dtype, threads, n) -> FLOP/s: train.py and repeated calls pay the microbenchmark once
-# The best matmul FLOP/s ever measured on this machine, per CPU model, threads, dtype, size and torch version. The
-# peak belongs to the hardware: a measurement taken while other jobs share the cores understates it, and MFU
-# against it would read high (train.py's console showed 90%+ so); against the best seen, a busy machine reads low.
+_measured = {}  # (device, dtype, threads, n) -> FLOP/s: repeated calls pay the microbenchmark once
+# The best matmul FLOP/s ever measured per CPU model, threads, dtype, size and torch version: a measurement taken
+# while other jobs share the cores understates the peak, and MFU against it would read high.
 PEAK_CACHE = os.path.join(CACHE_DIR, 'matmul_peaks.json')
 
 
@@ -131,8 +121,7 @@ def measure_matmul_flops(device, dtype, n=2048, repeats=5, measure=True):
             best = _recorded_peaks().get(_machine_key(device, dtype, n))
             return float(best) if isinstance(best, (int, float)) else None
         g = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-        b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+        a, b = (torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
         best = float('inf')
         for i in range(repeats + 1):  # the first product warms up kernels and allocator and is not counted
             device_sync(device)
@@ -155,13 +144,13 @@ def peak_info(device, dtype, measure=True):
         tf32 = dtype == torch.float32 and torch.get_float32_matmul_precision() != 'highest'
         tflops = gpu_peak_tflops(name, dtype, tf32=tf32)
         if tflops is None:
-            return None, f"unknown: {name!r} with {dname} is not in runtime.py's table (give --peak_tflops)"
+            return None, f"unknown: {name!r} with {dname} is not in hardware.py's table (give --peak_tflops)"
         return tflops * 1e12, f"datasheet: {name}, dense {'tf32' if tf32 else dname}"
     if device.type in ('cpu', 'mps'):
         try:
             flops = measure_matmul_flops(device, dtype, measure=measure)
         except (RuntimeError, TypeError) as e:  # dtype not supported by this backend
-            return None, f"unknown: {dname} matmul failed on {device.type} ({str(e).splitlines()[0][:80]})"
+            return None, f"unknown: {dname} matmul failed on {device.type} ({first_line(e)[:80]})"
         if flops is None:
             return None, f"unknown: this {device.type} was never measured (python bench.py measures and records it)"
         return flops, (f"measured: best 2048^3 {dname} matmul on {device.type}"
@@ -171,14 +160,9 @@ def peak_info(device, dtype, measure=True):
 
 
 def peak_flops(device, dtype, measure=True):
-    """
-    Dense peak FLOP/s of one device for matmuls in `dtype`, or None when unknown.
-    CUDA: the datasheet table above by device name (unknown name -> None: never a silent A100 guess);
-    float32 counts as TF32 when the float32 matmul precision is not 'highest' (setup_runtime sets 'high' on CUDA).
-    CPU and MPS: measured, a 2048^3 matrix product in `dtype` (best of 5; cached in-process per thread count
-    and recorded on disk in PEAK_CACHE as the best ever seen on this machine), so MFU there is relative to what
-    this machine's BLAS reaches, not to a vendor figure. measure=False reads PEAK_CACHE only.
-    """
+    """Dense peak FLOP/s of one device for matmuls in `dtype`, or None when unknown (peak_info). CUDA: the
+    datasheet table by device name, never a silent A100 guess; float32 as TF32 unless the float32 matmul precision
+    is 'highest'. CPU and MPS: measured, so MFU there is relative to what this machine's BLAS reaches."""
     return peak_info(device, dtype, measure)[0]
 
 
@@ -190,9 +174,8 @@ def mfu(flops_per_token, tokens_per_s, peak_per_device, n_devices=1):
 
 
 def copy_bandwidth(device, n_bytes=1 << 30, repeats=5):
-    """Device memory bandwidth in bytes/s, measured: the best of `repeats` device-to-device copies of n_bytes,
-    counting bytes read plus bytes written (a datasheet figure is a lead, this is what the card does). CUDA only;
-    None elsewhere."""
+    """Device memory bandwidth in bytes/s, measured (CUDA only, else None): the best of `repeats` device-to-device
+    copies of n_bytes, counting bytes read plus written (a datasheet figure is a lead, this is what the card does)."""
     if device.type != 'cuda':
         return None
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()

@@ -9,27 +9,21 @@ sentence. Scored as llm.c's dev/data/hellaswag.py scores it ("completion style")
     score(model, tokenizer, examples, rt)            # {'acc': ..., 'acc_norm': ..., 'n': ..., 'truncated': ...}
     score(model, tokenizer, examples, rt, shots=10, train=load_examples(split='train'))   # 10-shot (GPT-3 style)
 
-For each example the four rows are context + ending, with context = encode(ctx) and ending = encode(" " + ending)
-(GPT-2's BPE puts the space inside the next token). Each ending token's loss is the cross-entropy of that token
-given everything before it. llm.c's two numbers:
-    acc       the ending with the lowest SUMMED loss over its tokens wins (llm.c: pred = sum_loss.argmin())
+Each example is four rows, context + ending, with ending = encode(" " + ending) (GPT-2's BPE puts the space
+inside the next token); an ending token's loss is its cross-entropy given everything before it. llm.c's numbers:
+    acc       the ending with the lowest SUMMED loss wins (llm.c: pred = sum_loss.argmin()); favours short endings
     acc_norm  the ending with the lowest MEAN loss per token wins (llm.c: pred_norm = avg_loss.argmin())
-The sum favours short endings; the mean does not. (EleutherAI's harness normalizes by the ending's characters and
-frames the task as multiple choice, so its numbers differ: 0.3114 acc_norm for GPT-2 124M.) Ties go to the lowest
-index, as torch.argmin. Only the val split has labels (the test split's are hidden), so only val is scored.
-
-A row longer than the model's context loses the start of its context (the ending is always whole), and score()
-counts the examples so cut. Under torchrun each rank scores a contiguous slice and the counts are all-reduced, so
-acc and acc_norm are the same at any world size.
+Ties go to the lowest index (torch.argmin). EleutherAI's harness normalizes by characters and frames the task as
+multiple choice, so its numbers differ (0.3114 acc_norm for GPT-2 124M). Only val has labels, so only val is scored.
+A row longer than the model's context loses the start of its context (never of the ending); score() counts those.
+Under torchrun each rank scores a contiguous slice and the counts are all-reduced: the same result at any world size.
 
 Few-shot (Brown et al. 2020, "Language Models are Few-Shot Learners", sec. 2.4): "we evaluate each example in the
 evaluation set by randomly drawing K examples from that task's training set as conditioning, delimited by 1 or 2
-newlines". Each of the k shots is a solved train example, its context + " " + its right ending, followed by a
-blank line (lm-evaluation-harness's default delimiter too), before the context:
-    shot_1 + "\n\n" + ... + shot_k + "\n\n" + ctx,   then " " + ending as always
-encoded as one text and scored exactly as at 0 shots. The shots of example number `index` are k distinct train
-examples drawn from random.Random(f"{seed}:{index}"), so the draw does not depend on the batch size or the number
-of processes; an example never gets itself as a shot. k = 0 gives exactly the 0-shot rows.
+newlines". Each shot is a solved train example, context + " " + right ending, then a blank line (lm-eval's default
+delimiter too):  shot_1 + "\n\n" + ... + shot_k + "\n\n" + ctx, then " " + ending, scored as at 0 shots. The
+shots of example number `index` are k distinct train examples, never the example itself, drawn from
+random.Random(f"{seed}:{index}"): independent of batch size and process count. k = 0 gives the 0-shot rows.
 """
 import json
 import os
@@ -41,12 +35,11 @@ import torch.nn.functional as F
 from pretrain.data import CACHE_DIR, DataError, download, sha256_of
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"  # as llm.c
-# sha256 of hellaswag_val.jsonl at that URL, as several independent public evaluation harnesses pin it (one names
-# rowanz/hellaswag commit a29ff8e9 and 10,042 rows); the example count is checked too. A mismatch is an error.
+# sha256 of that file as independent public evaluation harnesses pin it (one names rowanz/hellaswag commit a29ff8e9)
 VAL_SHA256 = "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588"
 VAL_EXAMPLES = 10042      # examples in the official val file (llm.c: "a total of 10,042 examples")
-# The train split, for few-shot examples: no published sha256 to pin, so checked by its example count only (the
-# Hugging Face copy, Rowan/hellaswag, lists 39,905 train rows).
+# The train split, for the few-shot examples: no published sha256, so checked by its example count (Hugging Face's copy,
+# Rowan/hellaswag, lists 39,905 train rows)
 TRAIN_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_train.jsonl"
 TRAIN_EXAMPLES = 39905
 SHOT_SEPARATOR = "\n\n"   # after each shot (GPT-3 sec. 2.4: "1 or 2 newlines"; lm-eval's fewshot_delimiter)
@@ -108,15 +101,12 @@ def load_examples(path=None, limit=None, rt=None, split="val"):
             where = f"{path}:{i}"
             try:
                 line = raw.decode("utf-8")
+                if line.strip():
+                    examples.append(check_example(json.loads(line), where))
             except UnicodeDecodeError:
                 raise DataError(f"{where}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
-            examples.append(check_example(ex, where))
     if not examples:
         raise DataError(f"{path} holds no examples")
     expected = VAL_EXAMPLES if split == "val" else TRAIN_EXAMPLES
@@ -146,10 +136,9 @@ def draw_shots(train, k, seed, index, example):
 
 
 def render(example, tokenizer, block_size, shots=()):
-    """-> (four rows of token ids, each context + ending; the ending lengths; whether the context was cut). The
-    model reads row[:-1] and predicts row[1:], so a row may be block_size + 1 tokens long; a longer one loses the
-    start of its context (the first shots first). An empty context becomes the end-of-text token (a document
-    start, as in training): the first ending token needs something before it. shots: draw_shots' examples."""
+    """-> (four rows of token ids, context + ending; the ending lengths; whether the context was cut). A row may be
+    block_size + 1 tokens (the model reads row[:-1] and predicts row[1:]); a longer one loses the start of its
+    context, the first shots first. An empty context becomes the end-of-text token (a document start)."""
     prefix = "".join(shot["ctx"] + " " + shot["endings"][shot["label"]] + SHOT_SEPARATOR for shot in shots)
     ctx = tokenizer.encode(prefix + example["ctx"]) or [tokenizer.eot]
     rows, lengths, cut = [], [], False
@@ -200,10 +189,9 @@ def ending_losses(model, rendered, rt):
 
 
 def score(model, tokenizer, examples, rt, batch_size=8, progress=True, shots=0, train=None, shots_seed=1234):
-    """acc and acc_norm of the model on the examples -> {'acc', 'acc_norm', 'n', 'truncated'}, in eval mode
-    under rt.autocast (the model's mode is restored). batch_size: examples per forward. Under torchrun every rank
-    calls it with the same examples. progress: a tqdm bar on rank 0 (stderr). shots: k solved examples of `train`
-    (load_examples(split='train')) before each context, drawn with shots_seed (draw_shots)."""
+    """{'acc', 'acc_norm', 'n', 'truncated'} of the model on the examples, in eval mode under rt.autocast (the mode is
+    restored); every rank passes the same examples. batch_size: examples per forward. progress: a tqdm bar on rank 0.
+    shots: k solved examples of `train` (load_examples(split='train')) before each context (draw_shots)."""
     from tqdm import tqdm
     if tokenizer.name != "gpt2":
         raise DataError(f"HellaSwag needs a GPT-2-token model; this one uses {tokenizer.name}")

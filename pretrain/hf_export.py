@@ -26,6 +26,7 @@ import shutil
 
 import torch
 
+from pretrain.cli import first_line
 from pretrain.data import CACHE_DIR, _gpt2_files, get_tokenizer
 from pretrain.gpt2_weights import TRANSPOSED
 
@@ -254,7 +255,7 @@ def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
         if os.path.isdir(old) and not os.path.exists(hf_dir):
             os.rename(old, hf_dir)   # put the replaced directory back
         if isinstance(e, OSError) or 'No space left' in str(e):   # safetensors raises its own error type
-            why = getattr(e, 'strerror', None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            why = getattr(e, 'strerror', None) or first_line(e)
             raise ExportError(f"cannot write {hf_dir}: {why}; nothing was changed") from None
         raise
     shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,6 @@
 """
-The language-model loss: cross-entropy of the next token over the real (unpadded) vocabulary, in float32.
-
-Two paths, chosen by model.GPT.forward from the size of the logits (docs/training_loss.md):
+The language-model loss: cross-entropy of the next token over the real (unpadded) vocabulary, in float32, by
+one of two paths that model.GPT.forward picks from the size of the logits (docs/training_loss.md):
 - plain: logits, then cross_entropy (torch.compile fuses the float32 cast, log-softmax and gather, as in nanoGPT);
 - chunked: linear_cross_entropy, which never holds the (tokens, vocabulary) float32 logits, for when they would
   not fit in memory.
@@ -12,10 +11,9 @@ import math
 import torch
 from torch.nn import functional as F
 
-# The plain path unless the float32 logits of one forward would exceed this many bytes. For GPT-2 (padded vocabulary
-# 50,304), B x T = 64 x 1024 tokens give 65,536 x 50,304 x 4 B = 13.2 GB (plain: it fits an 80 GB card, and an
-# unchunked compiled cross-entropy beat 8 and 64 chunks at this vocabulary, PyTorch issue 124480); 128 x 1024 give
-# 26.4 GB (chunked). The chunked path costs no more matmuls but runs eagerly (below).
+# The plain path unless the float32 logits of one forward would exceed this many bytes. GPT-2 (padded vocabulary
+# 50,304) at 64 x 1024 tokens: 13.2 GB, plain (it fits an 80 GB card, and an unchunked compiled cross-entropy beat 8
+# and 64 chunks at this vocabulary, PyTorch issue 124480); at 128 x 1024: 26.4 GB, chunked (as many matmuls, eager).
 CE_PLAIN_MAX_BYTES = 16 * 2**30
 CE_CHUNK_ELEMENTS = 1 << 28   # chunked path: logits computed at once, 2^28 float32 = 1 GiB (5,336 rows of 50,304)
 
@@ -29,13 +27,13 @@ def cross_entropy(logits, targets, vocab_size):
 
 
 def _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad):
-    """-> (mean loss, dL/dh, dL/dweight) of cross-entropy of the soft-capped h @ weight^T over its first
-    vocab_size columns, chunk of rows by chunk; without need_grad the gradients are None (one matmul a chunk, not
-    three). The matmuls use the whole padded weight (aligned shapes); padded columns get logit -inf, so probability
-    0 and zero gradient. The logits matmul runs in autocast's dtype; softmax, loss and the division by the token
-    count in float32. dL/dz = softmax - onehot lies in [-1, 1], exact enough in bf16 for the two gradient matmuls;
-    in float16 they run in float32 (products with 1/n_tokens or sums over thousands of rows leave fp16's range).
-    With a soft cap c the loss sees c*tanh(z/c), and dL/dz picks up the factor 1 - tanh^2."""
+    """-> (mean loss, dL/dh, dL/dweight) of cross-entropy of the soft-capped h @ weight^T over its first vocab_size
+    columns, a chunk of rows at a time; without need_grad the gradients are None (one matmul a chunk, not three).
+    The matmuls use the whole padded weight (aligned shapes); padded columns get logit -inf, so zero probability and
+    gradient. The logits matmul runs in autocast's dtype, softmax, loss and the division by the token count in
+    float32. dL/dz = softmax - onehot lies in [-1, 1]: exact enough in bf16 for the two gradient matmuls; in float16
+    they run in float32 (1/n_tokens or sums over thousands of rows leave fp16's range). With a soft cap c the loss
+    sees c*tanh(z/c), and dL/dz picks up the factor 1 - tanh^2."""
     dev = h.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
     acc = torch.promote_types(dtype, torch.float32)   # float32, or float64 for a float64 model
@@ -69,16 +67,14 @@ def _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad):
             g = g.to(grad_dtype)
             grad_h[s:s + rows] = g @ wg
             grad_w += g.t() @ hg_all[s:s + rows]
-    loss = loss / n_valid
     if need_grad:
         grad_h, grad_w = grad_h / n_valid, grad_w / n_valid
-    return loss, grad_h, grad_w
+    return loss / n_valid, grad_h, grad_w
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """The chunked loss with its gradients computed in the forward pass, so the (N, V) float32 logits and their
-    gradient never exist at once: each chunk's logits are made, turned into dL/dlogits, multiplied into dL/dh
-    and dL/dW, and dropped (Liger Kernel's fused linear cross-entropy, Hsu et al. 2024, does this in Triton).
+    gradient never exist at once (Liger Kernel's fused linear cross-entropy, Hsu et al. 2024, does this in Triton).
     The backward only scales the saved gradients by the incoming one (a GradScaler's scale, 1/grad_accum) in
     float32, so nothing is scaled in a low-precision dtype."""
 
@@ -96,14 +92,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (grad_h * grad_loss).to(ctx.dtypes[0]), (grad_w * grad_loss).to(ctx.dtypes[1]), None, None, None
 
 
-# Not compiled: torch.compile would unroll the chunk loop (a graph and a compile time that grow with the batch), and
-# torch 2.11's compile gave zero gradients through a custom autograd.Function like this one (PyTorch issue 180642,
-# fixed in 2.12). Eager (a graph break in a compiled model) it is right on every torch, and its matmuls are large.
+# Not compiled: torch.compile would unroll the chunk loop (graph and compile time grow with the batch), and before
+# torch 2.12 gave zero gradients through a custom autograd.Function (PyTorch issue 180642); its matmuls are large.
 @torch.compiler.disable
 def linear_cross_entropy(h, weight, targets, vocab_size, softcap=None):
-    """cross_entropy(softcap(h @ weight.T), targets, vocab_size) without materialising the logits (see
-    _chunked_cross_entropy). h (N, C), weight (V_padded, C), targets (N,). Without autograd (no_grad, or nothing
-    that requires a gradient) only the loss is computed."""
+    """cross_entropy(softcap(h @ weight.T), targets, vocab_size) without materialising the logits; h (N, C), weight
+    (V_padded, C), targets (N,). Without autograd (no_grad, or nothing requires a gradient) only the loss."""
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(h, weight, targets, vocab_size, softcap)
     return _chunked_cross_entropy(h, weight, targets, vocab_size, softcap, need_grad=False)[0]

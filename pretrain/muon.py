@@ -4,36 +4,24 @@ Muon for the hidden weight matrices of a GPT, AdamW for everything else, in one 
     from pretrain.muon import Muon, muon_param_groups
     optimizer = Muon(muon_param_groups(model, lr_adam=6e-3, weight_decay=0.1, betas=(0.9, 0.95)))
 
-Muon (MomentUm Orthogonalized by Newton-Schulz) keeps SGD momentum M for a weight matrix W and steps along the
-semi-orthogonal matrix nearest to M: with M = U S V^T (SVD), the step is U V^T, every singular value set to 1.
-Gradients of transformer matrices are close to low rank; the few dominant directions take nearly all of an SGD
-or Adam step, and orthogonalising gives the rare directions the same step size (Jordan 2024). U V^T is also
-the steepest-descent direction when step size is measured in the spectral norm (Bernstein & Newhouse 2024).
-Computing U V^T by an SVD is slow on GPUs; a few Newton-Schulz iterations, matrix products only, get close.
-
-Muon is for 2-D hidden matrices only. The token and position embeddings, the lm_head, biases and norm gains
-are updated by AdamW (Jordan 2024; Liu et al. 2025 sec. 2.2 do the same). Both kinds of parameter group live
-in one optimizer object, so a training loop, a GradScaler and a checkpoint see one optimizer.
+Muon (MomentUm Orthogonalized by Newton-Schulz) keeps SGD momentum M for a weight matrix and steps along U V^T for
+M = U S V^T: every singular value set to 1, so the rare directions of a near-low-rank transformer gradient get the
+same step as the dominant ones (Jordan 2024); U V^T is the steepest-descent direction in the spectral norm
+(Bernstein & Newhouse 2024), and a few Newton-Schulz iterations, matrix products only, approximate it fast. Only
+2-D hidden matrices take Muon; embeddings, the lm_head, biases and norm gains get AdamW (Jordan 2024; Liu et al.
+2025 sec. 2.2) in the same optimizer object, so a training loop, a GradScaler and a checkpoint see one. Data
+parallel: every rank runs the same deterministic step on the same all-reduced gradient, with no communication.
 
 References:
-1) K. Jordan, Y. Jin, V. Boza, J. You, F. Cesista, L. Newhouse, J. Bernstein 2024, "Muon: An optimizer for
-   hidden layers in neural networks" (blog post): the update, the quintic Newton-Schulz iteration and its
-   coefficients, Nesterov momentum 0.95, the sqrt(max(1, out/in)) scale, AdamW for the other parameters.
+1) K. Jordan, Y. Jin, V. Boza, J. You, F. Cesista, L. Newhouse, J. Bernstein 2024, "Muon: An optimizer for hidden
+   layers in neural networks" (blog post): the update, the quintic Newton-Schulz iteration and its coefficients,
+   Nesterov momentum 0.95, the sqrt(max(1, out/in)) scale, AdamW for the other parameters.
 2) J. Liu, J. Su et al. (Moonshot AI) 2025, "Muon is Scalable for LLM Training" (Moonlight), arXiv:2502.16982:
    Muon's momentum form (sec. 2.1); decoupled weight decay for Muon and the 0.2 * sqrt(max(A, B)) scale that
    gives Muon's update the RMS of AdamW's, so Muon reuses AdamW's learning rate and weight decay (sec. 2.2).
 3) I. Loshchilov & F. Hutter 2019, "Decoupled Weight Decay Regularization" (AdamW, Algorithm 2); D. Kingma &
    J. Ba 2015, "Adam" (Algorithm 1: bias correction). The AdamW branch is torch.optim.AdamW's arithmetic.
 4) J. Bernstein & L. Newhouse 2024, "Old Optimizer, New Norm: An Anthology" (steepest descent in the spectral norm).
-
-Data parallel: every rank runs the same deterministic step on the same all-reduced gradient, so the weights stay
-identical with no communication; sharding the Newton-Schulz work across ranks (Jordan's and modded-nanogpt's
-distributed Muon) would only be a speed optimisation for many large matrices.
-
-Fused q, k, v: GPT's c_attn is one (q + 2 kv) x C matrix, orthogonalised as one matrix by default. A muon group
-may say split=(rows, rows, ...) to cut the update along dim 0 into blocks, each orthogonalised and scaled by its
-own shape, as modded-nanogpt orthogonalises q, k and v separately; muon_param_groups(..., split_qkv=True) sets it
-for c_attn (blocks n_head*head_dim, then twice n_kv_head*head_dim). SwiGLU's fused gate/up c_fc stays whole.
 """
 
 import math
@@ -48,27 +36,19 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G, steps=5, dtype=None, eps=1e-7):
-    """Approximately orthogonalise G (..., m, n), a matrix or a batch of them: ~ U V^T for G = U S V^T, in G's
-    dtype and shape. The quintic iteration of Jordan 2024, X <- a X + (b A + c A^2) X with A = X X^T, is
-    X <- U p(S) V^T with p(s) = a s + b s^3 + c s^5: it changes the singular values only. Dividing by the
-    Frobenius norm first puts them in [0, 1]; p'(0) = 3.4445 grows a small value ~3.4x a step, but p has no fixed
-    point at 1, so the values end in a band around 1, trading accuracy for speed. For the scalar map in float64
-    (and on matrices, tests/test_muon.py): after 5 steps every s_i / ||G||_F >= 1.6e-3 lands in [0.68, 1.21]
-    (exactly [0.6818, 1.2024]; further steps keep it in [0.6818, 1.1344]); a smaller one is multiplied by about
-    a^5 = 489 and stays below 0.68, which Jordan 2024 found harmless in practice. In bfloat16 (on 24-512-row
-    Gaussian and ill-conditioned matrices) rounding perturbs U^T O V by up to 0.02-0.08, the band was
-    [0.67, 1.21], and tiny singular values are lifted a little (e.g. 3e-4 -> 0.08).
+    """~ U V^T for G = U S V^T (..., m, n), a matrix or a batch, in G's dtype and shape (Jordan 2024). Each step
+    X <- a X + (b A + c A^2) X, A = X X^T, maps the singular values by p(s) = a s + b s^3 + c s^5 and nothing else.
+    After division by the Frobenius norm (s <= 1), 5 steps put every s / ||G||_F >= 1.6e-3 in [0.68, 1.21] (p has
+    no fixed point at 1: speed over accuracy; tests/test_muon.py); a smaller one grows ~a^5 = 489x and stays below,
+    harmless in practice (Jordan 2024). bfloat16 rounding widens the band a little.
     dtype: the compute dtype, default default_ns_dtype(G.device); the norm is taken in at least float32. eps keeps
-    a zero matrix (a parameter that got no gradient) at zero. A tall matrix is transposed first, so the Gram
-    matrix A is the smaller one (per step 4 m^2 n + 2 m^3 FLOPs for m <= n)."""
+    a zero matrix (no gradient) at zero. A tall matrix is transposed first, so the Gram matrix A is the smaller."""
     if G.ndim < 2:
         raise ValueError(f"newton_schulz needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
-    if dtype is None:
-        dtype = default_ns_dtype(G.device)
+    dtype = dtype or default_ns_dtype(G.device)
     a, b, c = NS_COEFFS
     X = G.to(torch.promote_types(dtype, torch.float32))
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)    # Frobenius norm of each matrix: s_max <= 1
-    X = X.to(dtype)
+    X = (X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)).to(dtype)   # Frobenius norm per matrix: s_max <= 1
     tall = G.size(-2) > G.size(-1)
     X = X.mT if tall else X                                       # tall (..., m, n) -> (..., n, m): rows <= cols
     shape = X.shape
@@ -76,7 +56,7 @@ def newton_schulz(G, steps=5, dtype=None, eps=1e-7):
     for _ in range(steps):
         A = X @ X.mT                                              # (batch, rows, rows) Gram matrix
         # B = b A + c A^2, then X = a X + B X; baddbmm(input, P, Q, beta, alpha) = beta input + alpha P Q does
-        # each sum inside the matrix product: the same math, measured ~20% faster on CPU than separate ops
+        # each sum inside the matrix product, faster than separate ops
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)
         X = torch.baddbmm(X, B, X, beta=a)
     X = X.reshape(shape)
@@ -84,34 +64,29 @@ def newton_schulz(G, steps=5, dtype=None, eps=1e-7):
 
 
 def _update_scale(rows, cols, rule):
-    """The factor that multiplies an orthogonalised (rows x cols) update.
+    """The factor on an orthogonalised (rows x cols) update.
     'moonlight' (Liu et al. 2025 sec. 2.2): 0.2 * sqrt(max(rows, cols)). A semi-orthogonal matrix has RMS
-        sqrt(min / (rows*cols)) = 1 / sqrt(max(rows, cols)), so the update's RMS is 0.2 whatever the shape, about
-        AdamW's in LLM training (0.2-0.4, sec. 2.2): Muon can share AdamW's lr and weight decay. After 5
-        Newton-Schulz steps the singular values average a little under 1, so the RMS measured for Gaussian
-        gradients is 0.16-0.18 (tests/test_muon.py).
-    'jordan' (Jordan 2024): sqrt(max(1, rows/cols)) (rows = fan-out), which makes a tall matrix's RMS-to-RMS
-        operator norm, sqrt(in/out) * ||O||_2, equal 1. Its RMS is 1/sqrt(in) (0.09 at in = 128), so it needs its
-        own, larger lr (~0.02)."""
+        1 / sqrt(max(rows, cols)), so the update's RMS is 0.2 whatever the shape, about AdamW's (0.2-0.4, sec. 2.2):
+        Muon can share AdamW's lr and weight decay (5 Newton-Schulz steps give 0.16-0.18, tests/test_muon.py).
+    'jordan' (Jordan 2024): sqrt(max(1, rows/cols)) (rows = fan-out): a tall matrix's RMS-to-RMS operator norm is
+        1. Its RMS is 1/sqrt(in), so it needs its own, larger lr (~0.02)."""
     if rule == 'moonlight':
         return 0.2 * math.sqrt(max(rows, cols))
     return math.sqrt(max(1.0, rows / cols))
 
 
 def default_ns_dtype(device):
-    """Newton-Schulz's compute dtype on `device`: bfloat16 where bf16 matmuls are fast (CUDA, as Jordan 2024; a
-    CPU with AVX-512-BF16 or AMX), float32 elsewhere (with AVX2 alone a bf16 matmul runs ~130x slower than
-    float32; README, Performance). The iteration is stable in bf16; its rounding is in newton_schulz's band."""
+    """Newton-Schulz's compute dtype: bfloat16 where bf16 matmuls are fast (CUDA, as Jordan 2024; a CPU with
+    AVX-512-BF16 or AMX), float32 elsewhere (with AVX2 alone bf16 runs ~130x slower; README, Performance)."""
     if device.type == 'cuda' or (device.type == 'cpu' and cpu_has_fast_bf16()):
         return torch.bfloat16
     return torch.float32
 
 
 def _orthogonalised_updates(Ms, ns_steps, scale, split, dtype):
-    """The scaled Newton-Schulz updates for momenta Ms (out x in each): each matrix, or each of its dim-0 blocks
-    when split is given, orthogonalised and scaled on its own. Blocks of one shape (tall ones turned wide, which
-    only transposes U V^T) go through newton_schulz as one batch: a few large matrix products instead of many
-    small ones (on a CPU with AMX, 16 bf16 products of 128 x 128 run ~4x faster as one batch)."""
+    """The scaled Newton-Schulz updates for momenta Ms (out x in each): each matrix, or each of its dim-0 `split`
+    blocks, orthogonalised and scaled on its own. Blocks of one shape (tall ones transposed) go through
+    newton_schulz as one batch: a few large matrix products run faster than many small ones."""
     blocks = [b for M in Ms for b in (M.split(list(split), dim=0) if split else [M])]
     wide = [b.mT if b.size(0) > b.size(1) else b for b in blocks]
     by_shape = {}
@@ -123,10 +98,7 @@ def _orthogonalised_updates(Ms, ns_steps, scale, split, dtype):
         for i, o in zip(idx, O.unbind(0)):
             b = blocks[i]
             out[i] = (o.mT if b.size(0) > b.size(1) else o) * _update_scale(b.size(0), b.size(1), scale)
-    if not split:
-        return out
-    k = len(split)
-    return [torch.cat(out[j:j + k]) for j in range(0, len(out), k)]
+    return [torch.cat(out[j:j + len(split)]) for j in range(0, len(out), len(split))] if split else out
 
 
 class Muon(torch.optim.Optimizer):
@@ -138,10 +110,7 @@ class Muon(torch.optim.Optimizer):
                    ns_dtype (None: default_ns_dtype(device); or 'float32', 'bfloat16', 'float64')
       AdamW:       betas ((0.9, 0.999)), eps (1e-8): the defaults of torch.optim.AdamW, as is weight_decay 0.01;
                    the step is torch.optim.AdamW's single-tensor arithmetic, with its state layout
-    All state is in self.state, so state_dict() / load_state_dict() resume exactly; a GradScaler works as for any
-    optimizer. Newton-Schulz costs 2.35 GFLOP a step on the quick-start model (4 layers, d=128, 16 Muon matrices),
-    14% of one 2048-token step's training FLOPs; it grows as d^3 per matrix and the model's as d^2 x tokens, so
-    the share falls for larger models and batches (benchmarks/muon_step.py times the step against AdamW's)."""
+    All state is in self.state, so state_dict() / load_state_dict() resume exactly; a GradScaler works as usual."""
 
     def __init__(self, params, lr=1e-3, weight_decay=0.01, momentum=0.95, nesterov=True, ns_steps=5,
                  scale='moonlight', split=None, ns_dtype=None, betas=(0.9, 0.999), eps=1e-8):
@@ -230,12 +199,10 @@ class Muon(torch.optim.Optimizer):
         beta1, beta2 = group['betas']
         grads = [p.grad for p in params]
         for p in params:
-            state = self.state[p]
-            if 'step' not in state:
-                # the layout of torch.optim.AdamW's state: a float32 scalar tensor counts steps
-                state['step'] = torch.tensor(0.0, dtype=torch.float32)
-                state['exp_avg'] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state['exp_avg_sq'] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if 'step' not in self.state[p]:   # torch.optim.AdamW's state layout: a float32 scalar tensor counts steps
+                self.state[p].update(step=torch.tensor(0.0, dtype=torch.float32),
+                                     exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                                     exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
         states = [self.state[p] for p in params]
         exp_avgs, exp_avg_sqs = [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states]
         torch._foreach_add_([s['step'] for s in states], 1)
@@ -254,38 +221,25 @@ class Muon(torch.optim.Optimizer):
 
 def muon_param_groups(model, lr_adam, lr_muon=None, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8,
                       split_qkv=False):
-    """Param groups for Muon(groups) from a GPT (model.py): Muon for every 2-D parameter inside the transformer
-    blocks (names containing '.h.'), AdamW for the embeddings, the lm_head, biases and norm gains. Weight decay as
-    training.configure_optimizer's: on matrices, not on biases and gains. A tied lm_head is the embedding's tensor
-    (named_parameters yields it once); every parameter lands in exactly one group (checked); requires_grad=False
-    ones and empty groups are left out.
-    lr_muon: the Muon groups' lr, default lr_adam. With the 'moonlight' scale one lr fits both (Liu et al. 2025
-    sec. 2.2), so a loop that writes one scheduled lr into every group (train.py) is right; with different lrs,
-    multiply each group's own lr by the schedule's factor instead.
-    split_qkv: orthogonalise each c_attn's q, k and v blocks separately (module docstring)."""
+    """Param groups for Muon(groups) from a GPT (model.py): Muon for every 2-D parameter inside the blocks (names
+    containing '.h.'), AdamW for the rest; weight decay on matrices only, as training.configure_optimizer. Each
+    trainable parameter lands in exactly one group (a tied lm_head is wte's tensor); empty groups are left out.
+    lr_muon: default lr_adam. With the 'moonlight' scale one lr fits both (Liu et al. 2025 sec. 2.2), so a loop
+    that writes one scheduled lr into every group (train.py) is right.
+    split_qkv: orthogonalise each c_attn's q, k and v separately, as modded-nanogpt (SwiGLU's c_fc stays whole)."""
     lr_muon = lr_adam if lr_muon is None else lr_muon
-    qkv_rows = {}   # id(c_attn.weight) -> (q rows, k rows, v rows)
-    if split_qkv:
-        for m in model.modules():
-            if hasattr(m, 'c_attn') and hasattr(m, 'n_kv_head'):
-                q, kv = m.n_head * m.head_dim, m.n_kv_head * m.head_dim
-                qkv_rows[id(m.c_attn.weight)] = (q, kv, kv)
-    muon, muon_split, adam_decay, adam_no_decay = [], {}, [], []
+    qkv_rows = {id(m.c_attn.weight): (m.n_head * m.head_dim, m.n_kv_head * m.head_dim, m.n_kv_head * m.head_dim)
+                for m in model.modules() if split_qkv and hasattr(m, 'c_attn') and hasattr(m, 'n_kv_head')}
+    muon, adam_decay, adam_no_decay = {None: []}, [], []   # muon: split rows (None: whole) -> matrices
     for name, p in model.named_parameters():     # de-duplicated: a tied weight comes once
         if not p.requires_grad:
             continue
         if '.h.' in name and p.dim() == 2:
-            if id(p) in qkv_rows:
-                muon_split.setdefault(qkv_rows[id(p)], []).append(p)
-            else:
-                muon.append(p)
-        elif p.dim() >= 2:
-            adam_decay.append(p)
+            muon.setdefault(qkv_rows.get(id(p)), []).append(p)
         else:
-            adam_no_decay.append(p)
-    groups = [dict(params=muon, use_muon=True, lr=lr_muon, weight_decay=weight_decay)]
-    groups += [dict(params=ps, use_muon=True, lr=lr_muon, weight_decay=weight_decay, split=rows)
-               for rows, ps in muon_split.items()]
+            (adam_decay if p.dim() >= 2 else adam_no_decay).append(p)
+    groups = [dict(params=ps, use_muon=True, lr=lr_muon, weight_decay=weight_decay, split=rows)
+              for rows, ps in muon.items()]
     adam = dict(use_muon=False, lr=lr_adam, betas=tuple(betas), eps=eps)
     groups += [dict(adam, params=adam_decay, weight_decay=weight_decay),
                dict(adam, params=adam_no_decay, weight_decay=0.0)]

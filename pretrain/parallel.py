@@ -4,18 +4,12 @@ How a run spreads over processes, one knob of train.py (docs/parallel.md):
     torchrun --nproc_per_node=8 train.py config/gpt2.py                   # parallel='ddp'
     torchrun --nproc_per_node=8 train.py config/gpt2.py --parallel=fsdp
 
-'ddp': every process holds the whole model, its gradients and the AdamW state (16 bytes per parameter in float32
-before activations) and gradients are all-reduced (DistributedDataParallel). 'fsdp': FSDP2 (torch.distributed.fsdp.
-fully_shard), ZeRO stage 3 (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion
-Parameter Models"): each of N processes keeps 1/N of every parameter, gradient and optimizer state; a block's
-weights are all-gathered just before its forward (and again before its backward) and freed after, gradients are
-reduce-scattered. Same tokens, same update, (16 / N) bytes per parameter. One process can run 'fsdp' too (a group
-of one), so a sharded run resumes anywhere.
-
-The wrapping follows torchtitan (pytorch/torchtitan, torchtitan/models/llama3/infra/parallelize.py): each block
-is one FSDP unit, then the root (embeddings, the tied lm_head, ln_f) is another; per-block torch.compile before
-sharding; activation checkpointing per block. This module owns the wrapping, the one "no gradient sync"
-context and the one gradient clipping (train_step uses both), and the state-dict views DCP checkpoints need.
+'ddp': every process holds the whole model, its gradients and the AdamW state (16 bytes per parameter in float32)
+and gradients are all-reduced (DistributedDataParallel). 'fsdp': FSDP2 (torch.distributed.fsdp.fully_shard), ZeRO
+stage 3 (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models"): each
+of N processes keeps 1/N of every parameter, gradient and optimizer state; a block's weights are all-gathered
+before its forward and backward and freed after, gradients reduce-scattered: the same update at 16 / N bytes per
+parameter. One process can run 'fsdp' too (a group of one), so a sharded run resumes anywhere.
 """
 import contextlib
 
@@ -54,21 +48,16 @@ def check_fsdp(c):
 
 def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
     """The raw GPT (on rt.device) -> the module training steps run through. Call before building the optimizer:
-    fully_shard replaces the parameters by sharded ones (DTensors), in place, so under 'fsdp' the returned module
-    is `model` itself, now sharded.
-
+    under 'fsdp' fully_shard replaces the parameters by DTensors in place and returns `model` itself.
     'ddp' (several processes): DistributedDataParallel around the (compiled) model; one process: the model.
-    'fsdp': fully_shard each block, then the root. torch.compile per block before sharding (Module.compile, in
-    place, so parameter names and checkpoints do not change; torchtitan compiles per block too: FSDP's hooks
-    between blocks stay eager, and the root's embeddings, lm_head and loss run eagerly). Mixed precision: with
-    dtype bfloat16, FSDP2's MixedPrecisionPolicy keeps float32 master weights and optimizer state, all-gathers
-    and computes with bf16 weights (half the all-gather bytes) and reduce-scatters gradients in float32 (PyTorch
-    docs, torch.distributed.fsdp.MixedPrecisionPolicy). train_step keeps rt.autocast on as under DDP: autocast
-    runs layer norms, softmax and the loss in float32 and casting an already-bf16 weight to bf16 is free, so the
-    matmuls see the bf16 weights a DDP run's autocast would make (FSDP also rounds the embeddings and norm gains,
-    which autocast leaves float32: close to DDP, not equal; tests/test_parallel.py). torchtitan drops autocast
-    under FSDP instead; here the loss stays float32 either way (lm_loss.cross_entropy promotes the logits), and
-    autocast keeps the norms in float32 too."""
+    'fsdp', as torchtitan (torchtitan/models/llama3/infra/parallelize.py): fully_shard each block, then the root
+    (embeddings, the tied lm_head, ln_f); torch.compile per block before sharding (Module.compile, in place, so
+    parameter names and checkpoints do not change; FSDP's hooks and the root stay eager).
+    With bfloat16, FSDP2's MixedPrecisionPolicy keeps float32 master weights and optimizer state, all-gathers (half
+    the bytes) and computes in bf16 and reduce-scatters gradients in float32 (PyTorch docs, MixedPrecisionPolicy).
+    rt.autocast stays on, as under DDP (torchtitan drops it): it keeps norms, softmax and the loss in float32, so
+    the matmuls see the bf16 weights DDP's autocast would make (FSDP also rounds embeddings and norm gains: close
+    to DDP, not equal; tests/test_parallel.py)."""
     model.activation_checkpointing = activation_checkpointing   # a run setting of the GPT (model.py, features)
     if parallel != 'fsdp':
         wrapped = torch.compile(model) if compile else model
@@ -77,7 +66,7 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
                                               else None)
         return wrapped
     if not dist.is_initialized():   # one process, no torchrun: a group of one (an in-memory store, no network),
-        # kept for the life of the process like torchrun's (runtime.run_script) and reused by the next wrap
+        # kept for the life of the process like torchrun's (cli.run_script) and reused by the next wrap
         dist.init_process_group('nccl' if rt.device.type == 'cuda' else 'gloo', store=dist.HashStore(), rank=0,
                                 world_size=1, device_id=rt.device if rt.device.type == 'cuda' else None)
     mesh = init_device_mesh(rt.device.type, (rt.world,))
@@ -92,11 +81,9 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False):
 
 
 def no_sync(model, skip):
-    """The context of one micro-step's forward and backward: skip=True accumulates gradients locally without
-    communicating (all micro-steps but the last of an optimizer step). DDP: its no_sync() skips the all-reduce.
-    FSDP2: set_requires_gradient_sync(False) skips the reduce-scatter; the unsharded gradients accumulate until
-    the last micro-step reduce-scatters their sum (PyTorch docs, FSDPModule.set_requires_gradient_sync), which
-    costs one unsharded gradient of memory per accumulating rank, the price of communicating once per step."""
+    """The context of one micro-step: skip=True (all but the last of an optimizer step) accumulates gradients without
+    communicating. DDP: no_sync() skips the all-reduce. FSDP2: set_requires_gradient_sync(False) skips the reduce-
+    scatter; the unsharded gradients (one per rank) accumulate until the last micro-step reduce-scatters their sum."""
     if skip and isinstance(model, DistributedDataParallel):
         return model.no_sync()
     if isinstance(model, FSDPModule):
@@ -115,9 +102,8 @@ def _fsdp_sync(model, sync):
 
 def clip_grad_norm_(parameters, max_norm):
     """Scale the gradients so that their global L2 norm is at most max_norm; returns the norm before clipping.
-    With sharded gradients (DTensors) the norm torch computes is a partial one per rank: full_tensor() all-reduces
-    it into the global norm, the one DDP sees, before the gradients are scaled (torchtitan, dist_utils.
-    clip_grad_norm_). Plain tensors: exactly torch.nn.utils.clip_grad_norm_."""
+    For sharded gradients (DTensors) torch's norm is a partial one per rank: full_tensor() all-reduces it into the
+    global norm first (torchtitan, dist_utils.clip_grad_norm_). Plain tensors: torch.nn.utils.clip_grad_norm_."""
     parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads)
@@ -137,18 +123,16 @@ def local(t):
 # Checkpoint"): keyed by parameter name, so any world size reads what any other wrote
 
 def sharded_state(model, optimizer):
-    """{'model': ..., 'optimizer': ..., 'aliases': ...}: this rank's shards (DTensors) of the weights and the
-    optimizer state, what checkpoint.save_sharded_checkpoint writes and checkpoint.read_shards(into=...) fills in
-    place. A tensor under two names (the tied lm_head.weight = transformer.wte.weight) is kept under its first
-    name only, the others in 'aliases' {name: first name}: DCP, unlike torch.save, would store it twice."""
+    """{'model', 'optimizer', 'aliases'}: this rank's shards (DTensors) of the weights and optimizer state, as
+    checkpoint.save_sharded_checkpoint writes them and read_shards(into=...) fills them. A tensor under two names
+    (the tied lm_head.weight) is kept under its first only, the others in 'aliases' {name: first name}: DCP would
+    store it twice."""
     model_state, optim_state = get_state_dict(model, optimizer)
     first, aliases = {}, {}
     for name, p in model.named_parameters(remove_duplicate=False):   # the same on every rank
-        if id(p) in first:
+        if first.setdefault(id(p), name) != name:
             aliases[name] = first[id(p)]
             del model_state[name]
-        else:
-            first[id(p)] = name
     return {'model': model_state, 'optimizer': optim_state, 'aliases': aliases}
 
 

@@ -4,11 +4,6 @@ eval.py and bench.py all set up through here (what the hardware can do is hardwa
 
     rt = setup_runtime(cfg)          # cfg needs 'device' and 'dtype'
     with rt.autocast: ...            # bf16/fp16 autocast, or nothing for float32
-
-Precision: dtype 'auto' is bf16 on CUDA GPUs that have it (fp16 + GradScaler on those that do not) and float32
-on CPU and MPS, as nanoGPT. A CPU runs bf16 matmuls fast only with AVX-512-BF16 or AMX instructions; with AVX2
-alone a bf16 matmul ran ~130x slower than float32 on this project's machines, so an explicit bfloat16 there
-gets a one-line warning.
 """
 import contextlib
 import os
@@ -21,10 +16,9 @@ import torch
 from pretrain.configurator import ConfigError
 
 
-# The torch versions this code is checked on, (major, minor) oldest and newest: its tests pass at both ends and
-# `train.py --compile=True` learns on each. Older ones refuse to start (nothing before 2.11 was checked; before
-# 2.12 torch.compile gave zero gradients through a custom autograd.Function, PyTorch issue 180642, which is why
-# lm_loss.linear_cross_entropy stays out of compiled graphs). Newer ones start with a one-line warning.
+# The torch versions this code is checked on, (major, minor) oldest and newest: its tests pass and `--compile=True`
+# learns at both ends. Older ones refuse to start (before 2.12 torch.compile gave zero gradients through a custom
+# autograd.Function, PyTorch issue 180642: lm_loss.linear_cross_entropy stays out of compiled graphs); newer warn.
 TORCH_SUPPORTED = ((2, 11), (2, 13))
 
 
@@ -50,7 +44,9 @@ def resolve_device(name, local_rank=0, ddp=False):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda', 'mps'):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     if device.type == 'cuda':
         if not torch.cuda.is_available():
             raise ConfigError("device is cuda but torch sees no CUDA GPU")
@@ -60,8 +56,6 @@ def resolve_device(name, local_rank=0, ddp=False):
             raise ConfigError(f"device {device} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     elif device.type == 'mps' and not torch.backends.mps.is_available():
         raise ConfigError("device is mps but torch sees no MPS backend")
-    elif device.type not in ('cpu', 'cuda', 'mps'):
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
     return device
 
 
@@ -76,7 +70,9 @@ def cpu_has_fast_bf16():
 
 
 def resolve_dtype(dtype, device):
-    """'auto' | 'float32' | 'bfloat16' | 'float16' -> the dtype name to train/run in on this device."""
+    """'auto' | 'float32' | 'bfloat16' | 'float16' -> the dtype name to run in on this device. 'auto': bf16 on CUDA
+    GPUs that have it (else fp16 + GradScaler), float32 on CPU and MPS, as nanoGPT. A CPU runs bf16 matmuls fast
+    only with AVX-512-BF16 or AMX (with AVX2 alone ~130x slower): an explicit bfloat16 there gets a warning."""
     if dtype == 'auto':
         if device.type == 'cuda':
             return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
@@ -94,8 +90,8 @@ def resolve_dtype(dtype, device):
 
 
 def setup_runtime(cfg):
-    """Device, dtype, autocast context and DDP ranks from cfg['device'] and cfg['dtype']. torchrun sets
-    RANK / LOCAL_RANK / WORLD_SIZE; one process is rank 0 of 1."""
+    """Device, dtype, autocast context and DDP ranks from cfg['device'] and cfg['dtype'] (torchrun's RANK,
+    LOCAL_RANK, WORLD_SIZE; one process is rank 0 of 1)."""
     check_torch_version()
     ddp = int(os.environ.get('WORLD_SIZE', 1)) > 1
     rank, local_rank, world = (int(os.environ['RANK']), int(os.environ['LOCAL_RANK']),
@@ -104,17 +100,15 @@ def setup_runtime(cfg):
     dtype = resolve_dtype(cfg['dtype'], device)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
-        # float32 matmuls in TF32 on Ampere+, the usual speed lever (cuDNN convolutions already default to TF32);
-        # the public switch, stable across torch releases, unlike the backend attributes behind it
+        # float32 matmuls in TF32 on Ampere+, the usual speed lever; the public switch, stable across releases
         torch.set_float32_matmul_precision('high')
     elif device.type == 'cpu' and ddp:
         # processes on one machine share its cores: give each its part instead of oversubscribing
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world))))
     if device.type == 'cpu':
-        # float32 subnormals (|x| < 1.2e-38) as zero: x86 cores take a slow path on every subnormal operand, and
-        # a run can make them (AdamW at its peak LR without warm-up slows step by step: benchmarks/subnormals.py);
-        # no value a float32 loss or update can resolve is that small. The flag is per thread: set here, before
-        # the first parallel op, the OpenMP workers created then inherit it (tests/test_runtime.py checks)
+        # float32 subnormals (|x| < 1.2e-38) as zero: x86 cores take a slow path on each, and a run can make them
+        # (AdamW at its peak LR without warm-up: benchmarks/subnormals.py); no float32 loss or update resolves them.
+        # The flag is per thread: set before the first parallel op, OpenMP's workers inherit it (tests/test_runtime.py)
         torch.set_flush_denormal(True)
     if ddp and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
