@@ -153,7 +153,7 @@ def sampling_throughput(model, rt, cfg, vocab):
     """Generation tokens/s with and without the KV cache: the first pass (a fresh process's first generate(): every
     new shape's first kernel selection, autotuning or plan, and for the compiled decode its compilation) apart from
     the median over the repeats that follow. With sample_compile, also the compiled static-cache decode and, on
-    CUDA, its memory-bandwidth utilisation: bytes read per token (model.decode_bytes_per_token) x tokens/s over the
+    CUDA, its memory-bandwidth utilisation: bytes read per token (accounting.decode_bytes_per_token) x tokens/s over the
     measured copy bandwidth of the device."""
     from pretrain.generate import generate
     T = model.config.block_size

@@ -1,6 +1,6 @@
 """
-The one config parser of every script: a script's knobs are the plain assignments at the top of its file
-(nanoGPT's style); a config file (plain Python, executed as nanoGPT does: the user's own code) and then
+The one config parser of the scripts with knobs (train, sample, eval, export, and bench on top of train's): a script's
+knobs are the plain assignments at the top of its file (nanoGPT's style); a config file (plain Python, executed as nanoGPT does: the user's own code) and then
 --key=value overrides (ast.literal_eval, never eval) change them. Every key must be a known knob and every value
 have the default's type; any mistake is a ConfigError, one line naming the key.
 
