@@ -165,21 +165,23 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        self.layer_idx, self.dropout = layer_idx, config.dropout
+        self.head_dim, self.layer_idx, self.dropout = config.head_dim, layer_idx, config.dropout
         self.qk_norm, self.norm_eps = config.qk_norm, config.norm_eps
-        # q, k and v in one matmul (GPT-2's c_attn); with GQA k and v have n_kv_head heads each
-        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
+        # q, k and v as three matrices (GPT-2's c_attn is their rows stacked: gpt2_weights.unfuse maps it), so that a tensor-parallel
+        # split of each by rows gives every rank whole heads; with GQA k and v have n_kv_head heads each
+        self.c_q = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
+        self.c_k = nn.Linear(config.n_embd, config.kv_heads * config.head_dim, bias=config.bias)
+        self.c_v = nn.Linear(config.n_embd, config.kv_heads * config.head_dim, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, kv_cache=None, pos=None):
-        B, T, C = x.size()
-        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split([H * hd, Hkv * hd, Hkv * hd], dim=2)
-        q = q.view(B, T, H, hd).transpose(1, 2)      # (B, H, T, hd)
-        k = k.view(B, T, Hkv, hd).transpose(1, 2)    # (B, Hkv, T, hd)
-        v = v.view(B, T, Hkv, hd).transpose(1, 2)
+        B, T, _ = x.size()
+        hd = self.head_dim   # head counts from the shapes: a tensor-parallel rank holds some of the heads
+        q = self.c_q(x).view(B, T, -1, hd).transpose(1, 2)   # (B, H, T, hd)
+        k = self.c_k(x).view(B, T, -1, hd).transpose(1, 2)   # (B, Hkv, T, hd)
+        v = self.c_v(x).view(B, T, -1, hd).transpose(1, 2)
+        H, Hkv = q.size(1), k.size(1)
         if self.qk_norm:
             # QK-norm (Dehghani et al. 2023; Wortsman et al. 2023): bounds the attention logits, which otherwise
             # grow and make training diverge. Parameter-free RMS norm over each head, as modded-nanogpt and
@@ -205,7 +207,7 @@ class CausalSelfAttention(nn.Module):
         else:            # a chunk after a cached prefix: is_causal would align the mask top-left, wrong here
             mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **sdpa)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, H * hd)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -215,20 +217,19 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu, self.relu2 = config.mlp == 'swiglu', config.mlp == 'relu2'
         hidden = config.hidden_dim
-        # swiglu: gate and up projections fused in one matmul, split in forward
-        self.c_fc = nn.Linear(config.n_embd, (2 if self.swiglu else 1) * hidden, bias=config.bias)
+        if self.swiglu:   # the gate (before c_fc, as the rows of a fused gate-and-up matrix come: gpt2_weights.unfuse)
+            self.c_gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        x = self.c_fc(x)
         if self.swiglu:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
+            x = F.silu(self.c_gate(x)) * self.c_fc(x)
         elif self.relu2:
-            x = F.relu(x).square()   # Primer (So et al. 2021) sec. 4: squared ReLU; modded-nanogpt, nanochat
+            x = F.relu(self.c_fc(x)).square()   # Primer (So et al. 2021) sec. 4: squared ReLU; modded-nanogpt, nanochat
         else:
-            x = F.gelu(x, approximate='tanh')   # GPT-2's gelu ("gelu_new"); nanoGPT's exact erf GELU differs
+            x = F.gelu(self.c_fc(x), approximate='tanh')   # GPT-2's gelu ("gelu_new"); nanoGPT's exact erf GELU differs
         return self.dropout(self.c_proj(x))
 
 
@@ -356,3 +357,4 @@ class GPT(nn.Module):
             return load_gpt2(name_or_path, lambda fields: cls(GPTConfig(**fields, **overrides)))
         except WeightsError as e:
             raise ModelError(str(e)) from None
+

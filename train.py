@@ -28,7 +28,7 @@ from pretrain import hellaswag
 from pretrain.accounting import count_params, flops_per_token
 from pretrain.checkpoint import (CKPT_NAME, CheckpointError, checkpoint_path, load_model, model_config_from,
                                  numbered_checkpoints, read_shards, save_checkpoint, save_sharded_checkpoint,
-                                 sweep_stale)
+                                 sweep_stale, unfuse_optimizer)
 from pretrain.configurator import ConfigError, knobs, parse_config
 from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from pretrain.hardware import device_name, mfu, peak_flops
@@ -289,6 +289,10 @@ def restore(ckpt, c, model, optimizer, scaler, noise, seqs_per_step, say):
     fresh run's (0, 0, inf)."""
     if ckpt is None:
         return 0, 0, math.inf
+    if ckpt.get('fused'):   # an older checkpoint's fused q/k/v: its weights were split on load, now its AdamW state
+        names = {id(p): n for n, p in model.named_parameters()}
+        ckpt['optimizer'] = unfuse_optimizer(ckpt['optimizer'], [[names[id(p)] for p in g['params']]
+                                                                 for g in optimizer.param_groups], model.config)
     if c.parallel == 'fsdp' and 'sharded' in ckpt:   # each rank reads its part, at any world size
         load_state(model, optimizer, read_shards(ckpt, into=sharded_state(model, optimizer)))
     elif c.parallel == 'fsdp':   # a single-file checkpoint: the weights were loaded before sharding (build_model)

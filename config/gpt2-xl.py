@@ -5,8 +5,8 @@
 # Memory per GPU on 8 GPUs, bf16, AdamW (accounting.train_memory; the table: `python bench.py config/gpt2-xl.py
 # --memory --world_size=8`; it leaves out the CUDA context, allocator caching and NCCL buffers, so a choice must fit
 # 90% of 80 GiB = 72 GiB, scaling.py budget's headroom): DDP at micro-batch 8 x 1024 tokens holds weights 5.80 +
-# grads 5.80 + AdamW 11.61 (16 bytes per parameter) + activations 28.71 = 51.92 GiB: it fits; micro-batch 16 would
-# need 77.73 GiB. Sharding (FSDP: 29.29 GiB) or activation checkpointing (30.38 GiB) would only cost time here.
+# grads 5.80 + AdamW 11.61 (16 bytes per parameter) + activations 31.05 = 54.26 GiB: it fits; micro-batch 16 would
+# need 82.42 GiB. Sharding (FSDP: 31.63 GiB) or activation checkpointing (30.38 GiB) would only cost time here.
 exec(open('config/gpt2.py').read())
 out_dir = 'out-gpt2-xl'
 n_layer = 48

@@ -10,10 +10,10 @@
 # --memory --world_size=8`; it leaves out the CUDA context, allocator caching and NCCL buffers, so a choice must
 # fit 90% of 80 GiB = 72 GiB, scaling.py budget's headroom):
 #   DDP holds 16 bytes per parameter before any activation: weights 25.67 + grads 25.66 + AdamW 51.32 = 102.65 GiB,
-#     plus activations 41.67 GiB at micro-batch 1 = 144.32 GiB (118.02 GiB with activation checkpointing): no fit.
+#     plus activations 42.67 GiB at micro-batch 1 = 145.32 GiB (118.02 GiB with activation checkpointing): no fit.
 #   FSDP shards that 8 ways, plus the gathered root (both embedding tables) and two blocks in bf16:
-#     weights 4.73 + grads 4.74 + AdamW 6.42 = 15.89 GiB. Without checkpointing a 4096-token sequence keeps 29.22
-#     GiB of activations: micro-batch 1 fits (45.11 GiB), 2 does not (74.34 GiB), so a step would be 32 micro-steps,
+#     weights 4.73 + grads 4.74 + AdamW 6.42 = 15.89 GiB. Without checkpointing a 4096-token sequence keeps 30.22
+#     GiB of activations: micro-batch 1 fits (46.11 GiB), 2 does not (76.34 GiB), so a step would be 32 micro-steps,
 #     each gathering all 6.9B weights again. With activation checkpointing each block keeps only its input:
 #     micro-batch 8 = 15.89 + 35.66 GiB of activations = 51.55 GiB fits (16: 87.20 GiB does not), for ~1/3 more
 #     compute (every block's forward runs twice).

@@ -97,11 +97,13 @@ def activation_bytes_per_token_layer(config, compute_dtype='float32'):
     a = bytes of the compute dtype; the residual stream and the norms stay float32 under autocast.
       ln_1, ln_2 (_norm_bytes): LayerNorm keeps its input, mean and 1/std (4C + 8), RMSNorm its input, the
         normalised x and 1/rms (8C + 4)
-      c_attn: its input aC and output a(H+2Hkv)hd (v is a view of it); RoPE: the rotated q and k, a(H+Hkv)hd
-      qk_norm: 1/rms per head 4(H+Hkv), a copy of the attention output for c_proj aC (normalised q is head-major:
-        transpose(1, 2).contiguous() copies), under 16-bit autocast the float32 q and k it normalises 4(H+Hkv)hd
-      attention (SDPA, flash/efficient kernels): its output aC (c_proj's input) and the float32 log-sum-exp 4H
-      c_fc: its input aC; gelu and relu2 keep the hidden twice (2aF), swiglu c_fc's 2F output, silu(gate) and the
+      c_q, c_k, c_v: their input aC (under 16-bit autocast each casts it anew: 3aC); attention (SDPA, flash/efficient kernels) keeps q, k and v as it gets them
+        (projected, normalised, rotated: RoPE keeps only its tables) a(H+2Hkv)hd, its output aC (c_proj's input)
+        and the float32 log-sum-exp 4H
+      qk_norm: its float32 input (the projections' outputs, or autocast's copies of them) 4(H+Hkv)hd, 1/rms per
+        head 4(H+Hkv), and a copy of the attention output for c_proj aC (normalised q is head-major:
+        transpose(1, 2).contiguous() copies)
+      c_fc: its input aC (swiglu's c_gate and c_fc: 2aC under 16-bit autocast, as for q, k, v); gelu and relu2 keep the hidden twice (2aF), swiglu c_fc's 2F output, silu(gate) and the
         product (4aF)
       dropout (p > 0): a 1-byte mask per residual dropout (2C), as on CUDA (not modelled: CPU's float32 masks and,
         for attention dropout, the math path's T x T matrices; no pretraining config uses dropout)"""
@@ -109,13 +111,11 @@ def activation_bytes_per_token_layer(config, compute_dtype='float32'):
     a = _DTYPE_BYTES[compute_dtype]
     C, H, Hkv, hd, F = c.n_embd, c.n_head, c.kv_heads, c.head_dim, c.hidden_dim
     n = 2 * _norm_bytes(c)
-    n += a * C + a * (H + 2 * Hkv) * hd
+    copies = 1 if a == 4 else 3   # autocast casts a float32 input once per matmul
+    n += copies * a * C + a * (H + 2 * Hkv) * hd + a * C + 4 * H
     if c.qk_norm:
-        n += 4 * (H + Hkv) + (4 * (H + Hkv) * hd if a < 4 else 0) + a * C
-    if c.pos_emb == 'rope':
-        n += a * (H + Hkv) * hd
-    n += a * C + 4 * H
-    n += a * C + (4 if c.mlp == 'swiglu' else 2) * a * F
+        n += 4 * (H + Hkv) * hd + 4 * (H + Hkv) + a * C
+    n += (2 if c.mlp == 'swiglu' and a < 4 else 1) * a * C + (4 if c.mlp == 'swiglu' else 2) * a * F
     if c.dropout > 0:
         n += 2 * C
     return n

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from pretrain.cli import first_line
 from pretrain.configurator import ConfigError
 from pretrain.data import TOKENIZERS
-from pretrain.gpt2_weights import HF_REPOS
+from pretrain.gpt2_weights import HF_REPOS, unfuse
 from model import GPT, PRESETS, GPTConfig, ModelError
 
 CKPT_NAME = 'ckpt.pt'
@@ -251,6 +251,10 @@ def load_checkpoint(path, for_resume=False, shards=True):
             del ckpt['sharded'], ckpt['param_groups'], ckpt['aliases']
     if 'model' in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt['model'].values()):
         raise CheckpointError(f"checkpoint {path}: 'model' holds something other than tensors")
+    if 'model' in ckpt and 'sharded' not in ckpt:   # an older checkpoint's fused q/k/v: as this model holds them
+        config = model_config(ckpt, path)
+        split = {n: t for name, w in ckpt['model'].items() for n, t in unfuse(name, w, config)}
+        ckpt['fused'], ckpt['model'] = len(split) != len(ckpt['model']), split
     return ckpt
 
 
@@ -263,6 +267,9 @@ def read_shards(manifest, with_optimizer=True, into=None):
     keys = {'model', 'optimizer'} if with_optimizer else {'model'}
     try:
         if into is not None:
+            if any('.attn.c_attn.' in k for k in dcp.FileSystemReader(shard_dir).read_metadata().state_dict_metadata):
+                raise CheckpointError(f"{shard_dir} holds q, k and v fused (an older train.py): resume it once with "
+                                      f"parallel='ddp', which reads it whole and splits them, then go on with fsdp")
             dcp.load({'model': into['model'], 'optimizer': {'state': into['optimizer']['state']}},
                      checkpoint_id=shard_dir)
             into['optimizer']['param_groups'] = manifest['param_groups']
@@ -273,15 +280,53 @@ def read_shards(manifest, with_optimizer=True, into=None):
             warnings.filterwarnings('ignore', message='torch.distributed is disabled')
             _load_state_dict(state, storage_reader=dcp.FileSystemReader(shard_dir),
                              planner=_EmptyStateDictLoadPlanner(keys=keys), no_dist=True)
+    except CheckpointError:
+        raise
     except (Exception, dcp.api.CheckpointException) as e:
         e = _dcp_failure(e)
         raise CheckpointError(f"shard directory {shard_dir} is incomplete or damaged ({type(e).__name__}: "
                               f"{first_line(e)[:200]}); resume from an earlier checkpoint") from None
     for alias, name in manifest['aliases'].items():   # a tied weight, stored once: the same tensor under both names
         state['model'][alias] = state['model'][name]
+    config = model_config(manifest, shard_dir)   # an older checkpoint's fused q/k/v: as this model holds them
+    names = {name: [n for n, _ in unfuse(name, w, config)] for name, w in state['model'].items()}
+    state['model'] = {n: t for name, w in state['model'].items() for n, t in unfuse(name, w, config)}
     if with_optimizer:
-        state['optimizer'] = optimizer_by_index({**state['optimizer'], 'param_groups': manifest['param_groups']})
+        groups = [{**g, 'params': [n for name in g['params'] for n in names[name]]} for g in manifest['param_groups']]
+        named = {n: st for name, s in state['optimizer']['state'].items() for n, st in _unfuse_state(name, s, config)}
+        state['optimizer'] = optimizer_by_index({'state': named, 'param_groups': groups})
     return state
+
+
+def _unfuse_state(name, s, config):
+    """One parameter's optimizer state -> [(name, state)] as unfuse splits the parameter: its tensors shaped like
+    the parameter (exp_avg, ...) are split likewise, scalars (the step) copied to every part."""
+    shaped = next(v for v in s.values() if torch.is_tensor(v) and v.dim())
+    names = [n for n, _ in unfuse(name, shaped, config)]
+    parts = [{} for _ in names]
+    for key, v in s.items():
+        pieces = ([t.clone() for _, t in unfuse(name, v, config)] if torch.is_tensor(v) and v.dim() else
+                  [v.clone() if torch.is_tensor(v) else v for _ in names])   # one step counter each, not shared
+        for part, piece in zip(parts, pieces):
+            part[key] = piece
+    return list(zip(names, parts))
+
+
+def unfuse_optimizer(osd, group_names, config):
+    """A single-file checkpoint's optimizer state (by index) from a model with fused q/k/v (and SwiGLU gate+up) ->
+    this model's, given this optimizer's parameter names per group: the groups' rule is the same, a fused matrix
+    standing where its first part stands, so the old indices can be named."""
+    first = {'c_q': 'c_attn', 'c_gate': 'c_fc'}
+    rest = ('c_k', 'c_v') + (('c_fc',) if config.mlp == 'swiglu' else ())
+    old = [[n.replace(f'.{m}.', f'.{first[m]}.') if m in first else n for n in names
+            if (m := n.rsplit('.', 2)[-2]) not in rest] for names in group_names]
+    if [len(g) for g in old] != [len(g['params']) for g in osd['param_groups']]:
+        raise CheckpointError("the checkpoint's optimizer groups do not match this optimizer's (fused q/k/v with "
+                              "other groups): resume it with the train.py that wrote it")
+    named = {n: st for i, name in enumerate(n for g in old for n in g) if i in osd['state']
+             for n, st in _unfuse_state(name, osd['state'][i], config)}
+    return optimizer_by_index({'state': named, 'param_groups': [{**g, 'params': names}
+                                                                for g, names in zip(osd['param_groups'], group_names)]})
 
 
 def optimizer_by_index(osd):
@@ -313,13 +358,18 @@ def check_state_dict(expected, got, path):
         raise CheckpointError(f"checkpoint {path} does not match its own model_config: {'; '.join(parts)}")
 
 
-def model_from_checkpoint(ckpt, path, weights=True, **overrides):
-    """GPT on the CPU from ckpt['model_config'] (+ overrides, e.g. dropout), with its weights unless not weights."""
+def model_config(ckpt, path, **overrides):
+    """The GPTConfig of ckpt['model_config'] (+ overrides, e.g. dropout); one line if this model.py cannot build it."""
     try:
-        model = GPT(GPTConfig(**{**ckpt['model_config'], **overrides}))
+        return GPTConfig(**{**ckpt['model_config'], **overrides})
     except (TypeError, ModelError) as e:   # keys this model.py does not know, or impossible values
         raise CheckpointError(f"checkpoint {path} has a model_config this model.py cannot build "
                               f"({first_line(e)[:200]})") from None
+
+
+def model_from_checkpoint(ckpt, path, weights=True, **overrides):
+    """GPT on the CPU from ckpt['model_config'] (+ overrides, e.g. dropout), with its weights unless not weights."""
+    model = GPT(model_config(ckpt, path, **overrides))
     if weights:
         check_state_dict(model.state_dict(), ckpt['model'], path)
         model.load_state_dict(ckpt['model'])

@@ -83,6 +83,21 @@ def gpt_name(key):
     return key if key.startswith('lm_head.') else 'transformer.' + key.removeprefix('transformer.')
 
 
+def unfuse(name, tensor, config):
+    """A tensor named as GPT-2's weights and older checkpoints of this model name it -> [(name, tensor)] of this
+    model: q, k and v stacked in one matrix (attn.c_attn: q rows, then k, then v) become c_q, c_k, c_v; SwiGLU's
+    gate and up stacked in one (mlp.c_fc with 2 x hidden_dim rows: gate, then up) become c_gate and c_fc. Anything
+    else passes through. Works on optimizer state tensors of those weights too (same shapes)."""
+    base, _, kind = name.rpartition('.')
+    if base.endswith('attn.c_attn'):
+        q, kv = config.n_head * config.head_dim, config.kv_heads * config.head_dim
+        return [(f"{base[:-6]}c_{x}.{kind}", t) for x, t in zip('qkv', tensor.split([q, kv, kv]))]
+    if config.mlp == 'swiglu' and base.endswith('mlp.c_fc') and tensor.size(0) == 2 * config.hidden_dim:
+        gate, up = tensor.chunk(2)
+        return [(f"{base[:-4]}c_gate.{kind}", gate), (name, up)]
+    return [(name, tensor)]
+
+
 def download_gpt2(name):
     """config.json and model.safetensors of OpenAI's GPT-2 `name` into the cache; returns the directory."""
     if name not in HF_REPOS:
@@ -109,20 +124,22 @@ def load_gpt2(name_or_path, build):
     loaded = set()
     with torch.no_grad():
         for key, w in hf_tensors(path):
-            name = gpt_name(key)
-            if name is None or (name == 'lm_head.weight' and tied):   # a mask buffer; the same tensor as wte
+            fused = gpt_name(key)
+            if fused is None or (fused == 'lm_head.weight' and tied):   # a mask buffer; the same tensor as wte
                 continue
-            if name not in ours:
-                raise WeightsError(f"{path}: unexpected weight {name!r} for a GPT-2 model")
-            dst = ours[name]
-            if name in ('transformer.wte.weight', 'lm_head.weight'):
-                dst[V:].zero_()   # padding rows, if any: unused
-                dst = dst[:V]
-            w = w.t() if name.endswith(TRANSPOSED) else w
-            if w.shape != dst.shape:
-                raise WeightsError(f"{path}: weight {name!r} has shape {tuple(w.shape)}, expected {tuple(dst.shape)}")
-            dst.copy_(w)
-            loaded.add(name)
+            w = w.t() if fused.endswith(TRANSPOSED) else w
+            for name, w in unfuse(fused, w, model.config):   # c_attn -> c_q, c_k, c_v
+                if name not in ours:
+                    raise WeightsError(f"{path}: unexpected weight {fused!r} for a GPT-2 model")
+                dst = ours[name]
+                if name in ('transformer.wte.weight', 'lm_head.weight'):
+                    dst[V:].zero_()   # padding rows, if any: unused
+                    dst = dst[:V]
+                if w.shape != dst.shape:
+                    raise WeightsError(f"{path}: weight {fused!r} has shape {tuple(w.shape)}, expected "
+                                       f"{tuple(dst.shape)}")
+                dst.copy_(w)
+                loaded.add(name)
     missing = set(ours) - loaded - ({'lm_head.weight'} if tied else set())
     if missing:
         raise WeightsError(f"{path}: {len(missing)} weights missing, e.g. {sorted(missing)[0]!r}")

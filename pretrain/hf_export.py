@@ -14,7 +14,7 @@ zero_init_proj and dropout change training only. Why the logits agree, detail by
     far below the 1e-5 the tests hold the logits to).
   - norms: LayerNorm eps -> layer_norm_epsilon, RMSNorm eps -> rms_norm_eps; both normalize in float32.
   - GPT-2's Conv1D layers store weights (in, out): gpt2_weights.TRANSPOSED, the names GPT.from_pretrained reads.
-  - Llama's separate q/k/v and gate/up projections are the row blocks of model.py's fused c_attn and c_fc.
+  - model.py's q, k, v (and SwiGLU's gate and up) are separate matrices, as Llama's; GPT-2 stacks q, k, v in c_attn.
   - tied weights: only the embedding is stored (transformers ties lm_head to it from tie_word_embeddings).
 Tokenizer: GPT-2 BPE runs get vocab.json and merges.txt (byte for byte the encoder.json and vocab.bpe the repo's
 tokenizer is built from) and a tokenizer_config.json for AutoTokenizer; byte-level runs get a tokenizer.json (the
@@ -92,23 +92,22 @@ def hf_config(config, eot, dtype):
 # the weights
 
 def _gpt2_weights(model):
-    """{GPT2LMHeadModel name: tensor}. model.py's names are GPT-2's (gpt2_weights.gpt_name is the identity on
-    them); Conv1D weights are stored (in, out)."""
+    """{GPT2LMHeadModel name: tensor}. model.py's names are GPT-2's but for q, k and v, which GPT-2 stacks in one
+    c_attn (gpt2_weights.unfuse undoes it); Conv1D weights are stored (in, out)."""
     c, V = model.config, model.config.vocab_size
     sd = model.state_dict()
-    H, Hkv, hd, C = c.n_head, c.kv_heads, c.head_dim, c.n_embd
+    H, Hkv, C = c.n_head, c.kv_heads, c.n_embd
     out = {}
     for name, w in sd.items():
-        if name == 'lm_head.weight' and c.tie_weights:
-            continue   # the same tensor as wte
+        if name == 'lm_head.weight' and c.tie_weights or '.attn.c_k.' in name or '.attn.c_v.' in name:
+            continue   # the same tensor as wte; k and v join q below
         if name in ('transformer.wte.weight', 'lm_head.weight'):
             w = w[:V]
-        if name.endswith(('attn.c_attn.weight', 'attn.c_attn.bias')) and Hkv != H:
+        if '.attn.c_q.' in name:
             # GQA -> multi-head: query head h reads kv head h // (H / Hkv) (model.py's enable_gqa, Llama's repeat_kv)
-            q, k, v = w.split([H * hd, Hkv * hd, Hkv * hd])
-            k, v = (t.reshape(Hkv, hd, *t.shape[1:]).repeat_interleave(H // Hkv, 0).reshape(H * hd, *t.shape[1:])
-                    for t in (k, v))
-            w = torch.cat((q, k, v))
+            k, v = (sd[name.replace('.c_q.', x)].reshape(Hkv, -1, *w.shape[1:]).repeat_interleave(H // Hkv, 0)
+                    .reshape(w.shape) for x in ('.c_k.', '.c_v.'))
+            name, w = name.replace('.c_q.', '.c_attn.'), torch.cat((w, k, v))
         out[name] = w.t() if name.endswith(TRANSPOSED) else w
     if not c.bias:   # GPT-2 always has biases: zeros compute what no bias computes
         for i in range(c.n_layer):
@@ -121,27 +120,22 @@ def _gpt2_weights(model):
 
 
 def _llama_weights(model):
-    """{LlamaForCausalLM name: tensor}: c_attn's row blocks are q, k, v; c_fc's halves are gate and up (MLP.forward
-    chunks them in that order)."""
+    """{LlamaForCausalLM name: tensor}: the same matrices under Llama's names."""
     c, V = model.config, model.config.vocab_size
     sd = model.state_dict()
-    H, Hkv, hd, F = c.n_head, c.kv_heads, c.head_dim, c.hidden_dim
     out = {'model.embed_tokens.weight': sd['transformer.wte.weight'][:V],
            'model.norm.weight': sd['transformer.ln_f.weight']}
     if not c.tie_weights:
         out['lm_head.weight'] = sd['lm_head.weight'][:V]
-    for i in range(c.n_layer):
-        ours, hf = f'transformer.h.{i}.', f'model.layers.{i}.'
-        out[hf + 'input_layernorm.weight'] = sd[ours + 'ln_1.weight']
-        out[hf + 'post_attention_layernorm.weight'] = sd[ours + 'ln_2.weight']
-        for kind in ('weight', 'bias') if c.bias else ('weight',):
-            q, k, v = sd[ours + f'attn.c_attn.{kind}'].split([H * hd, Hkv * hd, Hkv * hd])
-            gate, up = sd[ours + f'mlp.c_fc.{kind}'].split([F, F])
-            out.update({hf + f'self_attn.q_proj.{kind}': q, hf + f'self_attn.k_proj.{kind}': k,
-                        hf + f'self_attn.v_proj.{kind}': v,
-                        hf + f'self_attn.o_proj.{kind}': sd[ours + f'attn.c_proj.{kind}'],
-                        hf + f'mlp.gate_proj.{kind}': gate, hf + f'mlp.up_proj.{kind}': up,
-                        hf + f'mlp.down_proj.{kind}': sd[ours + f'mlp.c_proj.{kind}']})
+    names = {'ln_1.weight': 'input_layernorm.weight', 'ln_2.weight': 'post_attention_layernorm.weight',
+             'attn.c_q': 'self_attn.q_proj', 'attn.c_k': 'self_attn.k_proj', 'attn.c_v': 'self_attn.v_proj',
+             'attn.c_proj': 'self_attn.o_proj', 'mlp.c_gate': 'mlp.gate_proj', 'mlp.c_fc': 'mlp.up_proj',
+             'mlp.c_proj': 'mlp.down_proj'}
+    for name, w in sd.items():
+        if name.startswith('transformer.h.'):
+            i, rest = name.removeprefix('transformer.h.').split('.', 1)
+            ours, kind = (rest, '') if rest in names else rest.rsplit('.', 1)
+            out[f'model.layers.{i}.{names[ours]}' + (f'.{kind}' if kind else '')] = w
     return out
 
 

@@ -83,11 +83,10 @@ def default_ns_dtype(device):
     return torch.float32
 
 
-def _orthogonalised_updates(Ms, ns_steps, scale, split, dtype):
-    """The scaled Newton-Schulz updates for momenta Ms (out x in each): each matrix, or each of its dim-0 `split`
-    blocks, orthogonalised and scaled on its own. Blocks of one shape (tall ones transposed) go through
-    newton_schulz as one batch: a few large matrix products run faster than many small ones."""
-    blocks = [b for M in Ms for b in (M.split(list(split), dim=0) if split else [M])]
+def _orthogonalised_updates(blocks, ns_steps, scale, dtype):
+    """The scaled Newton-Schulz updates for momenta (out x in each), each orthogonalised and scaled on its own.
+    Matrices of one shape (tall ones transposed) go through newton_schulz as one batch: a few large matrix products
+    run faster than many small ones."""
     wide = [b.mT if b.size(0) > b.size(1) else b for b in blocks]
     by_shape = {}
     for i, w in enumerate(wide):
@@ -98,7 +97,7 @@ def _orthogonalised_updates(Ms, ns_steps, scale, split, dtype):
         for i, o in zip(idx, O.unbind(0)):
             b = blocks[i]
             out[i] = (o.mT if b.size(0) > b.size(1) else o) * _update_scale(b.size(0), b.size(1), scale)
-    return [torch.cat(out[j:j + len(split)]) for j in range(0, len(out), len(split))] if split else out
+    return out
 
 
 class Muon(torch.optim.Optimizer):
@@ -106,16 +105,15 @@ class Muon(torch.optim.Optimizer):
     group must say which (muon_param_groups builds them for a GPT). Options, any group may override them:
       all groups:  lr, weight_decay (decoupled: W <- W * (1 - lr * weight_decay) before the update)
       use_muon:    momentum (0.95), nesterov (True), ns_steps (5), scale ('moonlight' | 'jordan'),
-                   split (None, or dim-0 block sizes orthogonalised separately, e.g. fused q, k, v),
                    ns_dtype (None: default_ns_dtype(device); or 'float32', 'bfloat16', 'float64')
       AdamW:       betas ((0.9, 0.999)), eps (1e-8): the defaults of torch.optim.AdamW, as is weight_decay 0.01;
                    the step is torch.optim.AdamW's single-tensor arithmetic, with its state layout
     All state is in self.state, so state_dict() / load_state_dict() resume exactly; a GradScaler works as usual."""
 
     def __init__(self, params, lr=1e-3, weight_decay=0.01, momentum=0.95, nesterov=True, ns_steps=5,
-                 scale='moonlight', split=None, ns_dtype=None, betas=(0.9, 0.999), eps=1e-8):
+                 scale='moonlight', ns_dtype=None, betas=(0.9, 0.999), eps=1e-8):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        ns_steps=ns_steps, scale=scale, split=split, ns_dtype=ns_dtype, betas=betas, eps=eps)
+                        ns_steps=ns_steps, scale=scale, ns_dtype=ns_dtype, betas=betas, eps=eps)
         self._default_ns_dtypes = {}   # device -> default_ns_dtype(device), read once (it reads /proc/cpuinfo)
         super().__init__(params, defaults)
 
@@ -144,11 +142,6 @@ class Muon(torch.optim.Optimizer):
             for p in group['params']:
                 check(p.ndim == 2, f"a use_muon group holds a parameter of shape {tuple(p.shape)}; Muon "
                                    f"orthogonalises 2-D matrices only: put it in a use_muon=False (AdamW) group")
-                check(o['split'] is None or (all(isinstance(r, int) and r >= 1 for r in o['split'])
-                                             and sum(o['split']) == p.size(0)),
-                      f"split={o['split']!r} must be positive ints summing to the rows of {tuple(p.shape)}")
-            if o['split'] is not None:
-                group['split'] = tuple(o['split'])
         else:
             b1, b2 = o['betas']
             check(0 <= b1 < 1 and 0 <= b2 < 1, f"betas={o['betas']} must be in [0, 1)")
@@ -182,7 +175,7 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_add_(bufs, grads)
         updates = torch._foreach_add(grads, bufs, alpha=mu) if group['nesterov'] else bufs  # Nesterov: G_t + mu M_t
         dtype = self._ns_dtype(group, params[0].device)
-        updates = _orthogonalised_updates(updates, group['ns_steps'], group['scale'], group['split'], dtype)
+        updates = _orthogonalised_updates(updates, group['ns_steps'], group['scale'], dtype)
         if wd != 0:
             torch._foreach_mul_(params, 1 - lr * wd)                           # decoupled (Liu et al. 2025 sec. 2.2)
         torch._foreach_add_(params, updates, alpha=-lr)
@@ -219,27 +212,23 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_addcdiv_(params, exp_avgs, denom, [-lr / (1 - beta1 ** t) for t in ts])
 
 
-def muon_param_groups(model, lr_adam, lr_muon=None, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8,
-                      split_qkv=False):
+def muon_param_groups(model, lr_adam, lr_muon=None, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8):
     """Param groups for Muon(groups) from a GPT (model.py): Muon for every 2-D parameter inside the blocks (names
     containing '.h.'), AdamW for the rest; weight decay on matrices only, as training.configure_optimizer. Each
     trainable parameter lands in exactly one group (a tied lm_head is wte's tensor); empty groups are left out.
     lr_muon: default lr_adam. With the 'moonlight' scale one lr fits both (Liu et al. 2025 sec. 2.2), so a loop
-    that writes one scheduled lr into every group (train.py) is right.
-    split_qkv: orthogonalise each c_attn's q, k and v separately, as modded-nanogpt (SwiGLU's c_fc stays whole)."""
+    that writes one scheduled lr into every group (train.py) is right. q, k and v (and SwiGLU's gate and up) are
+    separate matrices in model.py, each orthogonalised on its own, as modded-nanogpt and nanochat do."""
     lr_muon = lr_adam if lr_muon is None else lr_muon
-    qkv_rows = {id(m.c_attn.weight): (m.n_head * m.head_dim, m.n_kv_head * m.head_dim, m.n_kv_head * m.head_dim)
-                for m in model.modules() if split_qkv and hasattr(m, 'c_attn') and hasattr(m, 'n_kv_head')}
-    muon, adam_decay, adam_no_decay = {None: []}, [], []   # muon: split rows (None: whole) -> matrices
+    muon, adam_decay, adam_no_decay = [], [], []
     for name, p in model.named_parameters():     # de-duplicated: a tied weight comes once
         if not p.requires_grad:
             continue
         if '.h.' in name and p.dim() == 2:
-            muon.setdefault(qkv_rows.get(id(p)), []).append(p)
+            muon.append(p)
         else:
             (adam_decay if p.dim() >= 2 else adam_no_decay).append(p)
-    groups = [dict(params=ps, use_muon=True, lr=lr_muon, weight_decay=weight_decay, split=rows)
-              for rows, ps in muon.items()]
+    groups = [dict(params=muon, use_muon=True, lr=lr_muon, weight_decay=weight_decay)]
     adam = dict(use_muon=False, lr=lr_adam, betas=tuple(betas), eps=eps)
     groups += [dict(adam, params=adam_decay, weight_decay=weight_decay),
                dict(adam, params=adam_no_decay, weight_decay=0.0)]

@@ -106,7 +106,7 @@ def compare(path):
     fsdp, fsdp_losses, model, optimizer = run(rt16, 'fsdp')
     master = sorted({str(p.dtype) for p in model.parameters()} |
                     {str(t.dtype) for s in optimizer.state.values() for k, t in s.items() if k != 'step'})
-    model.transformer.h[0].register_forward_pre_hook(lambda m, args: seen.append(str(m.attn.c_attn.weight.dtype)))
+    model.transformer.h[0].register_forward_pre_hook(lambda m, args: seen.append(str(m.attn.c_q.weight.dtype)))
     model(batches(rt.world, 1)[0][0, 0, rt.rank])
     out['bf16'] = {'max_diff': max_diff(ddp, fsdp), 'ddp_losses': ddp_losses, 'fsdp_losses': fsdp_losses,
                    'master_dtypes': master, 'compute_dtype': seen[0]}

@@ -44,7 +44,7 @@ SHAPES = {   # name: (tokenizer, GPTConfig fields, the class it must become)
 }
 
 
-def random_gpt(fields, seed=0):
+def random_gpt(fields, seed=1):
     """Matrices N(0, 0.2), norm gains 1 + N(0, 0.2), biases N(0, 0.2): the logits are far from uniform, so greedy
     decoding is decisive and a wrong mapping of any tensor shows."""
     torch.manual_seed(seed)

@@ -199,7 +199,7 @@ def test_memory_estimate_fsdp_shards_model_state():
     ddp = train_memory(config, 1, 8, 'ddp')
     n = 1_557_611_200 + (50304 - 50257) * 1600
     assert ddp['weights'] == 4 * n and ddp['grads'] == 4 * n
-    assert ddp['optimizer'] == 8 * n + 4 * (2 + 12 * 48 + 2)
+    assert ddp['optimizer'] == 8 * n + 4 * (2 + 16 * 48 + 2)
     fsdp = train_memory(config, 1, 8, 'fsdp')
     assert ddp['optimizer'] / 8 <= fsdp['optimizer'] < ddp['optimizer'] / 8 * 1.001
     block = 12 * 1600 ** 2 + 13 * 1600

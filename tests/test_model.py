@@ -86,12 +86,12 @@ def test_gpt2_init_std_and_tying():
     model = make_gpt(c)
     assert model.lm_head.weight is model.transformer.wte.weight
     sd = dict(model.named_parameters())
-    assert abs(sd['transformer.h.0.attn.c_attn.weight'].std().item() - 0.02) < 0.001
+    assert abs(sd['transformer.h.0.attn.c_q.weight'].std().item() - 0.02) < 0.001
     assert abs(sd['transformer.h.0.mlp.c_fc.weight'].std().item() - 0.02) < 0.001
     resid = 0.02 / math.sqrt(2 * 8)
     for n in ('transformer.h.3.attn.c_proj.weight', 'transformer.h.3.mlp.c_proj.weight'):
         assert abs(sd[n].std().item() - resid) < 0.05 * resid, n
-    assert sd['transformer.h.0.attn.c_attn.bias'].abs().sum() == 0
+    assert sd['transformer.h.0.attn.c_v.bias'].abs().sum() == 0
     assert (sd['transformer.h.0.ln_1.weight'] == 1).all()
     untied = make_gpt(tiny(tie_weights=False))
     assert untied.lm_head.weight is not untied.transformer.wte.weight
@@ -133,16 +133,14 @@ def test_gqa_equals_multi_head_with_shared_kv_heads(n_kv_head):
     H, hd = 4, 8
     gqa = make_gpt(tiny(n_kv_head=n_kv_head, pos_emb='rope'))
     mha = make_gpt(tiny(n_kv_head=H, pos_emb='rope'), seed=1)
-    assert gqa.transformer.h[0].attn.c_attn.weight.shape == ((H + 2 * n_kv_head) * hd, 32)
-    assert mha.transformer.h[0].attn.c_attn.weight.shape == (3 * H * hd, 32)
+    assert gqa.transformer.h[0].attn.c_k.weight.shape == (n_kv_head * hd, 32)
+    assert mha.transformer.h[0].attn.c_k.weight.shape == (H * hd, 32)
     with torch.no_grad():
         for (name, p), q in zip(gqa.state_dict().items(), mha.state_dict().values()):
-            if 'c_attn' not in name:
+            if '.c_k.' not in name and '.c_v.' not in name:
                 q.copy_(p)
                 continue
-            wq, wk, wv = p.split([H * hd, n_kv_head * hd, n_kv_head * hd])
-            rep = lambda w: w.view(n_kv_head, hd, *w.shape[1:]).repeat_interleave(H // n_kv_head, 0).flatten(0, 1)
-            q.copy_(torch.cat([wq, rep(wk), rep(wv)]))
+            q.copy_(p.view(n_kv_head, hd, *p.shape[1:]).repeat_interleave(H // n_kv_head, 0).flatten(0, 1))
     idx = torch.randint(0, 61, (2, 12))
     assert torch.allclose(gqa(idx)[0], mha(idx)[0], atol=1e-5)
     c = tiny(n_kv_head=n_kv_head)

@@ -72,7 +72,7 @@ def test_flops_unchanged_by_options_that_add_no_matmul():
 
 
 def test_decode_bytes_per_token_hand_count():
-    # learned positions, tied, bias: per layer 2 norms (32 + 32 each), c_attn 32*96 + 96, c_proj 32*32 + 32,
+    # learned positions, tied, bias: per layer 2 norms (32 + 32 each), c_q/c_k/c_v 3*(32*32 + 32), c_proj 32*32 + 32,
     # c_fc 32*128 + 128, mlp c_proj 128*32 + 32; ln_f 64; lm_head 61*32 (tied: read by the matmul)
     layer = 2 * 64 + 32 * 96 + 96 + 32 * 32 + 32 + 32 * 128 + 128 + 128 * 32 + 32
     weights = 2 * layer + 64 + 61 * 32
@@ -144,8 +144,9 @@ def test_qk_norm_makes_attention_invariant_to_the_scale_of_q_and_k():
         before = model(idx)[0]
         with torch.no_grad():
             for block in model.transformer.h:
-                block.attn.c_attn.weight[:(4 + 2) * 8] *= 30.0   # q rows (4 heads) and k rows (2 heads)
-                block.attn.c_attn.bias[:(4 + 2) * 8] *= 30.0
+                for lin in (block.attn.c_q, block.attn.c_k):   # the query (4 heads) and key (2 heads) projections
+                    lin.weight *= 30.0
+                    lin.bias *= 30.0
         assert torch.allclose(model(idx)[0], before, atol=1e-5) == same
 
 

@@ -136,11 +136,11 @@ def test_param_groups_split(tie):
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))      # each parameter exactly once
     muon = {names[id(p)] for g in groups if g['use_muon'] for p in g['params']}
     assert muon == {n for n, p in model.named_parameters() if '.h.' in n and p.dim() == 2}
-    assert len(muon) == 2 * 4                              # c_attn, attn c_proj, c_fc, mlp c_proj per block
+    assert len(muon) == 2 * 6                              # c_q, c_k, c_v, attn c_proj, c_fc, mlp c_proj per block
     adam = {names[id(p)]: g['weight_decay'] for g in groups if not g['use_muon'] for p in g['params']}
     assert adam['transformer.wte.weight'] == 0.1 and adam['transformer.wpe.weight'] == 0.1
     assert ('lm_head.weight' in adam) == (not tie)         # tied: the same tensor as wte, listed once
-    assert adam['transformer.ln_f.weight'] == 0.0 and adam['transformer.h.0.attn.c_attn.bias'] == 0.0
+    assert adam['transformer.ln_f.weight'] == 0.0 and adam['transformer.h.0.attn.c_q.bias'] == 0.0
     assert all(g['weight_decay'] == 0.1 for g in groups if g['use_muon'])
 
 
@@ -230,10 +230,10 @@ CUDA = pytest.param('cuda', marks=[pytest.mark.gpu, pytest.mark.skipif(not torch
 @pytest.mark.parametrize('ns_dtype', ['float32', 'bfloat16'])
 def test_batched_step_equals_one_matrix_at_a_time(ns_dtype, device):
     """The step batches the blocks of one shape (tall ones transposed) into one newton_schulz call: the result is
-    each matrix (each q, k, v block with split_qkv) orthogonalised and scaled on its own, as the formula says."""
+    each matrix (q, k and v each their own) orthogonalised and scaled on its own, as the formula says."""
     model = tiny_gpt(n_layer=3, n_head=4, n_kv_head=2).to(device)
-    for split_qkv in (False, True):
-        groups = muon_param_groups(model, lr_adam=0.0, lr_muon=1e-2, weight_decay=0.0, split_qkv=split_qkv)
+    for _ in range(1):
+        groups = muon_param_groups(model, lr_adam=0.0, lr_muon=1e-2, weight_decay=0.0)
         for g in groups:
             g['ns_dtype'] = ns_dtype
         opt = Muon(groups)
@@ -247,15 +247,13 @@ def test_batched_step_equals_one_matrix_at_a_time(ns_dtype, device):
         torch.set_float32_matmul_precision('highest')
         try:
             opt.step()
-            assert len(before) == 4 * 3 and len({tuple(p.shape) for p in before}) >= 3     # wide, tall and square
+            assert len(before) == 6 * 3 and len({tuple(p.shape) for p in before}) >= 3     # wide, tall and square
             for g in groups:
                 if not g['use_muon']:
                     continue
                 for p in g['params']:
                     V = 1.95 * p.grad
-                    blocks = V.split(list(g['split']), dim=0) if g.get('split') else [V]
-                    ns = getattr(torch, ns_dtype)
-                    expect = torch.cat([0.2 * math.sqrt(max(b.shape)) * newton_schulz(b, dtype=ns) for b in blocks])
+                    expect = 0.2 * math.sqrt(max(V.shape)) * newton_schulz(V, dtype=getattr(torch, ns_dtype))
                     tol = 1e-5 if ns_dtype == 'float32' else 2e-2       # bf16: one rounding step of a few entries
                     torch.testing.assert_close((before[p] - p.detach()) / 1e-2, expect, rtol=tol, atol=tol)
         finally:
@@ -307,31 +305,30 @@ def test_momentum_nesterov_and_weight_decay():
         torch.testing.assert_close(W.detach(), W1 * (1 - lr * wd) - lr * s * newton_schulz(V), rtol=1e-5, atol=1e-6)
 
 
-def test_split_qkv():
-    """split_qkv: each c_attn block (q, k, v; GQA sizes too) is orthogonalised and scaled on its own."""
+def test_q_k_and_v_are_orthogonalised_each_on_its_own():
+    """q, k and v are separate matrices (GQA sizes too): each gets its own orthogonalised, scaled step, not the step
+    of the stacked (q; k; v) matrix GPT-2's c_attn would be."""
     model = tiny_gpt(n_head=4, n_kv_head=1)                # q 32 rows, k and v 8 rows each
-    groups = muon_param_groups(model, lr_adam=1e-2, weight_decay=0.0, split_qkv=True)
-    (split_group,) = [g for g in groups if g.get('split')]
-    assert split_group['split'] == (32, 8, 8) and len(split_group['params']) == 2
-    opt = Muon(groups)
-    W = model.transformer.h[0].attn.c_attn.weight
-    w0 = W.detach().clone()
+    opt = Muon(muon_param_groups(model, lr_adam=1e-2, weight_decay=0.0))
+    attn = model.transformer.h[0].attn
+    Ws = [attn.c_q.weight, attn.c_k.weight, attn.c_v.weight]
+    w0 = [W.detach().clone() for W in Ws]
     x, y = batch(0)
     model(x, y)[1].backward()
-    G = W.grad.clone()
+    G = [W.grad.clone() for W in Ws]
     opt.step()
-    step = (W.detach() - w0) / 1e-2
-    expect = torch.cat([-0.2 * math.sqrt(max(b.shape)) * newton_schulz(1.95 * b) for b in G.split([32, 8, 8])])
-    torch.testing.assert_close(step, expect, rtol=1e-4, atol=1e-6)
-    whole = -0.2 * math.sqrt(48) * newton_schulz(1.95 * G)
-    assert (step - whole).abs().max() > 0.01                # not the same as orthogonalising the fused matrix
+    steps = [(W.detach() - w) / 1e-2 for W, w in zip(Ws, w0)]
+    for step, g in zip(steps, G):
+        torch.testing.assert_close(step, -0.2 * math.sqrt(max(g.shape)) * newton_schulz(1.95 * g), rtol=1e-4, atol=1e-6)
+    whole = -0.2 * math.sqrt(48) * newton_schulz(1.95 * torch.cat(G))
+    assert (torch.cat(steps) - whole).abs().max() > 0.01    # not the same as orthogonalising the stacked matrix
 
 
 def test_state_dict_round_trip_is_exact():
     """3 steps, save (through torch.save / weights_only load, as train.py), 3 more; a fresh model and optimizer
     loaded from the save and run on the same 3 batches end bit-identical."""
     model = tiny_gpt()
-    opt = Muon(muon_param_groups(model, lr_adam=1e-2, weight_decay=0.1, split_qkv=True))
+    opt = Muon(muon_param_groups(model, lr_adam=1e-2, weight_decay=0.1))
     for step in range(3):
         _one_step(model, opt, seed=step)
     buf = io.BytesIO()
@@ -343,7 +340,7 @@ def test_state_dict_round_trip_is_exact():
     ckpt = torch.load(buf, weights_only=True)
     model2 = tiny_gpt(seed=123)                              # different init: everything must come from ckpt
     model2.load_state_dict(ckpt['model'])
-    opt2 = Muon(muon_param_groups(model2, lr_adam=5.0, weight_decay=0.0, split_qkv=True))  # options too
+    opt2 = Muon(muon_param_groups(model2, lr_adam=5.0, weight_decay=0.0))  # options too
     opt2.load_state_dict(ckpt['optimizer'])
     assert {'momentum_buffer'} == set(opt2.state[model2.transformer.h[0].mlp.c_fc.weight])
     assert {'step', 'exp_avg', 'exp_avg_sq'} == set(opt2.state[model2.transformer.wte.weight])
@@ -408,7 +405,6 @@ def test_bad_groups_raise_one_line():
         ([W], 'use_muon'),                                   # plain parameter list: which branch is unknown
         ([dict(params=[W], use_muon=True, scale='adam')], 'scale'),
         ([dict(params=[W], use_muon=True, ns_dtype='half')], 'ns_dtype'),
-        ([dict(params=[W], use_muon=True, split=(3, 3))], 'split'),
         ([dict(params=[W], use_muon=True, momentum=1.0)], 'momentum'),
         ([dict(params=[b], use_muon=False, betas=(0.9, 1.0))], 'betas'),
         ([dict(params=[b], use_muon=False, lr=-1.0)], 'lr'),

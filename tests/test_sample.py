@@ -160,8 +160,13 @@ def test_init_from_hugging_face_dir_uses_gpt2_tokenizer(tmp_path, capsys):
         pytest.skip(f"GPT-2 tokenizer unavailable: {e}")
     model = tiny_gpt(vocab_size=50257).eval()
     conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+    sd = model.state_dict()
+    for kind in ('weight', 'bias'):   # GPT-2 stacks q, k, v in one c_attn
+        for i in range(2):
+            sd[f'transformer.h.{i}.attn.c_attn.{kind}'] = torch.cat([sd.pop(f'transformer.h.{i}.attn.c_{x}.{kind}')
+                                                                      for x in 'qkv'])
     hf = {k.removeprefix('transformer.'): (v.t() if k.endswith(conv1d) else v).contiguous()
-          for k, v in model.state_dict().items() if k != 'lm_head.weight'}   # Hugging Face names and layout
+          for k, v in sd.items() if k != 'lm_head.weight'}   # Hugging Face names and layout
     torch.save(hf, tmp_path / 'pytorch_model.bin')
     (tmp_path / 'config.json').write_text('{"model_type": "gpt2", "n_positions": %d, "vocab_size": 50257, '
                                           '"n_layer": 2, "n_head": 2, "n_embd": 16}' % BLOCK)

@@ -19,6 +19,7 @@ import torch
 
 import conftest
 import train
+from model import GPT, GPTConfig
 from pretrain import training
 from conftest import ROOT, one_error_line, torchrun
 from pretrain.checkpoint import load_checkpoint
@@ -117,6 +118,52 @@ def test_resume_is_exact(data_dir, tmp_path, optimizer):
     assert split == straight  # float32 on CPU: bit-identical, not merely close
     assert losses(tmp_path / 'split', 'eval', 'val_loss') == losses(tmp_path / 'straight', 'eval', 'val_loss')
     assert straight[20] < straight[1]
+
+
+def fuse_like_an_older_checkpoint(path):
+    """Rewrite a checkpoint as train.py wrote it when q, k and v (and SwiGLU's gate and up) were one stacked matrix
+    (GPT-2's c_attn; c_fc gate rows then up rows): weights, and the optimizer's state by the older index order."""
+    ckpt = torch.load(path, weights_only=True)
+    model = GPT(GPTConfig(**ckpt['model_config']))
+    optimizer = training.configure_optimizer(model, SimpleNamespace(**ckpt['config']), torch.device('cpu'))
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [[names[id(p)] for p in g['params']] for g in optimizer.param_groups]
+    stacks = {'.attn.c_q.': ('.attn.c_attn.', ['.attn.c_q.', '.attn.c_k.', '.attn.c_v.']),
+              '.mlp.c_gate.': ('.mlp.c_fc.', ['.mlp.c_gate.', '.mlp.c_fc.'])}
+
+    def older(n):   # -> (older name, the names stacked in it), or None for a part after the first
+        first = next((k for k in stacks if k in n), None)
+        if first:
+            return n.replace(first, stacks[first][0]), [n.replace(first, p) for p in stacks[first][1]]
+        return None if any(p in n for k in stacks for p in stacks[k][1][1:]) else (n, [n])
+
+    def cat(values):
+        if torch.is_tensor(values[0]):
+            return torch.cat(values)
+        return {k: torch.cat([v[k] for v in values]) if v.dim() else v for k, v in values[0].items()}
+    ckpt['model'] = {o[0]: cat([ckpt['model'][n] for n in o[1]]) for n in ckpt['model'] if (o := older(n))}
+    flat = [n for g in groups for n in g]
+    state = {flat[i]: s for i, s in ckpt['optimizer']['state'].items()}
+    old_groups = [[o for n in g if (o := older(n))] for g in groups]
+    index = {o[0]: i for i, o in enumerate(o for g in old_groups for o in g)}
+    ckpt['optimizer'] = {'state': {index[o[0]]: cat([state[n] for n in o[1]]) for g in old_groups for o in g
+                                   if o[1][0] in state},
+                         'param_groups': [{**g, 'params': [index[o[0]] for o in og]}
+                                          for g, og in zip(ckpt['optimizer']['param_groups'], old_groups)]}
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_an_older_checkpoint_with_stacked_qkv_resumes_exactly(data_dir, tmp_path, optimizer):
+    """A checkpoint written when q, k and v (and SwiGLU's gate and up) were stacked in one matrix loads: its weights
+    and its optimizer's state are split on load, and the resumed run's losses equal an uninterrupted run's."""
+    opt = dict(optimizer=optimizer, muon_lr=0.02 if optimizer == 'muon' else None, mlp='swiglu', n_kv_head=1)
+    train.train(cfg_for(data_dir, tmp_path / 'straight', **opt))
+    train.train(cfg_for(data_dir, tmp_path / 'split', max_iters=10, lr_decay_iters=20, **opt))
+    fuse_like_an_older_checkpoint(tmp_path / 'split' / 'ckpt.pt')
+    assert 'transformer.h.0.attn.c_attn.weight' in torch.load(tmp_path / 'split' / 'ckpt.pt')['model']
+    train.train(cfg_for(data_dir, tmp_path / 'split', init_from='resume', **opt))
+    assert losses(tmp_path / 'split') == losses(tmp_path / 'straight')
 
 
 def test_log_records(data_dir, tmp_path):
