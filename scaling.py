@@ -4,15 +4,12 @@ Scaling laws from this repo's own runs: read train.py's log.jsonl files (or a CS
 figures, plan (and run) IsoFLOP sweeps, plain or branched from WSD stable runs, fit the critical batch size to the
 gradient noise scale, and fit laws for the best learning rate and batch size.
 
-    python scaling.py plan --budgets 1e13,3e13,1e14,3e14 --sizes 5 --data_dir data/shakespeare_bytes > plan.sh
-    python scaling.py plan --budgets 1e13,3e13,1e14 --sizes 5 --branch --cooldown_frac 0.2 --run --jobs 2
+    python scaling.py plan --budgets 1e13,3e13,1e14 --sizes 5 --branch --run --jobs 2
     python scaling.py fit out-sweep --method all --bootstrap 100 --json fit.json --plots figs/
-    python scaling.py fit out-sweep --method approach2 --json - | jq '.results[0].params'
     python scaling.py bcrit out-sweep --min_step 100 --json bcrit.json --plots figs/
     python scaling.py hparams out-lr-sweep --bootstrap 200 --json lr_law.json
-    python scaling.py plan --budgets 1e13,1e14 --lr_law lr_law.json
     python scaling.py budget --gpu H100 --gpus 8 --hours 24 --mfu 0.4 --price 2.5 --out config/budget.py
-    python scaling.py budget --check out-budget --plan config/budget.plan.json
+More, and what each prints: docs/scaling.md, docs/budget.md.
 
 Conventions. N counts all parameters by default (Chinchilla does; Pearce & Song 2024 show that dropping embeddings
 biases small-scale exponents), --n nonembed Kaplan's non-embedding N. C = 6*N*D by default (the budget the plan

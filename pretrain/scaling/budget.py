@@ -195,7 +195,6 @@ MEMORY_HEADROOM = 0.9  # train_memory leaves out the CUDA context, allocator cac
 
 
 def wall_hours(tokens, gpus, peak_flops, mfu, flops_per_tok):
-    """Hours to train on `tokens` at this MFU: tokens x FLOPs per token / (GPUs x peak x MFU)."""
     return tokens * flops_per_tok / (gpus * peak_flops * mfu) / 3600
 
 

@@ -57,9 +57,8 @@ def fit_knob(groups, C, L, x, other, knob):
 
 
 def fit(runs, rtol=0.1, boot=0, seed=0):
-    """The learning-rate law and, where the batch varies within budgets, the batch-size law ->
-    {'lr': result or None, 'batch': result or None}; a law that was swept but cannot be fitted raises, unless the
-    other one could be fitted (then its reason is in the result's 'error')."""
+    """The lr law and, where the batch varies within budgets, the batch law -> {'lr': result or None, 'batch': ...};
+    a swept law that cannot be fitted raises, unless the other one could be (then its reason is its 'error')."""
     C, budget, L, lr, B = points(runs)
     groups = group_budgets(budget, rtol)
     rng = np.random.default_rng(seed)

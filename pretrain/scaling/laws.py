@@ -237,9 +237,7 @@ def envelope(runs, x='C', n_grid=200):
 
 
 def _opt_power(C, Nopt, Dopt, Lopt):
-    a, kN = fit_power(C, Nopt)
-    b, kD = fit_power(C, Dopt)
-    g, kL = fit_power(C, Lopt)  # L_opt(C) = (C_c/C)^alpha_C, for the table's predicted loss
+    (a, kN), (b, kD), (g, kL) = (fit_power(C, v) for v in (Nopt, Dopt, Lopt))  # L_opt(C) = (C_c/C)^alpha_C
     return dict(a=a, b=b, N_coef=kN, D_coef=kD, alpha_C=-g, C_c=kL ** (1 / -g) if g else float('nan'))
 
 
@@ -329,9 +327,8 @@ def vertex(x, L, what, how='parabola'):
 
 
 def isoflop_minimum(N, D, L, how='parabola', C=None):
-    """vertex() of one IsoFLOP group over log N -> (N*, D*, L*, C*), or the str refusing it. D* and C* come from
-    log-linear fits along the group: with C = 6ND exactly, D* = C / (6 N*) and C* is the budget; in other
-    conventions (--compute logged, --n nonembed) C varies a little along the group."""
+    """vertex() over log N of one IsoFLOP group -> (N*, D*, L*, C*) or the str refusing it; D* and C* from log-linear
+    fits along the group (exact for C = 6ND; C varies a little along it with --compute logged or --n nonembed)."""
     m = vertex(N, L, 'model size', how)
     if isinstance(m, str):
         return m
@@ -356,8 +353,7 @@ def fit_approach2(N, D, C, L, how='parabola', rtol=0.1, rng=None, boot=0, budget
         if len(minima) < 2:
             raise ScalingError(f"approach 2 needs 2+ budgets with an interior minimum, got {len(minima)}"
                                + (f" ({'; '.join(refused)})" if refused else ""))
-        Cm, Nm, Dm, Lm = map(np.array, zip(*minima))
-        return _opt_power(Cm, Nm, Dm, Lm), minima, refused
+        return _opt_power(*map(np.array, zip(*minima))), minima, refused  # minima: (C, N, D, L) each
     params, minima, refused = once(groups)
     res = dict(method='approach2', minimum=how, params=params, n_points=len(L), notes=refused,
                minima=[dict(C=c, N=n_, D=d, L=l) for c, n_, d, l in minima])

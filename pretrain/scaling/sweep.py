@@ -52,9 +52,8 @@ def shape_for(target, aspect, head_dim, count):
 
 
 def model_counter(data_dir, vocab_size, block_size, train_config, train_args):
-    """-> (count(n_layer, n_head, n_embd, full=False), vocab_size, train tokens or None, extra train.py args).
-    count counts the model train.py builds from a planned command line, with train.py's precedence: its defaults,
-    then the --train_config file, then the plan's knobs, then --train_args."""
+    """-> (count(n_layer, n_head, n_embd, full=False), vocab_size, train tokens or None, extra train.py args); count
+    counts the model train.py builds, with its precedence: defaults, --train_config, the plan's knobs, --train_args."""
     meta_path = os.path.join(data_dir, 'meta.json')
     meta = read_json(meta_path, '; run prepare.py again or pass --vocab_size') if os.path.exists(meta_path) else {}
     vocab_size = vocab_size or meta.get('vocab_size')
@@ -229,8 +228,7 @@ def branched(cells, row, lr_at, base, cooldown_frac, snap, warmup_frac, min_lr_r
 
 
 def lr_for(N, learning_rate, lr_points=None):
-    """Peak learning rate for N parameters: a power law lr = k * N^s through the measured optima lr_points (least
-    squares in log-log; exact for two points), or learning_rate when none are given."""
+    """Peak lr for N parameters: k N^s through the measured optima lr_points (log-log fit), else learning_rate."""
     if not lr_points:
         return learning_rate
     if len(lr_points) < 2:
