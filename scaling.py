@@ -4,31 +4,21 @@ Scaling laws from this repo's own runs: read train.py's log.jsonl files (or a CS
 figures, plan (and run) IsoFLOP sweeps, plain or branched from WSD stable runs, fit the critical batch size to the
 gradient noise scale, and fit laws for the best learning rate and batch size.
 
-    python scaling.py plan --budgets 1e13,3e13,1e14,3e14 --sizes 5 --data_dir data/shakespeare_bytes > plan.sh
-    python scaling.py plan --budgets 1e13,3e13,1e14,3e14 --sizes 5 --data_dir data/shakespeare_bytes --run
-    python scaling.py plan --budgets 1e13,3e13,1e14 --sizes 5 --branch --cooldown_frac 0.2 --run --jobs 2
+    python scaling.py plan --budgets 1e13,3e13,1e14 --sizes 5 --branch --run --jobs 2
     python scaling.py fit out-sweep --method all --bootstrap 100 --json fit.json --plots figs/
-    python scaling.py fit points.csv --method approach3
-    python scaling.py fit out-sweep --method approach2 --json - | jq '.results[0].params'
     python scaling.py bcrit out-sweep --min_step 100 --json bcrit.json --plots figs/
     python scaling.py hparams out-lr-sweep --bootstrap 200 --json lr_law.json
-    python scaling.py plan --budgets 1e13,1e14 --lr_law lr_law.json
     python scaling.py budget --gpu H100 --gpus 8 --hours 24 --mfu 0.4 --price 2.5 --out config/budget.py
-    python scaling.py budget --check out-budget --plan config/budget.plan.json
+More, and what each prints: docs/scaling.md, docs/budget.md.
 
 Conventions. N counts all parameters by default (Chinchilla does; Pearce & Song 2024 show that dropping embeddings
-biases small-scale exponents), --n nonembed counts Kaplan's non-embedding N. C = 6*N*D by default (the budget the
-plan uses), --compute logged takes train.py's logged FLOPs instead; IsoFLOP groups always follow the planned budget
-(6 * total N * D, within --rtol). Losses are val losses. A run is finished when its log holds an eval record at
-step == max_iters (train.py always evaluates at its last step); unfinished runs are left out with a warning, and so
-are the stable runs of branched sweeps (no cooldown: their branches are the points). Every nonlinear fit minimises
-the summed Huber loss (delta 1e-3) of log-loss residuals, as in Chinchilla's appendix D.2, with a batched float64
-L-BFGS from a grid of starts. --json FILE writes a subcommand's results as JSON; --json - prints the JSON on
-stdout, alone: the report then goes to stderr.
-
-The library: runlog.py (reading run logs and CSV), laws.py (the loss-law fits and their report), plots.py,
-bcrit.py (critical batch size), hparams.py (learning-rate and batch-size laws), sweep.py (planning and running),
-budget.py (from a compute or GPU-hour budget to a model, a config and a predicted run: docs/budget.md).
+biases small-scale exponents), --n nonembed Kaplan's non-embedding N. C = 6*N*D by default (the budget the plan
+uses), --compute logged takes train.py's logged FLOPs; IsoFLOP groups always follow the planned budget (6 * total
+N * D, within --rtol). Losses are val losses. A run is finished when its log holds an eval at step == max_iters
+(train.py always evaluates at its last step); unfinished runs, and the stable runs of branched sweeps (their
+branches are the points), are left out with a note. Every nonlinear fit minimises the summed Huber loss (delta
+1e-3) of log-loss residuals (Chinchilla's appendix D.2) by a batched float64 L-BFGS from a grid of starts. --json
+FILE writes a subcommand's results (--json -: on stdout, the report then on stderr). Library: pretrain/scaling/.
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
@@ -42,7 +32,7 @@ import sys
 import numpy as np
 
 from pretrain import configurator
-from pretrain.data import write_json
+from pretrain.data import write_json, write_text
 from pretrain.scaling import bcrit, budget, hparams, laws, plots, sweep
 from pretrain.scaling.runlog import ScalingError, load, read_json
 
@@ -64,9 +54,6 @@ def _lr_points(text):
         raise argparse.ArgumentTypeError(f"expected N:lr,N:lr (e.g. 16.5e3:0.012,948e3:0.006), got {text!r}")
 
 
-JSON_HELP = "write the results as JSON here (plan, budget: the plan); '-': on stdout, the report then on stderr"
-
-
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog='scaling.py', description=__doc__.split('\n\n')[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,17 +70,13 @@ def parse_args(argv):
     f.add_argument('--irreducible', action='store_true', help="Kaplan L(N), L(D), L(C) with a constant E")
     f.add_argument('--bootstrap', type=int, default=0, help='bootstrap refits (e.g. 100)')
     f.add_argument('--boot_starts', type=int, default=64, help='approach 3: best grid starts reused per refit')
-    f.add_argument('--ci', type=float, default=0.95)
     f.add_argument('--budgets', type=_floats, help='FLOP budgets of the compute-optimal table')
     f.add_argument('--delta', type=float, default=1e-3, help='Huber delta')
     f.add_argument('--rtol', type=float, default=0.1, help='relative spread of C within one IsoFLOP budget')
-    f.add_argument('--seed', type=int, default=0)
-    f.add_argument('--json', metavar='FILE', help=JSON_HELP)
     f.add_argument('--plots', help='write PNG figures to this directory (needs matplotlib)')
     f.add_argument('--skip_bad', action='store_true', help='leave out unreadable or diverged runs with a warning')
     f.add_argument('--include_unfinished', action='store_true')
-    f.add_argument('--include_stable', action='store_true',
-                   help="keep branched sweeps' stable runs (WSD without cooldown), left out by default")
+    f.add_argument('--include_stable', action='store_true', help="keep branched sweeps' stable runs (left out)")
     p = sub.add_parser('plan', help='plan (and --run) an IsoFLOP sweep')
     p.add_argument('--budgets', type=_floats, required=True, help='FLOP budgets, C = 6ND, e.g. 1e13,3e13,1e14')
     p.add_argument('--sizes', type=int, default=5, help='model sizes per budget')
@@ -121,7 +104,6 @@ def parse_args(argv):
                    'point may move to share a checkpoint grid with the size\'s other branch points')
     p.add_argument('--train_config', help='a train.py config file to put first on every command line')
     p.add_argument('--train_args', default='', help='more --key=value for train.py, e.g. "--dtype=\'bfloat16\'"')
-    p.add_argument('--json', metavar='FILE', help=JSON_HELP)
     p.add_argument('--run', action='store_true', help='run the sweep now; finished runs are skipped')
     p.add_argument('--keep_going', action='store_true', help='with --run: go on after a failed run')
     p.add_argument('--jobs', type=int, default=1, help='with --run: runs at once, each with cores/jobs threads')
@@ -134,19 +116,13 @@ def parse_args(argv):
                    '1: single points, which ignores their autocorrelation)')
     b.add_argument('--min_step', type=int, default=0, help='leave out noise records before this step')
     b.add_argument('--losses', type=_floats, help='losses of the B_crit table (default: 5 across the data)')
-    b.add_argument('--ci', type=float, default=0.95)
-    b.add_argument('--seed', type=int, default=0)
-    b.add_argument('--json', metavar='FILE', help=JSON_HELP)
     b.add_argument('--plots', help='write bcrit.png to this directory (needs matplotlib)')
     h = sub.add_parser('hparams', help='fit the best learning rate (and batch size) as power laws in compute')
     h.add_argument('inputs', nargs='+', help='run dirs, log.jsonl files or sweep dirs of an LR / batch-size sweep')
     h.add_argument('--bootstrap', type=int, default=200, help='bootstrap refits (runs resampled within budgets)')
     h.add_argument('--compute', default='6nd', choices=['6nd', 'logged'], help="C = 6ND or train.py's logged FLOPs")
     h.add_argument('--rtol', type=float, default=0.1, help='relative spread of C within one budget')
-    h.add_argument('--ci', type=float, default=0.95)
-    h.add_argument('--seed', type=int, default=0)
     h.add_argument('--skip_bad', action='store_true', help='leave out unreadable or diverged runs with a warning')
-    h.add_argument('--json', metavar='FILE', help=JSON_HELP)
     g = sub.add_parser('budget', help='from compute or GPUs x hours to a model, tokens, batch, lr, time, cost and a '
                        'train.py config (docs/budget.md)')
     g.add_argument('--compute', type=float, help="the law's budget C = 6ND, FLOPs")
@@ -176,14 +152,18 @@ def parse_args(argv):
     g.add_argument('--max_micro_batch', type=int, default=64, help='largest micro-batch per GPU tried')
     g.add_argument('--gpu_memory', type=float, help='GiB per GPU (default: from --gpu)')
     g.add_argument('--warmup_frac', type=float, default=0.02, help='warm-up steps / steps')
-    g.add_argument('--ci', type=float, default=0.95)
     g.add_argument('--out', help='write a train.py config here, and the plan next to it (.plan.json)')
     g.add_argument('--out_dir', help="the config's out_dir (default: out-<config name>)")
-    g.add_argument('--json', metavar='FILE', help=JSON_HELP)
     g.add_argument('--check', metavar='RUN_DIR', help="compare a finished run's log.jsonl with the plan")
-    g.add_argument('--plan', help='with --check: a saved plan (.plan.json) instead of planning again from the '
-                   'options')
+    g.add_argument('--plan', help='with --check: a saved plan (.plan.json) instead of planning again from the options')
     g.add_argument('--rtol', type=float, default=0.1, help='with --check: tolerance of tokens/s and MFU')
+    for s in (f, b, h):
+        s.add_argument('--seed', type=int, default=0)
+    for s in (f, b, h, g):
+        s.add_argument('--ci', type=float, default=0.95)
+    for s in (f, p, b, h, g):
+        s.add_argument('--json', metavar='FILE', help="write the results as JSON here (plan, budget: the plan); '-': "
+                       "on stdout, the report then on stderr")
     return ap.parse_args(argv)
 
 
@@ -240,8 +220,7 @@ def cmd_plan(a, emit):
             print(f"# {r['name']} keeps {n} checkpoint{'s' * (n > 1)} (every {c['checkpoint_interval']} steps); its "
                   f"branches start at step{'s' * (len(r['checkpoint_steps']) > 1)} "
                   f"{', '.join(map(str, r['checkpoint_steps']))}")
-    for r in rows:
-        print(r['cmd'])
+    print("\n".join(r['cmd'] for r in rows))
     emit(dict(options=vars(a), runs=rows))
     if a.run:
         sys.stdout.flush()  # the plan before the runs' own output
@@ -290,7 +269,8 @@ def cmd_budget(a, emit):
     print(budget.report(p))
     if a.out:
         name = os.path.splitext(os.path.basename(a.out))[0]
-        budget.write_text(a.out, budget.config_text(p, a.out_dir or f"out-{name}"))
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        write_text(a.out, budget.config_text(p, a.out_dir or f"out-{name}"))
         plan_path = os.path.splitext(a.out)[0] + '.plan.json'
         write_json(plan_path, p)
         print(f"wrote {a.out} and {plan_path}")
@@ -298,9 +278,8 @@ def cmd_budget(a, emit):
 
 
 def run(cmd, a):
-    """cmd(a, emit): emit(doc) writes --json FILE; with --json - it prints the JSON on stdout, which carries nothing
-    else (`scaling.py fit runs --json - | jq`): the report, and the console of every run `plan --run` starts (they
-    inherit the file descriptor), go to stderr."""
+    """cmd(a, emit): emit(doc) writes --json FILE; with --json - it prints the JSON alone on stdout (`| jq`): the
+    report, and the console of every run `plan --run` starts (they inherit the file descriptor), go to stderr."""
     if a.json != '-':
         return cmd(a, lambda doc: write_json(a.json, doc) if a.json else None)
     sys.stdout.flush()

@@ -138,19 +138,22 @@ def read_meta(data_dir):
     return meta
 
 
-def write_json(path, obj):
+def write_text(path, text):
     """Atomic: a temp file in the same directory, fsync, rename (meta.json here; bench.py and scaling.py too)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with names_file(path), open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:   # a full disk must not leave the temp file behind (scaling.py fit --json, meta.json)
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 class ShardWriter:

@@ -170,6 +170,7 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         data.write_json(str(path), {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}   # the old file, whole
+    assert os.listdir(tmp_path) == ["meta.json"]      # and no temp file left behind
 
 
 # -----------------------------------------------------------------------------

@@ -210,7 +210,7 @@ def test_approach2_refuses_a_budget_with_its_minimum_on_the_edge():
     keep = (C < 5e20) | below  # the largest budget's lowest loss is now at its largest sampled size
     r = laws.fit_approach2(N[keep], D[keep], C[keep], L[keep])
     assert len(r['minima']) == 3 and len(r['notes']) == 1
-    assert r['notes'][0].startswith('budget C=1e+21 (4 runs) refused: lowest loss at the largest sampled size')
+    assert r['notes'][0].startswith('budget C=1e+21 (4 runs) refused: lowest loss at the largest swept model size')
     keep = (C < 5e18) | below  # three budgets refused, one left: no fit
     with pytest.raises(runlog.ScalingError, match='2\\+ budgets with an interior minimum, got 1'):
         laws.fit_approach2(N[keep], D[keep], C[keep], L[keep])
@@ -240,11 +240,11 @@ def test_bootstrap_intervals_cover_the_truth():
     for method in ('approach1', 'approach2', 'approach3', 'kaplan'):
         r = res[method]
         assert len(r['boot']) >= 18, method  # nearly every resample fits
-        pint, tint = laws.intervals(r, 0.95, np.array([1e19, 1e22]))
-        lo, hi = pint['a']
+        s = laws.summarize([r], np.array([1e19, 1e22]), 0.95)[0][0]
+        lo, hi = s['ci']['a']
         assert lo <= r['params']['a'] <= hi and hi - lo < 0.2, method
-        assert tint.shape == (2, 3, 2) and (tint[0] <= tint[1]).all()
-    lo, hi = laws.intervals(res['approach3'])[0]['alpha']
+        assert all(row[k][0] <= row[k][1] for row in s['table'] for k in ('N_opt_ci', 'D_opt_ci', 'loss_ci'))
+    lo, hi = laws.summarize([res['approach3']], np.array([1e19]))[0][0]['ci']['alpha']
     assert lo < ALPHA < hi
 
 
@@ -524,10 +524,9 @@ def test_fit_json_on_a_full_disk_leaves_no_temp_file(tmp_path, capsys, monkeypat
     from pretrain import data
     write_sweep(tmp_path / 'sweep', budgets=(1e18, 1e19))
 
-    def full(obj, f, **kw):
-        f.write('{"partial": ')
+    def full(fd):  # the temp file is written, its flush to disk fails
         raise OSError(errno.ENOSPC, 'No space left on device')
-    monkeypatch.setattr(data.json, 'dump', full)
+    monkeypatch.setattr(data.os, 'fsync', full)
     code, _, err = run_cli(['fit', str(tmp_path / 'sweep'), '--method', 'approach2', '--json',
                             str(tmp_path / 'fit.json')], capsys)
     assert code == 1 and err.count('\n') == 1 and 'the disk is full' in err and str(tmp_path / 'fit.json') in err

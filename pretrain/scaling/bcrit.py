@@ -1,37 +1,30 @@
 """
-The critical batch size from the gradient noise scale.
-
-McCandlish et al. 2018 ("An Empirical Model of Large-Batch Training"): the batch size beyond which a larger batch
-stops buying proportionally fewer steps is about the noise scale B_noise = tr(Sigma) / |G|^2 (per-example gradient
-covariance Sigma, true gradient G); their "simple" estimate B_simple = tr(Sigma) / |G|^2 comes from gradient norms at
-two batch sizes (their appendix A.1). train.py --noise_scale=True logs it as 'noise' records: |g|^2 of the step's
-micro-batches (B_small tokens each) and of the whole step (B_big tokens), the unbiased estimators
+The critical batch size from the gradient noise scale. McCandlish et al. 2018 ("An Empirical Model of Large-Batch
+Training"): beyond about the noise scale tr(Sigma) / |G|^2 (per-example gradient covariance Sigma, true gradient G)
+a larger batch stops buying proportionally fewer steps. Their "simple" estimate (appendix A.1) from gradient norms
+at two batch sizes: train.py --noise_scale=True logs |g|^2 of a step's micro-batches (B_small tokens each) and of
+the whole step (B_big tokens), the unbiased estimators
     |G|^2     = (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
     tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big),
 their exponential moving averages G2 and S (one step's estimates are far too noisy), and B_simple = S / G2, tokens.
 
-Kaplan et al. 2020 (sec. 5.1, eq. 5.3) found the critical batch depends on the loss alone, whatever the model size:
+Kaplan et al. 2020 (sec. 5.1, eq. 5.3): the critical batch depends on the loss alone, whatever the model size,
     B_crit(L) = B_star / L^(1/alpha_B),  B_star ~ 2e8 tokens, alpha_B ~ 0.21 (nats per BPE token).
-fit() fits that law to (loss, B_simple) pairs by least squares in log-log: log B = log B_star - (1/alpha_B) log L is
-a straight line there, so the fit is closed-form (no starts, no local minima), and the errors of B_simple, a ratio
-of two noisy estimates, are multiplicative (spread over a factor, not a fixed number of tokens), which log space
-weighs evenly. The loss is measured far more precisely than B_simple, so regressing log B on log L (not the
-reverse) is the right direction.
+fit() regresses log B on log L (closed form; B_simple, a ratio of noisy estimates, has multiplicative errors,
+which log space weighs evenly, and is far noisier than the loss).
 
-Intervals: the pairs along one run are strongly autocorrelated (neighbouring records share most of their moving
-averages, and the loss falls steadily), so resampling single points would treat hundreds of near-copies as
-independent evidence and give intervals far too narrow. The default is a block bootstrap: each run is cut into
-contiguous blocks (10 per run, or --block records each) and every resample draws, per run, as many blocks with
-replacement as the run has (Künsch 1989's block bootstrap, non-overlapping blocks). --block 1 gives the point
-bootstrap, for comparison. Both are approximate here, and too narrow when the correlation spans much of a block:
-on synthetic runs (3 runs of 120 records, AR(1) log-noise of 25%), the default 95% intervals covered the planted
-alpha_B 86% of the time with a correlation of 0.5 between neighbouring records and 75% with 0.9; the point
-bootstrap covered 40% at 0.9. Longer runs (more blocks) or larger --block for slow moving averages help.
+Intervals: neighbouring records share most of their moving averages, so a point bootstrap counts near-copies as
+independent. The default is a block bootstrap (Künsch 1989, non-overlapping blocks): each run cut into contiguous
+blocks (10 per run, or --block records each), each resample drawing per run as many blocks with replacement. It is
+still too narrow when the correlation spans much of a block: on synthetic runs (3 runs of 120 records, AR(1)
+log-noise of 25%) the default 95% intervals covered the planted alpha_B 86% of the time at a correlation of 0.5
+between neighbouring records and 75% at 0.9; the point bootstrap (--block 1) 40% at 0.9.
 """
 import math
 
 import numpy as np
 
+from pretrain.scaling.laws import bootstrap
 from pretrain.scaling.runlog import ScalingError, log_files, noise_records, warn
 
 KAPLAN = dict(B_star=2e8, alpha_B=0.21)  # Kaplan et al. 2020, eq. 5.3 (BPE tokens, loss in nats)
@@ -84,17 +77,14 @@ def fit(series, boot=0, block=0, seed=0):
     res = dict(method='bcrit', params=fit_law(L, B), n_points=len(L), n_runs=len(series),
                runs=[s[0] for s in series], loss_range=[float(L.min()), float(L.max())], n_boot=boot,
                block=block, block_sizes=[len(blocks(len(s[1]), block)[0]) for s in series])
-    if boot:
+    if boot:  # a resample with a single loss value cannot be fitted: counted as failed
         rng = np.random.default_rng(seed)
         per_run = [blocks(len(s[1]), block) for s in series]
-        res['boot'] = []
-        for _ in range(boot):
+
+        def refit():
             idx = [np.concatenate([bl[j] for j in rng.integers(0, len(bl), len(bl))]) for bl in per_run]
-            try:
-                res['boot'].append(fit_law(np.concatenate([s[1][i] for s, i in zip(series, idx)]),
-                                           np.concatenate([s[2][i] for s, i in zip(series, idx)])))
-            except ScalingError:
-                pass  # a resample with a single loss value: counted as failed
+            return fit_law(*(np.concatenate([s[k][i] for s, i in zip(series, idx)]) for k in (1, 2)))
+        res['boot'] = bootstrap(refit, boot, 'B_crit law')
     return res
 
 

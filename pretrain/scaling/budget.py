@@ -1,13 +1,11 @@
 """
 The budget planner behind `scaling.py budget`: from compute (or GPUs x hours x MFU), a parameter count or a token
 count, to a compute-optimal model, its tokens, batch, learning rate, memory per GPU, wall time and cost, and a
-train.py config; and afterwards, a finished run's log checked against the plan.
-
-Conventions. C = 6ND is the law's budget, with N counted as the law counts it: all parameters for Chinchilla-style
-laws (Hoffmann et al. 2022, appendix F, count embeddings), non-embedding parameters for Kaplan et al. 2020. Time
-runs on the FLOPs train.py and bench.py count for MFU: accounting.flops_per_token(config, 'palm') per token
-(6N + 12*L*H*Q*T, PaLM appendix B), so an MFU measured by bench.py predicts tokens/s directly. A budget in
-GPU-hours therefore buys D = gpus * peak * mfu * seconds / flops_per_token tokens, and the law's C is 6ND of that.
+train.py config; and afterwards, a finished run's log checked against the plan. C = 6ND is the law's budget, with N
+counted as the law counts it: all parameters for Chinchilla-style laws (Hoffmann et al. 2022, appendix F, count
+embeddings), non-embedding parameters for Kaplan et al. 2020. Time runs on the FLOPs train.py and bench.py count
+for MFU: accounting.flops_per_token(config, 'palm') per token (6N + 12*L*H*Q*T, PaLM appendix B), so an MFU
+measured by bench.py predicts tokens/s directly, and GPU-hours buy D = gpus * peak * mfu * seconds / flops_per_token.
 """
 import json
 import math
@@ -54,15 +52,12 @@ def table_law(rows):
 # Besiroglu et al. 2024 ("Chinchilla Scaling: A replication attempt", arXiv 2404.10102), Table 1: approach 3 refitted
 # to the 240 points they extracted from Hoffmann et al.'s Figure 4 (the 5 highest losses left out).
 BESIROGLU = dict(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
-# Their bootstrap standard errors are published per parameter only (A 124.58, B 1293.23, E 0.03, alpha 0.02, beta
-# 0.02), but A and alpha (B and beta) move together, so independent draws would give far too wide intervals. The joint
-# covariance of (log A, log B, log E, alpha, beta) below comes from 1,000 bootstrap refits of their released data
-# (github.com/Besiroglu/data, svg_extracted_data.csv) with this repo's laws.fit_approach3 (their procedure: points
-# resampled with replacement, Huber delta 1e-3 summed); its standard errors (A 119, B 1277, E 0.026, alpha 0.015,
-# beta 0.020) and 95% intervals (A 286-714, B 992-5468, E 1.767-1.868, alpha 0.317-0.371, beta 0.329-0.412) match
-# their notebook's 4,000 refits (A 285-744, B 1042-5810, E 1.769-1.871, alpha 0.317-0.373, beta 0.331-0.415).
-# (log A with alpha, log B with beta: correlation 0.999.) Intervals draw from a normal with this covariance around
-# Table 1's estimates; how it was computed: docs/budget.md.
+# Their standard errors are per parameter only (A 124.58, B 1293.23, E 0.03, alpha 0.02, beta 0.02), but log A moves
+# with alpha and log B with beta (correlation 0.999): independent draws would give far too wide intervals. Below, the
+# covariance of (log A, log B, log E, alpha, beta) over 1,000 bootstrap refits of their released data (github.com/
+# Besiroglu/data, svg_extracted_data.csv) by laws.fit_approach3 (points resampled, Huber delta 1e-3 summed; recipe:
+# docs/budget.md); its 95% intervals (A 286-714, B 992-5468, E 1.767-1.868, alpha 0.317-0.371, beta 0.329-0.412)
+# match their notebook's 4,000 refits (A 285-744, B 1042-5810, E 1.769-1.871, alpha 0.317-0.373, beta 0.331-0.415).
 BESIROGLU_COV = [[6.23566e-02, -2.43980e-02, 2.01506e-03, 3.71461e-03, -1.22748e-03],
                  [-2.43980e-02, 1.69247e-01, 3.65275e-03, -1.51697e-03, 8.28942e-03],
                  [2.01506e-03, 3.65275e-03, 1.97215e-04, 1.18867e-04, 1.78291e-04],
@@ -90,9 +85,8 @@ LAWS = {
 DEFAULT_LAW = 'besiroglu'
 
 
-def _parametric(p):
-    """E, A, B, alpha, beta -> laws.py's approach-3 parameters (G, a, b of Hoffmann et al.'s eq. 4 added)."""
-    return laws.chinchilla_params([math.log(p['A']), math.log(p['B']), math.log(p['E']), p['alpha'], p['beta']])
+def _theta(p):  # laws.fit_approach3's parameters (log A, log B, log E, alpha, beta), BESIROGLU_COV's order
+    return [math.log(p['A']), math.log(p['B']), math.log(p['E']), p['alpha'], p['beta']]
 
 
 def read_law(spec, fit_method=None):
@@ -100,7 +94,7 @@ def read_law(spec, fit_method=None):
     if spec in LAWS:
         law = dict(LAWS[spec], name=spec)
         if law['kind'] == 'parametric':
-            law['params'] = _parametric(law['params'])
+            law['params'] = laws.chinchilla_params(_theta(law['params']))  # G, a, b of their eq. 4 added
         return law
     if not os.path.isfile(spec):
         raise ScalingError(f"--law {spec!r}: neither a published law ({', '.join(LAWS)}) nor a file")
@@ -153,10 +147,7 @@ def invert(law, target, which):
     lo, hi = math.log(1e3), math.log(1e40)
     for _ in range(200):
         mid = (lo + hi) / 2
-        if optimum(law, math.exp(mid))[which] < target:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if optimum(law, math.exp(mid))[which] < target else (lo, mid)
     return math.exp((lo + hi) / 2)
 
 
@@ -165,11 +156,8 @@ def intervals(law, C, N, D, ci=0.95, draws=4000, seed=0):
     -> ({'params': [lo, hi], 'tokens': ..., 'loss': ...}, note)."""
     q = [50 * (1 - ci), 50 * (1 + ci)]
     if law.get('cov'):
-        p = law['params']
-        mean = [math.log(p['A']), math.log(p['B']), math.log(p['E']), p['alpha'], p['beta']]
-        th = np.random.default_rng(seed).multivariate_normal(mean, law['cov'], size=draws)
         sims = []
-        for t in th:
+        for t in np.random.default_rng(seed).multivariate_normal(_theta(law['params']), law['cov'], size=draws):
             s = laws.chinchilla_params(t)
             if not (s['alpha'] > 0 and s['beta'] > 0):
                 continue  # a draw without a finite optimum
@@ -206,12 +194,7 @@ GPU_MEMORY_GIB = [('GB200', 186), ('B200', 180), ('H200 NVL', 141), ('H200', 141
 MEMORY_HEADROOM = 0.9  # train_memory leaves out the CUDA context, allocator caching and communication buffers
 
 
-def gpu_memory_gib(name):
-    return next((gib for key, gib in GPU_MEMORY_GIB if key.lower() in name.lower()), None)
-
-
 def wall_hours(tokens, gpus, peak_flops, mfu, flops_per_tok):
-    """Hours to train on `tokens` at this MFU: tokens x FLOPs per token / (GPUs x peak x MFU)."""
     return tokens * flops_per_tok / (gpus * peak_flops * mfu) / 3600
 
 
@@ -231,9 +214,6 @@ def read_bench(path):
                            f"rerun it with --peak_tflops)")
     return float(m), (rec.get('peak_tflops_per_device') or 0) * 1e12 or None, rec.get('device_name') or '?'
 
-
-# -----------------------------------------------------------------------------
-# the plan
 
 def model_knobs(base_config, data_dir, vocab_size):
     """train.py's knobs as a run of the written config sees them (its defaults, then --base), and the vocabulary:
@@ -370,7 +350,8 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
     # block in the backward (activation checkpointing: about a third more compute); FSDP (ZeRO-3: 1.5x DDP's
     # communication, ZeRO paper sec. 7.2.2); FSDP with checkpointing. Then, in that mode, the largest power-of-two
     # micro-batch up to max_micro_batch and the batch's share per GPU that fits (train_memory, MEMORY_HEADROOM).
-    mem_gib = gpu_memory or (gpu_memory_gib(gpu_name) if gpu_name else None)
+    mem_gib = gpu_memory or next((gib for key, gib in GPU_MEMORY_GIB if gpu_name and key.lower() in gpu_name.lower()),
+                                 None)
     per_gpu_seqs = max(1, round(batch_target / (block_size * gpus)))
     fits = lambda m, mode, ckpt: (not mem_gib or train_memory(conf, m, gpus, mode, ckpt)['total']
                                   <= MEMORY_HEADROOM * mem_gib * 2 ** 30)
@@ -422,9 +403,6 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
         out.update(tokens_per_s=None, tokens_per_s_per_gpu=None, hours=None, gpu_hours=None, cost=None)
     return out
 
-
-# -----------------------------------------------------------------------------
-# outputs: the report, the config, the check
 
 def _n(x):
     """1.34B, 31.5B, 2.81M: three significant digits with the unit of the rounded value."""
@@ -499,17 +477,6 @@ def config_text(p, out_dir):
                                                     if k not in vals and k not in p['model_knobs']]
     return "\n".join(head + (rest if len(rest) > 1 else []) + model + ["# the plan"] +
                      [f"{k} = {v!r}" for k, v in vals.items()]) + "\n"
-
-
-def write_text(path, text):
-    """Atomic, as data.write_json: temp file in the same directory, fsync, rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def check(p, run_dir, rtol=0.1):

@@ -1,28 +1,18 @@
 """
-Hyperparameter laws: the best peak learning rate and batch size as power laws in compute.
-
-DeepSeek LLM (DeepSeek-AI 2024, sec. 3.1) swept learning rate and batch size at several compute budgets and fitted
-    B_opt = 0.292 C^0.3271 (tokens),   eta_opt = 0.3118 C^-0.125   (their setting: their data, model, AdamW, C in
-FLOPs); Porian et al. 2024 ("Resolving Discrepancies in Compute-Optimal Scaling of Language Models") show that
-tuning both per scale is part of what reconciles Kaplan's and Chinchilla's exponents. fit() does that on sweep logs:
-
-1. Each run is a point: its config.learning_rate, its batch (tokens_per_step = total_batch_size), its compute C
-   (6ND at the final eval, or the logged FLOPs) and its final val loss.
-2. Runs are grouped by budget (laws.group_budgets, on the planned 6 * total N * D, as approach 2 does).
-3. Per budget, the final loss is fitted by a parabola in log lr; its vertex is the optimum. As approach 2 refuses
-   edge minima, a budget is refused (and the output says why) when its lowest loss is at the smallest or largest
-   swept value, when the parabola opens downward, or when its vertex lies outside the swept range: the optimum may
-   then lie outside the sweep and the vertex would be an extrapolation. The same for log batch size, when the
-   batch varies within a budget. When both vary, each parabola goes through a one-knob slice through the budget's
-   best run: the lr parabola through the runs at its batch size, the batch parabola through the runs at its lr.
-4. eta_opt = k C^s (and B_opt = k C^s) by least squares in log-log across the budgets' optima.
-5. Bootstrap: runs resampled within each budget (every budget keeps its number of runs), everything refitted.
+The best peak learning rate and batch size as power laws in compute. DeepSeek LLM (DeepSeek-AI 2024, sec. 3.1)
+swept both at several compute budgets and fitted
+    B_opt = 0.292 C^0.3271 (tokens),   eta_opt = 0.3118 C^-0.125   (their data, model, AdamW; C in FLOPs);
+Porian et al. 2024 ("Resolving Discrepancies in Compute-Optimal Scaling of Language Models") show that tuning both
+per scale is part of what reconciles Kaplan's and Chinchilla's exponents. fit() does that on sweep logs: per budget
+(grouped as approach 2 groups them) the laws.vertex of the final loss in log lr, and in log batch size where it
+varies (when both vary, along the one-knob slice through the best run); then k C^s by least squares in log-log
+through the optima, with runs resampled within each budget for the bootstrap.
 """
 import math
 
 import numpy as np
 
-from pretrain.scaling.laws import bootstrap, fit_power, group_budgets
+from pretrain.scaling.laws import bootstrap, fit_power, group_budgets, vertex
 from pretrain.scaling.runlog import ScalingError, read_json
 
 KNOBS = {  # name -> (what it is, unit, DeepSeek LLM's law (k, s) for reference)
@@ -44,50 +34,21 @@ def points(runs):
     return tuple(np.array(v, float) for v in zip(*rows))
 
 
-def vertex(x, L, what):
-    """The loss minimum over log x of one budget's runs -> (x*, L*), or a str saying why it is refused."""
-    lx = np.log(x)
-    xs, inv = np.unique(lx, return_inverse=True)
-    if len(xs) < 3:
-        return f"only {len(xs)} distinct {what}s (3+ needed)"
-    ys = np.bincount(inv, L) / np.bincount(inv)
-    i = int(np.argmin(ys))
-    if i in (0, len(xs) - 1):
-        side, more = ('smallest', 'smaller') if i == 0 else ('largest', 'larger')
-        return f"lowest loss at the {side} swept {what} {math.exp(xs[i]):.3g}: the optimum may lie outside the " \
-               f"sweep, add {more} {what}s"
-    c2, c1, c0 = np.polyfit(lx, L, 2)
-    if c2 <= 0:
-        return f"the parabola in log {what} opens downward (no minimum)"
-    x0 = -c1 / (2 * c2)
-    if not xs[0] < x0 < xs[-1]:
-        return f"the parabola's vertex {what}={math.exp(x0):.3g} lies outside the swept range " \
-               f"{math.exp(xs[0]):.3g}..{math.exp(xs[-1]):.3g}"
-    return math.exp(x0), float(c0 - c1 * c1 / (4 * c2))
-
-
-def optima(groups, C, L, x, other, what):
-    """Per budget the vertex of L over log x (x varies within it) -> (list of dicts C, opt, L, runs; notes)."""
+def fit_knob(groups, C, L, x, other, knob):
+    """opt = k C^s through the vertices of L over log x of the budgets where x varies -> dict(k, s, optima, notes);
+    ScalingError if fewer than 2 budgets have one."""
+    what = KNOBS[knob][0]
     found, notes = [], []
-    for g in groups:
-        g = np.asarray(g)
+    for g in map(np.asarray, groups):
         if len(set(x[g])) < 2:
             continue  # this knob was not swept at this budget
-        best = g[np.argmin(L[g])]
-        sel = g[other[g] == other[best]]  # the slice through the best run when the other knob varies too
+        sel = g[other[g] == other[g[np.argmin(L[g])]]]  # the slice through the best run when the other knob varies
         Cg = float(np.exp(np.log(C[g]).mean()))
         m = vertex(x[sel], L[sel], what)
         if isinstance(m, str):
             notes.append(f"budget C={Cg:.3g} ({len(sel)} runs) refused: {m}")
         else:
             found.append(dict(C=Cg, opt=m[0], L=m[1], runs=len(sel)))
-    return found, notes
-
-
-def fit_knob(groups, C, L, x, other, knob):
-    """One law opt = k C^s through the budgets' optima -> dict(k, s, optima, notes); ScalingError if < 2 budgets."""
-    what = KNOBS[knob][0]
-    found, notes = optima(groups, C, L, x, other, what)
     if len(found) < 2:
         raise ScalingError(f"the {what} law needs 2+ budgets with an interior optimum, got {len(found)}"
                            + (f" ({'; '.join(notes)})" if notes else ""))
@@ -96,9 +57,8 @@ def fit_knob(groups, C, L, x, other, knob):
 
 
 def fit(runs, rtol=0.1, boot=0, seed=0):
-    """The learning-rate law and, where the batch varies within budgets, the batch-size law ->
-    {'lr': result or None, 'batch': result or None}; a law that was swept but cannot be fitted raises, unless the
-    other one could be fitted (then its reason is in the result's 'error')."""
+    """The lr law and, where the batch varies within budgets, the batch law -> {'lr': result or None, 'batch': ...};
+    a swept law that cannot be fitted raises, unless the other one could be (then its reason is its 'error')."""
     C, budget, L, lr, B = points(runs)
     groups = group_budgets(budget, rtol)
     rng = np.random.default_rng(seed)

@@ -1,7 +1,6 @@
 """
-Scaling laws of the loss: Kaplan et al. 2020 and Chinchilla (Hoffmann et al. 2022) approaches 1-3, fitted to the
-runs runlog.py reads, with bootstrap intervals, compute-optimal tables and the text report. The conventions (N, C,
-IsoFLOP groups, the summed Huber loss of Chinchilla's appendix D.2): scaling.py's docstring.
+Scaling laws of the loss: Kaplan et al. 2020 and Chinchilla (Hoffmann et al. 2022) approaches 1-3 with bootstrap
+intervals, compute-optimal tables and the text report. Conventions: scaling.py's docstring.
 """
 import itertools
 import math
@@ -143,9 +142,6 @@ def best_fit(X, y, slopes, starts, scaled=False, delta=1e-3, reduce='sum', weigh
     return np.concatenate(ths), np.concatenate(fs), None
 
 
-# -----------------------------------------------------------------------------
-# Chinchilla approach 3: L(N, D) = E + A / N^alpha + B / D^beta
-
 def chinchilla_grid():
     """Hoffmann et al. 2022, appendix D.2: alpha, beta in {0, .5, .., 2}, e in {-1, -.5, .., 1}, a, b in {0, 5, .., 25}:
     4,500 starts, as rows (a, b, e, alpha, beta)."""
@@ -217,10 +213,6 @@ def fit_law(x, L, irreducible=False, delta=1e-3, warm=None):
     return out, warm
 
 
-def law(p, x):
-    return p.get('E', 0.0) + (p['x_c'] / np.asarray(x, float)) ** p['alpha']
-
-
 def envelope(runs, x='C', n_grid=200):
     """Interpolate every curve linearly in log x, take the minimum loss over runs at log-spaced grid points.
     -> (grid, loss, winner run index, interior): interior is False where the winner is the smallest or largest
@@ -245,9 +237,7 @@ def envelope(runs, x='C', n_grid=200):
 
 
 def _opt_power(C, Nopt, Dopt, Lopt):
-    a, kN = fit_power(C, Nopt)
-    b, kD = fit_power(C, Dopt)
-    g, kL = fit_power(C, Lopt)  # L_opt(C) = (C_c/C)^alpha_C, for the table's predicted loss
+    (a, kN), (b, kD), (g, kL) = (fit_power(C, v) for v in (Nopt, Dopt, Lopt))  # L_opt(C) = (C_c/C)^alpha_C
     return dict(a=a, b=b, N_coef=kN, D_coef=kD, alpha_C=-g, C_c=kL ** (1 / -g) if g else float('nan'))
 
 
@@ -307,41 +297,48 @@ def _spline(x, y, xs):
         + (y[i + 1] / hi - M[i + 1] * hi / 6) * t0
 
 
-def isoflop_minimum(N, D, L, how='parabola', C=None):
-    """Loss minimum of one IsoFLOP group over log N -> (N*, D*, L*, C*), or a str saying why it is refused.
-    parabola: the paper's quadratic in log N over all sizes (biased when samples sit off-centre);
-    spline: a natural cubic spline through the (size-averaged) points, minimised between the lowest point's
-    neighbours (follows the data, noise included)."""
-    xs, inv = np.unique(np.log(N), return_inverse=True)
+def vertex(x, L, what, how='parabola'):
+    """The loss minimum of one budget's runs over log x -> (x*, L*), or a str saying why it is refused (e.g. lowest
+    loss at the edge of the sweep: the optimum may lie outside it). parabola: the paper's quadratic in log x (biased
+    when points sit off-centre); spline: a natural cubic spline through the x-averaged points, minimised between
+    the lowest point's neighbours (follows the data, noise included)."""
+    lx = np.log(x)
+    xs, inv = np.unique(lx, return_inverse=True)
     if len(xs) < 3:
-        return f"only {len(xs)} distinct sizes (3+ needed)"
+        return f"only {len(xs)} distinct {what}s (3+ needed)"
     ys = np.bincount(inv, L) / np.bincount(inv)
     i = int(np.argmin(ys))
     if i in (0, len(xs) - 1):
-        side = 'smallest' if i == 0 else 'largest'
-        return f"lowest loss at the {side} sampled size N={math.exp(xs[i]):.3g}: the minimum may lie outside " \
-               f"the sampled sizes, add {'smaller' if i == 0 else 'larger'} models"
-    if how == 'parabola':
-        c2, c1, c0 = np.polyfit(np.log(N), L, 2)
-        if c2 <= 0:
-            return "the parabola opens downward (no minimum)"
-        x0 = -c1 / (2 * c2)
-        if not xs[0] < x0 < xs[-1]:
-            return f"the parabola's minimum N={math.exp(x0):.3g} lies outside the sampled sizes"
-        l0 = c0 - c1 * c1 / (4 * c2)
-    else:
+        side, more = ('smallest', 'smaller') if i == 0 else ('largest', 'larger')
+        return f"lowest loss at the {side} swept {what} {math.exp(xs[i]):.3g}: the optimum may lie outside the " \
+               f"sweep, add {more} {what}s"
+    if how == 'spline':
         grid = np.linspace(xs[i - 1], xs[i + 1], 2001)
         vals = _spline(xs, ys, grid)
-        x0, l0 = grid[np.argmin(vals)], vals.min()
-    # D and C at the minimum, read off log-linear fits along the group: with C = 6ND exactly D = C / (6 N*) and C*
-    # the budget; in other conventions (--compute logged, --n nonembed) C varies a little along the group
-    at = lambda v: math.exp(np.polyval(np.polyfit(np.log(N), np.log(v), 1), x0))
-    return math.exp(x0), at(D), float(l0), at(6 * N * D if C is None else C)
+        return math.exp(grid[np.argmin(vals)]), float(vals.min())
+    c2, c1, c0 = np.polyfit(lx, L, 2)
+    if c2 <= 0:
+        return f"the parabola in log {what} opens downward (no minimum)"
+    x0 = -c1 / (2 * c2)
+    if not xs[0] < x0 < xs[-1]:
+        return f"the parabola's vertex ({what} {math.exp(x0):.3g}) lies outside the swept range " \
+               f"{math.exp(xs[0]):.3g}..{math.exp(xs[-1]):.3g}"
+    return math.exp(x0), float(c0 - c1 * c1 / (4 * c2))
+
+
+def isoflop_minimum(N, D, L, how='parabola', C=None):
+    """vertex() over log N of one IsoFLOP group -> (N*, D*, L*, C*) or the str refusing it; D* and C* from log-linear
+    fits along the group (exact for C = 6ND; C varies a little along it with --compute logged or --n nonembed)."""
+    m = vertex(N, L, 'model size', how)
+    if isinstance(m, str):
+        return m
+    at = lambda v: math.exp(np.polyval(np.polyfit(np.log(N), np.log(v), 1), math.log(m[0])))
+    return m[0], at(D), m[1], at(6 * N * D if C is None else C)
 
 
 def fit_approach2(N, D, C, L, how='parabola', rtol=0.1, rng=None, boot=0, budget=None):
-    """IsoFLOP groups: runs whose planned budget (default: C) agrees within rtol. Each group's minimum over log N
-    (refused on the edge of the sampled sizes), then N_opt ~ C^a, D_opt ~ C^b through the minima."""
+    """N_opt ~ C^a, D_opt ~ C^b through the isoflop_minimum of each IsoFLOP group (runs whose planned budget,
+    default C, agrees within rtol)."""
     N, D, C, L = (np.asarray(v, float) for v in (N, D, C, L))
     groups = group_budgets(C if budget is None else np.asarray(budget, float), rtol)
 
@@ -356,8 +353,7 @@ def fit_approach2(N, D, C, L, how='parabola', rtol=0.1, rng=None, boot=0, budget
         if len(minima) < 2:
             raise ScalingError(f"approach 2 needs 2+ budgets with an interior minimum, got {len(minima)}"
                                + (f" ({'; '.join(refused)})" if refused else ""))
-        Cm, Nm, Dm, Lm = map(np.array, zip(*minima))
-        return _opt_power(Cm, Nm, Dm, Lm), minima, refused
+        return _opt_power(*map(np.array, zip(*minima))), minima, refused  # minima: (C, N, D, L) each
     params, minima, refused = once(groups)
     res = dict(method='approach2', minimum=how, params=params, n_points=len(L), notes=refused,
                minima=[dict(C=c, N=n_, D=d, L=l) for c, n_, d, l in minima])
@@ -369,9 +365,8 @@ def fit_approach2(N, D, C, L, how='parabola', rtol=0.1, rng=None, boot=0, budget
 
 def fit_kaplan(runs, irreducible=False, points='final', delta=1e-3, warm=None):
     """Kaplan et al. 2020: L(N) from each size's best final loss, L(D) and L(C) from the envelopes of all curves
-    over tokens and compute (their compute-efficient frontier), L(N, D) of their eq. 1.5 on the points, and
-    N_opt ~ C^a from the frontier's winners (all of them, as Kaplan's Fig. 14; approach 1 keeps interior ones).
-    warm: the 'warm' of an earlier result, to start a bootstrap refit from its optima."""
+    (L(C)'s is their compute-efficient frontier), their eq. 1.5 L(N, D), and N_opt ~ C^a from all the frontier's
+    winners (Kaplan's Fig. 14). warm: an earlier result's 'warm', to start a bootstrap refit from its optima."""
     D, C, L, N = final_points(runs) if points == 'final' else all_points(runs)
     Ns = np.array(sorted(set(N)))
     if len(Ns) < 3:
@@ -423,20 +418,6 @@ def optimal(res, C, p=None):
         return Nopt, Dopt, p['E'] + p['A'] / Nopt ** p['alpha'] + p['B'] / Dopt ** p['beta']
     Nopt, Dopt = p['N_coef'] * C ** p['a'], p['D_coef'] * C ** p['b']
     return Nopt, Dopt, p.get('E_C', 0.0) + (p['C_c'] / C) ** p['alpha_C']
-
-
-def intervals(res, ci=0.95, budgets=()):
-    """Percentile intervals over the bootstrap fits for every parameter and for the table at the budgets."""
-    boot = res.get('boot') or []
-    if not boot:
-        return {}, None
-    q = [50 * (1 - ci), 50 * (1 + ci)]
-    pint = {k: np.nanpercentile([b[k] for b in boot], q).tolist() for k in res['params']}
-    tint = None
-    if len(budgets):
-        sims = np.array([optimal(res, budgets, b) for b in boot])  # (B, 3, n_budgets)
-        tint = np.nanpercentile(sims, q, axis=0)  # (2, 3, n_budgets)
-    return pint, tint
 
 
 def fit(runs, method='all', points='final', how='parabola', irreducible=False, boot=0, boot_starts=64,
@@ -503,7 +484,9 @@ def summarize(results, budgets, ci=0.95):
     """JSON-ready summaries (bootstrap samples reduced to intervals) and the text report."""
     out, lines = [], []
     for res in results:
-        pint, tint = intervals(res, ci, budgets)
+        boot, q = res.get('boot') or [], [50 * (1 - ci), 50 * (1 + ci)]  # percentile intervals over the refits
+        pint = {k: np.nanpercentile([b[k] for b in boot], q).tolist() for k in res['params']} if boot else {}
+        tint = np.nanpercentile([optimal(res, budgets, b) for b in boot], q, axis=0) if boot else None  # (2, N/D/L, C)
         Nopt, Dopt, Lopt = optimal(res, budgets)
         table = []
         for j, c in enumerate(budgets):
@@ -513,7 +496,7 @@ def summarize(results, budgets, ci=0.95):
                 row.update({f"{k}_ci": tint[:, i, j].tolist() for i, k in enumerate(('N_opt', 'D_opt', 'loss'))})
             table.append(row)
         s = {k: v for k, v in res.items() if k not in ('boot', 'theta', 'warm')}
-        s.update(ci=pint, ci_level=ci, n_boot_ok=len(res.get('boot') or []), table=table)
+        s.update(ci=pint, ci_level=ci, n_boot_ok=len(boot), table=table)
         out.append(s)
         nb = (f", {s['n_boot_ok']}/{res['n_boot']} bootstrap fits, {ci:.0%} percentile intervals"
               if res['n_boot'] else "")

@@ -75,7 +75,7 @@ def plots(results, runs, outdir, budgets, ci=0.95):
     Cg = np.logspace(np.log10(C.min() / 2), np.log10(max(C.max(), max(budgets))), 60)
     for col, key, name in ((0, 'N', 'N_opt'), (1, 'D', 'D_opt')):  # the allocation, with bootstrap bands
         fig, ax = plt.subplots(figsize=(6, 4))
-        for k, res in enumerate(results):
+        for res in results:
             line = ax.plot(Cg, optimal(res, Cg)[col], lw=1.2, label=f"{res['method']} ({'ab'[col]}="
                            f"{res['params']['ab'[col]]:.3f})")[0]
             if res.get('boot'):

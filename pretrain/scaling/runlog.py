@@ -1,13 +1,8 @@
 """
-Reading what the scaling-law fits take as input: train.py's run logs and CSV points.
-
-A run log is <out_dir>/log.jsonl, one JSON object per line: 'run', 'train', 'eval', 'noise' (read by bcrit.py) and
-'hellaswag' records, their fields in DESIGN.md (the run log). Readers keep the types they use and ignore every
-other type, so new record types never break an old reader. Steps replayed after a resume appear twice: the LAST
-record per (type, step) wins.
-
-Everything here raises ScalingError with one line naming the file (and line) for bad input; the scripts print it
-as `error: ...` and exit 1.
+Reading what the scaling-law fits take as input: train.py's run logs (<out_dir>/log.jsonl, one JSON record per line,
+fields in DESIGN.md) and CSV points. Readers ignore record types they do not use, so new types never break them;
+steps replayed after a resume appear twice, and the LAST record per (type, step) wins. Bad input is a ScalingError
+naming the file (and line).
 """
 import csv
 import json
@@ -87,9 +82,8 @@ def log_path(path):
 
 
 def is_stable_run(record):
-    """A WSD run without a cooldown (schedule 'wsd', cooldown_iters 0): the stable trunk of a branched sweep
-    (sweep.py, after Hägele et al. 2024). Its loss is not a finished run's loss, so the fits leave it out; the
-    cooldown branches taken from its checkpoints are the points."""
+    """A WSD run without a cooldown: the stable trunk of a branched sweep (sweep.py), whose loss is not a finished
+    run's; the fits leave it out, the cooldown branches from its checkpoints are the points."""
     cfg = record.get('config') or {}
     return cfg.get('schedule') == 'wsd' and cfg.get('cooldown_iters') == 0
 

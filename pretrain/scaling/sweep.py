@@ -1,19 +1,12 @@
 """
 Planning IsoFLOP sweeps and running them: which models, how many steps, every train.py command line, and a
-resumable runner that starts them as subprocesses.
-
-Two layouts.
-- Plain (Chinchilla's IsoFLOP profiles, Hoffmann et al. 2022 sec. 3.2): per budget C, a few model sizes around the
-  prior optimum, each trained once with a cosine schedule that ends at its own last step.
-- Branched (--branch; Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
-  Durations"): with a warm-up-stable-decay (WSD) schedule the learning rate is constant until a short cooldown, so
-  the runs of one model size that differ only in length share everything before their cooldowns. Per size, ONE
-  stable run (no cooldown) keeps a checkpoint at every branch point, and each (N, D) point of the grid is a
-  cooldown branch from the stable run's checkpoint at step S - c (S its steps, c = round(cooldown_frac * S) its
-  cooldown). Hägele et al. find such cooldowns match cosine runs of the same length at a fraction of the compute.
-
-The command lines of the branched layout: branched(). A branch with a checkpoint in its own out_dir resumes from
-that (train.py prefers it to --branch_from), so rerunning a plan continues it.
+resumable runner. Plain layout (Chinchilla's IsoFLOP profiles, Hoffmann et al. 2022 sec. 3.2): per budget C, a few
+model sizes around the prior optimum, each trained once with a cosine schedule ending at its own last step.
+Branched (--branch; Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
+Durations"): under a warm-up-stable-decay (WSD) schedule the runs of one size share everything before their
+cooldowns, so per size ONE stable run keeps a checkpoint at every branch point and each (N, D) point is a cooldown
+branch from it, matching a cosine run of the same length at a fraction of the compute. A branch with a checkpoint
+in its own out_dir resumes from that (train.py prefers it to --branch_from).
 """
 import math
 import os
@@ -25,23 +18,15 @@ import time
 
 import numpy as np
 
+from model import ModelError
 from pretrain import configurator
+from pretrain.accounting import count_params
+from pretrain.checkpoint import CKPT_NAME, model_config_from
 from pretrain.data import ROOT
-from pretrain.checkpoint import CKPT_NAME
 from pretrain.scaling.runlog import LOG_NAME, ScalingError, read_json, records, warn
 from pretrain.training import micro_steps
 
 TRAIN_PY = os.path.join(ROOT, 'train.py')
-
-
-def _model_api():
-    try:
-        from pretrain.checkpoint import model_config_from
-        from pretrain.accounting import count_params
-        from model import ModelError
-    except ImportError as e:
-        raise ScalingError(f"plan counts parameters with model.py's count_params: {e}")
-    return model_config_from, ModelError, count_params
 
 
 def _shell(arg):
@@ -51,11 +36,9 @@ def _shell(arg):
 
 
 def shape_for(target, aspect, head_dim, count):
-    """The stated rule: n_layer = round((target / (12 aspect^2))^(1/3)) from N ~ 12 L d^2 with d = aspect * L;
-    then n_embd = the multiple of head_dim (one head per head_dim, at most 4096 heads) whose total parameter count
-    is closest to target on a log scale. The count grows with the heads, so the closest is the fewest heads whose
-    count exceeds target, or one head fewer. Each count builds a model: the search steps away from N ~ 12 L d^2's
-    guess by doubling steps until it brackets that number, then bisects (a few counts)."""
+    """n_layer = round((target / (12 aspect^2))^(1/3)) from N ~ 12 L d^2 with d = aspect * L; n_embd = the multiple
+    of head_dim (at most 4096 heads) whose count(L, heads, n_embd) is closest to target in log: the fewest heads
+    whose count exceeds target, or one fewer (a few counts: doubling steps from the guess, then bisection)."""
     L = max(1, round((target / (12 * aspect ** 2)) ** (1 / 3)))
     n = lambda k: count(L, k, k * head_dim)
     lo, hi, step = 1, 4096, 1   # the fewest heads whose count exceeds target (4096 if none) is in [lo, hi]
@@ -69,11 +52,8 @@ def shape_for(target, aspect, head_dim, count):
 
 
 def model_counter(data_dir, vocab_size, block_size, train_config, train_args):
-    """-> (count(n_layer, n_head, n_embd, full=False), vocab_size, train tokens or None, extra train.py args).
-    Counts the model train.py builds from a planned command line, in train.py's order: its defaults (read from
-    train.py without importing it), then the --train_config file, then the plan's knobs, then --train_args; the
-    model is the one checkpoint.model_config_from makes of those knobs, as train.py does."""
-    model_config_from, ModelError, count_params = _model_api()
+    """-> (count(n_layer, n_head, n_embd, full=False), vocab_size, train tokens or None, extra train.py args); count
+    counts the model train.py builds, with its precedence: defaults, --train_config, the plan's knobs, --train_args."""
     meta_path = os.path.join(data_dir, 'meta.json')
     meta = read_json(meta_path, '; run prepare.py again or pass --vocab_size') if os.path.exists(meta_path) else {}
     vocab_size = vocab_size or meta.get('vocab_size')
@@ -116,17 +96,14 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
          lr_law=None, branch=False, cooldown_frac=0.2, branch_snap=0.02):
     """An IsoFLOP sweep -> one dict per run with its train.py command line: per budget C, `sizes` models log-spaced
     over a factor `span` around the prior optimum N = sqrt(C / (6 tokens_per_param)) (Chinchilla's ~20 tokens per
-    parameter), each trained on D = C / (6N) tokens. The peak learning rate: learning_rate; or a power law in N
-    through lr_points [(N, lr), ...], measured optima (Kaplan et al. 2020 eq. D.1: the best rate falls with model
-    size); or lr_law (k, s), eta_opt = k C^s at the run's budget (hparams.py's fit, DeepSeek LLM 2024 sec. 3.1).
-    branch=True lays the same grid out as stable runs and cooldown branches (branched())."""
+    parameter), each trained on D = C / (6N) tokens. Peak learning rate: learning_rate, or lr_for's power law in N
+    (Kaplan et al. 2020 eq. D.1), or lr_law's eta_opt = k C^s at the run's budget (DeepSeek LLM 2024 sec. 3.1)."""
     if sizes < 1 or (sizes > 1 and not span > 1) or not tokens_per_param > 0 or not 0 <= warmup_frac < 1:
         raise ScalingError("need --sizes >= 1, --span > 1, --tokens_per_param > 0 and 0 <= --warmup_frac < 1")
     if lr_points and lr_law:
         raise ScalingError("--lr_points and --lr_law both set the learning rate: pass one")
     micro_steps(total_batch_size, batch_size, block_size)   # train.py's batch rule, before any run is planned
-    count, vocab_size, train_tokens, extra = model_counter(data_dir, vocab_size, block_size, train_config,
-                                                           train_args)
+    count, vocab_size, train_tokens, extra = model_counter(data_dir, vocab_size, block_size, train_config, train_args)
     base = lambda shape: dict(data_dir=data_dir, **shape, block_size=block_size, batch_size=batch_size,
                               total_batch_size=total_batch_size)  # the model and data knobs of every command
     ladder = span ** (1 / (sizes - 1)) if sizes > 1 else None
@@ -163,8 +140,7 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
         args = ([train_config] if train_config else []) + [f"--{k}={v!r}" for k, v in cfg.items()] + extra
         N, D = counts['n_params'], steps * total_batch_size
         return dict(name=name, budget=budget, N=N, N_nonembed=counts['n_params_nonembed'], D=D, C=6.0 * N * D,
-                    tokens_per_param=D / N, config=cfg, args=args,
-                    epochs=D / train_tokens if train_tokens else None,
+                    tokens_per_param=D / N, config=cfg, args=args, epochs=D / train_tokens if train_tokens else None,
                     cmd=" ".join(["python", "train.py"] + [_shell(a) for a in args]))
 
     if branch:
@@ -191,12 +167,10 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
 
 
 def branch_points(steps, cooldown_frac=0.2, snap=0.02):
-    """Branch points of one model size's runs of `steps` steps -> (grid g, [(S, k, c)]): each run ends at S, its
-    cooldown of c = round(cooldown_frac * S) steps starts from the stable run's step k = S - c, and every k is a
-    multiple of g, so a stable run checkpointing every g steps has them all. The steps the grid asks for rarely
-    share a useful divisor (their gcd is often 1: a checkpoint every step), so the k's are rounded to the largest g
-    that moves none of them by more than `snap` of itself; S then follows from k (the S nearest the planned one
-    with S - round(cooldown_frac * S) = k), which moves the run's tokens, and its compute, by about as much."""
+    """One model size's runs of `steps` steps -> (grid g, [(S, k, c)]): run S cools down for c = round(cooldown_frac
+    * S) steps from the stable run's step k = S - c, every k a multiple of g (the stable run checkpoints every g
+    steps). Planned steps rarely share a useful divisor (often gcd 1), so each k is rounded to the largest g that
+    moves none by more than `snap` of itself; S follows from k (the nearest to the planned S), as do its tokens."""
     ks = [S - round(cooldown_frac * S) for S in steps]
     if min(ks) < 1 or min(S - k for S, k in zip(steps, ks)) < 1:
         raise ScalingError(f"--cooldown_frac {cooldown_frac} leaves no stable or no cooldown steps in a run of "
@@ -215,11 +189,9 @@ def branch_points(steps, cooldown_frac=0.2, snap=0.02):
 
 def branched(cells, row, lr_at, base, cooldown_frac, snap, warmup_frac, min_lr_ratio, evals, eval_iters,
              checkpoints):
-    """The grid's cells (budget, shape, counts, steps) grouped by model shape -> stable rows (all first), then
-    branch rows; row(name, budget, counts, steps, knobs) makes one. Rows carry 'kind' ('stable' or 'branch'),
-    branch rows their stable run's name as 'parent' and their branch point as 'branch_step', stable rows their
-    branch points as 'checkpoint_steps', and every row the FLOPs it spends itself as 'flops_run' (a branch: its
-    cooldown only)."""
+    """The grid's cells (budget, shape, counts, steps) grouped by shape -> stable rows, then branch rows, each made
+    by row(name, budget, counts, steps, knobs) and tagged: 'kind' ('stable'/'branch'), 'flops_run' (the FLOPs it
+    spends itself: a branch its cooldown), a branch's 'parent' and 'branch_step', a stable run's 'checkpoint_steps'."""
     if not 0 < cooldown_frac < 1:
         raise ScalingError(f"need 0 < --cooldown_frac < 1, got {cooldown_frac}")
     by_shape = {}
@@ -256,8 +228,7 @@ def branched(cells, row, lr_at, base, cooldown_frac, snap, warmup_frac, min_lr_r
 
 
 def lr_for(N, learning_rate, lr_points=None):
-    """Peak learning rate for N parameters: a power law lr = k * N^s through the measured optima lr_points (least
-    squares in log-log; exact for two points), or learning_rate when none are given."""
+    """Peak lr for N parameters: k N^s through the measured optima lr_points (log-log fit), else learning_rate."""
     if not lr_points:
         return learning_rate
     if len(lr_points) < 2:
@@ -285,11 +256,9 @@ def run_status(row):
 
 
 def run_plan(rows, train_script=None, keep_going=False, jobs=1):
-    """Run the sweep; finished runs are skipped and interrupted ones resumed from their checkpoint, so the same
-    command continues a sweep after any interruption. Stable runs go first; a branch starts only once its stable
-    run has finished. jobs > 1 runs that many at once, longest first, each with cores/jobs threads and its console
-    in <out_dir>/console.log: on a CPU, small models use one core far better than two, and two threads per process
-    stall whenever anything else runs (measured: README of experiments/)."""
+    """Run the sweep, resumably (finished runs skipped, interrupted ones resumed), branches after their stable run.
+    jobs > 1 runs that many at once, longest first, each with cores/jobs threads (on a CPU two threads per process
+    stall whenever anything else runs: experiments/isoflop-shakespeare/README.md), console in <out_dir>/console.log."""
     train_script = train_script or TRAIN_PY
     done, todo = set(), []
     for i, row in enumerate(rows):
@@ -315,8 +284,7 @@ def run_plan(rows, train_script=None, keep_going=False, jobs=1):
     def finish(proc):
         i, row = running.pop(proc)
         if proc.returncode != 0:
-            fail(row, f"train.py exited with status {proc.returncode}")
-            return
+            return fail(row, f"train.py exited with status {proc.returncode}")
         done.add(row['name'])
         if jobs > 1:
             print(f"[{i + 1}/{len(rows)}] {row['name']}: finished", flush=True)
@@ -374,8 +342,5 @@ def run_plan(rows, train_script=None, keep_going=False, jobs=1):
 
 
 def plan_compute(rows):
-    """(FLOPs the plan spends, FLOPs the same grid costs as separate runs), C = 6ND: a branched plan spends its
-    stable runs and its cooldowns; as separate runs every grid point (branch) would train from scratch."""
-    spent = sum(r.get('flops_run', r['C']) for r in rows)
-    separate = sum(r['C'] for r in rows if r.get('kind') != 'stable')
-    return spent, separate
+    """(FLOPs the plan spends: stable runs and cooldowns, FLOPs of the same grid as separate runs), C = 6ND."""
+    return sum(r.get('flops_run', r['C']) for r in rows), sum(r['C'] for r in rows if r.get('kind') != 'stable')
