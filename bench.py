@@ -1,10 +1,10 @@
 """
-Benchmark training throughput, MFU against this device's peak, sampling speed, and multi-process scaling.
+Benchmark training throughput, MFU against this device's peak, memory, and sampling speed.
 
     python bench.py                                   # the quick-start model (train.py's defaults) on this device
     python bench.py config/gpt2.py --batch_size=1 --compile=False --dtype=float32
     python bench.py config/gpt2.py --peak_tflops=312  # MFU against a peak you give (unknown GPU, or to compare)
-    python bench.py --nprocs=1,2                      # strong and weak scaling under torchrun (gloo on CPU)
+    python -m benchmarks.scaling --nprocs=1,2         # strong and weak scaling under torchrun (gloo on CPU)
     python bench.py --json >> results.jsonl           # one JSON object per run
     python bench.py config/gpt2-xl.py --memory --world_size=8   # memory per GPU, DDP vs FSDP: an estimate, no run
 
@@ -26,11 +26,9 @@ estimate per GPU. --memory prints only the estimate, for DDP and FSDP with and w
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
 import copy
-import json
-import math
+import json as jsonlib   # `json` is a knob below
 import os
 import statistics
-import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -40,7 +38,7 @@ import torch
 from pretrain.accounting import count_params, decode_bytes_per_token, flops_per_token, train_memory
 from pretrain.checkpoint import (CheckpointError, checkpoint_path, init_from_kind, load_checkpoint, load_model,
                                  model_config_from)
-from pretrain.configurator import ConfigError, parse_config, script_defaults
+from pretrain.configurator import ConfigError, knobs, parse_config, script_defaults
 from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
 from model import PRESETS, GPTConfig, ModelError
 from pretrain.hardware import copy_bandwidth, device_name, mfu, peak_info, peak_memory
@@ -50,39 +48,33 @@ from pretrain.training import configure_optimizer, micro_steps, train_step
 
 # -----------------------------------------------------------------------------
 # bench knobs, on top of train.py's (read from its file, not imported: scripts never import each other), so
-# config/*.py files work unchanged
-BENCH_DEFAULTS = dict(
-    warmup_steps=3,      # untimed optimizer steps first: allocator, autotuning, torch.compile
-    timed_steps=10,      # timed optimizer steps per repeat
-    repeats=3,           # median and spread are over repeats
-    grad_accum=1,        # micro-steps per optimizer step per process; None = from total_batch_size, as train.py
-    data='auto',         # 'auto' (shards in data_dir if any, else random tokens) | 'shards' | 'random'
-    vocab_size=None,     # random tokens: vocabulary (None: data_dir's meta.json if present, else GPT-2's 50257)
-    peak_tflops=None,    # dense peak TFLOP/s of one device, instead of the table / the CPU microbenchmark
-    phases=True,         # the separate, synchronized pass that splits a step into its phases
-    sample_tokens=64,    # tokens generated with and without the KV cache (0 = skip sampling)
-    sample_prompt=32,    # prompt length for sampling (random tokens)
-    sample_batch=1,      # sequences generated at once
-    sample_compile=False,  # also time the compiled static-cache decode (GPU: CUDA graphs; weights in bf16/fp16)
-    nprocs=None,         # e.g. 1,2 or 1,2,4,8: strong and weak scaling, each count under torchrun
-    json=False,          # print one JSON object instead of the table
-    scaling_totals=None,  # set by --nprocs for its torchrun workers: tokens/step values to time in one launch
-    memory=False,        # print train_memory's estimate per GPU (DDP, FSDP, with and without checkpointing), no run
-    world_size=None,     # GPUs for --memory (None: WORLD_SIZE under torchrun, else 1)
-)
+# config/*.py files work unchanged; benchmarks/scaling.py runs this file under torchrun at several process counts
+warmup_steps = 3        # untimed optimizer steps first: allocator, autotuning, torch.compile
+timed_steps = 10        # timed optimizer steps per repeat
+repeats = 3             # median and spread are over repeats
+grad_accum = 1          # micro-steps per optimizer step per process; None = from total_batch_size, as train.py
+data = 'auto'           # 'auto' (shards in data_dir if any, else random tokens) | 'shards' | 'random'
+vocab_size = None       # random tokens: vocabulary (None: data_dir's meta.json if present, else GPT-2's 50257)
+peak_tflops = None      # dense peak TFLOP/s of one device, instead of the table / the CPU microbenchmark
+phases = True           # the separate, synchronized pass that splits a step into its phases
+sample_tokens = 64      # tokens generated with and without the KV cache (0 = skip sampling)
+sample_prompt = 32      # prompt length for sampling (random tokens)
+sample_batch = 1        # sequences generated at once
+sample_compile = False  # also time the compiled static-cache decode (GPU: CUDA graphs; weights in bf16/fp16)
+json = False            # print one JSON object instead of the table
+scaling_totals = None   # tokens/step values to time in one launch (benchmarks/scaling.py's torchrun workers)
+memory = False          # print train_memory's estimate per GPU (DDP, FSDP, with and without checkpointing), no run
+world_size = None       # GPUs for --memory (None: WORLD_SIZE under torchrun, else 1)
+# -----------------------------------------------------------------------------
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
-DEFAULTS = {**script_defaults(TRAIN_PY), **BENCH_DEFAULTS}
+DEFAULTS = {**script_defaults(TRAIN_PY), **knobs(globals())}
 NULLABLE = ('grad_accum',)  # knobs that also take None although their default is a number
 # what train_memory leaves out (its docstring): said next to every estimate
 MEMORY_LEAVES_OUT = ('the CUDA context (~0.5-1 GB), allocator caching and fragmentation, NCCL buffers; '
                      'eager PyTorch (torch.compile keeps less for the loss)')
 FORMULAS = {'palm': '6N + 12*L*H*Q*T (PaLM app. B, nanoGPT; N = params without wpe)',
             'kaplan': '6N + 6*L*T*d_attn (Kaplan et al. 2020; N non-embedding)'}
-
-
-class BenchError(Exception):
-    pass
 
 
 # -----------------------------------------------------------------------------
@@ -353,89 +345,6 @@ def bench(cfg):
 # -----------------------------------------------------------------------------
 # scaling across processes: the same model under torchrun at each count
 
-def parse_nprocs(value):
-    """1 | (1, 2) | '1,2' -> sorted list of distinct process counts, or None."""
-    if value is None:
-        return None
-    items = value.split(',') if isinstance(value, str) else value if isinstance(value, (tuple, list)) else [value]
-    try:
-        counts = sorted({int(x) for x in items if str(x).strip()})
-    except (TypeError, ValueError):
-        counts = []
-    if not counts or counts[0] < 1 or any(isinstance(x, (bool, float)) for x in items):
-        raise ConfigError(f"nprocs must be process counts like 1,2 or 1,2,4,8; got {value!r}")
-    return counts
-
-
-def run_worker(n, argv, totals):
-    """Time each tokens/step value in `totals` with n processes under torchrun -> rank 0's JSON record."""
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}',
-           os.path.abspath(__file__), *argv, '--nprocs=None', '--json=True', '--phases=False', '--sample_tokens=0',
-           '--grad_accum=None', f'--scaling_totals={tuple(totals)!r}']
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    records = [line for line in proc.stdout.splitlines() if line.startswith('{')]
-    if proc.returncode or not records:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        why = next((ln for ln in reversed(lines) if ln.startswith('error:')), lines[-1] if lines else 'no output')
-        raise BenchError(f"the run with {n} process(es) failed (exit {proc.returncode}): {why}")
-    return json.loads(records[-1])
-
-
-def scaling(cfg, argv, counts):
-    """Strong scaling (global batch fixed) and weak scaling (per-process batch fixed) over `counts` processes, for
-    DDP and for FSDP side by side (DDP alone when the run's knobs rule FSDP out: parallel.check_fsdp).
-    Strong: speed-up = t_1 / t_N, efficiency = speed-up / N. Weak: efficiency = t_1 / t_N (ideal: constant step
-    time), scaled speed-up = N * t_1 / t_N (the throughput ratio). With a smallest count n0 > 1, N is read as N/n0;
-    each mode against its own base. One torchrun launch per count and mode times both strong and weak (back to
-    back, so background load hits them alike)."""
-    check_bench_knobs(cfg)
-    modes, fsdp_skipped = ['ddp', 'fsdp'], None
-    try:
-        check_fsdp(SimpleNamespace(**cfg))
-    except ConfigError as e:
-        modes, fsdp_skipped = ['ddp'], str(e)
-    B, T, ga = cfg['batch_size'], cfg['block_size'], cfg['grad_accum']
-    per_proc = B * T * ga if ga is not None else cfg['total_batch_size']
-    # strong: the largest count takes as many micro-steps per process as every count does in the weak runs
-    strong_total = per_proc * math.lcm(*counts) if ga is not None else cfg['total_batch_size']
-    out = {'strong': [], 'weak': []}
-    for parallel in modes:
-        for n in counts:
-            totals = {'strong': strong_total, 'weak': per_proc * n}
-            for kind, total in totals.items():
-                if total % (B * T * n):
-                    raise ConfigError(f"{kind} scaling: {total} tokens/step do not split over {n} processes of "
-                                      f"{B}x{T}; use grad_accum or a total_batch_size divisible by it")
-            r = run_worker(n, [*argv, f'--parallel={parallel}'], list(totals.values()))
-            for kind, run in zip(totals, r.pop('scaling_runs')):
-                out[kind].append({'parallel': parallel, 'nprocs': n, 'threads_per_proc': r['threads'],
-                                  'world_size': r['world_size'], 'tokens_per_step': run['tokens_per_step'],
-                                  'grad_accum': run['grad_accum'], 'step_time_s': run['step_time_s']['median'],
-                                  'spread': run['step_time_s']['spread'], 'tokens_per_s': run['tokens_per_s'],
-                                  'mfu': run['mfu']})
-    for kind, rows in out.items():
-        for parallel in modes:
-            mine = [row for row in rows if row['parallel'] == parallel]
-            n0, t0 = mine[0]['nprocs'], mine[0]['step_time_s']
-            for row in mine:
-                k = row['nprocs'] / n0
-                if kind == 'strong':
-                    row['speedup'] = t0 / row['step_time_s']
-                    row['efficiency'] = row['speedup'] / k
-                else:
-                    row['efficiency'] = t0 / row['step_time_s']
-                    row['speedup'] = k * row['efficiency']
-    return {'bench': 'scaling', 'time': time.time(), 'torch': torch.__version__, 'device': r['device'],
-            'device_name': r['device_name'], 'dtype': r['dtype'], 'model': r['model'], 'data': r['data'],
-            'batch_size': B, 'block_size': T, 'nprocs': counts, 'base_nprocs': counts[0], 'parallel': modes,
-            'fsdp_skipped': fsdp_skipped,
-            'warmup_steps': r['warmup_steps'], 'timed_steps': r['timed_steps'], 'repeats': r['repeats'],
-            'peak_source': r['peak_source'],
-            'definitions': {'strong': 'global batch fixed; speedup = t1/tN, efficiency = speedup/N',
-                            'weak': 'per-process batch fixed; efficiency = t1/tN, speedup = N*t1/tN'},
-            **out}
-
-
 # -----------------------------------------------------------------------------
 # memory per GPU: the estimate alone, no model built
 
@@ -558,43 +467,15 @@ def format_memory(r):
     return "\n".join(lines)
 
 
-def format_scaling(r):
-    m = r['model']
-    lines = [f"scaling    {m['n_params'] / 1e6:.2f}M-parameter model, {r['batch_size']} x {r['block_size']} per "
-             f"micro-step, on {r['device_name']} ({r['dtype']}), processes {','.join(map(str, r['nprocs']))} "
-             f"under torchrun; base N={r['base_nprocs']}"]
-    for mode, title, sp, ef in (('strong', 'strong scaling: global batch fixed', 'speed-up t1/tN', 'efficiency'),
-                                ('weak', 'weak scaling: per-process batch fixed', 'speed-up N*t1/tN',
-                                 'efficiency t1/tN')):
-        lines += ["", title,
-                  f"  {'mode':<5} {'procs':>5} {'threads':>7} {'tokens/step':>11} {'accum':>5} {'step time':>12} "
-                  f"{'spread':>6} {'tokens/s':>10} {sp:>16} {ef:>16}"]
-        for row in r[mode]:
-            lines.append(f"  {row['parallel']:<5} {row['nprocs']:>5} {row['threads_per_proc']:>7} "
-                         f"{row['tokens_per_step']:>11,} {row['grad_accum']:>5} {_ms(row['step_time_s']):>12} "
-                         f"{100 * row['spread']:>5.1f}% {row['tokens_per_s']:>10,.0f} {row['speedup']:>16.2f} "
-                         f"{100 * row['efficiency']:>15.0f}%")
-    if r['fsdp_skipped']:
-        lines += ["", f"fsdp not timed: {r['fsdp_skipped']}"]
-    return "\n".join(lines)
-
-
 def main(argv):
     return cli(lambda: report(parse_config(argv, DEFAULTS, __doc__, NULLABLE), argv),
-               (ConfigError, DataError, ModelError, CheckpointError, BenchError))
+               (ConfigError, DataError, ModelError, CheckpointError))
 
 
 def report(cfg, argv):
-    counts = parse_nprocs(cfg['nprocs'])
-    if cfg['memory']:
-        record, master = memory_plan(cfg), True
-    else:
-        record, master = (scaling(cfg, argv, counts), True) if counts else bench(cfg)
+    record, master = (memory_plan(cfg), True) if cfg['memory'] else bench(cfg)
     if master:
-        if cfg['json']:
-            print(json.dumps(record))
-        else:
-            print({'scaling': format_scaling, 'memory': format_memory, 'train': format_train}[record['bench']](record))
+        print(jsonlib.dumps(record) if cfg['json'] else (format_memory if cfg['memory'] else format_train)(record))
     return record
 
 

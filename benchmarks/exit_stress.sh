@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How often a multi-process run fails to end cleanly: N launches of a tiny 2-process FSDP run that saves DCP
-# checkpoints (train), or of bench.py's DDP + FSDP scaling (bench: 4 torchrun launches each), while busy loops
+# checkpoints (train), or of benchmarks/scaling.py's DDP + FSDP sweep (bench: 4 torchrun launches each), while busy loops
 # keep every core loaded (the race needs a gloo worker thread that is not scheduled in time; docs/parallel.md,
 # "Known issue"). A launch that exits non-zero (an abort at exit) or runs past 300 s (a hang) counts as a failure;
 # each failure's stderr is kept.
@@ -21,7 +21,7 @@ for i in $(seq "$runs"); do
       --checkpoint_interval=3 --keep_checkpoints=0 --log_interval=1 --dtype=float32 --device=cpu --compile=False \
       > /dev/null 2> "$tmp/err"
   else
-    timeout 300 python bench.py --n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --batch_size=2 --warmup_steps=1 \
+    timeout 300 python -m benchmarks.scaling --n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --batch_size=2 --warmup_steps=1 \
       --timed_steps=2 --repeats=2 --dtype=float32 --device=cpu --data=random --vocab_size=64 --peak_tflops=1 \
       --nprocs=1,2 --json > /dev/null 2> "$tmp/err"
   fi

@@ -98,10 +98,9 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     for argv, words in ((['--nosuchknob=1'], 'unknown config key'),
                         ([f'--data_dir={tmp_path}', '--data=shards'], 'no train shards'),
                         (['--peak_tflops=-3'], 'peak_tflops'),
-                        (['--nprocs=0,2'], 'nprocs'),
                         (['--memory', '--world_size=0'], 'world_size must be an int >= 1'),
                         (['--memory', '--dtype=fp8'], "dtype must be 'auto'"),
-                        (['--nprocs', '1,2'], 'expected --key=value, got --nprocs')):   # the space form is gone
+                        (['--peak_tflops', '1'], 'expected --key=value, got --peak_tflops')):   # no space form
         with pytest.raises(SystemExit) as e:
             bench.main(['--device=cpu', *argv])
         err = capsys.readouterr().err
@@ -132,20 +131,25 @@ def test_memory_estimate_per_gpu(capsys):
     assert f"{ddp['total'] / 2 ** 30:.2f} *" in text   # the configured row (train.py's default: DDP, no checkpointing)
 
 
-def test_parse_nprocs():
+def test_parse_nprocs(capsys):
     # bare --json and --nprocs=1,2 through the config parser: tests/test_configurator.py
-    assert bench.parse_nprocs('1,2') == bench.parse_nprocs((2, 1)) == [1, 2] and bench.parse_nprocs(4) == [4]
-    assert bench.parse_nprocs(None) is None
+    from benchmarks.scaling import main, parse_nprocs
+    assert parse_nprocs('1,2') == parse_nprocs((2, 1)) == [1, 2] and parse_nprocs(4) == [4]
     for bad in ('0,2', 'a', (1.5,), True):
         with pytest.raises(bench.ConfigError, match='nprocs must be process counts'):
-            bench.parse_nprocs(bad)
+            parse_nprocs(bad)
+    with pytest.raises(SystemExit) as e:
+        main(['--nprocs=0,2'])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith('error: nprocs must be process counts') and err.count('\n') == 1
 
 
 @pytest.mark.slow
 def test_scaling_with_one_and_two_processes():
+    from benchmarks.scaling import format_scaling
     # four torchrun launches (1 and 2 processes, DDP and FSDP; each times strong and weak) on CPU with gloo
-    proc = conftest.run_python(['bench.py', *TINY, '--data=random', '--vocab_size=64', '--peak_tflops=1',
-                                '--nprocs=1,2', '--json'], one_thread=False)
+    proc = conftest.run_python(['-m', 'benchmarks.scaling', *TINY, '--data=random', '--vocab_size=64',
+                                '--peak_tflops=1', '--nprocs=1,2', '--json'], one_thread=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
     assert r['bench'] == 'scaling' and r['nprocs'] == [1, 2] and r['parallel'] == ['ddp', 'fsdp']
@@ -166,5 +170,5 @@ def test_scaling_with_one_and_two_processes():
         assert strong[1]['speedup'] == pytest.approx(t1 / t2) and strong[1]['efficiency'] == pytest.approx(t1 / t2 / 2)
         t1, t2 = weak[0]['step_time_s'], weak[1]['step_time_s']
         assert weak[1]['efficiency'] == pytest.approx(t1 / t2) and weak[1]['speedup'] == pytest.approx(2 * t1 / t2)
-    text = bench.format_scaling(r)
+    text = format_scaling(r)
     assert 'strong scaling' in text and 'weak scaling' in text and 'speed-up t1/tN' in text and 'fsdp' in text

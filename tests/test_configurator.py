@@ -56,14 +56,13 @@ def test_bare_flag_means_true_for_bools_only():
             parse_config([arg], train.DEFAULTS)
 
 
-def test_bench_bare_json_and_nprocs():
-    """bench.py's --json is a bool knob: bare --json means True (what bench.normalize_argv used to do)."""
-    cfg = parse_config(['--json', '--nprocs=1,2', '--timed_steps=3'], bench.DEFAULTS)
-    assert cfg['json'] is True and cfg['nprocs'] == (1, 2) and cfg['timed_steps'] == 3
-    assert bench.parse_nprocs(cfg['nprocs']) == [1, 2]
-    # `--nprocs 1,2` (a space) is not supported: nprocs is no bool, so its value must follow '='
-    with pytest.raises(ConfigError, match='expected --key=value, got --nprocs'):
-        parse_config(['--nprocs', '1,2'], bench.DEFAULTS)
+def test_bench_bare_json_and_tuples():
+    """bench.py's --json is a bool knob: bare --json means True; a None-default knob takes a tuple (1,2)."""
+    cfg = parse_config(['--json', '--scaling_totals=64,128', '--timed_steps=3'], bench.DEFAULTS)
+    assert cfg['json'] is True and cfg['scaling_totals'] == (64, 128) and cfg['timed_steps'] == 3
+    # `--timed_steps 3` (a space) is not supported: no bool, so its value must follow '='
+    with pytest.raises(ConfigError, match='expected --key=value, got --timed_steps'):
+        parse_config(['--timed_steps', '3'], bench.DEFAULTS)
 
 
 def test_parse_value():
@@ -95,7 +94,7 @@ def test_script_defaults_equal_the_scripts_own_knobs():
         assert got[key] == value and type(got[key]) is type(value), key
     got = script_defaults(os.path.join(ROOT, 'sample.py'))
     assert got == sample.DEFAULTS and all(type(got[k]) is type(v) for k, v in sample.DEFAULTS.items())
-    assert bench.DEFAULTS == {**train.DEFAULTS, **bench.BENCH_DEFAULTS}
+    assert bench.DEFAULTS == {**train.DEFAULTS, **script_defaults(os.path.join(ROOT, 'bench.py'))}
     with pytest.raises(ConfigError, match='cannot read the defaults of'):
         script_defaults(os.path.join(ROOT, 'no_such_script.py'))
 
