@@ -6,6 +6,7 @@ between assertions: the whole file runs in about a minute on 2 cores."""
 import json
 import os
 import shutil
+import signal
 
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ import eval as evaluation
 import export
 import sample
 import train
-from pretrain import training
+from pretrain import checkpoint, training
 from conftest import one_error_line, run_python, torchrun
 from pretrain.checkpoint import CheckpointError, load_checkpoint, numbered_checkpoints, sweep_stale
 
@@ -230,8 +231,8 @@ def test_damaged_sharded_checkpoints(straight, tmp_path, capsys):
     manifest = torch.load(run / 'ckpt.pt', weights_only=True)
     os.remove(run / manifest['sharded'] / '__1_0.distcp')
     line = one_error_line(*conftest.run_cli(sample.main, [f'--out_dir={run}', '--device=cpu'], capsys)[::2])
-    assert 'incomplete or damaged' in line
-    with pytest.raises(CheckpointError, match='incomplete or damaged'):
+    assert 'is damaged: __1_0.distcp is missing' in line
+    with pytest.raises(CheckpointError, match='is damaged: __1_0.distcp is missing'):
         load_checkpoint(str(run))
     shutil.rmtree(run / manifest['sharded'])
     line = one_error_line(*conftest.run_cli(evaluation.main, [f'--out_dir={run}', '--device=cpu'], capsys)[::2])
@@ -277,6 +278,56 @@ def test_killed_sharded_save_keeps_the_previous(data_dir, tmp_path):
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith('ckpt.dcp.')) == dirs[:1]
     train.train(cfg(data_dir, tmp_path, init_from='resume'))
     assert load_checkpoint(str(tmp_path))['step'] == 6 and list(log(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigint_between_the_shard_write_and_the_manifest_finishes_the_save(data_dir, tmp_path, monkeypatch):
+    """issue 35: Ctrl-C landing after the shard write but before the manifest threw the finished save away (the
+    deferral covered the shard write only). Both are one save now: step 6 is written whole, then KeyboardInterrupt."""
+    save = checkpoint.dcp.save
+
+    def interrupted(state, **kw):
+        save(state, **kw)
+        if 'ckpt.dcp.000006-' in str(kw['storage_writer'].path):
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(checkpoint.dcp, 'save', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg(data_dir, tmp_path))
+    assert load_checkpoint(str(tmp_path), for_resume=True)['step'] == 6
+
+
+# -----------------------------------------------------------------------------
+# issue 35: a damaged shard directory is refused in one line
+
+def test_a_damaged_rank_file_is_refused_by_its_checksum(data_dir, straight, tmp_path, capsys):
+    """16 flipped bytes in a rank's file loaded before; the manifest now holds each file's CRC-32, checked by the
+    one-process reader and by an FSDP resume (each rank checks its share of the files), which does not then blame
+    the learning rate."""
+    run = tmp_path / 'run'
+    shutil.copytree(straight, run)
+    manifest = torch.load(run / 'ckpt.pt', weights_only=True)
+    assert set(manifest['checksums']) == {'.metadata', '__0_0.distcp', '__1_0.distcp'}
+    rank_file = run / manifest['sharded'] / '__1_0.distcp'
+    raw = bytearray(rank_file.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 16] = bytes(b ^ 0xFF for b in raw[len(raw) // 2:len(raw) // 2 + 16])
+    rank_file.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match='is damaged: __1_0.distcp does not match the checksum'):
+        load_checkpoint(str(run))
+    line = one_error_line(*conftest.run_cli(train.main, argv(data_dir, run, init_from='resume', max_iters=9),
+                                            capsys)[::2])
+    assert '__1_0.distcp does not match the checksum' in line and 'learning_rate' not in line
+
+
+def test_garbage_metadata_is_one_line_and_no_logged_traceback(straight, tmp_path):
+    """A .metadata that is not DCP's, under a manifest written before checksums: DCP logged two tracebacks before
+    the one line (sample, eval, export, train alike: one reader). Now the line alone."""
+    run = tmp_path / 'run'
+    shutil.copytree(straight, run)
+    manifest = torch.load(run / 'ckpt.pt', weights_only=True)
+    del manifest['checksums']
+    torch.save(manifest, run / 'ckpt.pt')
+    (run / manifest['sharded'] / '.metadata').write_bytes(os.urandom(3000))
+    r = run_python(['sample.py', f'--out_dir={run}', '--device=cpu', '--max_new_tokens=4'], timeout=120)
+    assert 'incomplete or damaged' in one_error_line(r.returncode, r.stderr)
 
 
 # -----------------------------------------------------------------------------

@@ -162,6 +162,31 @@ def test_nan_loss_stops_and_keeps_checkpoint(data_dir, tmp_path):
     assert all(math.isfinite(r['loss']) for r in read_log(tmp_path)[0] if r['type'] == 'train' and r['step'] <= kept['step'])
 
 
+def test_nan_at_the_first_steps_says_no_checkpoint_was_written(data_dir, tmp_path):
+    """issue 35: the line said 'the last good checkpoint in DIR is kept' when none was ever written."""
+    with pytest.raises(FloatingPointError, match='NaN or infinite by step') as err:
+        train.train(cfg_for(data_dir, tmp_path, learning_rate=1e30, grad_clip=0.0, warmup_iters=1))
+    assert 'no checkpoint was written' in str(err.value) and 'kept' not in str(err.value)
+    assert not (tmp_path / 'ckpt.pt').exists()
+
+
+def test_a_damaged_checkpoint_stops_the_resume_in_one_line(data_dir, tmp_path, capsys):
+    """issue 35: 16 flipped bytes in a weight resumed, and the run ended 'the run diverged ... (lower
+    learning_rate)', calling the damaged checkpoint the last good one. Its checksum stops the resume first."""
+    train.train(cfg_for(data_dir, tmp_path, max_iters=10))
+    weight = load_checkpoint(str(tmp_path))['model']['transformer.h.1.mlp.c_fc.weight']
+    raw = bytearray((tmp_path / 'ckpt.pt').read_bytes())
+    i = raw.find(weight.numpy().tobytes()[:64]) + 64
+    raw[i:i + 16] = b'\x7f' * 16
+    (tmp_path / 'ckpt.pt').write_bytes(bytes(raw))
+    code, _, err = conftest.run_cli(train.main, [f'--{k}={v!r}' for k, v in cfg_for(data_dir, tmp_path, max_iters=20,
+                                    init_from='resume').items() if k in TINY or k in ('data_dir', 'out_dir',
+                                                                                      'init_from')], capsys)
+    line = one_error_line(code, err, 'is damaged', 'tensor model.transformer.h.1.mlp.c_fc.weight', 'ckpt.pt')
+    assert 'learning_rate' not in line
+    assert max(r['step'] for r in read_log(tmp_path)[0] if r['type'] == 'train') == 10   # nothing trained on it
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume(data_dir, tmp_path):
     """Killed at a random moment (possibly mid-checkpoint), the resumed run ends with the uninterrupted losses."""
