@@ -142,7 +142,7 @@ def _crc(t):
 
 def tensor_checksums(state):
     """{'model.<name>' | 'optimizer.state.<i>.<key>': CRC-32} of a checkpoint's tensors, hashed in threads (zlib
-    releases the GIL while it hashes)."""
+    releases the GIL while it hashes), a tensor with two names (the tied lm_head.weight) once."""
     def walk(tree, prefix):
         for k, v in tree.items():
             if isinstance(v, dict):
@@ -150,8 +150,11 @@ def tensor_checksums(state):
             elif isinstance(v, torch.Tensor):
                 yield f"{prefix}{k}", v
     named = dict(walk({'model': state.get('model', {}), 'optimizer': state.get('optimizer', {})}, ''))
+    same = {n: (t.device, t.data_ptr(), t.shape, t.stride(), t.dtype) for n, t in named.items()}
+    first = {same[n]: t for n, t in named.items()}
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return dict(zip(named, pool.map(_crc, named.values())))
+        crcs = dict(zip(first, pool.map(_crc, first.values())))
+    return {n: crcs[same[n]] for n in named}
 
 
 def _write_atomic(state, path):
@@ -367,14 +370,13 @@ def read_shards(manifest, with_optimizer=True, into=None):
 
 def _damaged_file(manifest, rank=0, world=1):
     """The first of this rank's share of the shard directory's files (every world-th, by name) that is missing or
-    differs from its CRC-32 in the manifest, in words; None if all check out."""
-    for name in sorted(manifest['checksums'])[rank::world]:
-        path = os.path.join(manifest['sharded'], name)
-        if not os.path.isfile(path):
-            return f"{name} is missing"
-        if _file_crc(path) != manifest['checksums'][name]:
-            return f"{name} does not match the checksum written with it"
-    return None
+    differs from its CRC-32 in the manifest, in words; None if all check out. Files are hashed in threads."""
+    names = sorted(manifest['checksums'])[rank::world]
+    paths = [os.path.join(manifest['sharded'], n) for n in names]
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        crcs = list(pool.map(lambda p: _file_crc(p) if os.path.isfile(p) else None, paths))
+    return next((f"{n} is missing" if crc is None else f"{n} does not match the checksum written with it"
+                 for n, crc in zip(names, crcs) if crc != manifest['checksums'][n]), None)
 
 
 def optimizer_by_index(osd):

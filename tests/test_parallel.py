@@ -346,6 +346,16 @@ def test_refusals(data_dir, tmp_path, capsys, over, match):
     assert match in line and not (tmp_path / 'x').exists()
 
 
+def test_a_refusal_under_torchrun_is_one_line(data_dir, tmp_path):
+    """issue 35: under torchrun each rank printed the same error line. The knobs are checked before any process
+    group, alike on every rank, so rank 0 alone says it; torchrun's own report follows (docs/faults.md)."""
+    r = torchrun(['train.py', *argv(data_dir, tmp_path / 'x', optimizer='muon', muon_lr=0.02)], timeout=300)
+    lines = [line for line in r.stderr.splitlines() if line.startswith('error: ')]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "optimizer='muon' with parallel='fsdp' is not supported" in lines[0] and 'ChildFailedError' in r.stderr
+    assert not (tmp_path / 'x').exists()
+
+
 @pytest.mark.slow
 def test_compile_and_checkpointing_compose(data_dir, straight, tmp_path):
     """torch.compile per block (before sharding) with activation checkpointing, 2 processes: the eager run's

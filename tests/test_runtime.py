@@ -85,6 +85,19 @@ def test_a_cuda_device_that_does_not_exist(fake_cuda):
     assert '\n' not in str(e.value) and fake_cuda['set_device'] == []
 
 
+def test_more_processes_than_gpus_is_the_same_error_on_every_rank(fake_cuda, monkeypatch):
+    """issue 35: under torchrun only rank 0 says an error met before the process group (cli.cli), so such an error
+    must not depend on the rank: 4 processes on 2 GPUs fail alike on ranks 0 to 3, not only on ranks 2 and 3."""
+    monkeypatch.setenv('WORLD_SIZE', '4')
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    for rank in ('0', '3'):
+        monkeypatch.setenv('RANK', rank)
+        monkeypatch.setenv('LOCAL_RANK', rank)
+        with pytest.raises(ConfigError, match='torchrun starts 4 processes on this machine but torch sees 2 CUDA GPU'):
+            runtime.setup_runtime({'device': 'cuda', 'dtype': 'auto'})
+    assert fake_cuda['init_process_group'] == []
+
+
 def test_cuda_without_a_gpu_and_unknown_devices(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     with pytest.raises(ConfigError, match='device is cuda but torch sees no CUDA GPU'):
