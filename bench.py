@@ -5,7 +5,7 @@ Benchmark training throughput, MFU against this device's peak, sampling speed, a
     python bench.py config/gpt2.py --batch_size=1 --compile=False --dtype=float32
     python bench.py config/gpt2.py --peak_tflops=312  # MFU against a peak you give (unknown GPU, or to compare)
     python bench.py --nprocs=1,2                      # strong and weak scaling under torchrun (gloo on CPU)
-    python bench.py --json >> results.jsonl           # one JSON object per run
+    python bench.py --json=- >> results.jsonl         # one JSON object per run (--json=FILE writes a file)
     python bench.py config/gpt2-xl.py --memory --world_size=8   # memory per GPU, DDP vs FSDP: an estimate, no run
 
 Same configuration as train.py (a config file, then --key=value), plus the bench knobs below. A run builds the
@@ -41,7 +41,7 @@ from pretrain.accounting import count_params, decode_bytes_per_token, flops_per_
 from pretrain.checkpoint import (CheckpointError, checkpoint_path, init_from_kind, load_checkpoint, load_model,
                                  model_config_from)
 from pretrain.configurator import ConfigError, parse_config, script_defaults
-from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
+from pretrain.data import DataError, TokenLoader, json_output, read_meta, shard_paths
 from model import PRESETS, GPTConfig, ModelError
 from pretrain.hardware import copy_bandwidth, device_name, mfu, peak_info, peak_memory
 from pretrain.runtime import device_sync, end_of_run, setup_runtime
@@ -65,7 +65,7 @@ BENCH_DEFAULTS = dict(
     sample_batch=1,      # sequences generated at once
     sample_compile=False,  # also time the compiled static-cache decode (GPU: CUDA graphs; weights in bf16/fp16)
     nprocs=None,         # e.g. 1,2 or 1,2,4,8: strong and weak scaling, each count under torchrun
-    json=False,          # print one JSON object instead of the table
+    json='',             # FILE: also write the record there as JSON; '-': print it alone on stdout, in one line
     scaling_totals=None,  # set by --nprocs for its torchrun workers: tokens/step values to time in one launch
     memory=False,        # print train_memory's estimate per GPU (DDP, FSDP, with and without checkpointing), no run
     world_size=None,     # GPUs for --memory (None: WORLD_SIZE under torchrun, else 1)
@@ -390,7 +390,7 @@ def parse_nprocs(value):
 def run_worker(n, argv, totals):
     """Time each tokens/step value in `totals` with n processes under torchrun -> rank 0's JSON record."""
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}',
-           os.path.abspath(__file__), *argv, '--nprocs=None', '--json=True', '--phases=False', '--sample_tokens=0',
+           os.path.abspath(__file__), *argv, '--nprocs=None', '--json=-', '--phases=False', '--sample_tokens=0',
            '--grad_accum=None', f'--scaling_totals={tuple(totals)!r}']
     proc = subprocess.run(cmd, capture_output=True, text=True)
     records = [line for line in proc.stdout.splitlines() if line.startswith('{')]
@@ -606,15 +606,14 @@ def main(argv):
 
 def report(cfg, argv):
     counts = parse_nprocs(cfg['nprocs'])
-    if cfg['memory']:
-        record, master = memory_plan(cfg), True
-    else:
-        record, master = (scaling(cfg, argv, counts), True) if counts else bench(cfg)
-    if master:
-        if cfg['json']:
-            print(json.dumps(record))
+    with json_output(cfg['json']) as emit:
+        if cfg['memory']:
+            record, master = memory_plan(cfg), True
         else:
+            record, master = (scaling(cfg, argv, counts), True) if counts else bench(cfg)
+        if master:   # the table (on stderr with --json=-: data.json_output), and the record for --json
             print({'scaling': format_scaling, 'memory': format_memory, 'train': format_train}[record['bench']](record))
+            emit(record)
     return record
 
 

@@ -56,10 +56,13 @@ def test_bare_flag_means_true_for_bools_only():
             parse_config([arg], train.DEFAULTS)
 
 
-def test_bench_bare_json_and_nprocs():
-    """bench.py's --json is a bool knob: bare --json means True (what bench.normalize_argv used to do)."""
-    cfg = parse_config(['--json', '--nprocs=1,2', '--timed_steps=3'], bench.DEFAULTS)
-    assert cfg['json'] is True and cfg['nprocs'] == (1, 2) and cfg['timed_steps'] == 3
+def test_bench_json_and_nprocs():
+    """bench.py's --json takes a file or '-' (stdout), as every script's (issue 35): a bare --json is refused."""
+    cfg = parse_config(['--json=-', '--nprocs=1,2', '--timed_steps=3'], bench.DEFAULTS)
+    assert cfg['json'] == '-' and cfg['nprocs'] == (1, 2) and cfg['timed_steps'] == 3
+    assert parse_config(['--json=out/r.json'], bench.DEFAULTS)['json'] == 'out/r.json'
+    with pytest.raises(ConfigError, match='expected --key=value, got --json'):
+        parse_config(['--json'], bench.DEFAULTS)
     assert bench.parse_nprocs(cfg['nprocs']) == [1, 2]
     # `--nprocs 1,2` (a space) is not supported: nprocs is no bool, so its value must follow '='
     with pytest.raises(ConfigError, match='expected --key=value, got --nprocs'):

@@ -211,10 +211,11 @@ def test_scripts_read_a_sharded_checkpoint(straight, tmp_path, capsys):
                                                         *common], capsys)
         assert code == 0, err
         texts.append(out)
-        code, out, err = conftest.run_cli(evaluation.main, [f'--out_dir={source}', '--json=True', '--progress=False',
-                                                            '--max_seqs=8', '--batch_size=4', *common], capsys)
+        code, out, err = conftest.run_cli(evaluation.main, [f'--out_dir={source}', f'--json={tmp_path}/e.json',
+                                                            '--progress=False', '--max_seqs=8', '--batch_size=4',
+                                                            *common], capsys)
         assert code == 0, err
-        texts.append(json.loads(out)['bpb'])
+        texts.append(json.loads((tmp_path / 'e.json').read_text())['bpb'])
     assert texts[0] == texts[2] and texts[1] == texts[3]
     assert len(texts[0]) > 40   # 40 new tokens (bytes), printed
     # the first 8 val sequences are what train.py evaluated at step 6 (eval_iters x batch_size)
