@@ -154,7 +154,9 @@ def train(cfg):
     guard = Guard(c.spike_factor, c.out_dir, best)
 
     fpt = flops_per_token(model.config, formula='palm', seq_len=T)   # for the log and MFU (accounting.py)
-    peak = peak_flops(rt.device, rt.ptdtype, measure=False)
+    peak = peak_flops(rt.device, rt.ptdtype, measure=False)   # a GPU's datasheet; else the best recorded measurement
+    if peak is None and rt.device.type != 'cuda' and rt.master:   # a CPU or Mac never measured: once, ~1-2 s
+        peak = peak_flops(rt.device, rt.ptdtype)
     log = RunLog(os.path.join(c.out_dir, LOG_NAME), rt.master, c.total_batch_size, fpt)
     counts = count_params(model.config)
     log.write('run', **counts, flops_per_token=fpt, flops_formula='palm: 6N + 12*L*H*Q*T (PaLM appendix B; N = '

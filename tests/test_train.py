@@ -187,6 +187,22 @@ def test_a_damaged_checkpoint_stops_the_resume_in_one_line(data_dir, tmp_path, c
     assert max(r['step'] for r in read_log(tmp_path)[0] if r['type'] == 'train') == 10   # nothing trained on it
 
 
+def test_a_cpu_never_measured_gets_its_peak_measured_once_for_mfu(data_dir, tmp_path, monkeypatch):
+    """issue 35: train.py's console said 'mfu n/a' on every CPU bench.py had not measured. The first run on such a
+    machine measures the matmul peak (a second or two) and records it; later runs read the record."""
+    from pretrain import hardware
+    monkeypatch.setattr(hardware, 'PEAK_CACHE', str(tmp_path / 'peaks.json'))
+    monkeypatch.setattr(hardware, '_measured', {})
+    train.train(cfg_for(data_dir, tmp_path / 'a', max_iters=2, warmup_iters=1))
+    mfus = [r['mfu'] for r in read_log(tmp_path / 'a')[0] if r['type'] == 'train']
+    assert mfus and all(0 < m < 1 for m in mfus)
+    (key, peak), = json.loads((tmp_path / 'peaks.json').read_text()).items()
+    assert key.startswith(hardware.device_name(torch.device('cpu'))) and peak > 1e9
+    monkeypatch.setattr(hardware, '_measured', {})   # a new process: reads the record, measures nothing
+    monkeypatch.setattr(torch, 'mm', lambda *a: pytest.fail('measured again'))
+    assert hardware.peak_flops(torch.device('cpu'), torch.float32, measure=False) == peak
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume(data_dir, tmp_path):
     """Killed at a random moment (possibly mid-checkpoint), the resumed run ends with the uninterrupted losses."""
