@@ -143,7 +143,7 @@ def _max_over_ranks(values, rt):
     """Per-rank timings -> the slowest rank's (a step is done when every rank is done)."""
     if not rt.ddp:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    t = torch.tensor(values, device=rt.device)   # float32: seconds to ~1e-7 (and MPS has no float64)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return t.tolist()
 
@@ -534,7 +534,8 @@ def format_train(r):
                   f"MFU                 palm {100 * r['mfu']['palm']:.2f}% | kaplan {100 * r['mfu']['kaplan']:.2f}%"]
     else:
         lines += [f"peak                n/a ({r['peak_source']})", "MFU                 n/a (no known peak)"]
-    lines.append(f"peak memory         {r['peak_memory_bytes'] / 2 ** 20:,.1f} MiB ({r['peak_memory_kind']})")
+    mem = r['peak_memory_bytes']   # None where the system has no way to tell (Windows: hardware.peak_memory)
+    lines.append(f"peak memory         {'n/a' if mem is None else f'{mem / 2 ** 20:,.1f} MiB'} ({r['peak_memory_kind']})")
     e = r['memory_estimate']
     parts = ', '.join(f"{k} {e[k] / 2 ** 20:,.1f}" for k in ('weights', 'grads', 'optimizer', 'activations'))
     vs = (f"; measured / estimate = {r['peak_memory_bytes'] / e['total']:.2f}" if r['device'].startswith('cuda') else

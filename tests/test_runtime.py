@@ -273,6 +273,36 @@ def test_peak_memory_and_device_name_on_cpu():
     assert isinstance(hardware.device_name(torch.device('cpu')), str) and hardware.device_name(torch.device('cpu'))
 
 
+def test_a_macs_chip_and_mps_memory(monkeypatch):
+    """issue 35: on macOS the device was named 'arm' (platform.processor()), and MPS memory was the process's RSS."""
+    import subprocess
+    calls = []
+
+    def sysctl(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout='Apple M2 Pro\n')
+    monkeypatch.setattr(hardware.sys, 'platform', 'darwin')
+    monkeypatch.setattr(hardware.subprocess, 'run', sysctl)
+    assert hardware.device_name(torch.device('cpu')) == hardware.device_name(torch.device('mps')) == 'Apple M2 Pro'
+    assert calls[0] == ['sysctl', '-n', 'machdep.cpu.brand_string']
+    monkeypatch.setattr(torch.mps, 'driver_allocated_memory', lambda: 3 * 2 ** 30)
+    assert hardware.peak_memory(torch.device('mps')) == (3 * 2 ** 30, 'torch.mps.driver_allocated_memory (Metal, '
+                                                                      'with its cache)')
+
+
+def test_every_script_imports_without_the_unix_only_resource_module():
+    """issue 35: Windows has no `resource`, and hardware.py imported it at the top: every script failed at import.
+    Simulated here by making the import fail; peak_memory then says it cannot tell."""
+    code = ("import sys; sys.modules['resource'] = None\nimport importlib, torch\n"
+            "for m in ('train', 'sample', 'eval', 'bench', 'export', 'prepare', 'scaling'):\n"
+            "    importlib.import_module(m)\n"
+            "from pretrain import hardware\nprint(hardware.peak_memory(torch.device('cpu')))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "(None, 'unknown: no getrusage on this system')"
+
+
 def test_cpu_flushes_subnormals():
     """On CPU setup_runtime makes float32 subnormals zero (x86 computes with them ~100x slower); values a float32
     loss or update can resolve are untouched. The flag is the process's: restored for the other tests."""
