@@ -4,6 +4,7 @@ optimizer (AdamW, or Muon for the hidden matrices), the learning-rate schedule a
 (train_step), the gradient noise scale, the val-loss evaluation (also eval.py's bits per byte) and the divergence
 guard.
 """
+import importlib.util
 import math
 import os
 
@@ -57,9 +58,13 @@ def check_knobs(c, world=1):
         need(getattr(c, k) in allowed, f"{k}={getattr(c, k)!r} is not allowed: must be {words}")
     for k in ('out_dir', 'data_dir'):
         need(getattr(c, k).strip() != '', f"{k}={getattr(c, k)!r} is not allowed: must be a directory name")
-    for k in ('branch_from', 'hellaswag_path'):
+    for k in ('branch_from', 'hellaswag_path', 'tensorboard_dir'):
         v = getattr(c, k)
         need(v is None or isinstance(v, str) and v.strip() != '', f"{k}={v!r} is not allowed: must be None or a path")
+    need(c.wandb_project is None or isinstance(c.wandb_project, str) and c.wandb_project.strip() != '',
+         f"wandb_project={c.wandb_project!r} is not allowed: must be None or a project name")
+    for k, package in (('wandb_project', 'wandb'), ('tensorboard_dir', 'tensorboard')):   # found, not imported
+        need(getattr(c, k) is None or importlib.util.find_spec(package), f"{k} needs {package}: pip install {package}")
     init_from_kind(c.init_from, ('scratch', 'resume', 'auto', 'gpt2'))
     accum = micro_steps(c.total_batch_size, c.batch_size, c.block_size, world)
     need(c.min_lr <= c.learning_rate, f"min_lr={c.min_lr} exceeds learning_rate={c.learning_rate}")

@@ -203,6 +203,45 @@ def test_a_cpu_never_measured_gets_its_peak_measured_once_for_mfu(data_dir, tmp_
     assert hardware.peak_flops(torch.device('cpu'), torch.float32, measure=False) == peak
 
 
+def test_tracking_logs_what_the_run_log_logs(data_dir, tmp_path, monkeypatch):
+    """issue 35: wandb_project and tensorboard_dir send the run log's records to Weights & Biases (offline here) and
+    TensorBoard too: every number as '<type>/<field>' at its step, the 'run' record as the config; rank 0 only."""
+    pytest.importorskip('wandb')
+    pytest.importorskip('tensorboard')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    train.train(cfg_for(data_dir, tmp_path / 'run', max_iters=4, warmup_iters=1, eval_interval=2,
+                        wandb_project='gpt-scaling-test', tensorboard_dir=str(tmp_path / 'tb')))
+    records = read_log(tmp_path / 'run')[0]
+    events = EventAccumulator(str(tmp_path / 'tb'))
+    events.Reload()
+    for kind, field in (('train', 'loss'), ('train', 'lr'), ('train', 'tokens'), ('eval', 'val_loss')):
+        want = {r['step']: r[field] for r in records if r['type'] == kind}
+        assert {e.step: e.value for e in events.Scalars(f'{kind}/{field}')} == pytest.approx(want, rel=1e-6)
+    assert events.Tags()['tensors'] == ['run/text_summary']   # the config, as text
+    # W&B's offline run file (its own binary format) holds every key, and each val loss exactly as log.jsonl has it
+    raw = b''.join(p.read_bytes() for p in (tmp_path / 'run' / 'wandb').glob('offline-run-*/run-*.wandb'))
+    assert all(key in raw for key in (b'train/loss', b'train/mfu', b'eval/val_loss', b'n_params', b'learning_rate'))
+    assert all(json.dumps(r['val_loss']).encode() in raw for r in records if r['type'] == 'eval')
+    quiet = train.RunLog(str(tmp_path / 'r1.jsonl'), False, 1, 1, SimpleNamespace(wandb_project='p',
+                                                                                  tensorboard_dir=str(tmp_path / 'tb1')))
+    quiet.write('train', step=1, loss=1.0)   # a rank other than 0 writes nowhere
+    assert quiet.wandb is None and not (tmp_path / 'tb1').exists() and not (tmp_path / 'r1.jsonl').exists()
+
+
+def test_tracking_without_its_package_is_one_line(data_dir, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name in ('wandb', 'tensorboard')
+                        else find(name, *a))
+    for knob, package in (('wandb_project', 'wandb'), ('tensorboard_dir', 'tensorboard')):
+        code, _, err = conftest.run_cli(train.main, [f'--data_dir={data_dir}', f'--out_dir={tmp_path / "x"}',
+                                                     f'--{knob}=somewhere'], capsys)
+        one_error_line(code, err, f'{knob} needs {package}: pip install {package}')
+    assert not (tmp_path / 'x').exists()
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume(data_dir, tmp_path):
     """Killed at a random moment (possibly mid-checkpoint), the resumed run ends with the uninterrupted losses."""
