@@ -311,7 +311,7 @@ def load_checkpoint(path, for_resume=False, shards=True):
                                   f".metadata (copy the whole run directory, not ckpt.pt alone)")
         if shards:
             ckpt.update(read_shards(ckpt, with_optimizer=for_resume))
-            del ckpt['sharded'], ckpt['param_groups'], ckpt['aliases']
+            del ckpt['sharded'], ckpt['param_groups'], ckpt['aliases'], ckpt['checksums']
     if 'model' in ckpt and not all(isinstance(v, torch.Tensor) for v in ckpt['model'].values()):
         raise CheckpointError(f"checkpoint {path}: 'model' holds something other than tensors")
     if not sharded:   # the tensors this load uses against the CRC-32s written with them (a shard directory's files
