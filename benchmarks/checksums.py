@@ -1,7 +1,8 @@
 """
 What the checkpoint checksums cost (pretrain/checkpoint.py: a CRC-32 per tensor of a single-file checkpoint, per file
-of a sharded one): the hashes' speed on this CPU, and GPT-2 124M's model-only checkpoint (~500 MB) saved and loaded
-with and without them, best of --repeats, to a directory on --dir's disk (the page cache holds the file on reads).
+of a sharded one): the hashes' speed on this CPU, GPT-2 124M's model-only checkpoint (~500 MB) saved and loaded
+with and without them, best of --repeats, to a directory on --dir's disk (the page cache holds the file on reads),
+and a whole file's CRC-32 read back as a sharded save does for each rank's file.
 
     python -m benchmarks.checksums [--dir /tmp] [--repeats 3]
 """
@@ -54,6 +55,8 @@ try:
         checkpoint._write_atomic(ckpt, path)
         t_load = best(lambda: checkpoint.load_checkpoint(path))
         print(f"{label:8s} checksums: save {t_save:.2f} s, load {t_load:.2f} s ({os.path.getsize(path) / 1e6:.0f} MB)")
+    t_file = best(lambda: checkpoint._file_crc(path))   # what a sharded save and load do per rank file
+    print(f"_file_crc of that file (page cache): {t_file:.2f} s, {os.path.getsize(path) / t_file / 1e9:.2f} GB/s")
 finally:
     checkpoint.tensor_checksums = real
     os.remove(path)
