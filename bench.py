@@ -535,7 +535,8 @@ def format_train(r):
     else:
         lines += [f"peak                n/a ({r['peak_source']})", "MFU                 n/a (no known peak)"]
     mem = r['peak_memory_bytes']   # None where the system has no way to tell (Windows: hardware.peak_memory)
-    lines.append(f"peak memory         {'n/a' if mem is None else f'{mem / 2 ** 20:,.1f} MiB'} ({r['peak_memory_kind']})")
+    lines.append(f"peak memory         {'n/a' if mem is None else f'{mem / 2 ** 20:,.1f} MiB'} "
+                 f"({r['peak_memory_kind']})")
     e = r['memory_estimate']
     parts = ', '.join(f"{k} {e[k] / 2 ** 20:,.1f}" for k in ('weights', 'grads', 'optimizer', 'activations'))
     vs = (f"; measured / estimate = {r['peak_memory_bytes'] / e['total']:.2f}" if r['device'].startswith('cuda') else

@@ -60,8 +60,8 @@ log_interval = 10                  # steps between console lines and log.jsonl r
 hellaswag_interval = 0             # steps between HellaSwag evaluations (llm.c's scoring; GPT-2 tokens only); 0 = off
 hellaswag_path = None              # a local HellaSwag-format .jsonl instead of the downloaded val set
 noise_scale = False                # log the gradient noise scale B_simple (McCandlish et al. 2018); >= 2 micro-batches
-wandb_project = None               # also log every record to Weights & Biases, this project (pip install wandb)
-tensorboard_dir = None             # also log every record as TensorBoard events in this directory (pip install tensorboard)
+wandb_project = None               # also send every record to Weights & Biases, this project (pip install wandb)
+tensorboard_dir = None             # also write every record as TensorBoard events here (pip install tensorboard)
 # data
 batch_size = 2                     # micro-batch, sequences per process per forward/backward; 2 x 512 x 2 micro-steps
                                    # = 2048 on one process, 1 micro-step each under torchrun --nproc_per_node=2

@@ -224,8 +224,8 @@ def test_tracking_logs_what_the_run_log_logs(data_dir, tmp_path, monkeypatch):
     raw = b''.join(p.read_bytes() for p in (tmp_path / 'run' / 'wandb').glob('offline-run-*/run-*.wandb'))
     assert all(key in raw for key in (b'train/loss', b'train/mfu', b'eval/val_loss', b'n_params', b'learning_rate'))
     assert all(json.dumps(r['val_loss']).encode() in raw for r in records if r['type'] == 'eval')
-    quiet = train.RunLog(str(tmp_path / 'r1.jsonl'), False, 1, 1, SimpleNamespace(wandb_project='p',
-                                                                                  tensorboard_dir=str(tmp_path / 'tb1')))
+    knobs = SimpleNamespace(wandb_project='p', tensorboard_dir=str(tmp_path / 'tb1'))
+    quiet = train.RunLog(str(tmp_path / 'r1.jsonl'), False, 1, 1, knobs)
     quiet.write('train', step=1, loss=1.0)   # a rank other than 0 writes nowhere
     assert quiet.wandb is None and not (tmp_path / 'tb1').exists() and not (tmp_path / 'r1.jsonl').exists()
 
