@@ -5,7 +5,7 @@ Benchmark training throughput, MFU against this device's peak, memory, and sampl
     python bench.py config/gpt2.py --batch_size=1 --compile=False --dtype=float32
     python bench.py config/gpt2.py --peak_tflops=312  # MFU against a peak you give (unknown GPU, or to compare)
     python -m benchmarks.scaling --nprocs=1,2         # strong and weak scaling under torchrun (gloo on CPU)
-    python bench.py --json >> results.jsonl           # one JSON object per run
+    python bench.py --json=- >> results.jsonl         # one JSON object per run (--json=FILE writes a file)
     python bench.py config/gpt2-xl.py --memory --world_size=8   # memory per GPU, DDP vs FSDP: an estimate, no run
 
 Same configuration as train.py (a config file, then --key=value), plus the bench knobs below. A run builds the
@@ -26,7 +26,6 @@ estimate per GPU. --memory prints only the estimate, for DDP and FSDP with and w
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
 import copy
-import json as jsonlib   # `json` is a knob below
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ from pretrain.accounting import count_params, decode_bytes_per_token, flops_per_
 from pretrain.checkpoint import (CheckpointError, checkpoint_path, init_from_kind, load_checkpoint, load_model,
                                  model_config_from)
 from pretrain.configurator import ConfigError, knobs, parse_config, script_defaults
-from pretrain.data import DataError, TokenLoader, read_meta, shard_paths
+from pretrain.data import DataError, TokenLoader, json_output, read_meta, shard_paths
 from model import PRESETS, GPTConfig, ModelError
 from pretrain.hardware import copy_bandwidth, device_name, mfu, peak_info, peak_memory
 from pretrain.runtime import device_sync, end_of_run, setup_runtime
@@ -61,7 +60,7 @@ sample_tokens = 64      # tokens generated with and without the KV cache (0 = sk
 sample_prompt = 32      # prompt length for sampling (random tokens)
 sample_batch = 1        # sequences generated at once
 sample_compile = False  # also time the compiled static-cache decode (GPU: CUDA graphs; weights in bf16/fp16)
-json = False            # print one JSON object instead of the table
+json = ''               # FILE: also write the record there as JSON; '-': print it alone on stdout, in one line
 scaling_totals = None   # tokens/step values to time in one launch (benchmarks/scaling.py's torchrun workers)
 memory = False          # print train_memory's estimate per GPU (DDP, FSDP, with and without checkpointing), no run
 world_size = None       # GPUs for --memory (None: WORLD_SIZE under torchrun, else 1)
@@ -135,7 +134,7 @@ def _max_over_ranks(values, rt):
     """Per-rank timings -> the slowest rank's (a step is done when every rank is done)."""
     if not rt.ddp:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    t = torch.tensor(values, device=rt.device)   # float32: seconds to ~1e-7 (and MPS has no float64)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return t.tolist()
 
@@ -423,7 +422,9 @@ def format_train(r):
                   f"MFU                 palm {100 * r['mfu']['palm']:.2f}% | kaplan {100 * r['mfu']['kaplan']:.2f}%"]
     else:
         lines += [f"peak                n/a ({r['peak_source']})", "MFU                 n/a (no known peak)"]
-    lines.append(f"peak memory         {r['peak_memory_bytes'] / 2 ** 20:,.1f} MiB ({r['peak_memory_kind']})")
+    mem = r['peak_memory_bytes']   # None where the system has no way to tell (Windows: hardware.peak_memory)
+    lines.append(f"peak memory         {'n/a' if mem is None else f'{mem / 2 ** 20:,.1f} MiB'} "
+                 f"({r['peak_memory_kind']})")
     e = r['memory_estimate']
     parts = ', '.join(f"{k} {e[k] / 2 ** 20:,.1f}" for k in ('weights', 'grads', 'optimizer', 'activations'))
     vs = (f"; measured / estimate = {r['peak_memory_bytes'] / e['total']:.2f}" if r['device'].startswith('cuda') else
@@ -473,9 +474,11 @@ def main(argv):
 
 
 def report(cfg, argv):
-    record, master = (memory_plan(cfg), True) if cfg['memory'] else bench(cfg)
-    if master:
-        print(jsonlib.dumps(record) if cfg['json'] else (format_memory if cfg['memory'] else format_train)(record))
+    with json_output(cfg['json']) as emit:
+        record, master = (memory_plan(cfg), True) if cfg['memory'] else bench(cfg)
+        if master:   # the table (on stderr with --json=-: data.json_output), and the record for --json
+            print((format_memory if cfg['memory'] else format_train)(record))
+            emit(record)
     return record
 
 

@@ -5,7 +5,7 @@ Evaluate a checkpoint or OpenAI's GPT-2: HellaSwag accuracy, and loss / bits per
     python eval.py --out_dir=out-gpt2 --tasks=hellaswag,bpb   # both, the data_dir recorded in the run's checkpoint
     python eval.py --init_from=gpt2 --tasks=hellaswag         # OpenAI GPT-2 124M: acc_norm 0.2955 (llm.c)
     python eval.py --out_dir=out-gpt2 --tasks=hellaswag --shots=10   # 10-shot: solved train examples first (GPT-3)
-    python eval.py --init_from=gpt2 --tasks=bpb --data_dir=data/fineweb10B --max_seqs=100 --json
+    python eval.py --init_from=gpt2 --tasks=bpb --data_dir=data/fineweb10B --max_seqs=100 --json=-
     torchrun --nproc_per_node=8 eval.py --init_from=gpt2-xl --tasks=hellaswag
 
 Tasks:
@@ -16,11 +16,11 @@ Tasks:
   bpb        mean loss (nats per token) over a split's sequences of block_size tokens, and bits per byte: summed
              nats / (ln 2 x UTF-8 bytes of exactly the tokens scored as targets), comparable across tokenizers.
              The dataset must be in the model's tokenizer.
-Results go to stdout (a short table, or with --json one JSON object {task: {figures}}); what was loaded and the
-progress bars go to stderr. Under torchrun every rank scores its share and rank 0 prints.
+Results go to stdout as a short table; --json=FILE also writes them as one JSON object {task: {figures}}, and
+--json=- prints that object alone on stdout (one line; the table then goes to stderr). What was loaded and the
+progress bars go to stderr. Under torchrun every rank scores its share and rank 0 reports.
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
-import json as jsonlib   # `json` is a knob below
 import math
 import sys
 
@@ -30,7 +30,7 @@ from pretrain import hellaswag
 from pretrain.accounting import count_params
 from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
 from pretrain.configurator import ConfigError, knobs, parse_config
-from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
+from pretrain.data import DataError, TokenLoader, get_tokenizer, json_output, read_meta
 from model import ModelError
 from pretrain.runtime import end_of_run, setup_runtime
 from pretrain.training import bits_per_byte, evaluate
@@ -52,7 +52,7 @@ batch_size = 8             # per forward: sequences for bpb, examples (4 rows ea
 device = 'auto'            # 'auto' | 'cpu' | 'cuda' | 'cuda:1' | 'mps'
 dtype = 'auto'             # 'auto' (bf16 or fp16 on CUDA, float32 elsewhere) | 'float32' | 'bfloat16' | 'float16'
 compile = False            # torch.compile the model's forward (dynamic shapes: HellaSwag's batches vary in length)
-json = False               # print one JSON object instead of the table
+json = ''                  # FILE: also write the results there as JSON; '-': print them alone on stdout, in one line
 progress = True            # progress bars on stderr (rank 0)
 # -----------------------------------------------------------------------------
 DEFAULTS = knobs(globals())
@@ -129,8 +129,9 @@ def run_data_dir(cfg, ckpt):
 # -----------------------------------------------------------------------------
 # the run
 
-def run(cfg):
-    """Load the model, run the tasks, print the results on rank 0. Returns {task: {figures}}."""
+def run(cfg, emit):
+    """Load the model, run the tasks, report the results on rank 0: the table, and emit(results) for --json.
+    Returns {task: {figures}}."""
     names = check_eval_knobs(cfg)
     rt = setup_runtime(cfg)
     say = (lambda msg: print(msg, file=sys.stderr)) if rt.master else (lambda msg: None)
@@ -170,8 +171,8 @@ def run(cfg):
             results[task] = {**r, 'split': cfg['split'], 'data_dir': data_dir}
     end_of_run(rt)
     if rt.master:
-        print(jsonlib.dumps(results) if cfg['json'] else table(results))
-        sys.stdout.flush()
+        print(table(results), flush=True)   # on stderr with --json=- (data.json_output)
+        emit(results)
     return results
 
 
@@ -188,7 +189,12 @@ def table(results):
 
 
 def main(argv):
-    cli(lambda: run(parse_config(argv, DEFAULTS, __doc__)), (ConfigError, DataError, ModelError, CheckpointError))
+
+    def go():
+        cfg = parse_config(argv, DEFAULTS, __doc__)
+        with json_output(cfg['json']) as emit:   # --json=FILE, or - for stdout (data.json_output)
+            return run(cfg, emit)
+    cli(go, (ConfigError, DataError, ModelError, CheckpointError))
 
 
 if __name__ == '__main__':

@@ -79,16 +79,15 @@ def _scan_inputs(inputs):
 
 
 class TextFiles:
-    """Documents of .txt/.md files (one each) and .jsonl files (one per line, field 'text'), read lazily."""
+    """Documents of .txt/.md files (one each) and .jsonl files (one per line, field 'text'), read lazily. An empty
+    document (an empty file, "text": "") is none: it is neither counted nor read, so it is never picked for val."""
 
     def __init__(self, files, bad_utf8="error"):
-        self.files, self.bad_utf8, self.replaced, self.n_docs = files, bad_utf8, [], 0
-        for path in files:  # a cheap pass: the val split needs the number of documents up front
-            if not path.lower().endswith(".jsonl"):
-                self.n_docs += 1
-                continue
-            with open(path, "rb") as f:
-                self.n_docs += sum(1 for line in f if line.strip())
+        self.files, self.bad_utf8, self.replaced = files, bad_utf8, []
+        # a first pass, which reads only the .jsonl files: the val split needs the number of documents up front
+        self.n_docs = sum(sum(1 for _ in self._jsonl(p)) if p.lower().endswith(".jsonl") else os.path.getsize(p) > 0
+                          for p in files)
+        self.replaced = []
 
     def _decode(self, data, where):
         try:
@@ -102,25 +101,29 @@ class TextFiles:
 
     def __iter__(self):
         for path in self.files:
-            if not path.lower().endswith(".jsonl"):
+            if path.lower().endswith(".jsonl"):
+                yield from self._jsonl(path)
+            elif os.path.getsize(path):
                 with open(path, "rb") as f:
                     yield self._decode(f.read(), path)
-                continue
-            with open(path, "rb") as f:
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    where = f"{path}:{i}"
-                    line = self._decode(line, where)
-                    try:
-                        obj = json.loads(line)
-                    except ValueError as e:
-                        raise DataError(f"{where}: invalid JSON ({e})") from None
-                    text = obj.get("text") if isinstance(obj, dict) else None
-                    if not isinstance(text, str):
-                        raise DataError(f"{where}: no string field 'text'")
-                    if "\\u" in line and re.search("[\ud800-\udfff]", text):  # a lone surrogate escaped in JSON
-                        text = self._decode(text.encode("utf-8", "surrogatepass"), where)
+
+    def _jsonl(self, path):
+        with open(path, "rb") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{i}"
+                line = self._decode(line, where)
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise DataError(f"{where}: invalid JSON ({e})") from None
+                text = obj.get("text") if isinstance(obj, dict) else None
+                if not isinstance(text, str):
+                    raise DataError(f"{where}: no string field 'text'")
+                if "\\u" in line and re.search("[\ud800-\udfff]", text):  # a lone surrogate escaped in JSON
+                    text = self._decode(text.encode("utf-8", "surrogatepass"), where)
+                if text:
                     yield text
 
 
@@ -199,8 +202,8 @@ def _encode_stream(texts, tokenizer, cache_dir, num_proc):
 
 def write_documents(texts, n_docs, out_dir, name, tokenizer="gpt2", val=(), shard_size=SHARD_SIZE,
                     num_proc=None, cache_dir=None):
-    """Tokenize documents (eot first) into shards of out_dir; document i goes to val if i in val.
-    Returns {split: ShardWriter} with the paths and counts."""
+    """Tokenize documents (eot first; none empty: the sources drop those) into shards of out_dir; document i goes to
+    val if i in val. Returns {split: ShardWriter} with the paths and counts."""
     from tqdm import tqdm
     tok = get_tokenizer(tokenizer, cache_dir)  # here first: fetch/verify once, before the workers start
     num_proc = num_proc or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -213,12 +216,10 @@ def write_documents(texts, n_docs, out_dir, name, tokenizer="gpt2", val=(), shar
                 if i + len(lengths) > n_docs:
                     raise DataError(f"the input changed while being read: more than the {n_docs} documents counted")
                 is_val = val_mask[i:i + len(lengths)]
-                some = lengths > 0   # an empty document (an empty file, "text": "") is no document: no eot
-                starts = (np.cumsum(lengths) - lengths)[some]
-                tokens = np.insert(flat, starts, tok.eot)  # eot before every document
-                in_val = np.repeat(is_val, lengths + some)
-                writers["val"].add(tokens[in_val], int((is_val & some).sum()))
-                writers["train"].add(tokens[~in_val], int((~is_val & some).sum()))
+                tokens = np.insert(flat, np.cumsum(lengths) - lengths, tok.eot)  # eot before every document
+                in_val = np.repeat(is_val, lengths + 1)
+                writers["val"].add(tokens[in_val], int(is_val.sum()))
+                writers["train"].add(tokens[~in_val], int((~is_val).sum()))
                 i += len(lengths)
                 bar.update(len(lengths))
                 bar.set_postfix(tokens=sum(w.tokens for w in writers.values()), refresh=False)
@@ -233,21 +234,28 @@ def write_documents(texts, n_docs, out_dir, name, tokenizer="gpt2", val=(), shar
 # -----------------------------------------------------------------------------
 # datasets: idempotent, and never half-finished in place
 
-def _finished(out, settings):
-    """True, and says so, if out holds a complete dataset made with these settings and its shards check out."""
+def _finished(out, settings, resizes=()):
+    """True, and says so, if out holds a complete dataset made with these settings and its shards check out. A
+    complete dataset made from another source or with other settings is replaced only with --force; `resizes` are
+    the settings that only change how much of the same dataset there is (fineweb's train_shards)."""
     if not os.path.exists(os.path.join(out, "meta.json")):
         return False
     try:
         meta = read_meta(out)
-        if meta.get("settings") != settings:
-            print(f"{out}: made with other settings; preparing it again", file=sys.stderr)
-            return False
-        for split in ("train", "val"):
+        made = meta.get("settings") or {}
+        for split in ("train", "val") if made == settings else ():
             paths = shard_paths(out, split)
             if len(paths) != meta[split]["shards"] or sum(map(check_header, paths)) != meta[split]["tokens"]:
                 raise DataError(f"{out}: the {split} shards disagree with meta.json")
-    except DataError as e:
+    except DataError as e:   # unfinished or damaged: nothing worth keeping
         print(f"warning: {e}; preparing it again", file=sys.stderr)
+        return False
+    differ = [f"{k} {made.get(k)!r} (now {settings.get(k)!r})" for k in {**made, **settings}
+              if made.get(k) != settings.get(k) and k not in resizes]
+    if differ:
+        raise DataError(f"{out} already holds a dataset made with other settings ({', '.join(differ)}); pass "
+                        f"--force to replace it, or choose another --out")
+    if made != settings:
         return False
     print(f"already prepared (--force to redo): {_summary(out, meta)}")
     return True
@@ -327,14 +335,8 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
     staging = os.path.join(out, f".staging-{os.getpid()}")
     os.makedirs(staging)
     try:
+        # both splits hold text: every document does, and each split gets at least one (_val_indices, _cut)
         writers = write_documents(texts, n_docs, staging, name, tokenizer, val, shard_size, num_proc, cache_dir)
-        # train.py needs both splits: refuse here, naming the knob, rather than let it fail with "no val shards"
-        if not writers["val"].tokens:
-            raise DataError(f"the val split came out empty: the {len(val)} document(s) of {n_docs} picked for it "
-                            f"hold no text; pick others with --seed or more with --val_fraction (now {val_fraction})")
-        if not writers["train"].tokens:
-            raise DataError(f"the train split came out empty: every document with text went to val; lower "
-                            f"--val_fraction (now {val_fraction}) or add documents")
         counts = {s: {"shards": len(w.paths), "tokens": w.tokens, "documents": w.documents, "max_token": w.max_token}
                   for s, w in writers.items()}
         meta = _meta(name, source, tokenizer, settings, counts, origin=origin)
@@ -366,7 +368,7 @@ def _prepare_fineweb(source, out, name, tokenizer, val_fraction, shard_size, tra
     if not 1 <= n <= n_max:
         raise DataError(f"--train_shards must be between 1 and {n_max} for {source}, got {n}")
     settings = {"source": source, "tokenizer": "gpt2", "train_shards": n}
-    if not force and _finished(out, settings):
+    if not force and _finished(out, settings, resizes=("train_shards",)):
         return out
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")  # huggingface_hub's mirror knob
     wanted = {f"{name}_{s}_{i:06d}.bin": f"{prefix}_{s}_{i:06d}.bin" for s, i in [("val", 0)] + [("train", i) for i in range(1, n + 1)]}

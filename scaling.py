@@ -22,9 +22,7 @@ FILE writes a subcommand's results (--json -: on stdout, the report then on stde
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
-import contextlib
 import inspect
-import json
 import math
 import os
 import sys
@@ -32,7 +30,7 @@ import sys
 import numpy as np
 
 from pretrain import configurator
-from pretrain.data import write_json, write_text
+from pretrain.data import json_output, write_json, write_text
 from pretrain.scaling import bcrit, budget, hparams, laws, plots, sweep
 from pretrain.scaling.runlog import ScalingError, load, read_json
 
@@ -277,26 +275,14 @@ def cmd_budget(a, emit):
     emit(p)
 
 
-def run(cmd, a):
-    """cmd(a, emit): emit(doc) writes --json FILE; with --json - it prints the JSON alone on stdout (`| jq`): the
-    report, and the console of every run `plan --run` starts (they inherit the file descriptor), go to stderr."""
-    if a.json != '-':
-        return cmd(a, lambda doc: write_json(a.json, doc) if a.json else None)
-    sys.stdout.flush()
-    stdout = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with os.fdopen(os.dup(stdout), 'w') as out, contextlib.redirect_stdout(sys.stderr):
-            cmd(a, lambda doc: print(json.dumps(doc, indent=2), file=out, flush=True))
-    finally:
-        os.dup2(stdout, 1)
-        os.close(stdout)
-
-
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     cmd = dict(fit=cmd_fit, plan=cmd_plan, bcrit=cmd_bcrit, hparams=cmd_hparams, budget=cmd_budget)[a.cmd]
-    cli(lambda: run(cmd, a), (ScalingError, configurator.ConfigError),
+
+    def run():   # --json FILE, or - for stdout (data.json_output)
+        with json_output(a.json) as emit:
+            cmd(a, emit)
+    cli(run, (ScalingError, configurator.ConfigError),
         interrupted="interrupted: rerun the same command to continue (finished runs are skipped)")
 
 

@@ -60,6 +60,8 @@ log_interval = 10                  # steps between console lines and log.jsonl r
 hellaswag_interval = 0             # steps between HellaSwag evaluations (llm.c's scoring; GPT-2 tokens only); 0 = off
 hellaswag_path = None              # a local HellaSwag-format .jsonl instead of the downloaded val set
 noise_scale = False                # log the gradient noise scale B_simple (McCandlish et al. 2018); >= 2 micro-batches
+wandb_project = None               # also send every record to Weights & Biases, this project (pip install wandb)
+tensorboard_dir = None             # also write every record as TensorBoard events here (pip install tensorboard)
 # data
 batch_size = 2                     # micro-batch, sequences per process per forward/backward; 2 x 512 x 2 micro-steps
                                    # = 2048 on one process, 1 micro-step each under torchrun --nproc_per_node=2
@@ -154,8 +156,10 @@ def train(cfg):
     guard = Guard(c.spike_factor, c.out_dir, best)
 
     fpt = flops_per_token(model.config, formula='palm', seq_len=T)   # for the log and MFU (accounting.py)
-    peak = peak_flops(rt.device, rt.ptdtype, measure=False)
-    log = RunLog(os.path.join(c.out_dir, LOG_NAME), rt.master, c.total_batch_size, fpt)
+    peak = peak_flops(rt.device, rt.ptdtype, measure=False)   # a GPU's datasheet; else the best recorded measurement
+    if peak is None and rt.device.type != 'cuda' and rt.master:   # a CPU or Mac never measured: once, ~1-2 s
+        peak = peak_flops(rt.device, rt.ptdtype)
+    log = RunLog(os.path.join(c.out_dir, LOG_NAME), rt.master, c.total_batch_size, fpt, c)
     counts = count_params(model.config)
     log.write('run', **counts, flops_per_token=fpt, flops_formula='palm: 6N + 12*L*H*Q*T (PaLM appendix B; N = '
               'matmul parameters, as nanoGPT)', tokens_per_step=c.total_batch_size, world_size=rt.world,
@@ -217,6 +221,7 @@ def train(cfg):
             if noise is not None and noise.last is not None:
                 log.write('noise', step=step, loss=loss, **noise.last)
     end_of_run(rt)
+    log.close()
     guard.finish()   # a refused last checkpoint: the run diverged
     return model
 
@@ -313,11 +318,25 @@ def restore(ckpt, c, model, optimizer, scaler, noise, seqs_per_step, say):
 
 class RunLog:
     """log.jsonl (DESIGN.md, the run log), written by rank 0: one JSON object per line, flushed as it goes. Step
-    records get the tokens and FLOPs up to their step."""
+    records get the tokens and FLOPs up to their step. With wandb_project or tensorboard_dir the same records also go
+    there (each imported only then): every number as '<type>/<field>' at its step, the 'run' record as the config."""
 
-    def __init__(self, path, master, tokens_per_step, flops_per_token):
+    def __init__(self, path, master, tokens_per_step, flops_per_token, c):
         self.path, self.master, self.tokens_per_step, self.flops_per_token = path, master, tokens_per_step, \
             flops_per_token
+        self.wandb = self.tensorboard = None
+        if master and c.wandb_project:
+            import wandb
+            try:   # not logged in, no network (WANDB_MODE=offline works without either): one line
+                self.wandb = wandb.init(project=c.wandb_project, name=os.path.basename(os.path.abspath(c.out_dir)),
+                                        dir=c.out_dir)
+            except Exception as e:
+                raise ConfigError(f"wandb_project={c.wandb_project!r}: Weights & Biases did not start "
+                                  f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}); run `wandb "
+                                  f"login`, or set WANDB_MODE=offline") from None
+        if master and c.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(c.tensorboard_dir)
 
     def write(self, kind, **fields):
         if not self.master:
@@ -332,6 +351,25 @@ class RunLog:
                 f.write(json.dumps({'type': kind, **fields}) + '\n')
         except OSError as e:   # a full disk: cli's one line names the log
             raise OSError(e.errno, e.strerror, self.path) from None
+        if kind == 'run':   # the run's config (knobs, model, sizes): the trackers' config
+            if self.wandb is not None:
+                self.wandb.config.update(fields, allow_val_change=True)
+            if self.tensorboard is not None:
+                self.tensorboard.add_text('run', f"```\n{json.dumps(fields, indent=2)}\n```")
+        numbers = {f"{kind}/{k}": v for k, v in fields.items()
+                   if k != 'step' and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.wandb is not None and 'step' in fields:
+            self.wandb.log(numbers, step=fields['step'])
+        if self.tensorboard is not None:
+            for tag, v in numbers.items() if 'step' in fields else ():
+                self.tensorboard.add_scalar(tag, v, fields['step'])
+            self.tensorboard.flush()   # a run ends by os._exit under torchrun (cli.run_script): nothing waits in memory
+
+    def close(self):
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def write_checkpoint(c, rt, model, optimizer, scaler, noise, step, next_seq, seqs_per_step, meta, guard):

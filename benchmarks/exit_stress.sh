@@ -23,7 +23,7 @@ for i in $(seq "$runs"); do
   else
     timeout 300 python -m benchmarks.scaling --n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --batch_size=2 --warmup_steps=1 \
       --timed_steps=2 --repeats=2 --dtype=float32 --device=cpu --data=random --vocab_size=64 --peak_tflops=1 \
-      --nprocs=1,2 --json > /dev/null 2> "$tmp/err"
+      --nprocs=1,2 --json=- > /dev/null 2> "$tmp/err"
   fi
   rc=$?
   if [ $rc -ne 0 ]; then

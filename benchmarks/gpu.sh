@@ -42,7 +42,7 @@ step tests tests
 echo "== bench.py GPT-2 124M, B=64 x 1024 (bf16, compile)"
 ours() { local t0; t0=$(python3 -c 'import time; print(time.time())'); echo "$t0" > "$out/bench_b64.start"
          timeout "$(left 120)" python3 bench.py config/gpt2.py --data=random --vocab_size=50257 --batch_size=64 \
-           --warmup_steps=3 --timed_steps=10 --repeats=3 --sample_tokens=0 --phases=True --json \
+           --warmup_steps=3 --timed_steps=10 --repeats=3 --sample_tokens=0 --phases=True --json=- \
            > "$out/bench_b64.json" 2> "$out/bench_b64.err"
          local rc=$?; [ $rc -ne 0 ] && tail -n 5 "$out/bench_b64.err"; return $rc; }
 step bench ours
@@ -50,7 +50,7 @@ step bench ours
 echo "== sampling GPT-2 124M (random weights), batch 1, 500 new tokens: eager (first pass, repeats), compiled decode"
 sampling() { timeout "$(left 90)" python3 bench.py config/gpt2.py --data=random --vocab_size=50257 --batch_size=1 \
                --warmup_steps=0 --timed_steps=1 --repeats=3 --phases=False --compile=False --sample_tokens=500 \
-               --sample_prompt=16 --sample_batch=1 --sample_compile=True --json \
+               --sample_prompt=16 --sample_batch=1 --sample_compile=True --json=- \
                > "$out/sample.json" 2> "$out/sample.err"
              local rc=$?; [ $rc -ne 0 ] && tail -n 5 "$out/sample.err"; return $rc; }
 step sampling sampling

@@ -3,7 +3,7 @@ Strong and weak scaling over process counts: bench.py under torchrun at each cou
 alone when the knobs rule FSDP out: parallel.check_fsdp), one table or one JSON object.
 
     python -m benchmarks.scaling                                 # the quick start at 1 and 2 processes (gloo on CPU)
-    python -m benchmarks.scaling config/gpt2.py --nprocs=1,2,4,8 --json=True
+    python -m benchmarks.scaling config/gpt2.py --nprocs=1,2,4,8 --json=-
 
 Every other argument is bench.py's (a config file, train.py's and bench.py's knobs). Strong scaling keeps the global
 batch: speed-up = t_1 / t_N, efficiency = speed-up / N. Weak scaling keeps each process's batch: efficiency = t_1 /
@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 from pretrain.cli import cli
 from pretrain.configurator import ConfigError, parse_config, script_defaults
+from pretrain.data import json_output
 from pretrain.parallel import check_fsdp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def parse_nprocs(value):
 def run_worker(n, argv, totals):
     """Time each tokens/step value in `totals` with n processes under torchrun -> rank 0's JSON record."""
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', BENCH_PY, *argv,
-           '--json=True', '--phases=False', '--sample_tokens=0', '--grad_accum=None',
+           '--json=-', '--phases=False', '--sample_tokens=0', '--grad_accum=None',
            f'--scaling_totals={tuple(totals)!r}']
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     records = [line for line in proc.stdout.splitlines() if line.startswith('{')]
@@ -127,8 +128,10 @@ def main(argv):
         cfg = parse_config(argv, defaults, __doc__, nullable=('grad_accum',))
         counts = parse_nprocs(cfg['nprocs'] or '1,2')
         rest = [a for a in argv if not a.startswith(('--nprocs=', '--json'))]   # the workers' own knobs
-        record = scaling(cfg, rest, counts)
-        print(json.dumps(record) if cfg['json'] else format_scaling(record))
+        with json_output(cfg['json']) as emit:   # --json=FILE, or - for stdout (the table then goes to stderr)
+            record = scaling(cfg, rest, counts)
+            print(format_scaling(record))
+            emit(record)
         return record
     return cli(run, ConfigError)
 

@@ -6,7 +6,8 @@ takes seconds), so that Ctrl-C at any moment is one line and exit 130.
   sys.excepthook, which says "interrupted" and exits 130 (128 + SIGINT, the shell's convention). Python's own ending
   prints a traceback and kills the process with SIGINT (a status of -2 for subprocess, not 130).
 - cli(run, errors): a user-facing error becomes one line `error: ...` on stderr and exit 1, Ctrl-C one line and
-  exit 130, a closed pipe (`| head`) a quiet exit 0. Never a traceback for any of them.
+  exit 130, a closed pipe (`| head`) a quiet exit 0. Never a traceback for any of them. Under torchrun, Ctrl-C and
+  an error met before the process group exists (the knob checks, the same on every rank) are said by rank 0 alone.
 - run_script(main, argv): the script's `if __name__ == '__main__'`, which ends a run that made a process group
   without tearing it down (its docstring says why).
 """
@@ -22,12 +23,14 @@ def _hook(kind, value, tb, _default=sys.excepthook):
         sys.stdout.flush()
     except (OSError, ValueError):   # a closed or broken stdout: the line on stderr still matters
         pass
-    sys.stderr.write("interrupted\n")
-    sys.stderr.flush()
+    if _RANK0:   # under torchrun every rank is interrupted: one says so
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
     os._exit(130)   # at once: nothing was half-written outside cli, and a second Ctrl-C must not start a traceback
 
 
 sys.excepthook = _hook
+_RANK0 = os.environ.get('RANK', '0') == '0'   # torchrun sets RANK; one process is rank 0
 
 
 def first_line(e):
@@ -42,7 +45,9 @@ def cli(run, errors, interrupted=None):
         return run()
     except errors as e:
         sys.stdout.flush()
-        print(f"error: {first_line(e)}", file=sys.stderr)
+        dist = sys.modules.get('torch.distributed')   # a script that never imported torch made no group
+        if _RANK0 or dist is not None and dist.is_initialized():   # after the group, an error may be one rank's
+            print(f"error: {first_line(e)}", file=sys.stderr)
         sys.exit(1)
     except BrokenPipeError:   # the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -54,7 +59,8 @@ def cli(run, errors, interrupted=None):
         sys.exit(1)
     except KeyboardInterrupt:
         sys.stdout.flush()
-        print(interrupted or "interrupted", file=sys.stderr)
+        if _RANK0:
+            print(interrupted or "interrupted", file=sys.stderr)
         sys.exit(130)
 
 

@@ -108,7 +108,7 @@ def parse_config(argv, defaults, doc=None, nullable=()):
         else:
             key, eq, text = arg[2:].partition('=')
             if not eq and isinstance(defaults.get(key), bool):
-                eq, text = '=', 'True'   # --json means --json=True for an on/off knob
+                eq, text = '=', 'True'   # --compile means --compile=True for an on/off knob
             if not eq:
                 raise ConfigError(f"expected --key=value, got {arg}")
             cfg[key] = check_type(key, parse_value(text), defaults, arg, nullable)

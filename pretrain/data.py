@@ -156,6 +156,26 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+@contextlib.contextmanager
+def json_output(dest):
+    """Every script's --json: `with json_output(dest) as emit: ... emit(doc)`. dest a file: emit writes it (write_json);
+    '-': emit prints doc as one line on stdout, which then carries nothing else (all else printed meanwhile goes to
+    stderr, child processes' output too, so `--json=- | jq` works); '' or None: emit does nothing."""
+    if dest != '-':
+        yield lambda doc: write_json(dest, doc) if dest else None
+        return
+    sys.stdout.flush()
+    stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(stdout), 'w') as out, contextlib.redirect_stdout(sys.stderr):
+            yield lambda doc: print(json.dumps(doc), file=out, flush=True)
+    finally:
+        sys.stdout.flush()
+        os.dup2(stdout, 1)
+        os.close(stdout)
+
+
 class ShardWriter:
     """Streams one split into shards of shard_size tokens; documents run across shard boundaries as in llm.c.
     A shard grows in a temp file and gets its real name once full and fsynced, so no half shard looks finished."""

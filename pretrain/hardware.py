@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import re
-import resource
+import subprocess
 import sys
 import time
 
@@ -193,9 +193,17 @@ def copy_bandwidth(device, n_bytes=1 << 30, repeats=5):
 
 
 def device_name(device):
+    """The GPU's name, or the CPU model (a Mac's chip, e.g. 'Apple M2 Pro', for its CPU and its MPS GPU alike): it
+    makes a results file comparable across machines."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    try:  # the CPU model makes a results file comparable across machines
+    if sys.platform == 'darwin':   # no /proc there, and platform.processor() says only 'arm'
+        try:
+            return subprocess.run(['sysctl', '-n', 'machdep.cpu.brand_string'], capture_output=True, text=True,
+                                  timeout=10).stdout.strip() or platform.processor() or device.type
+        except (OSError, subprocess.SubprocessError):
+            return platform.processor() or device.type
+    try:
         with open('/proc/cpuinfo') as f:
             return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
     except (OSError, StopIteration):
@@ -203,7 +211,16 @@ def device_name(device):
 
 
 def peak_memory(device):
+    """(bytes, what they count) of the run's memory: CUDA's peak allocation; on MPS the Metal driver's allocation
+    (the caching allocator keeps what it took, so about its peak; torch.mps records no peak); on the CPU the
+    process's peak RSS; (None, why) on Windows, which has no getrusage."""
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device), 'torch.cuda.max_memory_allocated'
+    if device.type == 'mps':
+        return torch.mps.driver_allocated_memory(), 'torch.mps.driver_allocated_memory (Metal, with its cache)'
+    try:
+        import resource   # Unix only
+    except ImportError:
+        return None, 'unknown: no getrusage on this system'
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss * (1 if sys.platform == 'darwin' else 1024), 'process peak RSS (getrusage ru_maxrss)'

@@ -175,15 +175,13 @@ def ending_losses(model, rendered, rt):
     for i, (row, n) in enumerate(rows):
         x[i, :len(row) - 1] = torch.tensor(row[:-1])
         y[i, len(row) - 1 - n:len(row) - 1] = torch.tensor(row[-n:])   # only the ending's tokens are targets
-    x, y = x.to(rt.device), y.to(rt.device)
-    scored = y != -1
+    row_of, col = (y != -1).nonzero(as_tuple=True)    # the ending positions, found on the CPU
     with rt.autocast:
-        h = model.features(x)[scored]                  # (n_scored, n_embd): the ending positions only
+        h = model.features(x.to(rt.device))[row_of.to(rt.device), col.to(rt.device)]   # (n_scored, n_embd)
         logits = model.lm_logits(h)[:, :model.config.vocab_size]   # padded vocabulary columns are not tokens
-    loss = F.cross_entropy(logits.float(), y[scored], reduction="none")
-    row_of = scored.nonzero()[:, 0]
-    sums = torch.zeros(len(rows), dtype=torch.float64, device=rt.device).index_add_(0, row_of, loss.double())
-    sums = sums.cpu().view(-1, N_ENDINGS)
+    loss = F.cross_entropy(logits.float(), y[row_of, col].to(rt.device), reduction="none")
+    # summed per row in float64 on the CPU: MPS has no float64
+    sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, row_of, loss.cpu().double()).view(-1, N_ENDINGS)
     counts = torch.tensor([n for _, n in rows], dtype=torch.float64).view(-1, N_ENDINGS)
     return sums, sums / counts
 
@@ -204,7 +202,7 @@ def score(model, tokenizer, examples, rt, batch_size=8, progress=True, shots=0, 
     raw.eval()
     n = len(examples)
     lo, hi = rt.rank * n // rt.world, (rt.rank + 1) * n // rt.world
-    counts = torch.zeros(4, dtype=torch.float64)   # [right by sum, right by mean, examples, contexts cut]
+    counts = torch.zeros(4, dtype=torch.long)   # [right by sum, right by mean, examples, contexts cut]
     try:
         with tqdm(total=hi - lo, desc="hellaswag", unit="ex", disable=not (progress and rt.master),
                   leave=False) as bar:
@@ -216,7 +214,7 @@ def score(model, tokenizer, examples, rt, batch_size=8, progress=True, shots=0, 
                 labels = torch.tensor([ex["label"] for ex in batch])
                 counts += torch.tensor([(sums.argmin(1) == labels).sum().item(),
                                         (means.argmin(1) == labels).sum().item(),
-                                        len(batch), sum(cut for _, _, cut in rendered)], dtype=torch.float64)
+                                        len(batch), sum(cut for _, _, cut in rendered)])
                 bar.update(len(batch))
     finally:
         raw.train(was_training)

@@ -50,6 +50,10 @@ def resolve_device(name, local_rank=0, ddp=False):
     if device.type == 'cuda':
         if not torch.cuda.is_available():
             raise ConfigError("device is cuda but torch sees no CUDA GPU")
+        per_machine = int(os.environ.get('LOCAL_WORLD_SIZE', 1))   # checked alike on every rank (cli.cli says why)
+        if ddp and device.index is None and per_machine > torch.cuda.device_count():
+            raise ConfigError(f"torchrun starts {per_machine} processes on this machine but torch sees "
+                              f"{torch.cuda.device_count()} CUDA GPU(s): give --nproc_per_node <= that")
         if device.index is None:
             device = torch.device('cuda', local_rank if ddp else torch.cuda.current_device())
         if device.index >= torch.cuda.device_count():

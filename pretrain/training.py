@@ -4,6 +4,7 @@ optimizer (AdamW, or Muon for the hidden matrices), the learning-rate schedule a
 (train_step), the gradient noise scale, the val-loss evaluation (also eval.py's bits per byte) and the divergence
 guard.
 """
+import importlib.util
 import math
 import os
 
@@ -57,9 +58,13 @@ def check_knobs(c, world=1):
         need(getattr(c, k) in allowed, f"{k}={getattr(c, k)!r} is not allowed: must be {words}")
     for k in ('out_dir', 'data_dir'):
         need(getattr(c, k).strip() != '', f"{k}={getattr(c, k)!r} is not allowed: must be a directory name")
-    for k in ('branch_from', 'hellaswag_path'):
+    for k in ('branch_from', 'hellaswag_path', 'tensorboard_dir'):
         v = getattr(c, k)
         need(v is None or isinstance(v, str) and v.strip() != '', f"{k}={v!r} is not allowed: must be None or a path")
+    need(c.wandb_project is None or isinstance(c.wandb_project, str) and c.wandb_project.strip() != '',
+         f"wandb_project={c.wandb_project!r} is not allowed: must be None or a project name")
+    for k, package in (('wandb_project', 'wandb'), ('tensorboard_dir', 'tensorboard')):   # found, not imported
+        need(getattr(c, k) is None or importlib.util.find_spec(package), f"{k} needs {package}: pip install {package}")
     init_from_kind(c.init_from, ('scratch', 'resume', 'auto', 'gpt2'))
     accum = micro_steps(c.total_batch_size, c.batch_size, c.block_size, world)
     need(c.min_lr <= c.learning_rate, f"min_lr={c.min_lr} exceeds learning_rate={c.learning_rate}")
@@ -164,36 +169,34 @@ class GradNoise:
 
     def __init__(self, params, b_small, b_big):   # b_big > b_small: train.py's check_knobs asks for 2+ micro-batches
         self.params, self.b_small, self.b_big = params, b_small, b_big
-        self.prev = None
+        self.prev = self.small = None
         self.ema_G2 = self.ema_S = None
         self.last = None
 
     def start(self):
-        self.small_sum, self.n_small = 0.0, 0
-        self.prev = [torch.zeros_like(p) for p in self.params]
+        self.small, self.prev = [], [torch.zeros_like(p) for p in self.params]
 
     def after_micro(self, accum, grad_scale):
-        """After micro-step m's backward: g_m = accum * (grad now - grad before) / the GradScaler's scale."""
+        """After micro-step m's backward: g_m = accum * (grad now - grad before) / the GradScaler's scale. Its
+        per-tensor norms stay on the device until finish (no wait for the device per micro-step)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         diff = torch._foreach_sub(grads, self.prev)
-        sq = sum(n.double() ** 2 for n in torch._foreach_norm(diff)) * (accum / grad_scale) ** 2
-        self.small_sum = self.small_sum + sq
-        self.n_small += 1
+        self.small.append(torch.stack(torch._foreach_norm(diff)) * (accum / grad_scale))
         self.prev = [g.detach().clone() for g in grads]
 
     def finish(self, rt, grad_scale):
         """After all micro-steps: average the gradient over ranks ourselves (DDP was kept from doing it, so each
-        rank's micro-batch gradients could be seen), then update the estimates. Returns nothing; see .last."""
+        rank's micro-batch gradients could be seen), then update the estimates. Returns nothing; see .last.
+        Squared norms are summed in float64 on the CPU (MPS has no float64), across ranks in float32."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        small = torch.stack([torch.as_tensor(self.small_sum, dtype=torch.float64, device=grads[0].device),
-                             torch.tensor(float(self.n_small), dtype=torch.float64, device=grads[0].device)])
+        small = [_sum_squares(torch.stack(self.small)), float(len(self.small))]
         if rt.ddp:
             for g in grads:
                 torch.distributed.all_reduce(g)
                 g.div_(rt.world)
-            torch.distributed.all_reduce(small)
-        g2_small = (small[0] / small[1]).item()
-        g2_big = (sum(n.double() ** 2 for n in torch._foreach_norm(grads)) / grad_scale ** 2).item()
+            small = _all_reduce(small, rt)
+        g2_small = small[0] / small[1]
+        g2_big = _sum_squares(torch.stack(torch._foreach_norm(grads))) / grad_scale ** 2
         bs, bb = self.b_small, self.b_big
         G2 = (bb * g2_big - bs * g2_small) / (bb - bs)
         S = (g2_small - g2_big) / (1 / bs - 1 / bb)
@@ -251,6 +254,19 @@ def train_step(model, optimizer, scaler, batches, rt, grad_clip, noise=None, mar
 # -----------------------------------------------------------------------------
 # evaluation
 
+def _sum_squares(t):
+    """The sum of t's squares in float64, computed on the CPU (MPS has no float64)."""
+    return t.detach().cpu().double().square().sum().item()
+
+
+def _all_reduce(values, rt):
+    """Python floats summed over ranks, sent as a float32 tensor on the device (nccl reduces device tensors, and
+    MPS has no float64)."""
+    t = torch.tensor(values, device=rt.device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
 @torch.no_grad()
 def evaluate(model, loader, n_seqs, rt, batch_size):
     """Mean loss (nats per token) over val sequences 0..n_seqs-1. Each rank takes a contiguous part and the sums
@@ -260,7 +276,7 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
     runs the same number of forwards (a rank with fewer sequences runs a batch it does not count): an FSDP
     forward all-gathers weights, a collective all ranks must join."""
     model.eval()
-    total = torch.zeros(2, device=rt.device, dtype=torch.float64)  # [sum of token losses, token count]
+    losses, counts = [], []   # each counted forward's mean loss (kept on the device: no wait per batch), its tokens
     lo, hi = rt.rank * n_seqs // rt.world, (rt.rank + 1) * n_seqs // rt.world
     n_forwards = math.ceil(math.ceil(n_seqs / rt.world) / batch_size)   # the largest part's, on every rank
     for i in range(n_forwards):
@@ -273,13 +289,15 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
         with rt.autocast:
             _, loss = model(x, y, return_logits=False)
         if n:   # a batch of ignored targets only has a NaN mean loss: not counted
-            count = n * y.size(1)
-            total[0] += loss.double() * count
-            total[1] += count
+            losses.append(loss.float())
+            counts.append(n * y.size(1))
+    # summed in float64 on the CPU (MPS has no float64)
+    total = [float(torch.stack(losses).cpu().double() @ torch.tensor(counts, dtype=torch.float64)) if losses else 0.0,
+             float(sum(counts))]
     if rt.ddp:
-        torch.distributed.all_reduce(total)
+        total = _all_reduce(total, rt)
     model.train()
-    return (total[0] / total[1]).item()
+    return total[0] / total[1]
 
 
 def bits_per_byte(loss_nats_per_token, n_tokens, n_bytes):

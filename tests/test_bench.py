@@ -26,9 +26,10 @@ run_main = partial(conftest.run_cli, bench.main)   # (argv, capsys) -> (the reco
 # -----------------------------------------------------------------------------
 # end to end on the CPU
 
-def test_tiny_cpu_run_produces_every_field(capsys):
-    record, out, _ = run_main([*TINY, '--data=random', '--vocab_size=64', '--json'], capsys)
-    assert json.loads(out) == json.loads(json.dumps(record))  # stdout is exactly one JSON object
+def test_tiny_cpu_run_produces_every_field(capfd):
+    record, out, err = run_main([*TINY, '--data=random', '--vocab_size=64', '--json=-'], capfd)
+    assert json.loads(out) == json.loads(json.dumps(record))  # stdout is exactly one JSON object, on one line
+    assert out.count('\n') == 1 and 'tokens/s' in err         # the table went to stderr
     for key, value in record.items():
         assert value is not None, key
     st = record['step_time_s']
@@ -85,8 +86,9 @@ def test_real_shards_and_peak_override(tmp_path, capsys):
         write_shard(str(data / f'tiny_bytes_{split}_000000.bin'), rng.integers(0, 257, 4000).astype(np.uint16))
     (data / 'meta.json').write_text(json.dumps({'tokenizer': 'bytes', 'vocab_size': 257, 'eot': 256,
                                                 'source': 'test', 'complete': True}))
-    record, _, _ = run_main([*TINY, f'--data_dir={data}', '--data=shards', '--peak_tflops=0.5',
-                             '--sample_tokens=0', '--phases=False', '--json'], capsys)
+    record, out, _ = run_main([*TINY, f'--data_dir={data}', '--data=shards', '--peak_tflops=0.5',
+                               '--sample_tokens=0', '--phases=False', f'--json={tmp_path}/r.json'], capsys)
+    assert json.loads((tmp_path / 'r.json').read_text()) == json.loads(json.dumps(record)) and 'tokens/s' in out
     assert 'shards' in record['data'] and record['model']['vocab_size'] == 257
     assert record['peak_source'].startswith('given') and record['peak_tflops_per_device'] == 0.5
     fpt = record['flops_per_token']['kaplan']
@@ -107,12 +109,12 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
         assert e.value.code == 1 and err.startswith('error: ') and words in err and err.count('\n') == 1
 
 
-def test_memory_estimate_per_gpu(capsys):
+def test_memory_estimate_per_gpu(capfd):
     """--memory: train_memory per GPU for DDP and FSDP, each with and without activation checkpointing, at the
     configured model and micro-batch and --world_size GPUs, in bf16 for dtype='auto' (a GPU's); no model is allocated."""
     gpt2 = os.path.join(ROOT, 'config', 'gpt2.py')
-    record, out, _ = run_main([gpt2, '--memory', '--world_size=8', '--batch_size=16', '--vocab_size=50257', '--json'],
-                              capsys)
+    record, out, _ = run_main([gpt2, '--memory', '--world_size=8', '--batch_size=16', '--vocab_size=50257',
+                               '--json=-'], capfd)
     assert json.loads(out) == json.loads(json.dumps(record))
     assert record['bench'] == 'memory' and record['world_size'] == 8 and record['dtype'] == 'bfloat16'
     config = GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, pos_emb='learned', pad_vocab_multiple=64)
@@ -132,7 +134,7 @@ def test_memory_estimate_per_gpu(capsys):
 
 
 def test_parse_nprocs(capsys):
-    # bare --json and --nprocs=1,2 through the config parser: tests/test_configurator.py
+    # --json=- and --nprocs=1,2 through the config parser: tests/test_configurator.py
     from benchmarks.scaling import main, parse_nprocs
     assert parse_nprocs('1,2') == parse_nprocs((2, 1)) == [1, 2] and parse_nprocs(4) == [4]
     for bad in ('0,2', 'a', (1.5,), True):
@@ -149,7 +151,7 @@ def test_scaling_with_one_and_two_processes():
     from benchmarks.scaling import format_scaling
     # four torchrun launches (1 and 2 processes, DDP and FSDP; each times strong and weak) on CPU with gloo
     proc = conftest.run_python(['-m', 'benchmarks.scaling', *TINY, '--data=random', '--vocab_size=64',
-                                '--peak_tflops=1', '--nprocs=1,2', '--json'], one_thread=False)
+                                '--peak_tflops=1', '--nprocs=1,2', '--json=-'], one_thread=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
     assert r['bench'] == 'scaling' and r['nprocs'] == [1, 2] and r['parallel'] == ['ddp', 'fsdp']

@@ -13,6 +13,7 @@ import pytest
 from conftest import run_scaling_cli, word_corpus
 from pretrain import configurator, hardware
 from pretrain.checkpoint import model_config_from
+from pretrain.data import write_json
 from pretrain.scaling import budget, laws
 from pretrain.scaling.sweep import TRAIN_PY
 
@@ -158,6 +159,8 @@ def test_bench_record_gives_mfu_and_peak(tmp_path):
     p = budget.plan(bench=str(path), gpus=8, hours=2, vocab_size=50257)
     assert p['mfu'] == 0.5 and p['peak_tflops'] == 989.4 and p['gpu_memory_gib'] == 80
     assert math.isclose(p['tokens_per_s'], 8 * 989.4e12 * 0.5 / p['flops_per_token'])
+    write_json(str(path), dict(rec, mfu=dict(palm=0.25)))   # one record as bench.py --json=FILE writes it
+    assert budget.plan(bench=str(path), gpus=8, hours=2, vocab_size=50257)['mfu'] == 0.25
     path.write_text(json.dumps(dict(rec, mfu=None)))
     with pytest.raises(budget.ScalingError, match='no MFU'):
         budget.plan(bench=str(path), gpus=8, hours=2, vocab_size=50257)

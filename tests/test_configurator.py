@@ -56,10 +56,14 @@ def test_bare_flag_means_true_for_bools_only():
             parse_config([arg], train.DEFAULTS)
 
 
-def test_bench_bare_json_and_tuples():
-    """bench.py's --json is a bool knob: bare --json means True; a None-default knob takes a tuple (1,2)."""
-    cfg = parse_config(['--json', '--scaling_totals=64,128', '--timed_steps=3'], bench.DEFAULTS)
-    assert cfg['json'] is True and cfg['scaling_totals'] == (64, 128) and cfg['timed_steps'] == 3
+def test_bench_json_and_tuples():
+    """bench.py's --json takes a file or '-' (stdout), as every script's: a bare --json is refused; a None-default
+    knob takes a tuple (64,128)."""
+    cfg = parse_config(['--json=-', '--scaling_totals=64,128', '--timed_steps=3'], bench.DEFAULTS)
+    assert cfg['json'] == '-' and cfg['scaling_totals'] == (64, 128) and cfg['timed_steps'] == 3
+    assert parse_config(['--json=out/r.json'], bench.DEFAULTS)['json'] == 'out/r.json'
+    with pytest.raises(ConfigError, match='expected --key=value, got --json'):
+        parse_config(['--json'], bench.DEFAULTS)
     # `--timed_steps 3` (a space) is not supported: no bool, so its value must follow '='
     with pytest.raises(ConfigError, match='expected --key=value, got --timed_steps'):
         parse_config(['--timed_steps', '3'], bench.DEFAULTS)

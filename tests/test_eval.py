@@ -141,25 +141,30 @@ def test_bpb_gpt2_by_hand(gpt2_run, rt, max_seqs):
     assert r['bpb'] < r['loss'] / math.log(2) / 2
 
 
-def test_cli_json_and_table(gpt2_run, capsys):
-    """Both tasks, the run's own data_dir by default; --json is one object on stdout, the table otherwise."""
-    code, out, err = run_main(['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag,bpb',
-                               f"--hellaswag_path={gpt2_run['hs']}", '--json', '--batch_size=3'], capsys)
+def test_cli_json_and_table(gpt2_run, tmp_path, capfd):
+    """Both tasks, the run's own data_dir by default; --json=- is one object alone on stdout (the table on stderr),
+    --json=FILE writes it beside the table, the convention of every script (issue 35)."""
+    args = ['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag,bpb',
+            f"--hellaswag_path={gpt2_run['hs']}", '--batch_size=3']
+    code, out, err = run_main([*args, '--json=-'], capfd)
     assert code == 0, err
     r = json.loads(out)
+    assert out.count('\n') == 1 and 'hellaswag  acc ' in err
+    code, out, err = run_main([*args, f'--json={tmp_path}/r.json'], capfd)
+    assert code == 0 and json.loads((tmp_path / 'r.json').read_text()) == r and out.startswith('hellaswag  acc ')
     assert list(r) == ['hellaswag', 'bpb'] and r['hellaswag']['n'] == 7
     assert set(r['bpb']) >= {'loss', 'bpb', 'tokens', 'bytes', 'split'} and r['bpb']['data_dir'] == gpt2_run['data']
     code, out, err = run_main(['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag',
-                               f"--hellaswag_path={gpt2_run['hs']}", '--limit=2'], capsys)
+                               f"--hellaswag_path={gpt2_run['hs']}", '--limit=2'], capfd)
     assert code == 0 and out.startswith('hellaswag  acc ') and '(2 examples)' in out
 
 
-def test_cli_few_shot(gpt2_run, rt, capsys):
+def test_cli_few_shot(gpt2_run, rt, capfd):
     """--shots=k: hellaswag.score with k shots drawn from --shots_path with --shots_seed; 'shots' in the results."""
     from pretrain import hellaswag
     args = ['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag',
-            f"--hellaswag_path={gpt2_run['hs']}", f"--shots_path={gpt2_run['hs']}", '--json']
-    code, out, err = run_main(args + ['--shots=3', '--shots_seed=5'], capsys)
+            f"--hellaswag_path={gpt2_run['hs']}", f"--shots_path={gpt2_run['hs']}", '--json=-']
+    code, out, err = run_main(args + ['--shots=3', '--shots_seed=5'], capfd)
     assert code == 0, err
     r = json.loads(out)['hellaswag']
     model = tiny_gpt(vocab_size=50257, block_size=64)   # the checkpoint's model (same seed)
@@ -167,8 +172,8 @@ def test_cli_few_shot(gpt2_run, rt, capsys):
                            shots_seed=5)
     assert r == {**want, 'shots': 3}
     zero = hellaswag.score(model, get_tokenizer('gpt2'), HELLASWAG, rt, progress=False)
-    assert json.loads(run_main(args, capsys)[1])['hellaswag'] == {**zero, 'shots': 0}
-    code, out, _ = run_main(args[:-1] + ['--shots=3', '--shots_seed=5'], capsys)
+    assert json.loads(run_main(args, capfd)[1])['hellaswag'] == {**zero, 'shots': 0}
+    code, out, _ = run_main(args[:-1] + ['--shots=3', '--shots_seed=5'], capfd)
     assert code == 0 and '(7 examples, 3-shot)' in out
 
 
@@ -179,7 +184,7 @@ def test_cli_few_shot(gpt2_run, rt, capsys):
 def test_two_processes_match_one(gpt2_run):
     """7 examples and 6 sequences: the ranks get unequal slices (3 + 4 examples) and batches of several sizes."""
     args = ['--init_from=resume', f"--out_dir={gpt2_run['out']}", '--tasks=hellaswag,bpb', '--device=cpu',
-            '--dtype=float32', f"--hellaswag_path={gpt2_run['hs']}", '--batch_size=2', '--json', '--progress=False']
+            '--dtype=float32', f"--hellaswag_path={gpt2_run['hs']}", '--batch_size=2', '--json=-', '--progress=False']
     one, two = run_python(['eval.py', *args]), torchrun(['eval.py', *args])
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]

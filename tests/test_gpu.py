@@ -316,7 +316,7 @@ def test_cpu_checkpoint_resumes_on_cuda(gpt2_data, tmp_path):
 def test_bench_record_on_cuda_has_mfu_from_the_peak_table():
     r = run(['bench.py', '--device=cuda', '--n_layer=2', '--n_head=4', '--n_embd=128', '--block_size=128',
              '--batch_size=8', '--data=random', '--vocab_size=512', '--warmup_steps=2', '--timed_steps=3',
-             '--repeats=2', '--sample_tokens=16', '--json'])
+             '--repeats=2', '--sample_tokens=16', '--json=-'])
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads(r.stdout.strip().splitlines()[-1])
     from pretrain.hardware import gpu_peak_tflops

@@ -59,7 +59,7 @@ def read_split(out, split):
 
 @pytest.mark.parametrize("tokenizer", ["bytes", "gpt2"])
 def test_round_trip_across_shard_boundaries(tmp_path, capsys, tokenizer):
-    docs = make_corpus(tmp_path / "corpus")
+    docs = [d for d in make_corpus(tmp_path / "corpus") if d]   # an empty document (a1.txt, "text": "") is none
     out = tmp_path / "mydata"
     rc, stdout, err = run_main(["text", "--input", tmp_path / "corpus", "--out", out, "--tokenizer", tokenizer,
                                 "--shard_size", 37, "--val_fraction", 0.3, "--num_proc", 2], capsys)
@@ -74,8 +74,7 @@ def test_round_trip_across_shard_boundaries(tmp_path, capsys, tokenizer):
         sizes = [len(data.read_shard(p)) for p in paths]
         assert all(s == 37 for s in sizes[:-1]) and 0 < sizes[-1] <= 37
         tokens = read_split(out, split)
-        # an empty document (a1.txt, the jsonl's "text": "") is no document: no end-of-text token of its own
-        want = [d for i, d in enumerate(docs) if (i in val) == (split == "val") and d]
+        want = [d for i, d in enumerate(docs) if (i in val) == (split == "val")]
         got = [tok.decode(t) for t in split_docs(tokens, tok.eot)]
         assert got == want
         assert meta[split] == {"shards": len(paths), "tokens": len(tokens), "documents": len(want),
@@ -104,19 +103,20 @@ def test_single_document_is_cut_val_first(tmp_path, capsys):
 
 
 def test_empty_file_adds_no_end_of_text_token(tmp_path, capsys):
-    """An empty .txt among others is no document: no end-of-text token, not counted. The counts are exact."""
+    """An empty .txt among others is no document: no end-of-text token, not counted, never picked for val (issue 35:
+    it was picked, and the empty val split refused). The counts are exact."""
     for name, text in [("a.txt", "ab"), ("b.txt", ""), ("c.txt", "cdé"), ("d.txt", "fghi")]:
         (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_text(text, encoding="utf-8")
-    assert prepare._val_indices(4, 0.1, 1337) == {2}   # c.txt is val (seed 1337), the empty b.txt train
+    assert prepare._val_indices(3, 0.1, 1337) == {2}   # of the 3 documents a, c, d: d.txt is val (seed 1337)
     rc, _, err = run_main(["text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer", "bytes",
                            "--num_proc", 1], capsys)
     assert rc == 0, err
     meta = data.read_meta(tmp_path / "o")
     val, train = read_split(tmp_path / "o", "val"), read_split(tmp_path / "o", "train")
-    # val: eot c d é(2 bytes) = 5 tokens; train: eot a b, eot f g h i = 3 + 5 = 8 tokens, and nothing for b.txt
-    assert val.tolist() == [256, *b"cd\xc3\xa9"]
-    assert train.tolist() == [256, *b"ab", 256, *b"fghi"]
+    # val: eot f g h i = 5 tokens; train: eot a b, eot c d é(2 bytes) = 3 + 5 = 8 tokens, and nothing for b.txt
+    assert val.tolist() == [256, *b"fghi"]
+    assert train.tolist() == [256, *b"ab", 256, *b"cd\xc3\xa9"]
     assert (meta["val"]["documents"], meta["val"]["tokens"]) == (1, 5)
     assert (meta["train"]["documents"], meta["train"]["tokens"]) == (2, 8)
     assert meta["train"]["max_token"] == meta["val"]["max_token"] == 256
@@ -157,13 +157,29 @@ def test_idempotent_force_and_changed_settings(tmp_path, capsys):
     assert rc == 0 and "already prepared" in out and os.path.getmtime(shard) == 0
     rc, out, _ = run_main([*args, "--force"], capsys)
     assert rc == 0 and "wrote" in out and os.path.getmtime(shard) > 0
-    rc, out, err = run_main([*args, "--val_fraction", 0.5], capsys)
-    assert rc == 0 and "other settings" in err and data.read_meta(tmp_path / "o")["settings"]["val_fraction"] == 0.5
     with open(shard, "r+b") as f:  # damage a shard: the next run notices and redoes the dataset
         f.truncate(1024 + 10)
-    rc, out, err = run_main([*args, "--val_fraction", 0.5], capsys)
+    rc, out, err = run_main(args, capsys)
     assert rc == 0 and "truncated" in err and "wrote" in out
     data.read_shard(shard)
+
+
+def test_a_dataset_of_other_settings_is_replaced_only_with_force(tmp_path, capsys):
+    """issue 35: another source or other settings into the same --out replaced a finished dataset with exit 0.
+    Now one line says what is there and how to replace it, and the dataset is untouched until --force."""
+    make_corpus(tmp_path / "c")
+    args = ["text", "--input", tmp_path / "c", "--out", tmp_path / "o", "--tokenizer", "bytes", "--num_proc", 1]
+    assert run_main(args, capsys)[0] == 0
+    before = {f: (tmp_path / "o" / f).read_bytes() for f in os.listdir(tmp_path / "o")}
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "n.txt").write_text("other text\n" * 20)
+    for other in ([*args, "--val_fraction", 0.5], ["text", "--input", tmp_path / "notes", *args[3:]]):
+        rc, _, err = run_main(other, capsys)
+        line = one_error_line(rc, err, "already holds a dataset made with other settings", "--force")
+        assert ("val_fraction 0.1 (now 0.5)" if "--val_fraction" in other else "inputs") in line
+        assert {f: (tmp_path / "o" / f).read_bytes() for f in os.listdir(tmp_path / "o")} == before
+    rc, out, _ = run_main([*args, "--val_fraction", 0.5, "--force"], capsys)
+    assert rc == 0 and "wrote" in out and data.read_meta(tmp_path / "o")["settings"]["val_fraction"] == 0.5
 
 
 def test_interrupted_run_keeps_the_previous_dataset(tmp_path, capsys, monkeypatch):
@@ -346,21 +362,18 @@ def test_a_one_character_corpus_is_refused(tmp_path, capsys):
     assert not (tmp_path / "o" / "meta.json").exists()
 
 
-def test_an_empty_val_split_is_refused_naming_the_knobs(tmp_path, capsys):
-    """4 documents, and the one seed 1337 picks for val (the third) is empty: val would be 0 tokens, and train.py
-    would fail later with "no val shards". One line instead, naming --seed and --val_fraction; nothing written."""
+def test_an_empty_document_is_never_the_val_split(tmp_path, capsys):
+    """issue 35: 4 files, and the one seed 1337 picked for val (the third) was empty, so prepare.py refused ("the val
+    split came out empty"). Empty documents are dropped before the split: the 3 others, of which val gets d.txt."""
     (tmp_path / "in").mkdir()
     for name, text in [("a.txt", "ab"), ("b.txt", "cd"), ("c.txt", ""), ("d.txt", "fghi")]:
         (tmp_path / "in" / name).write_text(text)
-    assert prepare._val_indices(4, 0.1, 1337) == {2}
-    rc, out, err = run_main(["text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer",
-                             "bytes", "--num_proc", 1], capsys)
-    one_error_line(rc, err, "val split", "--seed", "--val_fraction")
-    assert os.listdir(tmp_path / "o") == []
-    rc, _, err = run_main(["text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer",
-                           "bytes", "--num_proc", 1, "--seed", 1], capsys)
-    assert rc == 0 and prepare._val_indices(4, 0.1, 1) != {2}, err
-    assert data.read_meta(tmp_path / "o")["val"]["tokens"] > 0
+    assert prepare._val_indices(4, 0.1, 1337) == {2} and prepare._val_indices(3, 0.1, 1337) == {2}
+    rc, _, err = run_main(["text", "--input", tmp_path / "in", "--out", tmp_path / "o", "--tokenizer", "bytes",
+                           "--num_proc", 1], capsys)
+    assert rc == 0, err
+    assert read_split(tmp_path / "o", "val").tolist() == [256, *b"fghi"]
+    assert data.read_meta(tmp_path / "o")["train"]["documents"] == 2
 
 
 def test_a_real_full_disk_names_the_shard(tmp_path, capsys, monkeypatch):

@@ -85,6 +85,19 @@ def test_a_cuda_device_that_does_not_exist(fake_cuda):
     assert '\n' not in str(e.value) and fake_cuda['set_device'] == []
 
 
+def test_more_processes_than_gpus_is_the_same_error_on_every_rank(fake_cuda, monkeypatch):
+    """issue 35: under torchrun only rank 0 says an error met before the process group (cli.cli), so such an error
+    must not depend on the rank: 4 processes on 2 GPUs fail alike on ranks 0 to 3, not only on ranks 2 and 3."""
+    monkeypatch.setenv('WORLD_SIZE', '4')
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    for rank in ('0', '3'):
+        monkeypatch.setenv('RANK', rank)
+        monkeypatch.setenv('LOCAL_RANK', rank)
+        with pytest.raises(ConfigError, match='torchrun starts 4 processes on this machine but torch sees 2 CUDA GPU'):
+            runtime.setup_runtime({'device': 'cuda', 'dtype': 'auto'})
+    assert fake_cuda['init_process_group'] == []
+
+
 def test_cuda_without_a_gpu_and_unknown_devices(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     with pytest.raises(ConfigError, match='device is cuda but torch sees no CUDA GPU'):
@@ -258,6 +271,36 @@ def test_peak_memory_and_device_name_on_cpu():
     used, how = hardware.peak_memory(torch.device('cpu'))
     assert used > 10 * 2 ** 20 and 'RSS' in how
     assert isinstance(hardware.device_name(torch.device('cpu')), str) and hardware.device_name(torch.device('cpu'))
+
+
+def test_a_macs_chip_and_mps_memory(monkeypatch):
+    """issue 35: on macOS the device was named 'arm' (platform.processor()), and MPS memory was the process's RSS."""
+    import subprocess
+    calls = []
+
+    def sysctl(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout='Apple M2 Pro\n')
+    monkeypatch.setattr(hardware.sys, 'platform', 'darwin')
+    monkeypatch.setattr(hardware.subprocess, 'run', sysctl)
+    assert hardware.device_name(torch.device('cpu')) == hardware.device_name(torch.device('mps')) == 'Apple M2 Pro'
+    assert calls[0] == ['sysctl', '-n', 'machdep.cpu.brand_string']
+    monkeypatch.setattr(torch.mps, 'driver_allocated_memory', lambda: 3 * 2 ** 30)
+    assert hardware.peak_memory(torch.device('mps')) == (3 * 2 ** 30, 'torch.mps.driver_allocated_memory (Metal, '
+                                                                      'with its cache)')
+
+
+def test_every_script_imports_without_the_unix_only_resource_module():
+    """issue 35: Windows has no `resource`, and hardware.py imported it at the top: every script failed at import.
+    Simulated here by making the import fail; peak_memory then says it cannot tell."""
+    code = ("import sys; sys.modules['resource'] = None\nimport importlib, torch\n"
+            "for m in ('train', 'sample', 'eval', 'bench', 'export', 'prepare', 'scaling'):\n"
+            "    importlib.import_module(m)\n"
+            "from pretrain import hardware\nprint(hardware.peak_memory(torch.device('cpu')))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "(None, 'unknown: no getrusage on this system')"
 
 
 def test_cpu_flushes_subnormals():

@@ -209,6 +209,86 @@ def test_nan_loss_stops_and_keeps_checkpoint(data_dir, tmp_path):
     assert all(math.isfinite(r['loss']) for r in read_log(tmp_path)[0] if r['type'] == 'train' and r['step'] <= kept['step'])
 
 
+def test_nan_at_the_first_steps_says_no_checkpoint_was_written(data_dir, tmp_path):
+    """issue 35: the line said 'the last good checkpoint in DIR is kept' when none was ever written."""
+    with pytest.raises(FloatingPointError, match='NaN or infinite by step') as err:
+        train.train(cfg_for(data_dir, tmp_path, learning_rate=1e30, grad_clip=0.0, warmup_iters=1))
+    assert 'no checkpoint was written' in str(err.value) and 'kept' not in str(err.value)
+    assert not (tmp_path / 'ckpt.pt').exists()
+
+
+def test_a_damaged_checkpoint_stops_the_resume_in_one_line(data_dir, tmp_path, capsys):
+    """issue 35: 16 flipped bytes in a weight resumed, and the run ended 'the run diverged ... (lower
+    learning_rate)', calling the damaged checkpoint the last good one. Its checksum stops the resume first."""
+    train.train(cfg_for(data_dir, tmp_path, max_iters=10))
+    weight = load_checkpoint(str(tmp_path))['model']['transformer.h.1.mlp.c_fc.weight']
+    raw = bytearray((tmp_path / 'ckpt.pt').read_bytes())
+    i = raw.find(weight.numpy().tobytes()[:64]) + 64
+    raw[i:i + 16] = b'\x7f' * 16
+    (tmp_path / 'ckpt.pt').write_bytes(bytes(raw))
+    code, _, err = conftest.run_cli(train.main, [f'--{k}={v!r}' for k, v in cfg_for(data_dir, tmp_path, max_iters=20,
+                                    init_from='resume').items() if k in TINY or k in ('data_dir', 'out_dir',
+                                                                                      'init_from')], capsys)
+    line = one_error_line(code, err, 'is damaged', 'tensor model.transformer.h.1.mlp.c_fc.weight', 'ckpt.pt')
+    assert 'learning_rate' not in line
+    assert max(r['step'] for r in read_log(tmp_path)[0] if r['type'] == 'train') == 10   # nothing trained on it
+
+
+def test_a_cpu_never_measured_gets_its_peak_measured_once_for_mfu(data_dir, tmp_path, monkeypatch):
+    """issue 35: train.py's console said 'mfu n/a' on every CPU bench.py had not measured. The first run on such a
+    machine measures the matmul peak (a second or two) and records it; later runs read the record."""
+    from pretrain import hardware
+    monkeypatch.setattr(hardware, 'PEAK_CACHE', str(tmp_path / 'peaks.json'))
+    monkeypatch.setattr(hardware, '_measured', {})
+    train.train(cfg_for(data_dir, tmp_path / 'a', max_iters=2, warmup_iters=1))
+    mfus = [r['mfu'] for r in read_log(tmp_path / 'a')[0] if r['type'] == 'train']
+    assert mfus and all(0 < m < 1 for m in mfus)
+    (key, peak), = json.loads((tmp_path / 'peaks.json').read_text()).items()
+    assert key.startswith(hardware.device_name(torch.device('cpu'))) and peak > 1e9
+    monkeypatch.setattr(hardware, '_measured', {})   # a new process: reads the record, measures nothing
+    monkeypatch.setattr(torch, 'mm', lambda *a: pytest.fail('measured again'))
+    assert hardware.peak_flops(torch.device('cpu'), torch.float32, measure=False) == peak
+
+
+def test_tracking_logs_what_the_run_log_logs(data_dir, tmp_path, monkeypatch):
+    """issue 35: wandb_project and tensorboard_dir send the run log's records to Weights & Biases (offline here) and
+    TensorBoard too: every number as '<type>/<field>' at its step, the 'run' record as the config; rank 0 only."""
+    pytest.importorskip('wandb')
+    pytest.importorskip('tensorboard')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    train.train(cfg_for(data_dir, tmp_path / 'run', max_iters=4, warmup_iters=1, eval_interval=2,
+                        wandb_project='gpt-scaling-test', tensorboard_dir=str(tmp_path / 'tb')))
+    records = read_log(tmp_path / 'run')[0]
+    events = EventAccumulator(str(tmp_path / 'tb'))
+    events.Reload()
+    for kind, field in (('train', 'loss'), ('train', 'lr'), ('train', 'tokens'), ('eval', 'val_loss')):
+        want = {r['step']: r[field] for r in records if r['type'] == kind}
+        assert {e.step: e.value for e in events.Scalars(f'{kind}/{field}')} == pytest.approx(want, rel=1e-6)
+    assert events.Tags()['tensors'] == ['run/text_summary']   # the config, as text
+    # W&B's offline run file (its own binary format) holds every key, and each val loss exactly as log.jsonl has it
+    raw = b''.join(p.read_bytes() for p in (tmp_path / 'run' / 'wandb').glob('offline-run-*/run-*.wandb'))
+    assert all(key in raw for key in (b'train/loss', b'train/mfu', b'eval/val_loss', b'n_params', b'learning_rate'))
+    assert all(json.dumps(r['val_loss']).encode() in raw for r in records if r['type'] == 'eval')
+    knobs = SimpleNamespace(wandb_project='p', tensorboard_dir=str(tmp_path / 'tb1'))
+    quiet = train.RunLog(str(tmp_path / 'r1.jsonl'), False, 1, 1, knobs)
+    quiet.write('train', step=1, loss=1.0)   # a rank other than 0 writes nowhere
+    assert quiet.wandb is None and not (tmp_path / 'tb1').exists() and not (tmp_path / 'r1.jsonl').exists()
+
+
+def test_tracking_without_its_package_is_one_line(data_dir, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name in ('wandb', 'tensorboard')
+                        else find(name, *a))
+    for knob, package in (('wandb_project', 'wandb'), ('tensorboard_dir', 'tensorboard')):
+        code, _, err = conftest.run_cli(train.main, [f'--data_dir={data_dir}', f'--out_dir={tmp_path / "x"}',
+                                                     f'--{knob}=somewhere'], capsys)
+        one_error_line(code, err, f'{knob} needs {package}: pip install {package}')
+    assert not (tmp_path / 'x').exists()
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume(data_dir, tmp_path):
     """Killed at a random moment (possibly mid-checkpoint), the resumed run ends with the uninterrupted losses."""

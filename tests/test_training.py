@@ -261,3 +261,45 @@ def test_bits_per_byte_by_hand():
     assert training.bits_per_byte(math.log(2), 10, 5) == pytest.approx(2.0)
     # byte-level tokens are bytes: bits per byte = nats per token / ln 2
     assert training.bits_per_byte(1.5, 1000, 1000) == pytest.approx(1.5 / math.log(2))
+
+
+# -----------------------------------------------------------------------------
+# issue 35: Apple silicon's MPS has no float64, and step 0's evaluation made a float64 tensor on the device
+
+class NoFloat64OffTheCPU(torch.overrides.TorchFunctionMode):
+    """Fails the test at any float64 tensor on a device other than the CPU. The meta device stands in for a GPU
+    (this torch has no other): shapes without data, so what the code copies back to the CPU comes back as zeros."""
+    BACK = {torch.Tensor.cpu: lambda t, *a, **k: torch.zeros(t.shape, dtype=t.dtype),
+            torch.Tensor.item: lambda t: 0.0, torch.Tensor.tolist: lambda t: torch.zeros(t.shape).tolist()}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.BACK and args[0].is_meta:
+            return self.BACK[func](*args, **kwargs)
+        out = func(*args, **kwargs)
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.device.type != 'cpu':
+                raise AssertionError(f"{getattr(func, '__name__', func)} made a float64 tensor on {t.device}")
+        return out
+
+
+def test_no_float64_tensor_on_the_device(val_dir):
+    """evaluate, the gradient noise scale and HellaSwag's scoring keep float64 on the CPU: each fails on MPS
+    otherwise (`python train.py` died at step 0 on every Apple-silicon Mac)."""
+    from pretrain import hellaswag
+    meta = SimpleNamespace(**{**vars(CPU), 'device': torch.device('meta')})
+    model = GPT(GPTConfig(block_size=16, vocab_size=257, n_layer=1, n_head=2, n_embd=16)).to('meta')
+    loader = data.TokenLoader(val_dir, 'val', 16, vocab_size=257)
+    rendered = [([[1, 2, 3, 4], [1, 2, 5], [1, 2, 6, 7, 8], [1, 2, 9]], [2, 1, 3, 1], False)]
+    params = [torch.zeros(3, device='meta', requires_grad=True), torch.zeros(2, 2, device='meta', requires_grad=True)]
+    with NoFloat64OffTheCPU():
+        training.evaluate(model, loader, 12, meta, 5)
+        sums, means = hellaswag.ending_losses(model, rendered, meta)
+        noise = training.GradNoise(params, 16, 64)
+        noise.start()
+        for step in range(2):
+            for p in params:
+                p.grad = torch.ones_like(p) * step
+            noise.after_micro(2, 1.0)
+        noise.finish(meta, 1.0)
+    assert sums.shape == means.shape == (1, 4) and sums.dtype == torch.float64 and noise.last is not None

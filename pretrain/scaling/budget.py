@@ -199,12 +199,16 @@ def wall_hours(tokens, gpus, peak_flops, mfu, flops_per_tok):
 
 
 def read_bench(path):
-    """A bench.py --json record (the last line of a JSON-lines file) -> (MFU by the PaLM count, peak FLOP/s, name)."""
+    """A bench.py record (--json=FILE, or the last line of a JSON-lines file of --json=- >> FILE) -> (MFU by the
+    PaLM count, peak FLOP/s, name)."""
     try:
         with open(path) as f:
             lines = [ln for ln in f.read().splitlines() if ln.strip()]
-        rec = json.loads(lines[-1]) if lines else None
-    except ValueError as e:
+        try:
+            rec = json.loads('\n'.join(lines))   # one record, as --json=FILE writes it
+        except ValueError:
+            rec = json.loads(lines[-1])      # several: the last line's
+    except (ValueError, IndexError) as e:
         raise ScalingError(f"{path}: not a bench.py --json record ({e})")
     if not isinstance(rec, dict) or rec.get('bench') != 'train':
         raise ScalingError(f"{path}: not a bench.py --json training record")
@@ -269,7 +273,7 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
         peak = t * 1e12
     if peak is not None and mfu is None:
         mfu = 0.4
-        notes.append("MFU 0.40 assumed (measure yours: python bench.py <config> --json > bench.json; --bench)")
+        notes.append("MFU 0.40 assumed (measure yours: python bench.py <config> --json=bench.json; --bench)")
     hw = peak is not None
 
     law = read_law(law, fit_method)
