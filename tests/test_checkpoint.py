@@ -319,7 +319,7 @@ def test_a_damaged_tensor_is_refused_naming_it_and_the_file(tmp_path, model):
     sums = torch.load(tmp_path / 'ckpt.pt', weights_only=True)['checksums']
     assert set(sums) == {f'model.{k}' for k in model.state_dict()} | \
         {f'optimizer.state.{i}.{k}' for i, s in opt.state_dict()['state'].items() for k in s}
-    name = 'transformer.h.0.attn.c_attn.weight'
+    name = 'transformer.h.0.attn.c_q.weight'
     flip_bytes(tmp_path / 'ckpt.pt', model.state_dict()[name])
     for load in (load_checkpoint, lambda p: load_model('resume', p)):
         with pytest.raises(CheckpointError) as e:

@@ -124,6 +124,7 @@ def fuse_like_an_older_checkpoint(path):
     """Rewrite a checkpoint as train.py wrote it when q, k and v (and SwiGLU's gate and up) were one stacked matrix
     (GPT-2's c_attn; c_fc gate rows then up rows): weights, and the optimizer's state by the older index order."""
     ckpt = torch.load(path, weights_only=True)
+    del ckpt['checksums']   # older checkpoints had none
     model = GPT(GPTConfig(**ckpt['model_config']))
     optimizer = training.configure_optimizer(model, SimpleNamespace(**ckpt['config']), torch.device('cpu'))
     names = {id(p): n for n, p in model.named_parameters()}
