@@ -34,8 +34,9 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleOutput,
+                                               RowwiseParallel, SequenceParallel, parallelize_module)
 from torch.nn.parallel import DistributedDataParallel
 
 from model import GPT
@@ -78,8 +79,8 @@ def check_shape(n_head, kv_heads, n_layer, tp, stages):
     if n_head % tp or kv_heads % tp:
         raise ConfigError(f"tensor_parallel={tp} needs n_head ({n_head}) and the key/value heads ({kv_heads}) "
                           f"divisible by it: each rank computes whole heads")
-    if n_layer % stages:
-        raise ConfigError(f"n_layer={n_layer} does not split into {stages} pipeline stages of whole blocks")
+    if n_layer < stages:
+        raise ConfigError(f"n_layer={n_layer} blocks cannot fill {stages} pipeline stages")
 
 
 def check_split(c, what):
@@ -152,12 +153,22 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False, sch
     tp, pp = mesh['tp'].size(), mesh['pp'].size()
     c = model.config   # the knobs were checked (check_layout); GPT-2's weights bring their own shape
     check_shape(c.n_head, c.kv_heads, c.n_layer, tp, pp * SCHEDULES[schedule][1])
-    if tp > 1:
+    if tp > 1:   # Megatron-LM's split, with the residual stream, norms and dropouts split along the sequence
+        # between the blocks' matrices (sequence parallelism, Korthikanti et al. 2022 sec. 4.2.2): an all-gather
+        # before q, k, v and before the MLP, a reduce-scatter after each output projection, as torchtitan's plan
+        seq, whole = Shard(1), Replicate()
         columns = ['attn.c_q', 'attn.c_k', 'attn.c_v', 'mlp.c_fc'] + ['mlp.c_gate'] * (c.mlp == 'swiglu')
-        plan = {**{k: ColwiseParallel() for k in columns}, 'attn.c_proj': RowwiseParallel(),
-                'mlp.c_proj': RowwiseParallel()}
+        plan = {**{k: ColwiseParallel() for k in columns}, 'ln_1': SequenceParallel(), 'ln_2': SequenceParallel(),
+                'attn': PrepareModuleInput(input_layouts=(seq, None, None, None),
+                                           desired_input_layouts=(whole, None, None, None)),
+                'mlp': PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(whole,)),
+                'attn.c_proj': RowwiseParallel(output_layouts=seq), 'mlp.c_proj': RowwiseParallel(output_layouts=seq)}
         for block in model.transformer.h:
             parallelize_module(block, mesh['tp'], plan)
+        # the embeddings' output split, ln_f's input gathered: the loss (either path) sees whole hidden states
+        parallelize_module(model.transformer, mesh['tp'], {
+            'drop': PrepareModuleOutput(output_layouts=whole, desired_output_layouts=seq),
+            'ln_f': PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(whole,), use_local_output=True)})
     roots = _split(model, mesh['pp'], SCHEDULES[schedule][1], rt) if pp > 1 else [model]
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if rt.dtype == 'bfloat16' else MixedPrecisionPolicy()
@@ -173,8 +184,9 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False, sch
 
 def _split(model, pp_mesh, per_rank, rt):
     """Keep in `model` this rank's stages, looped as torch's interleaved schedules place them (stage s on rank
-    s mod p) -> their _Stage modules. A tied embedding stays on the last stage as on the first (Megatron-LM keeps a
-    copy there too): sync_grads sums the two copies' gradients."""
+    s mod p) -> their _Stage modules. Stage s of n holds blocks s*L//n .. (s+1)*L//n - 1: n_layer / n each, the
+    remainder spread (Llama 3's 126 blocks in 16 stages: 7 or 8). A tied embedding stays on the last stage as on the
+    first (Megatron-LM keeps a copy there too): sync_grads sums the two copies' gradients."""
     p, r, L = pp_mesh.size(), pp_mesh.get_local_rank(), model.config.n_layer
     n = p * per_rank
     ids = [r + k * p for k in range(per_rank)]
@@ -192,7 +204,7 @@ def _split(model, pp_mesh, per_rank, rt):
 
 
 class _Stage(nn.Module):
-    """Pipeline stage s of n: blocks s*L/n .. (s+1)*L/n - 1 of the GPT, with the embeddings before them on the first
+    """Pipeline stage s of n: blocks s*L//n .. (s+1)*L//n - 1 of the GPT, with the embeddings before them on the first
     stage and ln_f and the lm_head after them on the last. It holds the GPT's own modules and runs the GPT's own code
     (embed, run_blocks, lm_logits), under autocast; the last stage's output is the logits."""
 

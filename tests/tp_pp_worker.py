@@ -26,7 +26,7 @@ from pretrain.parallel import Pipeline, layout, local, wrap
 from pretrain.runtime import end_of_run, setup_runtime
 
 STEPS, B, T = 4, 2, 16
-OPT = SimpleNamespace(optimizer='adamw', learning_rate=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95, muon_lr=None)
+OPT = SimpleNamespace(optimizer='adamw', learning_rate=3e-3, weight_decay=0.1, beta1=0.9, beta2=0.95, muon_lr=None)
 
 
 def config(kw):
@@ -111,8 +111,76 @@ def compare(path, cases):
     end_of_run(base)
 
 
+def saved_bytes(model, x, y, autocast):
+    """Bytes of the distinct storages autograd keeps for the backward of one forward, parameters and buffers left
+    out (tests/test_memory.py's count; a DTensor's are its local tensor's)."""
+    storage = lambda t: (t._local_tensor if isinstance(t, DTensor) else t).untyped_storage()
+    own = {storage(t).data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    kept = {}
+
+    def pack(t):
+        if storage(t).data_ptr() not in own:
+            kept[storage(t).data_ptr()] = storage(t).nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        model(x, y, return_logits=False)
+    return sum(kept.values())
+
+
+def memory(path, cases):
+    """Each rank's local bytes after one step; for a pipeline the most forwards each rank had not yet backwarded
+    (stage-forwards; every stage output's gradient arrives when its backward starts); without one, the activations
+    a forward keeps."""
+    base = setup_runtime({'device': 'cpu', 'dtype': 'float32'})
+    torch.set_num_threads(1)
+    nbytes = lambda ts: sum(local(t).nbytes for t in ts)
+    out = []
+    for case in cases:
+        rt = layout(setup_runtime({'device': 'cpu', 'dtype': case.get('dtype', 'float32')}),
+                    case.get('parallel', 'ddp'), case.get('tp', 1), case.get('pp', 1))
+        conf = config(case['model'])
+        torch.manual_seed(0)
+        model = GPT(conf)
+        wrapped = wrap(model, rt, case.get('parallel', 'ddp'), False, False, case.get('schedule', '1f1b'),
+                       case['accum'])
+        optimizer = training.configure_optimizer(model, OPT, rt.device)
+        x, y = data(conf, case['accum'] * rt.dp_world)
+        batches = [(x[0, m * rt.dp_world + rt.dp_rank].clone(), y[0, m * rt.dp_world + rt.dp_rank].clone())
+                   for m in range(case['accum'])]   # clones: a view would keep the whole data's storage
+        live, most = [0], [0]
+
+        def forward_hook(module, args, output):
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+            output.register_hook(lambda g: live.__setitem__(0, live[0] - 1))
+        for stage in getattr(wrapped, 'stages', ()):
+            stage.register_forward_hook(forward_hook)
+        mine = {}
+        if isinstance(wrapped, Pipeline):   # the first step also runs the stages once to learn the shapes it sends
+            wrapped.step(batches)
+            model.zero_grad()
+            live[0] = most[0] = 0
+            wrapped.step(batches)
+        else:
+            mine['saved'] = saved_bytes(model, *batches[0], rt.autocast)
+            with rt.autocast:
+                wrapped(*batches[0])[1].backward()
+        params = list(model.parameters())
+        mine.update(weights=nbytes(params) + nbytes(model.buffers()), grads=nbytes(p.grad for p in params),
+                    in_flight=most[0], pipeline_rank=rt.mesh['pp'].get_local_rank())
+        optimizer.step()
+        mine['optimizer'] = sum(nbytes(v for v in s.values() if torch.is_tensor(v)) for s in optimizer.state.values())
+        ranks = [None] * rt.world
+        dist.all_gather_object(ranks, mine)
+        out.append(dict(case=case, ranks=ranks))
+    if base.master:
+        with open(path, 'w') as f:
+            json.dump(out, f)
+    end_of_run(base)
+
+
 def main(argv):
-    {'compare': compare}[argv[0]](argv[1], json.loads(argv[2]))
+    {'compare': compare, 'memory': memory}[argv[0]](argv[1], json.loads(argv[2]))
 
 
 if __name__ == '__main__':
