@@ -208,8 +208,8 @@ def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_c
         ids, ln_f's input and statistics and the loss's saved bytes (_loss_bytes); with DDP in 16 bits, autocast's
         copies of the blocks' matrices (with FSDP those are the gathered parameters, freed after each block).
         Under pipeline parallelism all of it for each micro-batch in flight (in_flight), plus a stage's output
-        (float32 4C per token, / tp: the residual stream is split along the sequence) or, on the last, its logits
-        (a*Vp): kept until their gradient comes back.
+        (float32 4C per token, / tp: the residual stream is split along the sequence) kept until its gradient comes
+        back; the last stage's loss and logits (a*Vp) for one micro-batch (its backward follows), for all under GPipe.
       transient: the loss's (_loss_bytes).
     With activation checkpointing (torch.utils.checkpoint per block, Chen et al. 2016):
       held: each block's float32 input (4C per token, / tp) and RNG state (CHECKPOINT_RNG_BYTES), the same outside.
@@ -218,8 +218,9 @@ def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_c
         vocabulary (8V = 402 KB per token; a Llama-7B block keeps 219 KB in bf16); the recomputed block's backward
         temporaries, which matter only for narrow vocabularies, are not counted.
     A pipeline's figure is pipeline rank `rank`'s, by default its first stage's or its last's, whichever is larger
-    (the first holds the most micro-batches, the last the logits). Not modelled: dropout's masks on CPU; under FSDP2's bf16 param_dtype the
-    residual stream in bf16 (counted as float32: slightly high); pipeline send and receive buffers."""
+    (the first holds the most micro-batches, the last the logits). Not modelled: dropout's masks on CPU; under
+    FSDP2's bf16 param_dtype the residual stream in bf16 (counted as float32: slightly high); pipeline send and
+    receive buffers."""
     if parallel not in ('ddp', 'fsdp'):
         raise ModelError(f"parallel={parallel!r}, expected 'ddp' or 'fsdp'")
     if compute_dtype not in _DTYPE_BYTES:
@@ -276,23 +277,25 @@ def _rank_memory(c, micro_batch, dp, parallel, activation_checkpointing, compute
     tokens = micro_batch * c.block_size
     per_layer = activation_bytes_per_token_layer(c, compute_dtype, tp) * tokens
     k = in_flight(schedule, pp, n_micro, rank) if pp > 1 else 1   # micro-batches held at once
+    # the last stage's: a micro-batch's backward follows its forward there, but under GPipe (all forwards first)
+    k_last = n_micro if pp > 1 and schedule == 'gpipe' else 1
     # outside the blocks: the int64 token ids (the embedding keeps them), wpe's position ids, the embedding
-    # dropout's mask; ln_f's input and statistics, then the loss; a pipeline stage's output
+    # dropout's mask; a pipeline stage's output; ln_f's input and statistics, then the loss (a pipeline: the logits)
     outside = 0
     if first:
         outside += tokens * (8 + c.n_embd * (c.dropout > 0)) + (8 * c.block_size if c.pos_emb == 'learned' else 0)
-    if last:
-        outside += tokens * _norm_bytes(c) + (a * c.padded_vocab_size * tokens if pp > 1 else 0)
-    elif pp > 1:
+    if not last:
         outside += 4 * c.n_embd * tokens // tp   # the residual stream: split along the sequence under TP
     loss_saved, loss_transient = _loss_bytes(c, tokens, compute_dtype, parallel, plain=pp > 1) if last else (0, 0)
+    if last:
+        loss_saved += tokens * (_norm_bytes(c) + (a * c.padded_vocab_size if pp > 1 else 0))
     # autocast's 16-bit copies of the blocks' matrices (DDP: the weights are float32); a pipeline's each forward's
     copies = a * sum(_numel(s) for s in matrices) if parallel == 'ddp' and a < 4 else 0
     if activation_checkpointing:
-        held_bytes = k * (len(layers) * (4 * c.n_embd * tokens // tp + CHECKPOINT_RNG_BYTES) + outside + loss_saved)
-        activations = held_bytes + max(loss_transient, per_layer, copies)
+        held_bytes = k * (len(layers) * (4 * c.n_embd * tokens // tp + CHECKPOINT_RNG_BYTES) + outside)
+        activations = held_bytes + k_last * loss_saved + max(loss_transient, per_layer, copies)
     else:
-        activations = k * (len(layers) * per_layer + copies + outside + loss_saved) + loss_transient
+        activations = k * (len(layers) * per_layer + copies + outside) + k_last * loss_saved + loss_transient
     out = {k: int(v) for k, v in dict(weights=weights, grads=grads, optimizer=opt, activations=activations).items()}
     out['total'] = sum(out.values())
     return out
