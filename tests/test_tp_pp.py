@@ -152,6 +152,29 @@ def test_memory_estimate_tensor_and_pipeline():
     assert in_flight('interleaved1f1b', 4, 16, 0) == (4 + 6 + 1) / 2
 
 
+@pytest.mark.parametrize('name,world,note', [('llama3-405b.py', 16384, 'the first stage: 37.88'),
+                                             ('llama3-70b.py', 1024, 'With --tensor_parallel=8 (DP 128): 28.26')])
+def test_llama3_configs_quote_their_memory(name, world, note):
+    """The worked plans (docs/parallel.md): each config's layout fits 72 GiB (90% of an H100's 80) by train_memory at
+    Llama 3's vocabulary, and its comment quotes the estimate's current figures (stale if train_memory changes)."""
+    from test_memory import config_knobs
+    cfg = config_knobs(name)
+    config = GPTConfig(**{**{k: cfg[k] for k in ('n_layer', 'n_head', 'n_kv_head', 'n_embd', 'mlp', 'mlp_hidden',
+                                                 'norm', 'pos_emb', 'bias', 'tie_weights', 'rope_theta',
+                                                 'block_size')}, 'vocab_size': 128256})
+    tp, pp = cfg['tensor_parallel'], cfg['pipeline_parallel']
+    n = cfg['total_batch_size'] // (cfg['batch_size'] * cfg['block_size'] * (world // (tp * pp)))
+    m = train_memory(config, cfg['batch_size'], world, cfg['parallel'], cfg['activation_checkpointing'], tp=tp, pp=pp,
+                     schedule=cfg['pipeline_schedule'], micro_batches=n)
+    assert m['total'] <= 0.9 * 80 * 2 ** 30
+    text = open(os.path.join(conftest.ROOT, 'config', name)).read().replace('\n#', '')
+    for k in ('weights', 'grads', 'optimizer', 'activations', 'total'):
+        assert f"{m[k] / 2 ** 30:.2f}" in text, k
+    assert note in text
+    # 405B: one sequence per GPU would be more than the batch; 70B: data parallelism alone holds it
+    assert (world * cfg['block_size'] > cfg['total_batch_size']) == (tp * pp > 1)
+
+
 # -----------------------------------------------------------------------------
 # train.py end to end: the run log, checkpoints across layouts, the scripts
 
