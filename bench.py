@@ -338,6 +338,7 @@ def bench(cfg):
         'peak_memory_bytes': mem_bytes, 'peak_memory_kind': mem_kind,
         # the estimate for what this run does
         'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing'],
+        'layout': layout_knobs(cfg, accums[0]),
         'memory_estimate': {'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing'],
                             **train_memory(mconf, B, rt.world, cfg['parallel'], cfg['activation_checkpointing'],
                                            compute_dtype=rt.dtype, optimizer=cfg['optimizer'],
@@ -504,9 +505,11 @@ def format_train(r):
         f"n_layer={m['n_layer']} n_head={m['n_head']} n_embd={m['n_embd']} vocab={m['vocab_size']}",
         f"device     {r['device_name']} ({r['device']}, {r['threads']} threads), {r['dtype']}"
         f"{', torch.compile' if r['compile'] else ''}, {r['world_size']} process(es) ({r['parallel']}"
-        f"{', activation checkpointing' if r['activation_checkpointing'] else ''}), torch {r['torch']}",
+        f"{', activation checkpointing' if r['activation_checkpointing'] else ''}"
+        f"{''.join(f', {k} {v}' for k, v in r['layout'].items() if k in ('tp', 'pp') and v > 1)}), torch {r['torch']}",
         f"batch      {r['batch_size']} x {r['block_size']} tokens x {r['grad_accum']} micro-step(s) x "
-        f"{r['world_size']} process(es) = {r['tokens_per_step']:,} tokens/step; data: {r['data']}",
+        f"{r['world_size'] // (r['layout']['tp'] * r['layout']['pp'])} data-parallel process(es) = "
+        f"{r['tokens_per_step']:,} tokens/step; data: {r['data']}",
         f"timing     {r['warmup_steps']} warm-up steps, then {r['repeats']} repeats of {r['timed_steps']} optimizer "
         f"steps, device synchronized around each repeat",
         "",
