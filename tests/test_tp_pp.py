@@ -16,7 +16,9 @@ import eval as evaluation
 import export
 import sample
 import train
+import test_parallel as fsdp_tests
 from conftest import one_error_line, torchrun
+from test_parallel import log
 from model import GPTConfig
 from pretrain import training
 from pretrain.accounting import in_flight, train_memory
@@ -178,29 +180,16 @@ def test_llama3_configs_quote_their_memory(name, world, note):
 # -----------------------------------------------------------------------------
 # train.py end to end: the run log, checkpoints across layouts, the scripts
 
-TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, total_batch_size=256, max_iters=6,
-            warmup_iters=2, learning_rate=3e-3, min_lr=3e-4, eval_interval=3, eval_iters=2, log_interval=1,
-            checkpoint_interval=3, dtype='float32', device='cpu', compile=False, pos_emb='learned',
-            keep_checkpoints=0)
+DDP = dict(parallel='ddp', keep_checkpoints=0)   # over test_parallel.py's tiny run (FSDP there)
+data_dir = fsdp_tests.data_dir   # its corpus (a fixture)
 
 
 def argv(data_dir, out_dir, **over):
-    return [f'--{k}={v!r}' if isinstance(v, str) else f'--{k}={v}'
-            for k, v in {**TINY, 'data_dir': data_dir, 'out_dir': str(out_dir), **over}.items()]
+    return fsdp_tests.argv(data_dir, out_dir, **{**DDP, **over})
 
 
 def cfg(data_dir, out_dir, **over):
-    return {**train.DEFAULTS, **TINY, 'data_dir': data_dir, 'out_dir': str(out_dir), **over}
-
-
-def log(out_dir, kind='train', field='loss'):
-    recs = [json.loads(line) for line in open(os.path.join(out_dir, 'log.jsonl'))]
-    return {r['step']: r[field] for r in recs if r['type'] == kind}
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return conftest.word_corpus(tmp_path_factory, 30, 80)
+    return fsdp_tests.cfg(data_dir, out_dir, **{**DDP, **over})
 
 
 @pytest.fixture(scope='module')
