@@ -65,6 +65,9 @@ def check_layout(c, world):
         raise ConfigError(f"pipeline_schedule={c.pipeline_schedule!r} is not allowed: must be one of "
                           f"{', '.join(map(repr, SCHEDULES))}")
     tp, pp = c.tensor_parallel, c.pipeline_parallel
+    if c.block_size % tp:
+        raise ConfigError(f"block_size={c.block_size} is not divisible by tensor_parallel={tp}: the sequence is split "
+                          f"between the blocks' matrices (sequence parallelism)")
     if world % (tp * pp):
         raise ConfigError(f"tensor_parallel={tp} x pipeline_parallel={pp} does not divide the {world} process(es)")
     check_shape(c.n_head, c.n_kv_head or c.n_head, c.n_layer, tp, pp * SCHEDULES[c.pipeline_schedule][1])
@@ -169,7 +172,7 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False, sch
         parallelize_module(model.transformer, mesh['tp'], {
             'drop': PrepareModuleOutput(output_layouts=whole, desired_output_layouts=seq),
             'ln_f': PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(whole,), use_local_output=True)})
-    roots = _split(model, mesh['pp'], SCHEDULES[schedule][1], rt) if pp > 1 else [model]
+    roots = _split(model, mesh['pp'], SCHEDULES[schedule][1], rt, tp) if pp > 1 else [model]
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if rt.dtype == 'bfloat16' else MixedPrecisionPolicy()
     for block in (b for root in roots for b in (root.blocks if pp > 1 else model.transformer.h)):
@@ -182,7 +185,7 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False, sch
     return Pipeline(model, roots, mesh, schedule, micro_batches, rt) if pp > 1 else model
 
 
-def _split(model, pp_mesh, per_rank, rt):
+def _split(model, pp_mesh, per_rank, rt, tp):
     """Keep in `model` this rank's stages, looped as torch's interleaved schedules place them (stage s on rank
     s mod p) -> their _Stage modules. Stage s of n holds blocks s*L//n .. (s+1)*L//n - 1: n_layer / n each, the
     remainder spread (Llama 3's 126 blocks in 16 stages: 7 or 8). A tied embedding stays on the last stage as on the
@@ -200,19 +203,20 @@ def _split(model, pp_mesh, per_rank, rt):
             del model.transformer[name]
     if not last:
         del model.transformer['ln_f'], model.lm_head
-    return [_Stage(model, s, n, rt) for s in ids]
+    return [_Stage(model, s, n, rt, tp) for s in ids]
 
 
 class _Stage(nn.Module):
     """Pipeline stage s of n: blocks s*L//n .. (s+1)*L//n - 1 of the GPT, with the embeddings before them on the first
     stage and ln_f and the lm_head after them on the last. It holds the GPT's own modules and runs the GPT's own code
-    (embed, run_blocks, lm_logits), under autocast; the last stage's output is the logits."""
+    (embed, run_blocks, lm_logits), under autocast; the last stage's output is the logits. Under tensor parallelism
+    a stage after the first receives its rank's part of the sequence (sequence parallelism: 1/tp of it)."""
 
-    def __init__(self, model, s, n, rt):
+    def __init__(self, model, s, n, rt, tp):
         super().__init__()
         L, t = model.config.n_layer, model.transformer
         self.gpt = [model]   # not a submodule: its other stages are not this one's
-        self.index, self.first, self.last = s, s == 0, s == n - 1
+        self.index, self.first, self.last, self.tp = s, s == 0, s == n - 1, tp
         self.blocks = nn.ModuleList(t.h[s * L // n:(s + 1) * L // n])
         if self.first:
             self.embeddings = nn.ModuleList([t[k] for k in ('wte', 'wpe', 'drop') if k in t])
@@ -221,7 +225,7 @@ class _Stage(nn.Module):
         self.autocast = dict(device_type=rt.device.type, dtype=rt.ptdtype, enabled=rt.dtype != 'float32')
 
     def forward(self, x):
-        gpt, at = self.gpt[0], slice(0, x.size(1))
+        gpt, at = self.gpt[0], slice(0, x.size(1) * (1 if self.first else self.tp))
         with torch.autocast(**self.autocast):   # a fresh context: the caller's rt.autocast may be entered already
             if self.first:
                 x = gpt.embed(x, at)

@@ -34,7 +34,8 @@ TWO = [dict(model=LLAMA, tp=2, **CLIP), dict(model=GPT2, tp=2, **CLIP),
        dict(model=LLAMA, tp=2, dtype='bfloat16', **CLIP), dict(model=GPT2, pp=2, dtype='bfloat16', **CLIP),
        dict(model=LLAMA, tp=2, compile=True, **CLIP)]
 FOUR = [dict(model=LLAMA, tp=2, parallel='fsdp', **CLIP), dict(model=GPT2, pp=2, **CLIP),
-        dict(model=GPT2, tp=2, pp=2, parallel='fsdp', schedule='interleaved1f1b', **CLIP)]
+        dict(model=GPT2, tp=2, pp=2, parallel='fsdp', schedule='interleaved1f1b', **CLIP),
+        dict(model=LLAMA, tp=2, pp=2, **CLIP)]   # RoPE on a later stage's part of the sequence
 
 
 def launch(tmp_path_factory, command, nproc, cases):
@@ -279,6 +280,7 @@ def test_scripts_read_tp_and_pp_checkpoints(tp_run, pp_run, one, tmp_path, capsy
 @pytest.mark.parametrize('world,over,match', [
     (1, dict(tensor_parallel=2), "tensor_parallel=2 x pipeline_parallel=1 does not divide the 1 process(es)"),
     (2, dict(tensor_parallel=0), "tensor_parallel=0 is not allowed: must be an int >= 1"),
+    (2, dict(tensor_parallel=2, block_size=33), "block_size=33 is not divisible by tensor_parallel=2"),
     (3, dict(tensor_parallel=3), "tensor_parallel=3 needs n_head (2) and the key/value heads (2) divisible by it"),
     (2, dict(tensor_parallel=2, n_head=4, n_kv_head=1), "the key/value heads (1) divisible"),
     (3, dict(pipeline_parallel=3), "n_layer=2 blocks cannot fill 3 pipeline stages"),
