@@ -281,7 +281,8 @@ def test_scripts_read_tp_and_pp_checkpoints(tp_run, pp_run, one, tmp_path, capsy
     (1, dict(tensor_parallel=2), "tensor_parallel=2 x pipeline_parallel=1 does not divide the 1 process(es)"),
     (2, dict(tensor_parallel=0), "tensor_parallel=0 is not allowed: must be an int >= 1"),
     (2, dict(tensor_parallel=2, block_size=33), "block_size=33 is not divisible by tensor_parallel=2"),
-    (3, dict(tensor_parallel=3), "tensor_parallel=3 needs n_head (2) and the key/value heads (2) divisible by it"),
+    (3, dict(tensor_parallel=3, block_size=48, total_batch_size=384), "tensor_parallel=3 needs n_head (2) and the "
+                                                                      "key/value heads (2) divisible by it"),
     (2, dict(tensor_parallel=2, n_head=4, n_kv_head=1), "the key/value heads (1) divisible"),
     (3, dict(pipeline_parallel=3), "n_layer=2 blocks cannot fill 3 pipeline stages"),
     (2, dict(pipeline_parallel=2, pipeline_schedule='interleaved1f1b'), "n_layer=2 blocks cannot fill 4 pipeline"),
