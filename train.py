@@ -296,7 +296,8 @@ def restore(ckpt, c, rt, model, optimizer, scaler, noise, seqs_per_step, say):
     fresh run's (0, 0, inf)."""
     if ckpt is None:
         return 0, 0, math.inf
-    if 'sharded' not in ckpt:   # a single file: its optimizer state is by position over the whole model's parameters
+    if 'sharded' not in ckpt and (ckpt.get('fused') or rt.mesh is not None):   # a single file: its optimizer state
+        # is by position over the whole model's parameters, in configure_optimizer's groups
         with torch.device('meta'):
             whole = GPT(model.config)
         names = {id(p): n for n, p in whole.named_parameters()}
