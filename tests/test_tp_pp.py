@@ -115,9 +115,9 @@ def test_memory_estimate_is_what_each_rank_holds(held):
     Under FSDP the estimate also counts the parameters gathered at once (a pipeline stage's all; two blocks and the
     root: here, with 2 blocks, all) in the compute dtype and, in a pipeline, the stage's unsharded gradients. The
     activations a forward keeps under tensor (and sequence) parallelism (autograd's saved tensors, a DTensor's
-    local part) are the estimate's exactly (the matmuls' gathered inputs whole, the rest 1/t). A pipeline rank held, at most, as many
-    micro-batches (forwards not yet backwarded) as in_flight says for its schedule (1F1B: 2 then 1; GPipe: 4; the
-    interleaved schedule 5 then 3 stage-forwards of half the part)."""
+    local part) are the estimate's exactly (the matmuls' gathered inputs whole, the rest 1/t). A pipeline rank held,
+    at most, as many micro-batches (forwards not yet backwarded) as in_flight says for its schedule (1F1B: 2 then 1;
+    GPipe: 4; the interleaved schedule 5 then 3 stage-forwards of half the part)."""
     for r in held:
         c = r['case']
         for m in r['ranks']:
