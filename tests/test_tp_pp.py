@@ -1,5 +1,5 @@
 """Tests for tensor and pipeline parallelism (pretrain/parallel.py) on CPU with gloo: each layout trains as one process
-does (tests/tp_pp_worker.py under torchrun, 2 and 4 processes: TP, PP with three schedules, TP x FSDP, PP x DDP,
+does (tests/tp_pp_worker.py under torchrun, 2, 3 and 4 processes: TP, PP with three schedules, TP x FSDP, PP x DDP,
 TP x PP x FSDP), train.py end to end with checkpoints that resume at other layouts and that sample.py, eval.py and
 export.py read, the memory estimate (accounting.train_memory) against what each rank holds, and every refusal as
 one line. The multi-process tests are slow (each launch 15-60 s on 2 cores)."""
@@ -36,6 +36,7 @@ TWO = [dict(model=LLAMA, tp=2, **CLIP), dict(model=GPT2, tp=2, **CLIP),
 FOUR = [dict(model=LLAMA, tp=2, parallel='fsdp', **CLIP), dict(model=GPT2, pp=2, **CLIP),
         dict(model=GPT2, tp=2, pp=2, parallel='fsdp', schedule='interleaved1f1b', **CLIP),
         dict(model=LLAMA, tp=2, pp=2, **CLIP)]   # RoPE on a later stage's part of the sequence
+THREE = [dict(model={'n_layer': 3}, pp=3, **{**CLIP, 'accum': 3})]   # a middle stage, outside the tied pair
 
 
 def launch(tmp_path_factory, command, nproc, cases):
@@ -47,7 +48,7 @@ def launch(tmp_path_factory, command, nproc, cases):
 
 @pytest.fixture(scope='module')
 def compared(tmp_path_factory):
-    return launch(tmp_path_factory, 'compare', 2, TWO) + launch(tmp_path_factory, 'compare', 4, FOUR)
+    return [r for n, cases in ((2, TWO), (3, THREE), (4, FOUR)) for r in launch(tmp_path_factory, 'compare', n, cases)]
 
 
 def rel(a, b):
@@ -68,7 +69,7 @@ def test_layouts_train_as_one_process(compared):
         assert rel(r['norms'], r['ref_norms']) < 1e-5 and min(r['ref_norms']) > 0.05, r['case']
         assert r['max_diff'] < 5e-5, r['case']
     assert {(r['case'].get('tp', 1), r['case'].get('pp', 1), r['pipeline']) for r in compared} >= {
-        (2, 1, False), (1, 2, True), (2, 2, True)}
+        (2, 1, False), (1, 2, True), (2, 2, True), (1, 3, True)}
 
 
 @pytest.mark.slow
