@@ -7,6 +7,7 @@ Benchmark training throughput, MFU against this device's peak, memory, and sampl
     python -m benchmarks.scaling --nprocs=1,2         # strong and weak scaling under torchrun (gloo on CPU)
     python bench.py --json=- >> results.jsonl         # one JSON object per run (--json=FILE writes a file)
     python bench.py config/gpt2-xl.py --memory --world_size=8   # memory per GPU, DDP vs FSDP: an estimate, no run
+    python bench.py config/gpt2-xl.py --memory --world_size=64 --tensor_parallel=8 --pipeline_parallel=2
 
 Same configuration as train.py (a config file, then --key=value), plus the bench knobs below. A run builds the
 model, runs `warmup_steps` untimed optimizer steps, then `repeats` x `timed_steps` timed ones (the device is
@@ -21,7 +22,8 @@ matrix-product microbenchmark on CPU, or --peak_tflops; an unknown GPU gets no M
 
 Memory: a run prints its measured peak (CUDA: torch.cuda.max_memory_allocated) beside accounting.train_memory's
 estimate per GPU. --memory prints only the estimate, for DDP and FSDP with and without activation checkpointing at
---world_size GPUs, from the model's shapes (built on the meta device: a 7B model need not fit this machine).
+--world_size GPUs in the configured tensor and pipeline layout, from the model's shapes (built on the meta device: a
+7B model need not fit this machine).
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
@@ -42,7 +44,7 @@ from pretrain.data import DataError, TokenLoader, json_output, read_meta, shard_
 from model import PRESETS, GPTConfig, ModelError
 from pretrain.hardware import copy_bandwidth, device_name, mfu, peak_info, peak_memory
 from pretrain.runtime import device_sync, end_of_run, setup_runtime
-from pretrain.parallel import MODES, check_fsdp, wrap
+from pretrain.parallel import MODES, check_layout, check_micro_batches, layout, wrap
 from pretrain.training import configure_optimizer, micro_steps, train_step
 
 # -----------------------------------------------------------------------------
@@ -107,10 +109,10 @@ def make_batches(cfg, rt):
         loader = TokenLoader(data_dir, 'train', T, seed=cfg['seed'])
 
         def batches(first_seq, accum):
-            return loader.micro_batches(first_seq, accum, B, rt.device, rt.rank, rt.world)
+            return loader.micro_batches(first_seq, accum, B, rt.device, rt.dp_rank, rt.dp_world)
         return batches, meta['vocab_size'], f"shards in {data_dir} ({meta['tokenizer']} tokens)"
     vocab = random_vocab(cfg)
-    gen = torch.Generator().manual_seed(cfg['seed'] * 1000 + rt.rank)
+    gen = torch.Generator().manual_seed(cfg['seed'] * 1000 + rt.dp_rank)   # a TP or PP group: the same batches
     pin = rt.device.type == 'cuda'
 
     def batches(first_seq, accum):
@@ -258,15 +260,15 @@ def bench(cfg):
     """Run the benchmark described by cfg -> (record dict, is_master)."""
     start_unix_s = time.time()
     check_bench_knobs(cfg)
-    if cfg['parallel'] == 'fsdp':
-        check_fsdp(SimpleNamespace(**cfg))
-    rt = setup_runtime(cfg)
+    check_layout(SimpleNamespace(**cfg), int(os.environ.get('WORLD_SIZE', 1)))
+    rt = layout(setup_runtime(cfg), cfg['parallel'], cfg['tensor_parallel'], cfg['pipeline_parallel'])
     cfg = dict(cfg)
     B, T = cfg['batch_size'], cfg['block_size']
     if cfg['grad_accum'] is not None:  # the bench's default: one micro-step per process, whatever the config says
-        cfg['total_batch_size'] = B * T * rt.world * cfg['grad_accum']
+        cfg['total_batch_size'] = B * T * rt.dp_world * cfg['grad_accum']
     totals = list(cfg['scaling_totals'] or [cfg['total_batch_size']])
-    accums = [micro_steps(total, B, T, rt.world) for total in totals]
+    accums = [micro_steps(total, B, T, rt.dp_world) for total in totals]
+    check_micro_batches(cfg['pipeline_schedule'], cfg['pipeline_parallel'], accums[0])
     batches, vocab, data_desc = make_batches(cfg, rt)
     torch.manual_seed(cfg['seed'])
     raw_model = build_model(cfg, vocab)
@@ -278,7 +280,8 @@ def bench(cfg):
     raw_model = raw_model.to(rt.device)
     # as train.py: DDP or FSDP2 (parallel.wrap), compile and activation checkpointing; before the optimizer,
     # since under fsdp the parameters become their shards
-    model = wrap(raw_model, rt, cfg['parallel'], cfg['compile'], cfg['activation_checkpointing'])
+    model = wrap(raw_model, rt, cfg['parallel'], cfg['compile'], cfg['activation_checkpointing'],
+                 cfg['pipeline_schedule'], accums[0])
     optimizer = configure_optimizer(raw_model, SimpleNamespace(**cfg), rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
     seq, first_done_unix_s = [0], []   # the next sequence; when the first step (compilation included) had ended
@@ -326,9 +329,11 @@ def bench(cfg):
         'peak_memory_bytes': mem_bytes, 'peak_memory_kind': mem_kind,
         # the estimate for what this run does
         'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing'],
+        'layout': layout_knobs(cfg, accums[0]),
         'memory_estimate': {'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing'],
                             **train_memory(mconf, B, rt.world, cfg['parallel'], cfg['activation_checkpointing'],
-                                           compute_dtype=rt.dtype, optimizer=cfg['optimizer']),
+                                           compute_dtype=rt.dtype, optimizer=cfg['optimizer'],
+                                           **layout_knobs(cfg, accums[0])),
                             'leaves_out': MEMORY_LEAVES_OUT},
         'sampling': sampling,
         # from the start of bench() (torch imported) to the end of the first optimizer step, compilation included;
@@ -358,24 +363,34 @@ def memory_config(cfg):
     return GPTConfig(**load_checkpoint(checkpoint_path(cfg['out_dir']))['model_config'])
 
 
+def layout_knobs(cfg, micro_batches):
+    """train_memory's tensor and pipeline layout, from the knobs."""
+    return dict(tp=cfg['tensor_parallel'], pp=cfg['pipeline_parallel'], schedule=cfg['pipeline_schedule'],
+                micro_batches=micro_batches)
+
+
 def memory_plan(cfg):
     """train_memory per GPU for DDP and FSDP, each with and without activation checkpointing, at micro-batch
-    batch_size x the model's block_size, world_size GPUs, and the run's dtype ('auto': bfloat16, a GPU's)."""
+    batch_size x the model's block_size, world_size GPUs in the configured tensor and pipeline layout (a pipeline's
+    micro-batches: the step's micro-steps, at least 1), and the run's dtype ('auto': bfloat16, a GPU's)."""
     check_bench_knobs(cfg)
     mconf = memory_config(cfg)
     world = cfg['world_size'] or int(os.environ.get('WORLD_SIZE', '1'))
+    shape = {k: getattr(mconf, k) for k in ('n_head', 'n_kv_head', 'n_layer')}
+    dp = check_layout(SimpleNamespace(**{**cfg, **shape, 'parallel': 'ddp'}), world)
     dtype = 'bfloat16' if cfg['dtype'] == 'auto' else cfg['dtype']
     if dtype not in ('float32', 'bfloat16', 'float16'):
         raise ConfigError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {cfg['dtype']!r}")
+    micro = max(1, cfg['total_batch_size'] // (cfg['batch_size'] * cfg['block_size'] * dp))
     rows = [{'parallel': mode, 'activation_checkpointing': ckpt,
              **train_memory(mconf, cfg['batch_size'], world, mode, ckpt, compute_dtype=dtype,
-                            optimizer=cfg['optimizer'])}
+                            optimizer=cfg['optimizer'], **layout_knobs(cfg, micro))}
             for mode in ('ddp', 'fsdp') for ckpt in (False, True)]
     return {'bench': 'memory', 'time': time.time(), 'torch': torch.__version__,
             'model': {**{k: getattr(mconf, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')},
                       **count_params(mconf)},
             'batch_size': cfg['batch_size'], 'block_size': mconf.block_size, 'world_size': world, 'dtype': dtype,
-            'optimizer': cfg['optimizer'],
+            'optimizer': cfg['optimizer'], 'layout': {**layout_knobs(cfg, micro), 'dp': dp},
             # train.py's knobs from issue 26 (FSDP); a train.py without them runs DDP without checkpointing
             'configured': {'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing']},
             'estimates': rows, 'leaves_out': MEMORY_LEAVES_OUT}
@@ -396,9 +411,11 @@ def format_train(r):
         f"n_layer={m['n_layer']} n_head={m['n_head']} n_embd={m['n_embd']} vocab={m['vocab_size']}",
         f"device     {r['device_name']} ({r['device']}, {r['threads']} threads), {r['dtype']}"
         f"{', torch.compile' if r['compile'] else ''}, {r['world_size']} process(es) ({r['parallel']}"
-        f"{', activation checkpointing' if r['activation_checkpointing'] else ''}), torch {r['torch']}",
+        f"{', activation checkpointing' if r['activation_checkpointing'] else ''}"
+        f"{''.join(f', {k} {v}' for k, v in r['layout'].items() if k in ('tp', 'pp') and v > 1)}), torch {r['torch']}",
         f"batch      {r['batch_size']} x {r['block_size']} tokens x {r['grad_accum']} micro-step(s) x "
-        f"{r['world_size']} process(es) = {r['tokens_per_step']:,} tokens/step; data: {r['data']}",
+        f"{r['world_size'] // (r['layout']['tp'] * r['layout']['pp'])} data-parallel process(es) = "
+        f"{r['tokens_per_step']:,} tokens/step; data: {r['data']}",
         f"timing     {r['warmup_steps']} warm-up steps, then {r['repeats']} repeats of {r['timed_steps']} optimizer "
         f"steps, device synchronized around each repeat",
         "",
@@ -452,7 +469,9 @@ def format_memory(r):
     m, conf, gib = r['model'], r['configured'], 2 ** 30
     lines = [f"memory     per GPU, estimated by accounting.train_memory: {m['n_params'] / 1e6:,.2f}M parameters "
              f"(n_layer={m['n_layer']} n_embd={m['n_embd']} vocab={m['vocab_size']}), micro-batch {r['batch_size']} "
-             f"x {r['block_size']} tokens, {r['dtype']}, {r['optimizer']}, {r['world_size']} GPU(s)",
+             f"x {r['block_size']} tokens, {r['dtype']}, {r['optimizer']}, {r['world_size']} GPU(s)"
+             + (f" = TP {lay['tp']} x PP {lay['pp']} x DP {lay['dp']}" if (lay := r['layout'])['tp'] * lay['pp'] > 1
+                else "") + (f" ({lay['schedule']}, {lay['micro_batches']} micro-batches)" if lay['pp'] > 1 else ""),
              "",
              f"  {'parallel':<8} {'checkpointing':<13} {'weights':>9} {'grads':>9} {'optimizer':>9} "
              f"{'activations':>11} {'total':>9}   GiB"]

@@ -304,19 +304,29 @@ class GPT(nn.Module):
             if pos0 + T > self.config.block_size:
                 raise ModelError(f"cannot forward {pos0 + T} positions, block_size is {self.config.block_size}")
             at = slice(pos0, pos0 + T)
+        x = self.run_blocks(self.embed(idx, at), self.transformer.h, at, kv_cache, pos)
+        if kv_cache is not None and pos is None:
+            kv_cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def embed(self, idx, at):
+        """The residual stream's start: token (and learned position) embeddings of idx (B, T) at positions `at` (a
+        slice, or decode_step's (1,) tensor), after dropout. A pipeline's first stage starts here (parallel.py)."""
         x = self.transformer.wte(idx)
         if self.config.pos_emb == 'learned':
-            x = x + self.transformer.wpe(torch.arange(at.start, at.stop, device=idx.device) if pos is None else pos)
-        x = self.transformer.drop(x)
+            x = x + self.transformer.wpe(torch.arange(at.start, at.stop, device=idx.device) if isinstance(at, slice)
+                                         else at)
+        return self.transformer.drop(x)
+
+    def run_blocks(self, x, blocks, at, kv_cache=None, pos=None):
+        """x through `blocks`, all of transformer.h or a pipeline stage's part of it, at positions `at`."""
         rope = (self.rope_cos[at], self.rope_sin[at]) if self.config.pos_emb == 'rope' else None
-        for block in self.transformer.h:
+        for block in blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None:
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope, kv_cache, pos)
-        if kv_cache is not None and pos is None:
-            kv_cache.pos += T
-        return self.transformer.ln_f(x)
+        return x
 
     def forward(self, idx, targets=None, kv_cache=None, return_logits=True):
         """idx (B, T) token ids -> (logits (B, T, padded_vocab_size), loss or None). The loss is the float32

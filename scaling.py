@@ -126,7 +126,9 @@ def parse_args(argv):
     g.add_argument('--compute', type=float, help="the law's budget C = 6ND, FLOPs")
     g.add_argument('--gpu', help="a GPU name from runtime.py's peak table (A100, H100, ...)")
     g.add_argument('--peak_tflops', type=float, help='dense bf16 TFLOP/s of one GPU (instead of --gpu)')
-    g.add_argument('--gpus', type=int, default=1, help='GPUs (data-parallel processes)')
+    g.add_argument('--gpus', type=int, default=1, help='GPUs (processes)')
+    g.add_argument('--gpus_per_node', type=int, default=8, help='GPUs a node joins by NVLink: tensor parallelism '
+                   'stays within them')
     g.add_argument('--hours', type=float, help='wall-clock hours')
     g.add_argument('--mfu', type=float, help='model FLOPs utilization, PaLM count as train.py and bench.py (0.4 if '
                    'neither this nor --bench)')

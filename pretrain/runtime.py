@@ -120,8 +120,10 @@ def setup_runtime(cfg):
     ptdtype = getattr(torch, dtype)
     autocast = (contextlib.nullcontext() if dtype == 'float32'
                 else torch.autocast(device_type=device.type, dtype=ptdtype))
+    # data parallel over the whole world: parallel.layout narrows it when tensor or pipeline parallelism take ranks
     return SimpleNamespace(ddp=ddp, rank=rank, local_rank=local_rank, world=world, master=rank == 0,
-                           device=device, dtype=dtype, ptdtype=ptdtype, autocast=autocast)
+                           device=device, dtype=dtype, ptdtype=ptdtype, autocast=autocast, mesh=None, dp_rank=rank,
+                           dp_world=world, dp_group=None)
 
 
 def end_of_run(rt):

@@ -12,7 +12,8 @@ import torch
 
 from pretrain.checkpoint import CKPT_NAME, checkpoint_path, init_from_kind
 from pretrain.configurator import ConfigError
-from pretrain.parallel import MODES, check_fsdp, clip_grad_norm_, local, no_sync
+from pretrain.parallel import (MODES, Pipeline, check_layout, check_micro_batches, clip_grad_norm_, local, no_sync,
+                               sync_grads)
 
 
 # -----------------------------------------------------------------------------
@@ -66,7 +67,9 @@ def check_knobs(c, world=1):
     for k, package in (('wandb_project', 'wandb'), ('tensorboard_dir', 'tensorboard')):   # found, not imported
         need(getattr(c, k) is None or importlib.util.find_spec(package), f"{k} needs {package}: pip install {package}")
     init_from_kind(c.init_from, ('scratch', 'resume', 'auto', 'gpt2'))
-    accum = micro_steps(c.total_batch_size, c.batch_size, c.block_size, world)
+    dp = check_layout(c, world)   # the data-parallel ranks: those tensor and pipeline parallelism leave
+    accum = micro_steps(c.total_batch_size, c.batch_size, c.block_size, dp)
+    check_micro_batches(c.pipeline_schedule, c.pipeline_parallel, accum)
     need(c.min_lr <= c.learning_rate, f"min_lr={c.min_lr} exceeds learning_rate={c.learning_rate}")
     need(c.warmup_iters <= c.max_iters, f"warmup_iters={c.warmup_iters} exceeds max_iters={c.max_iters}")
     need(c.schedule != 'wsd' or cooldown_steps(c) <= c.max_iters - c.warmup_iters,
@@ -81,8 +84,6 @@ def check_knobs(c, world=1):
         need(os.path.realpath(parent_dir) != os.path.realpath(c.out_dir),
              f"branch_from={c.branch_from!r} is in out_dir={c.out_dir!r}: a branch writes to its own out_dir and "
              f"only reads its parent; give --out_dir a new directory")
-    if c.parallel == 'fsdp':
-        check_fsdp(c)
     need(not c.noise_scale or accum * world >= 2, "noise_scale needs at least two micro-batches per step "
                                                   "(total_batch_size >= 2 x batch_size x block_size)")
     return accum
@@ -90,7 +91,8 @@ def check_knobs(c, world=1):
 
 def micro_steps(total_batch_size, batch_size, block_size, world=1):
     """Micro-steps per optimizer step per process: the one batch rule (train.py, bench.py, scaling sweeps). A step
-    is total_batch_size tokens, made of micro-batches of batch_size x block_size tokens on each of world processes."""
+    is total_batch_size tokens, made of micro-batches of batch_size x block_size tokens on each of world data-parallel
+    ranks (all processes, unless tensor or pipeline parallelism take some: parallel.check_layout)."""
     per_micro = batch_size * block_size * world
     if total_batch_size % per_micro:
         raise ConfigError(f"total_batch_size={total_batch_size} is not a multiple of batch_size*block_size*world_size "
@@ -219,31 +221,38 @@ class GradNoise:
 def train_step(model, optimizer, scaler, batches, rt, grad_clip, noise=None, mark=None):
     """One optimizer step over this process's micro-batches [(x, y), ...] (TokenLoader.micro_batches): forward and
     backward each, gradients synchronised on the last one only (DDP all-reduces, FSDP reduce-scatters: parallel.
-    no_sync), clip the global norm (sharded or not), step, zero_grad. noise, a GradNoise, measures the gradient
-    noise scale (then GradNoise.finish averages the gradients over ranks instead of DDP). mark(phase), if given, is
-    called after each phase ('data', 'forward', 'backward', 'optimizer'): bench.py times them. Returns the summed
-    micro-step losses as a device tensor, so the caller decides when to wait for the device."""
+    no_sync), or, through a pipeline (parallel.Pipeline), the schedule's forwards and backwards over them; then the
+    all-reduces no wrapper made (parallel.sync_grads), clip the global norm (sharded or not), step, zero_grad. noise,
+    a GradNoise, measures the gradient noise scale (then GradNoise.finish averages the gradients over ranks instead of
+    DDP). mark(phase), if given, is called after each phase ('data', 'forward', 'backward', 'optimizer'; a pipeline's
+    forwards and backwards interleave: all 'backward'): bench.py times them. Returns the summed micro-step losses as
+    a device tensor, so the caller decides when to wait for the device."""
     mark = mark or (lambda phase: None)
     accum, loss_sum = len(batches), torch.zeros((), device=rt.device)
     if noise is not None:
         noise.start()
     mark('data')
-    for micro, (x, y) in enumerate(batches):
-        sync = (micro == accum - 1 and noise is None) or not rt.ddp
-        with no_sync(model, skip=not sync):
-            with rt.autocast:
-                _, loss = model(x, y, return_logits=False)   # logits not kept; chunked past lm_loss.CE_PLAIN_MAX_BYTES
-            mark('forward')
-            scaler.scale(loss / accum).backward()
-            mark('backward')
-        if noise is not None:
-            noise.after_micro(accum, scaler.get_scale() if scaler.is_enabled() else 1.0)
-        loss_sum += loss.detach()
+    if isinstance(model, Pipeline):   # the schedule runs every micro-batch's forward and backward
+        loss_sum = model.step(batches)
+        mark('backward')
+    else:
+        for micro, (x, y) in enumerate(batches):
+            sync = (micro == accum - 1 and noise is None) or not rt.ddp
+            with no_sync(model, skip=not sync):
+                with rt.autocast:
+                    _, loss = model(x, y, return_logits=False)   # logits not kept; chunked past CE_PLAIN_MAX_BYTES
+                mark('forward')
+                scaler.scale(loss / accum).backward()
+                mark('backward')
+            if noise is not None:
+                noise.after_micro(accum, scaler.get_scale() if scaler.is_enabled() else 1.0)
+            loss_sum += loss.detach()
     if noise is not None:
         noise.finish(rt, scaler.get_scale() if scaler.is_enabled() else 1.0)
+    sync_grads(model, rt)
     if grad_clip > 0:
         scaler.unscale_(optimizer)
-        clip_grad_norm_(model.parameters(), grad_clip)
+        clip_grad_norm_(model, grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -259,11 +268,11 @@ def _sum_squares(t):
     return t.detach().cpu().double().square().sum().item()
 
 
-def _all_reduce(values, rt):
-    """Python floats summed over ranks, sent as a float32 tensor on the device (nccl reduces device tensors, and
-    MPS has no float64)."""
+def _all_reduce(values, rt, group=None):
+    """Python floats summed over ranks (of group: default all), sent as a float32 tensor on the device (nccl reduces
+    device tensors, and MPS has no float64)."""
     t = torch.tensor(values, device=rt.device)
-    torch.distributed.all_reduce(t)
+    torch.distributed.all_reduce(t, group=group)
     return t.tolist()
 
 
@@ -277,8 +286,9 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
     forward all-gathers weights, a collective all ranks must join."""
     model.eval()
     losses, counts = [], []   # each counted forward's mean loss (kept on the device: no wait per batch), its tokens
-    lo, hi = rt.rank * n_seqs // rt.world, (rt.rank + 1) * n_seqs // rt.world
-    n_forwards = math.ceil(math.ceil(n_seqs / rt.world) / batch_size)   # the largest part's, on every rank
+    rank, world = rt.dp_rank, rt.dp_world   # tensor- and pipeline-parallel ranks of one group read the same part
+    lo, hi = rank * n_seqs // world, (rank + 1) * n_seqs // world
+    n_forwards = math.ceil(math.ceil(n_seqs / world) / batch_size)   # the largest part's, on every rank
     for i in range(n_forwards):
         first = lo + i * batch_size
         n = max(0, min(batch_size, hi - first))
@@ -294,8 +304,8 @@ def evaluate(model, loader, n_seqs, rt, batch_size):
     # summed in float64 on the CPU (MPS has no float64)
     total = [float(torch.stack(losses).cpu().double() @ torch.tensor(counts, dtype=torch.float64)) if losses else 0.0,
              float(sum(counts))]
-    if rt.ddp:
-        total = _all_reduce(total, rt)
+    if world > 1:
+        total = _all_reduce(total, rt, rt.dp_group)
     model.train()
     return total[0] / total[1]
 

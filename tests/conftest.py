@@ -148,9 +148,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(args, timeout=600):
-    """run_python of torchrun launching `args` as two local processes (CPU: gloo) on a free port."""
-    return run_python(['-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
+def torchrun(args, timeout=600, nproc=2):
+    """run_python of torchrun launching `args` as nproc local processes (CPU: gloo) on a free port."""
+    return run_python(['-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', '--master_addr=127.0.0.1',
                        f'--master_port={free_port()}', *args], timeout)
 
 

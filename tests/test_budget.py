@@ -217,7 +217,8 @@ def test_memory_picks_the_cheapest_mode_that_fits_and_the_config_carries_it(tmp_
     (tmp_path / 'c.py').write_text(text)
     cfg = configurator.read_config_file(str(tmp_path / 'c.py'))
     assert (cfg['parallel'], cfg['activation_checkpointing']) == ('fsdp', ckpt)
-    assert any("FSDP shards it" in n for n in p["notes"]) and "needs sharding (FSDP)" in budget.report(p)
+    assert any("FSDP over 8 data-parallel ranks" in n for n in p["notes"]) and "needs sharding (FSDP)" in \
+        budget.report(p)
     small = budget.plan(params=124e6, tokens=2.5e9, gpu='H100', gpus=8, mfu=0.4, vocab_size=50257)
     assert (small['parallel'], small['activation_checkpointing']) == ('ddp', False)
 

@@ -91,8 +91,11 @@ def test_config_files_in_repo_parse():
             cfg = train.parse_config([os.path.join('config', name)], train.DEFAULTS)
         finally:
             os.chdir(cwd)
-        world = cfg['total_batch_size'] // (cfg['batch_size'] * cfg['block_size'])   # as many processes as divide
-        assert check_train_knobs(cfg, world=1) >= 1 and check_train_knobs(cfg, world=world) == 1, name
+        # the fewest processes its layout takes, and as many as divide the batch (a pipeline keeping its p
+        # micro-batches a step)
+        tp, pp = cfg['tensor_parallel'], cfg['pipeline_parallel']
+        dp = cfg['total_batch_size'] // (cfg['batch_size'] * cfg['block_size'] * pp)
+        assert check_train_knobs(cfg, world=tp * pp) >= 1 and check_train_knobs(cfg, world=dp * tp * pp) == pp, name
 
 
 def test_batch_that_does_not_divide():

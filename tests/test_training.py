@@ -16,7 +16,8 @@ import conftest
 from pretrain.configurator import ConfigError
 from model import GPT, GPTConfig
 
-CPU = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0)
+CPU = SimpleNamespace(ddp=False, device=torch.device('cpu'), autocast=contextlib.nullcontext(), world=1, rank=0,
+                     mesh=None, dp_rank=0, dp_world=1)
 
 
 def lr_at(step, cfg):

@@ -17,6 +17,7 @@ import torch
 from pretrain import configurator
 from pretrain.accounting import count_params, flops_per_token, train_memory
 from pretrain.checkpoint import MODEL_FIELDS, model_config_from
+from model import ModelError
 from pretrain.data import read_meta, DataError
 from pretrain.scaling.runlog import ScalingError, log_path, read_json, records
 from pretrain.hardware import gpu_peak_tflops
@@ -240,7 +241,7 @@ def model_knobs(base_config, data_dir, vocab_size):
 def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None, bench=None, params=None,
          tokens=None, price=None, law='besiroglu', fit_method=None, hparams_file=None, bcrit_file=None,
          block_size=1024, aspect=64.0, head_dim=64, data_dir='data/fineweb10B', vocab_size=None, base_config=None,
-         max_micro_batch=64, warmup_frac=0.02, gpu_memory=None, ci=0.95):
+         max_micro_batch=64, warmup_frac=0.02, gpu_memory=None, ci=0.95, gpus_per_node=8):
     """Everything `scaling.py budget` prints and writes, as one dict (see docs/budget.md)."""
     notes = []
     for name, v in dict(compute=compute, peak_tflops=peak_tflops, hours=hours, params=params, tokens=tokens,
@@ -285,12 +286,14 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
     def config_of(shape):
         try:
             return model_config_from({**knobs, **shape}, vocab)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ModelError) as e:
             raise ScalingError(f"the planned model: {e}")
 
-    def choose(n_target):
-        shape = shape_for(n_target, aspect, head_dim, lambda L, H, d: count_params(
-            config_of(dict(n_layer=L, n_head=H, n_embd=d)))[key])
+    def choose(n_target):   # with GQA, heads in groups of the key/value heads (each group shares one)
+        g = knobs.get('n_kv_head') or 1
+        shape = shape_for(n_target, aspect, head_dim * g, lambda L, k, d: count_params(
+            config_of(dict(n_layer=L, n_head=k * g, n_embd=d)))[key])
+        shape['n_head'] *= g
         conf = config_of(shape)
         return shape, conf, count_params(conf), flops_per_token(conf, 'palm')
 
@@ -350,32 +353,54 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
     batch_source = f"B_opt = {b_k:.4g} C^{b_s:.4g} ({b_source})" if not bcrit_file else b_source
     learning_rate = float(f"{lr_k * C ** lr_s:.3g}")
 
-    # how to fit the GPU: the first of these that holds micro-batch 1, cheapest first: DDP; DDP recomputing each
-    # block in the backward (activation checkpointing: about a third more compute); FSDP (ZeRO-3: 1.5x DDP's
-    # communication, ZeRO paper sec. 7.2.2); FSDP with checkpointing. Then, in that mode, the largest power-of-two
-    # micro-batch up to max_micro_batch and the batch's share per GPU that fits (train_memory, MEMORY_HEADROOM).
+    # how to spread the model (parallel.py): the first of these that holds micro-batch 1, cheapest first. Data
+    # parallel alone; then tensor parallel within a node (2, 4, 8 GPUs: two all-reduces of activations per block,
+    # over NVLink); then pipeline stages across nodes (2, 4, ...: point-to-point sends, and a bubble). In each, DDP;
+    # DDP recomputing each block in the backward (activation checkpointing: about a third more compute); FSDP
+    # (ZeRO-3: 1.5x DDP's communication, ZeRO paper sec. 7.2.2); FSDP with checkpointing. A layout holds micro-batch
+    # m when it fits in memory (train_memory, MEMORY_HEADROOM) and the batch gives each data-parallel rank m
+    # sequences (a pipeline: one per stage at least, 1F1B's need). Then, in that layout, the largest power-of-two
+    # micro-batch up to max_micro_batch and the batch's share per rank that holds.
     mem_gib = gpu_memory or next((gib for key, gib in GPU_MEMORY_GIB if gpu_name and key.lower() in gpu_name.lower()),
                                  None)
-    per_gpu_seqs = max(1, round(batch_target / (block_size * gpus)))
-    fits = lambda m, mode, ckpt: (not mem_gib or train_memory(conf, m, gpus, mode, ckpt)['total']
-                                  <= MEMORY_HEADROOM * mem_gib * 2 ** 30)
+    tps = [t for t in (1, 2, 4, 8) if t <= gpus_per_node and gpus % t == 0 and conf.n_head % t == 0
+           and conf.kv_heads % t == 0]
+    splits = [(t, 1) for t in tps] + [(tps[-1], 2 ** i) for i in range(1, 11)
+                                      if gpus % (tps[-1] * 2 ** i) == 0 and 2 ** i <= conf.n_layer]
+
+    def micro_batches(m, tp, pp):   # a step's micro-batches of m sequences per data-parallel rank, to the nearest
+        return round(batch_target / (block_size * m * (gpus // (tp * pp))))
+
+    def holds(m, tp, pp, mode, ckpt):
+        n = micro_batches(m, tp, pp)
+        return ((n >= pp or gpus == 1) and
+                (not mem_gib or train_memory(conf, m, gpus, mode, ckpt, tp=tp, pp=pp, micro_batches=max(1, n))
+                 ['total'] <= MEMORY_HEADROOM * mem_gib * 2 ** 30))
     modes = [('ddp', False), ('ddp', True), ('fsdp', False), ('fsdp', True)]
-    parallel, checkpointing = next(((mode, ckpt) for mode, ckpt in modes if fits(1, mode, ckpt)), ('none', True))
+    layouts = [(tp, pp, mode, ckpt) for tp, pp in splits for mode, ckpt in modes]
+    tp, pp, parallel, checkpointing = next((lay for lay in layouts if holds(1, *lay)), (*splits[-1], 'none', True))
+    mode = 'fsdp' if parallel == 'none' else parallel
     micro = 1
     for m in (2 ** i for i in range(int(math.log2(max_micro_batch)) + 1)):
-        if m > per_gpu_seqs or not fits(m, 'fsdp' if parallel == 'none' else parallel, checkpointing):
+        if m > max(1, micro_batches(1, tp, pp)) or not holds(m, tp, pp, mode, checkpointing):
             break
         micro = m
-    mem = train_memory(conf, micro, gpus, 'fsdp' if parallel == 'none' else parallel, checkpointing)
-    if parallel != 'ddp' or checkpointing:
+    dp = gpus // (tp * pp)
+    accum = max(1, round(batch_target / (block_size * dp * micro)))
+    mem = train_memory(conf, micro, gpus, mode, checkpointing, tp=tp, pp=pp, micro_batches=accum)
+    if (tp, pp, parallel, checkpointing) != (1, 1, 'ddp', False):
         need = train_memory(conf, 1, gpus)['total'] / 2 ** 30
-        notes.append(f"DDP does not fit in {mem_gib} GiB even at micro-batch 1 ({need:.1f} GiB): "
-                     + {'none': "not even FSDP with activation checkpointing across these GPUs: use more or larger",
-                        'ddp': "with activation checkpointing it does (about 1/3 more compute: expect a lower MFU)",
-                        'fsdp': "FSDP shards it" + (" with activation checkpointing (about 1/3 more compute: "
-                                                    "expect a lower MFU)" if checkpointing else "")}[parallel])
-    accum = max(1, round(batch_target / (block_size * gpus * micro)))
-    batch_tokens = block_size * gpus * micro * accum
+        how = {'none': "nothing here fits across these GPUs: use more or larger",
+               'ddp': "DDP", 'fsdp': "FSDP"}[parallel]
+        if parallel != 'none':
+            how += (f" over {dp} data-parallel ranks" + (f" of tensor parallel {tp}" if tp > 1 else "") +
+                    (f" x {pp} pipeline stages (1F1B over {accum} micro-batches: bubble {(pp - 1) / accum:.0%})"
+                     if pp > 1 else "") + (" with activation checkpointing (about 1/3 more compute: expect a lower "
+                                           "MFU)" if checkpointing else ""))
+        notes.append(f"DDP alone does not hold it ({need:.1f} GiB at micro-batch 1"
+                     + (f" in {mem_gib} GiB" if mem_gib else "") + f"; a batch of {batch_target:,.0f} tokens gives "
+                     f"{batch_target / (block_size * gpus):.2g} sequence(s) per GPU): {how}")
+    batch_tokens = block_size * dp * micro * accum
     steps = max(1, round(D / batch_tokens))
     D_run = steps * batch_tokens
     warmup = min(steps, max(1, round(warmup_frac * steps))) if warmup_frac else 0
@@ -391,6 +416,7 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
                min_lr=float(f"{learning_rate / 10:.3g}"), lr_source=lr_source, warmup_iters=warmup,
                memory={k: int(v) for k, v in mem.items()}, gpu_memory_gib=mem_gib,
                parallel=parallel if mem_gib else None, activation_checkpointing=checkpointing, gpu=gpu_name,
+               tensor_parallel=tp, pipeline_parallel=pp, data_parallel=dp, gpus_per_node=gpus_per_node,
                gpus=gpus, peak_tflops=peak / 1e12 if peak else None, mfu=mfu if hw else None, price=price,
                data_dir=data_dir, base_config=base_config, base=base, notes=notes,
                model_knobs={k: knobs[k] for k in MODEL_FIELDS if k in knobs and k not in shape and k != 'block_size'})
@@ -433,7 +459,8 @@ def report(p):
         lines.append(f"loss        {p['loss']:.3f}{lo} (the law's data and tokenizer: comparable only to a law "
                      f"fitted on yours)")
     lines += [f"            {p['interval_note']}",
-              f"batch       {p['batch_tokens']:,} tokens/step = {p['gpus']} GPU(s) x micro-batch {p['micro_batch']} "
+              f"batch       {p['batch_tokens']:,} tokens/step = {p['data_parallel']} data-parallel rank(s) x "
+              f"micro-batch {p['micro_batch']} "
               f"x {p['grad_accum']} accumulation x {p['block_size']} (target {p['batch_target']:,.0f}: "
               f"{p['batch_source']})",
               f"lr          {p['learning_rate']:g} peak, cosine to {p['min_lr']:g}, warm-up {p['warmup_iters']} "
@@ -443,6 +470,9 @@ def report(p):
            None: 'GPU memory unknown (--gpu_memory)'}[p['parallel']]
     if p['activation_checkpointing'] and p['parallel'] in ('ddp', 'fsdp'):
         fit += ' and activation checkpointing'
+    tp, pp = p.get('tensor_parallel', 1), p.get('pipeline_parallel', 1)   # plans saved before these: 1
+    if p['parallel'] in ('ddp', 'fsdp') and tp * pp > 1:
+        fit += f", tensor parallel {tp} x {pp} pipeline stage(s) x {p['data_parallel']} data-parallel"
     lines.append(f"memory/GPU  {m['total'] / 2 ** 30:.2f} GiB (weights {m['weights'] / 2 ** 30:.2f}, grads "
                  f"{m['grads'] / 2 ** 30:.2f}, optimizer {m['optimizer'] / 2 ** 30:.2f}, activations "
                  f"{m['activations'] / 2 ** 30:.2f}) at micro-batch {p['micro_batch']}: {fit}"
@@ -461,18 +491,21 @@ def config_text(p, out_dir):
                 total_batch_size=p['batch_tokens'], max_iters=p['steps'], learning_rate=p['learning_rate'],
                 min_lr=p['min_lr'], warmup_iters=p['warmup_iters'], lr_decay_iters=p['steps'], schedule='cosine',
                 eval_interval=max(1, min(250, p['steps'] // 10)))
-    if p['parallel'] is not None:   # the mode the memory plan chose ('none': the smallest, which does not fit)
+    if p['parallel'] is not None:   # the layout the memory plan chose ('none': the largest, which does not fit)
         vals.update(parallel='fsdp' if p['parallel'] == 'none' else p['parallel'],
-                    activation_checkpointing=p['activation_checkpointing'])
+                    activation_checkpointing=p['activation_checkpointing'], tensor_parallel=p['tensor_parallel'],
+                    pipeline_parallel=p['pipeline_parallel'])
     defaults = configurator.script_defaults(TRAIN_PY)
     unknown = [k for k in list(vals) + list(p['base']) + list(p['model_knobs']) if k not in defaults]
     if unknown:
         raise ScalingError(f"train.py has no knob {', '.join(unknown)}")
+    per_node = p.get('gpus_per_node', 8)
+    nodes = f" --nnodes={-(-p['gpus'] // per_node)} --node_rank=<node>" if p['gpus'] > per_node else ""
     head = [f"# written by `scaling.py budget`: {p['law']} law, C = {p['compute']:.3g} FLOPs, "
             f"{p['n_params']:,} parameters, {p['tokens']:,} tokens",
-            f"# run: torchrun --nproc_per_node={p['gpus']} train.py <this file>   (batch_size is per GPU; "
-            f"total_batch_size = {p['gpus']} GPUs x {p['micro_batch']} x {p['grad_accum']} accumulation x "
-            f"{p['block_size']})"]
+            f"# run: torchrun{nodes} --nproc_per_node={min(p['gpus'], per_node)} train.py <this file>   (batch_size is "
+            f"per data-parallel rank; total_batch_size = {p['data_parallel']} data-parallel ranks x {p['micro_batch']} "
+            f"x {p['grad_accum']} accumulation x {p['block_size']})"]
     if p['hours'] is not None:
         head.append(f"# predicted: {p['tokens_per_s']:,.0f} tokens/s at MFU {p['mfu']:.2f}, {p['hours']:.2f} h")
     # the model knobs the count assumed, written out so that a change of train.py's defaults cannot change the model
