@@ -265,10 +265,11 @@ def test_scripts_read_tp_and_pp_checkpoints(tp_run, pp_run, one, tmp_path, capsy
             code, out, err = conftest.run_cli(sample.main, [f'--out_dir={source}', '--max_new_tokens=20', '--seed=7',
                                                             *common], capsys)
             assert code == 0, err
-            code, bpb, err = conftest.run_cli(evaluation.main, [f'--out_dir={source}', '--json=True', '--max_seqs=8',
-                                                                '--progress=False', '--batch_size=4', *common], capsys)
+            code, _, err = conftest.run_cli(evaluation.main, [f'--out_dir={source}', f'--json={tmp_path}/bpb.json',
+                                                              '--max_seqs=8', '--progress=False', '--batch_size=4',
+                                                              *common], capsys)
             assert code == 0, err
-            got += [out, json.loads(bpb)['bpb']['loss']]
+            got += [out, json.loads((tmp_path / 'bpb.json').read_text())['bpb']['loss']]
         assert got[0] == got[2] and got[1] == got[3]
         assert got[1] == pytest.approx(log(run, 'eval', 'val_loss')[6], rel=1e-5)
         code, _, err = conftest.run_cli(export.main, [f'--out_dir={run}', f'--hf_dir={tmp_path}/hf-{run.name}'],
