@@ -6,8 +6,8 @@ Shards use the llm.c / modded-nanogpt format (DESIGN.md, "Token shards"): a 1024
 little-endian int32 [20240520, 1, n_tokens, 0...], then n_tokens uint16. Every document starts with the
 end-of-text token. meta.json beside the shards records the tokenizer, the counts and the source; it is written
 last, so a dataset without a complete meta.json is not finished. A BPE that prepare.py trained (tokenizer 'bpe')
-lives beside the shards in tiktoken's file format, identified by the file's sha256 (docs/data.md, "Tokenizers"). prepare.py writes datasets with this module;
-train.py, eval.py and bench.py read them with it.
+lives beside the shards in tiktoken's file format, identified by the file's sha256 (docs/data.md, "Tokenizers").
+prepare.py writes datasets with this module; train.py, eval.py and bench.py read them with it.
 """
 import base64
 import contextlib
@@ -400,7 +400,8 @@ def bpe_tokenizer(ranks_file, sha256, pattern, where):
 def tokenizer_id(record):
     """A meta.json's, a checkpoint's or a record()'s tokenizer, as compared and shown: the name, and a trained
     BPE's sha256 (a model reads only data in its own tokenizer)."""
-    return f"bpe (sha256 {record.get('tokenizer_sha256')})" if record.get("tokenizer") == "bpe" else record.get("tokenizer")
+    name = record.get("tokenizer")
+    return f"bpe (sha256 {record.get('tokenizer_sha256')})" if name == "bpe" else name
 
 
 def train_bpe(documents, vocab_size):

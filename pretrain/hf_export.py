@@ -222,7 +222,8 @@ def _fsync(path):
 
 
 def export(model, tok, hf_dir, force=False, cache_dir=None):
-    """Write model (a GPT) and its tokenizer (data.get_tokenizer's) as a Hugging Face directory hf_dir -> (class name, [file names]).
+    """Write model (a GPT) and its tokenizer (data.get_tokenizer's) as a Hugging Face directory hf_dir -> (class
+    name, [file names]).
     Everything goes into a temporary directory beside hf_dir first, each file fsynced, then renamed into place
     (a directory replaced with force is moved aside first and deleted last): a failure at any point (a refused
     knob, a full disk) leaves hf_dir as it was and no temporary directory."""

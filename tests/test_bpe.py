@@ -20,8 +20,9 @@ from pretrain.data import (BPE_FILE, BPE_PATTERN, EOT_TEXT, DataError, get_token
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
-TEXTS = ["Hello world, it's 2026! 1234567 x", " héllo  wörld\n\n\tfoo  🙂 they'll've THEY'LL", "def f(x):\n    return x\n",
-         "  leading spaces and trailing   ", "\r\n\r\n", "", "日本語のテキスト", "a<|endoftext|>b"]
+TEXTS = ["Hello world, it's 2026! 1234567 x", " héllo  wörld\n\n\tfoo  🙂 they'll've THEY'LL",
+         "def f(x):\n    return x\n", "  leading spaces and trailing   ", "\r\n\r\n", "", "日本語のテキスト",
+         "a<|endoftext|>b"]
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, total_batch_size=128, max_iters=6,
             warmup_iters=1, eval_interval=3, eval_iters=2, log_interval=3, checkpoint_interval=3, dtype='float32',
             device='cpu', compile=False)
@@ -268,8 +269,8 @@ def test_export_writes_a_tokenizer_that_encodes_to_our_ids(bpe_data, bpe_run, tm
     transformers = pytest.importorskip('transformers')   # requirements-dev.txt
     import export
     ckpt = load_checkpoint(bpe_run)
-    model = conftest.tiny_gpt(vocab_size=300, block_size=32)   # GPT-2's family: exportable (the run's RoPE +
-    run = write_ckpt(tmp_path / 'run', model, **{k: ckpt[k] for k in ckpt if k.startswith('tokenizer')})  # LayerNorm not)
+    model = conftest.tiny_gpt(vocab_size=300, block_size=32)   # GPT-2's family (the run's RoPE + LayerNorm is not)
+    run = write_ckpt(tmp_path / 'run', model, **{k: ckpt[k] for k in ckpt if k.startswith('tokenizer')})
     code, out, err = run_cli(export.main, [f'--out_dir={run}', f'--hf_dir={tmp_path / "hf"}'], capsys)
     assert code == 0, err
     assert "the run's byte-level BPE, bpe (sha256" in out and 'tokenizer.json' in out

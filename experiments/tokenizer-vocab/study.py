@@ -157,11 +157,10 @@ def report():
         o = out[tok]
         m, sd = stats(list(o['bpb'].values()))
         ts, bs = statistics.median(o['tokens_per_s_vs_bytes']), statistics.median(o['bytes_per_s_vs_bytes'])
-        lines.append(f"| {tok} | {o['vocab_size']:,} | {o['n_params'] / 1e6:.2f}M ({o['n_params_nonembed'] / 1e6:.2f}M) "
-                     f"| {o['steps']} | {o['train_bytes_seen'] / 1e6:.2f} MB | {o['bytes_per_token']['val']:.2f} | "
-                     + (f"**{m:.4f}** +- {sd:.4f} ({', '.join(f'{v:.4f}' for v in o['bpb'].values())})"
-                        if len(o['bpb']) > 1 else f"**{m:.4f}** (one seed)") + " | "
-                     f"{ts:.2f}x | {bs:.2f}x |")
+        bpb = f"**{m:.4f}** +- {sd:.4f} ({', '.join(f'{v:.4f}' for v in o['bpb'].values())})"
+        lines.append(f"| {tok} | {o['vocab_size']:,} | {o['n_params'] / 1e6:.2f}M ({o['n_params_nonembed'] / 1e6:.2f}M)"
+                     f" | {o['steps']} | {o['train_bytes_seen'] / 1e6:.2f} MB | {o['bytes_per_token']['val']:.2f} | "
+                     f"{bpb} | {ts:.2f}x | {bs:.2f}x |")
     text = '\n'.join(lines)
     open(os.path.join(HERE, 'results.md'), 'w').write(text + '\n')
     write_json(os.path.join(HERE, 'results.json'), out)
