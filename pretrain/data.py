@@ -218,35 +218,10 @@ class ShardWriter:
 # -----------------------------------------------------------------------------
 # tokenizers
 
-class BytesTokenizer:
-    """UTF-8 bytes 0..255 plus end-of-text 256: tiny CPU models are otherwise mostly embedding."""
-    name, eot, vocab_size = "bytes", 256, 257
-
-    def record(self):
-        return {"tokenizer": self.name}
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def encode_array(self, text):
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-
-    def decode(self, ids):
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() > 256):
-            raise ValueError("bytes tokenizer ids are 0..256")
-        parts = np.split(ids, np.flatnonzero(ids == 256))  # every part but the first starts with eot
-        return "<|endoftext|>".join(bytes(p[p != 256].astype(np.uint8)).decode("utf-8", errors="replace") for p in parts)
-
-    def count_bytes(self, ids):
-        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte."""
-        return int(np.count_nonzero(np.asarray(ids) < 256))
-
-
 class TiktokenTokenizer:
-    """A byte-level BPE run by tiktoken: GPT-2's ('gpt2'), or one prepare.py trained ('bpe', with `bpe` its file's
-    bytes, sha256 and split pattern, which a checkpoint records: record()). encode is encode_ordinary (text that
-    spells <|endoftext|> stays text)."""
+    """A byte-level BPE run by tiktoken: GPT-2's ('gpt2'), the one without merges ('bytes': the UTF-8 bytes and
+    end-of-text 256), or one prepare.py trained ('bpe', with `bpe` its file's bytes, sha256 and split pattern, which
+    a checkpoint records: record()). encode is encode_ordinary (text that spells <|endoftext|> stays text)."""
 
     def __init__(self, enc, name, bpe=None):
         self.enc, self.name, self.bpe = enc, name, bpe or {}
@@ -270,7 +245,8 @@ class TiktokenTokenizer:
     def decode(self, ids):
         return self.enc.decode([int(i) for i in ids])  # invalid UTF-8 becomes U+FFFD
 
-    def count_bytes(self, ids):   # as BytesTokenizer.count_bytes
+    def count_bytes(self, ids):
+        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte."""
         ids = np.asarray(ids)
         return len(self.enc.decode_bytes([int(i) for i in ids[ids != self.eot]]))
 
@@ -360,11 +336,14 @@ def get_tokenizer(name, cache_dir=None, source=None):
 
 @lru_cache(maxsize=None)  # building gpt2's ranks takes ~0.3 s; forked workers inherit the cached one
 def _tokenizer(name, cache_dir):
-    if name == "bytes":
-        return BytesTokenizer()
+    import tiktoken
+    if name == "bytes":   # a BPE without merges (the pattern only cuts pieces, each spelled byte by byte): ids
+        # 0..255 are the UTF-8 bytes, end-of-text 256; tiny CPU models are otherwise mostly embedding
+        ranks = {bytes([b]): b for b in range(256)}
+        return TiktokenTokenizer(tiktoken.Encoding("bytes", pat_str=BPE_PATTERN, mergeable_ranks=ranks,
+                                                   special_tokens={EOT_TEXT: 256}, explicit_n_vocab=257), "bytes")
     if name != "gpt2":
         raise DataError(f"unknown tokenizer {name!r} (gpt2, bytes or bpe)")
-    import tiktoken
     paths = _gpt2_files(cache_dir)
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str  # tiktoken's own gpt2 constructor, with local files

@@ -162,7 +162,7 @@ def tokenizer_json(ranks, pattern=None):
     spelled in GPT-2's byte alphabet; each merge recovered as the two parts that BPE over the token's own bytes,
     with only lower ranks, ends in; the split pattern before a ByteLevel step without a regex of its own or a
     prefix space; ignore_merges, as tiktoken takes a piece that is a token whole. The bytes tokenizer is the case
-    of no merges and no pattern: text encodes to its UTF-8 bytes, as data.BytesTokenizer does."""
+    of no merges and no pattern: text encodes to its UTF-8 bytes."""
     alphabet = byte_to_unicode()
 
     def spell(token):
