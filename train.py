@@ -31,7 +31,7 @@ from pretrain.checkpoint import (CKPT_NAME, CheckpointError, checkpoint_path, lo
                                  numbered_checkpoints, read_shards, save_checkpoint, save_sharded_checkpoint,
                                  sweep_stale, unfuse_optimizer)
 from pretrain.configurator import ConfigError, knobs, parse_config
-from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta
+from pretrain.data import DataError, TokenLoader, get_tokenizer, read_meta, tokenizer_id
 from pretrain.hardware import device_name, mfu, peak_flops
 from pretrain.parallel import layout, load_full_optimizer, load_state, sharded_state, wrap
 from pretrain.runtime import end_of_run, setup_runtime
@@ -146,7 +146,7 @@ def train(cfg):
     val_loader = TokenLoader(c.data_dir, 'val', T, vocab_size=model.config.vocab_size)
     n_val_seqs = min(c.eval_iters * B, val_loader.n_chunks)
     val_targets = val_loader.batch(0, n_val_seqs, torch.device('cpu'))[1]   # the same sequences at every evaluation
-    tokenizer = get_tokenizer(meta['tokenizer'])
+    tokenizer = get_tokenizer(meta['tokenizer'], source=c.data_dir)   # a trained BPE: its file, checked by its sha256
     val_bytes = tokenizer.count_bytes(val_targets.flatten().numpy())       # for bits per byte, counted once
     examples = hellaswag.load_examples(c.hellaswag_path, None, rt) if c.hellaswag_interval else None
 
@@ -190,7 +190,8 @@ def train(cfg):
             log.write('eval', step=step, val_loss=val_loss, val_bpb=val_bpb)
             # the guard: NaN stops the run, a spike keeps the last good checkpoint
             if guard.judge(step, val_loss, rt, model.parameters() if checkpoint_due else None) and checkpoint_due:
-                write_checkpoint(c, rt, model, optimizer, scaler, noise, step, next_seq, seqs_per_step, meta, guard)
+                write_checkpoint(c, rt, model, optimizer, scaler, noise, step, next_seq, seqs_per_step, tokenizer,
+                                 guard)
             t_last += time.time() - t0   # evaluation is not training time
         if examples and (step % c.hellaswag_interval == 0 or last):
             t0 = time.time()
@@ -255,15 +256,16 @@ def build_model(c, rt, meta, model_config):
         raise ConfigError(f"no checkpoint {source} to branch from" +
                           (f" (the parent has steps {', '.join(map(str, steps))})" if steps else ""))
     # a rank that holds part of the model reads only its part of a sharded checkpoint, after the split (restore)
-    model, tokenizer, where, ckpt = load_model('resume', source, vars(c), for_resume=True, shards=rt.mesh is None)
+    model, _, where, ckpt = load_model('resume', source, vars(c), for_resume=True, shards=rt.mesh is None)
     # the model comes from the checkpoint; a config that asks for another shape is a mistake, not a wish
     shape = {f.name for f in dataclasses.fields(GPTConfig)} - {'dropout', 'vocab_size'}
     differ = {k: (v, getattr(c, k)) for k, v in ckpt['model_config'].items() if k in shape and getattr(c, k) != v}
     if differ:
         raise ConfigError("checkpoint model differs from this config: " +
                           ", ".join(f"{k} is {a} in the checkpoint, {b} here" for k, (a, b) in differ.items()))
-    if tokenizer != meta['tokenizer']:
-        raise ConfigError(f"checkpoint was trained on {tokenizer} tokens, {c.data_dir} has {meta['tokenizer']}")
+    if tokenizer_id(ckpt) != tokenizer_id(meta):
+        raise ConfigError(f"checkpoint was trained on {tokenizer_id(ckpt)} tokens, {c.data_dir} has "
+                          f"{tokenizer_id(meta)}")
     if ckpt['step'] > c.max_iters:
         raise ConfigError(f"{where} is at step {ckpt['step']}, past max_iters={c.max_iters}")
     if source != own and c.schedule == 'wsd' and ckpt['step'] > c.max_iters - cooldown_steps(c):
@@ -384,13 +386,14 @@ class RunLog:
             self.tensorboard.close()
 
 
-def write_checkpoint(c, rt, model, optimizer, scaler, noise, step, next_seq, seqs_per_step, meta, guard):
+def write_checkpoint(c, rt, model, optimizer, scaler, noise, step, next_seq, seqs_per_step, tokenizer, guard):
     """The checkpoint of DESIGN.md: enough to continue exactly. When ranks hold parts of the model (fsdp, tensor or
     pipeline parallel) every rank writes its part of the weights and the optimizer state to a shard directory, and
-    rank 0 the rest to the manifest ckpt.pt."""
+    rank 0 the rest to the manifest ckpt.pt. The tokenizer goes in whole (a trained BPE's file too), so sample.py,
+    eval.py and export.py need the checkpoint alone."""
     state = {'model_config': dataclasses.asdict(model.config), 'scaler': scaler.state_dict(), 'step': step,
              'tokens': step * c.total_batch_size, 'loader': {'next_seq': next_seq, 'seqs_per_step': seqs_per_step},
-             'config': vars(c), 'tokenizer': meta['tokenizer'], 'guard': {'best_val_loss': guard.best_val_loss}}
+             'config': vars(c), **tokenizer.record(), 'guard': {'best_val_loss': guard.best_val_loss}}
     if noise is not None:
         state['noise'] = noise.state_dict()
     if rt.mesh is not None:

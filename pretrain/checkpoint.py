@@ -46,6 +46,7 @@ INIT_WORDS = ('scratch', 'resume', 'auto')
 NUMBERED_RE = re.compile(r'^ckpt_(\d{6,})\.pt$')
 DCP_PREFIX = 'ckpt.dcp.'           # a sharded checkpoint's directory: ckpt.dcp.<step:06d>-<8 hex digits>
 REQUIRED = {'model': dict, 'model_config': dict, 'step': int, 'tokenizer': str, 'config': dict}
+BPE_KEYS = {'tokenizer_sha256': str, 'tokenizer_ranks': bytes, 'tokenizer_pattern': str}   # tokenizer 'bpe' only
 FOR_RESUME = {'optimizer': dict, 'loader': dict, 'tokens': int}
 IN_SHARDS = ('model', 'optimizer')   # a sharded checkpoint keeps these in its directory, not in the manifest
 
@@ -278,14 +279,15 @@ def load_checkpoint(path, for_resume=False, shards=True):
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} is a {type(ckpt).__name__}, not a train.py checkpoint")
     sharded = 'sharded' in ckpt
-    schema = {k: kind for k, kind in {**REQUIRED, **(FOR_RESUME if for_resume else {})}.items()
+    schema = {k: kind for k, kind in {**REQUIRED, **(FOR_RESUME if for_resume else {}),
+                                      **(BPE_KEYS if ckpt.get('tokenizer') == 'bpe' else {})}.items()
               if not (sharded and k in IN_SHARDS)}
     for key, kind in schema.items():
         if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
             got = 'missing' if key not in ckpt else f"a {type(ckpt[key]).__name__}"
             raise CheckpointError(f"checkpoint {path}: '{key}' is {got}, expected {kind.__name__} "
                                   f"(not written by this train.py?)")
-    if ckpt['tokenizer'] not in TOKENIZERS:
+    if ckpt['tokenizer'] not in (*TOKENIZERS, 'bpe'):
         raise CheckpointError(f"checkpoint {path}: unknown tokenizer {ckpt['tokenizer']!r}")
     if for_resume and not all(isinstance(ckpt['loader'].get(k), int) for k in ('next_seq', 'seqs_per_step')):
         raise CheckpointError(f"checkpoint {path}: 'loader' lacks next_seq / seqs_per_step")

