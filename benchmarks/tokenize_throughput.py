@@ -62,14 +62,14 @@ def available_speedup(num_proc, n=5_000_000):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--mb", type=float, default=50)
-    p.add_argument("--num_proc", type=int, default=prepare._cpu_count())
+    p.add_argument("--num_proc", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"])
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     docs, size = corpus(args.mb)
     tok = prepare.get_tokenizer(args.tokenizer)
     print(f"corpus: {len(docs):,} documents, {size / 1e6:.1f} MB; tokenizer {args.tokenizer}; "
-          f"{prepare._cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before the run")
+          f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f} before the run")
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "corpus")
         os.makedirs(src)
