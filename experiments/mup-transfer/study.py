@@ -12,7 +12,7 @@ lr/10, weight decay 0.1, clipping 1.0, float32, one thread per run; the final va
 tokens. The LR grid is 2^-k; each sweep starts at k = 6..12 and is extended by one grid step past either end while
 its best LR (the mean over seeds) sits on the end. Seeds 1 and 2 (init and data order).
   - width: n_layer 2, n_embd 64, 128, 256, 512; 'mup' with base_n_embd 64 (so 'mup' at 64 is 'sp', bit for bit).
-  - depth: n_embd 64, n_layer 2, 4, 8, 16; 'completep' with base_n_embd 64, base_n_layer 2 against 'sp' (at the
+  - depth: n_embd 64, n_layer 2, 4, 8; 'completep' with base_n_embd 64, base_n_layer 2 against 'sp' (at the
     base width, 'mup' is 'sp').
   - wide: n_embd 1024, n_layer 2, seeds 1 and 2: 'mup' at the best LR of its base width 64 (tune small, train big)
     against 'sp' at its best guess from the small widths: the power law of its best LR over widths 64..512,
@@ -37,7 +37,7 @@ RUNS = os.path.join(HERE, 'runs')
 SEEDS = (1, 2)
 STEPS, HEAD, BASE_WIDTH, BASE_DEPTH = 200, 16, 64, 2
 K0 = range(6, 13)   # the starting grid, lr = 2^-k
-WIDTHS, DEPTHS, WIDE = (64, 128, 256, 512), (2, 4, 8, 16), 1024
+WIDTHS, DEPTHS, WIDE = (64, 128, 256, 512), (2, 4, 8), 1024
 COMMON = ['--block_size=64', '--batch_size=8', '--total_batch_size=512', f'--max_iters={STEPS}',
           '--warmup_iters=20', f'--eval_interval={STEPS}', '--eval_iters=32', '--log_interval=20',
           '--checkpoint_interval=0', '--spike_factor=0', '--device=cpu', '--dtype=float32']
