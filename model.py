@@ -101,23 +101,20 @@ class GPTConfig:
     def head_dim(self):
         return self.n_embd // self.n_head
 
-    # the parametrization's multipliers, exactly 1.0 (or None) at the base shape and under 'sp'; model.py applies them
-    # and hf_export.py folds them into the weights
+    # the parametrization's multipliers (references 11-12), exactly 1.0 (attn_scale None) under 'sp' and at the base
+    # shape; model.py applies them, hf_export.py folds them into the weights
     @property
-    def width_mult(self):
-        """muP's m_N = n_embd / base_n_embd (reference 11)."""
+    def width_mult(self):   # muP's m_N
         return self.n_embd / self.base_n_embd if self.parametrization != 'sp' and self.base_n_embd else 1.0
 
     @property
-    def depth_mult(self):
-        """CompleteP's m_L = n_layer / base_n_layer (reference 12)."""
+    def depth_mult(self):   # CompleteP's m_L
         return self.n_layer / self.base_n_layer if self.parametrization == 'completep' and self.base_n_layer else 1.0
 
     @property
     def attn_scale(self):
-        """The attention logits' scale: None is SDPA's 1/sqrt(head_dim). muP's is 1/head_dim (Yang et al. 2022: q.k
-        grows like head_dim once q and k correlate), written sqrt(base_head_dim) / head_dim as microsoft/mup's README
-        (q @ k.T * 8 / d for a base head size of 64), so that it is 1/sqrt(head_dim) at the base head size."""
+        """None: SDPA's 1/sqrt(head_dim). muP's 1/head_dim (Yang et al. 2022: q.k grows like head_dim once q and k
+        correlate) as sqrt(base_head_dim) / head_dim, microsoft/mup README's form (q @ k.T * 8 / d for a base 64)."""
         b = self.base_head_dim
         return None if self.parametrization == 'sp' or b in (None, self.head_dim) else math.sqrt(b) / self.head_dim
 
@@ -176,8 +173,8 @@ def is_hidden(name, p):
 
 
 def times(x, multiplier):
-    """x * multiplier, or x itself for 1: the parametrization's multipliers are 1 at the base shape, and there the
-    model is 'sp' bit for bit (a multiply by 1.0 could still round under autocast)."""
+    """x * multiplier, or x itself for 1 (every multiplier under 'sp' and at the base shape): x * 1.0 is exact, so
+    this saves an elementwise kernel and a pass over memory per use, not bits."""
     return x if multiplier == 1 else x * multiplier
 
 

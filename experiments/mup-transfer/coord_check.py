@@ -133,6 +133,6 @@ if __name__ == '__main__':
     print(report(result, a.widths))
     if a.json:
         from pretrain.data import write_json
-        write_json(a.json, dict(args=vars(a), widths=a.widths, result=result))
+        write_json(a.json, dict(args={k: v for k, v in vars(a).items() if k not in ('json', 'figure')}, result=result))
     if a.figure and figure(result, a.widths, a.figure):
         print(f"figure: {a.figure}")

@@ -15,8 +15,8 @@ its best LR (the mean over seeds) sits on the end. Seeds 1 and 2 (init and data 
   - depth: n_embd 64, n_layer 2, 4, 8; 'completep' with base_n_embd 64, base_n_layer 2 against 'sp' (at the
     base width, 'mup' is 'sp').
   - wide: n_embd 1024, n_layer 2, seeds 1 and 2: 'mup' at the best LR of its base width 64 (tune small, train big)
-    against 'sp' at its best guess from the small widths: the power law of its best LR over widths 64..512,
-    extrapolated to 1024.
+    against 'sp' at its best guess from the small widths (the power law of its best LR over widths 64..512,
+    extrapolated to 1024), and against 'sp' at the same LR as 'mup' (the base's best, without muP).
 Everything runs train.py as a subprocess through sweep.run_plan (scripts never import each other).
 """
 import argparse
@@ -103,11 +103,17 @@ def best(key):
     return min(mean, key=mean.get), {s: min(pts, key=lambda k: pts[k][i]) for i, s in enumerate(SEEDS)}
 
 
-def sp_guess():
-    """SP's LR for the wide model: log2(best lr) linear in log2(width) over the swept widths, extrapolated."""
+def wide_arms():
+    """-> ([(label, parametrization, lr)] of the wide runs, SP's width exponent). muP at the best LR of its base
+    width; SP at its best guess, log2(best lr) linear in log2(width) over the swept widths, extrapolated; and SP at
+    muP's LR (what tuning the base without muP would hand over: at the base the two are the same run)."""
     ks = [best(f'sp_w{w}')[0] for w in WIDTHS]
     a, b = np.polyfit(np.log2(WIDTHS), -np.array(ks, float), 1)
-    return 2.0 ** (a * math.log2(WIDE) + b), a
+    lr_mup = 2.0 ** -best(f'mup_w{BASE_WIDTH}')[0]
+    lr_sp = 2.0 ** (a * math.log2(WIDE) + b)
+    return [(f'mup, the best LR at width {BASE_WIDTH}', 'mup', lr_mup),
+            (f'sp, its best LR extrapolated from widths {WIDTHS[0]}..{WIDTHS[-1]}', 'sp', lr_sp),
+            (f'sp at the same LR as mup (its best at width {BASE_WIDTH})', 'sp', lr_mup)], a
 
 
 def run(jobs):
@@ -124,9 +130,7 @@ def run(jobs):
         if not more:
             break
         launch(jobs, more)
-    lr_sp, _ = sp_guess()
-    lr_mup = 2.0 ** -best(f'mup_w{BASE_WIDTH}')[0]
-    launch(jobs, [(p, WIDE, 2, lr, s) for s in SEEDS for p, lr in (('mup', lr_mup), ('sp', lr_sp))])
+    launch(jobs, [(p, WIDE, 2, lr, s) for s in SEEDS for _, p, lr in wide_arms()[0]])
 
 
 def stats(xs):
@@ -161,23 +165,21 @@ def report():
                 lines.append(f'- {p}: best LR from 2^-{min(bk)} to 2^-{max(bk)} over the {what} swept: a spread of '
                              f'{max(bk) - min(bk)} grid step(s) (a factor of {2 ** (max(bk) - min(bk))})')
         lines.append('')
-    lr_sp, slope = sp_guess()
-    lr_mup = 2.0 ** -best(f'mup_w{BASE_WIDTH}')[0]
-    wide = {p: [final(run_name(p, WIDE, 2, lr, s)) for s in SEEDS] for p, lr in (('mup', lr_mup), ('sp', lr_sp))}
+    arms, slope = wide_arms()
+    wide = [(label, lr, [final(run_name(p, WIDE, 2, lr, s)) for s in SEEDS]) for label, p, lr in arms]
     lines += [f'## Wide: n_embd {WIDE}, n_layer 2', '',
-              f'SP\'s best LR over widths {WIDTHS[0]}..{WIDTHS[-1]} goes as width^{slope:.2f}; extrapolated to {WIDE}: '
-              f'{lr_sp:.3g}. muP\'s LR is the best at its base width {BASE_WIDTH}: {lr_mup:.3g}.', '',
-              '| run | LR | final val loss per seed | mean +- sd |', '|---|---|---|---|']
-    for p, lr in (('mup', lr_mup), ('sp', lr_sp)):
-        if None not in wide[p]:
-            m, sd = stats(wide[p])
-            lines.append(f'| {p} | {lr:.3g} | ' + ', '.join(f'{v:.4f}' for v in wide[p]) + f' | {m:.4f} +- {sd:.4f} |')
-    if None not in wide['mup'] + wide['sp']:
-        d = [a - b for a, b in zip(wide['sp'], wide['mup'])]
-        m, sd = stats(d)
-        lines += ['', '**sp minus mup, seed by seed: ' + ', '.join(f'{x:+.4f}' for x in d) +
-                  f' (mean {m:+.4f} +- {sd:.4f})**']
-    out['wide'] = dict(n_embd=WIDE, lr_mup=lr_mup, lr_sp=lr_sp, sp_width_exponent=slope, final=wide)
+              f'SP\'s best LR over widths {WIDTHS[0]}..{WIDTHS[-1]} goes as width^{slope:.2f}.', '',
+              '| run | LR | final val loss per seed | mean +- sd | minus mup, seed by seed (mean +- sd) |',
+              '|---|---|---|---|---|']
+    for label, lr, finals in wide:
+        if None in finals:
+            continue
+        d = [a - b for a, b in zip(finals, wide[0][2])] if None not in wide[0][2] else None
+        lines.append(f'| {label} | {lr:.3g} | ' + ', '.join(f'{v:.4f}' for v in finals) + ' | %.4f +- %.4f | '
+                     % stats(finals) + (', '.join(f'{x:+.4f}' for x in d) + ' (%+.4f +- %.4f)' % stats(d)
+                                        if d and label != wide[0][0] else '') + ' |')
+    out['wide'] = dict(n_embd=WIDE, sp_width_exponent=slope, seeds=SEEDS,
+                       arms=[dict(label=label, lr=lr, final=finals) for label, lr, finals in wide])
     open(os.path.join(HERE, 'results.md'), 'w').write('\n'.join(lines) + '\n')
     write_json(os.path.join(HERE, 'results.json'), out)
     print('\n'.join(lines))
@@ -195,7 +197,7 @@ def report():
         ax.set_xscale('log', base=2)
         ax.set_xlabel('learning rate')
         ax.set_title(f"{p}, {'width' if arm == '_w' else 'depth'}")
-        low = min(min(np.mean(v) for v in sweep(key).values()) for key in keys)
+        low = min((np.mean(v) for key in SWEEPS if arm in key for v in sweep(key).values()), default=2.0)
         ax.set_ylim(low - 0.05, low + 0.6)
         ax.legend(fontsize=7)
     axes[0].set_ylabel('final val loss (nats/byte)')
@@ -205,7 +207,10 @@ def report():
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('cmd', choices=['run', 'report'])
-    ap.add_argument('--jobs', type=int, default=2)
+    ap.add_argument('cmd', choices=['run', 'report'], help='run (or continue) every sweep; or write the report')
+    ap.add_argument('--jobs', type=int, default=2, help='runs at once, one thread each')
     a = ap.parse_args()
-    run(a.jobs) if a.cmd == 'run' else report()
+    if a.cmd == 'run':
+        run(a.jobs)
+    else:
+        report()

@@ -234,30 +234,25 @@ def model_knobs(base_config, data_dir, vocab_size):
 
 
 def transfer(parametrization, tuned=None, base_lr=None, base_n_embd=None, base_n_layer=None):
-    """The base of a muP / CompleteP plan (docs/parametrization.md), instead of a fitted eta_opt(C): the shape and
-    peak LR of a tuned run (its run log; a run that itself had a base keeps that base, to which its LR refers), or
-    --base_lr at --base_n_embd (and --base_n_layer) -> (GPTConfig fields, base LR, where from)."""
-    if tuned and base_lr:
-        raise ScalingError("give --tuned (a run's shape and LR) or --base_lr with --base_n_embd, not both")
+    """A muP / CompleteP plan's base (docs/parametrization.md), instead of a fitted eta_opt(C): a tuned run's shape and
+    peak LR (a run that had a base keeps it: its LR refers to it), or --base_lr at --base_n_embd (and --base_n_layer)
+    -> (GPTConfig fields, the base LR, where from)."""
+    if bool(tuned) == bool(base_lr and base_n_embd):
+        raise ScalingError(f"--parametrization {parametrization} needs the base it transfers from, one of: --tuned "
+                           f"RUN_DIR (a run tuned at a small shape), or --base_lr with --base_n_embd")
+    base = dict(n_embd=base_n_embd, n_layer=base_n_layer, head_dim=None)
     if tuned:
-        path = log_path(tuned)
-        runs = records(path)[0] if os.path.isfile(path) else []
+        runs = records(log_path(tuned))[0] if os.path.isfile(log_path(tuned)) else []
         if not runs:
-            raise ScalingError(f"--tuned {tuned}: no run log ({path}) to take the base shape and LR from")
+            raise ScalingError(f"--tuned {tuned}: no run log ({log_path(tuned)}) to take the base shape and LR from")
         m, base_lr = runs[-1]['model'], runs[-1]['config']['learning_rate']
         own = dict(n_embd=m['n_embd'], n_layer=m['n_layer'], head_dim=m['n_embd'] // m['n_head'])
-        mup = m.get('parametrization', 'sp') != 'sp'
-        base = {k: (m.get(f'base_{k}') if mup else None) or v for k, v in own.items()}
-        where = f"the LR of {tuned}, tuned at n_embd {base['n_embd']}, n_layer {base['n_layer']}"
-    elif base_lr and base_n_embd:
-        base = dict(n_embd=base_n_embd, n_layer=base_n_layer, head_dim=None)
-        where = f"--base_lr at --base_n_embd {base_n_embd}" + (f", --base_n_layer {base_n_layer}" * bool(base_n_layer))
-    else:
-        raise ScalingError(f"--parametrization {parametrization} needs the base it transfers from: --tuned RUN_DIR "
-                           f"(a run tuned at a small shape), or --base_lr with --base_n_embd")
+        had_base = m.get('parametrization', 'sp') != 'sp'
+        base = {k: (m.get(f'base_{k}') if had_base else None) or v for k, v in own.items()}
     fields = dict(parametrization=parametrization, base_n_embd=base['n_embd'], base_head_dim=base['head_dim'],
                   base_n_layer=base['n_layer'] if parametrization == 'completep' else None)
-    return fields, base_lr, f"{parametrization}: {where} (the hidden matrices' LR is it x base_n_embd / n_embd)"
+    return fields, base_lr, (f"{parametrization}: the LR {'of ' + tuned if tuned else '--base_lr'}, tuned at n_embd "
+                             f"{base['n_embd']} (the hidden matrices' LR is it x base_n_embd / n_embd)")
 
 
 def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None, bench=None, params=None,
