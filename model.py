@@ -20,6 +20,10 @@ References:
 8) So et al. 2021, "Primer: Searching for Efficient Transformers for Language Modeling" (squared ReLU).
 9) Gemma Team 2024, "Gemma 2: Improving Open Language Models at a Practical Size", sec. 2 (logit soft-capping).
 10) modded-nanogpt (K. Jordan et al.) and nanochat (Karpathy): where the four options above were taken from.
+11) Yang et al. 2022, "Tensor Programs V: Tuning Large Neural Networks via Zero-Shot Hyperparameter Transfer" (muP),
+    Table 3 and its multiplier form, Table 8; Dey, Anthony, Hestness 2024, "A Practitioner's Guide to muP", Table 1.
+12) Dey et al. 2025, "Don't be lazy: CompleteP enables compute-efficient deep transformers" (arXiv 2505.01618),
+    Table 1 (CompleteP: alpha = 1); EleutherAI/nanoGPT-mup (branch completep), its reference implementation.
 """
 
 import math
@@ -59,6 +63,12 @@ class GPTConfig:
     qk_norm: bool = False         # RMS-normalise each head's queries and keys (parameter-free), before RoPE
     zero_init_proj: bool = False  # attn.c_proj and mlp.c_proj weights start at 0 instead of N(0, 0.02/sqrt(2L))
     logit_softcap: float = None   # None, or cap > 0: logits = cap * tanh(logits / cap) (modded-nanogpt 30, nanochat 15)
+    # the parametrization (references 11-12; docs/parametrization.md): how init, AdamW's LR and a few multipliers change
+    # with width and depth, relative to a base shape (None: this model's own, where every rule is the identity)
+    parametrization: str = 'sp'   # 'sp' (GPT-2's) | 'mup' (width) | 'completep' (width and depth)
+    base_n_embd: int = None       # the proxy's width, where the base hyperparameters were tuned
+    base_n_layer: int = None      # completep: the proxy's depth
+    base_head_dim: int = None     # the proxy's head size (None: this model's, heads added with width as GPT-2's family)
 
     def __post_init__(self):
         def check(ok, msg):
@@ -67,9 +77,11 @@ class GPTConfig:
         check(self.norm in ('layernorm', 'rmsnorm'), f"norm={self.norm!r}, expected 'layernorm' or 'rmsnorm'")
         check(self.pos_emb in ('learned', 'rope'), f"pos_emb={self.pos_emb!r}, expected 'learned' or 'rope'")
         check(self.mlp in ('gelu', 'swiglu', 'relu2'), f"mlp={self.mlp!r}, expected 'gelu', 'swiglu' or 'relu2'")
-        optional = ('n_kv_head', 'mlp_hidden', 'logit_softcap')   # None: the default rule, or off
+        check(self.parametrization in ('sp', 'mup', 'completep'),
+              f"parametrization={self.parametrization!r}, expected 'sp', 'mup' or 'completep'")
+        optional = ('n_kv_head', 'mlp_hidden', 'logit_softcap', 'base_n_embd', 'base_n_layer', 'base_head_dim')
         for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'pad_vocab_multiple', 'n_kv_head',
-                  'mlp_hidden'):
+                  'mlp_hidden', 'base_n_embd', 'base_n_layer', 'base_head_dim'):
             v = getattr(self, k)
             check((v is None and k in optional) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
                   f"{k}={v!r} must be {'None or ' * (k in optional)}an int >= 1")
@@ -88,6 +100,23 @@ class GPTConfig:
     @property
     def head_dim(self):
         return self.n_embd // self.n_head
+
+    # the parametrization's multipliers (references 11-12), exactly 1.0 (attn_scale None) under 'sp' and at the base
+    # shape; model.py applies them, hf_export.py folds them into the weights
+    @property
+    def width_mult(self):   # muP's m_N
+        return self.n_embd / self.base_n_embd if self.parametrization != 'sp' and self.base_n_embd else 1.0
+
+    @property
+    def depth_mult(self):   # CompleteP's m_L
+        return self.n_layer / self.base_n_layer if self.parametrization == 'completep' and self.base_n_layer else 1.0
+
+    @property
+    def attn_scale(self):
+        """None: SDPA's 1/sqrt(head_dim). muP's 1/head_dim (Yang et al. 2022: q.k grows like head_dim once q and k
+        correlate) as sqrt(base_head_dim) / head_dim, microsoft/mup README's form (q @ k.T * 8 / d for a base 64)."""
+        b = self.base_head_dim
+        return None if self.parametrization == 'sp' or b in (None, self.head_dim) else math.sqrt(b) / self.head_dim
 
     @property
     def kv_heads(self):
@@ -137,6 +166,18 @@ PRESETS = {
 # -----------------------------------------------------------------------------
 # The model
 
+def is_hidden(name, p):
+    """muP's hidden weights: the blocks' matrices, whose fan-in (n_embd, or the MLP's hidden size) grows with width;
+    the embeddings and the lm_head are its input and output weights, vectors (biases, gains) are input-like."""
+    return name.startswith('transformer.h.') and p.dim() >= 2
+
+
+def times(x, multiplier):
+    """x * multiplier, or x itself for 1 (every multiplier under 'sp' and at the base shape): x * 1.0 is exact, so
+    this saves an elementwise kernel and a pass over memory per use, not bits."""
+    return x if multiplier == 1 else x * multiplier
+
+
 def make_norm(config):
     if config.norm == 'rmsnorm':   # x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): no centring, no bias
         return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
@@ -166,7 +207,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
         self.head_dim, self.layer_idx, self.dropout = config.head_dim, layer_idx, config.dropout
-        self.qk_norm, self.norm_eps = config.qk_norm, config.norm_eps
+        self.qk_norm, self.norm_eps, self.scale = config.qk_norm, config.norm_eps, config.attn_scale
         # q, k and v as three matrices (GPT-2's c_attn is their rows stacked: gpt2_weights.unfuse maps it), so that a tensor-parallel
         # split of each by rows gives every rank whole heads; with GQA k and v have n_kv_head heads each
         self.c_q = nn.Linear(config.n_embd, config.n_head * config.head_dim, bias=config.bias)
@@ -196,7 +237,7 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)
         Tk = k.size(2)
         # GQA: query head h reads kv head h // (H/Hkv), as Hugging Face Llama's repeat_kv, without copying k and v
-        sdpa = dict(dropout_p=self.dropout if self.training else 0.0, enable_gqa=Hkv != H)
+        sdpa = dict(dropout_p=self.dropout if self.training else 0.0, enable_gqa=Hkv != H, scale=self.scale)
         if pos is not None:   # decode_step: one token over the whole cache; positions after pos are masked out
             mask = (torch.arange(Tk, device=q.device) <= pos).view(1, Tk)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **sdpa)
@@ -241,10 +282,11 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        self.branch_mult = 1 / config.depth_mult   # CompleteP: each residual branch times m_L^-alpha, alpha = 1
 
     def forward(self, x, rope=None, kv_cache=None, pos=None):
-        x = x + self.attn(self.ln_1(x), rope, kv_cache, pos)
-        x = x + self.mlp(self.ln_2(x))
+        x = x + times(self.attn(self.ln_1(x), rope, kv_cache, pos), self.branch_mult)
+        x = x + times(self.mlp(self.ln_2(x)), self.branch_mult)
         return x
 
 
@@ -276,6 +318,8 @@ class GPT(nn.Module):
         # zero_init_proj (modded-nanogpt, nanochat): those start at zero, so every block starts as the identity;
         # their gradients are not zero (the weights before them are not), so they learn from the first step.
         # Only these residual projections: nanochat also zeroes its (untied) lm_head, impossible when it is tied.
+        # muP and CompleteP (references 11-12): the hidden matrices' init variance / m_N; CompleteP keeps each block's
+        # init at the base depth's (its branch multiplier scales with depth instead), so 2*n_layer / m_L.
         if self.lm_head.weight.is_meta:   # shapes only (pretrain/accounting.py): no values, and meta normal_ is slow
             return
         self.apply(self._init_weights)
@@ -284,7 +328,10 @@ class GPT(nn.Module):
                 if config.zero_init_proj:
                     torch.nn.init.zeros_(p)
                 else:
-                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer / config.depth_mult))
+            if is_hidden(pn, p) and config.width_mult != 1:
+                with torch.no_grad():
+                    p.mul_(config.width_mult ** -0.5)   # the same draws as 'sp', scaled: std 0.02 / sqrt(m_N)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -293,10 +340,10 @@ class GPT(nn.Module):
             torch.nn.init.zeros_(module.bias)
 
     def features(self, idx, kv_cache=None, pos=None):
-        """Final hidden states (B, T, n_embd) after ln_f. With a kv_cache, idx holds the tokens at positions
-        kv_cache.pos .. kv_cache.pos+T-1 and the cache is extended by them. With pos too, a (1,) long tensor,
-        idx (B, 1) is at position pos, written into the cache's fixed-shape buffers, cache.pos left to the caller
-        (generate.decode_step: one graph for every position)."""
+        """Final hidden states (B, T, n_embd) after ln_f (times muP's output multiplier): the lm_head's input. With a
+        kv_cache, idx holds the tokens at positions kv_cache.pos .. kv_cache.pos+T-1 and the cache is extended by
+        them. With pos too, a (1,) long tensor, idx (B, 1) is at position pos, written into the cache's fixed-shape
+        buffers, cache.pos left to the caller (generate.decode_step: one graph for every position)."""
         B, T = idx.size()
         at = pos   # else a slice: the RoPE tables stay views of the buffers, not copies kept for backward
         if pos is None:
@@ -307,7 +354,12 @@ class GPT(nn.Module):
         x = self.run_blocks(self.embed(idx, at), self.transformer.h, at, kv_cache, pos)
         if kv_cache is not None and pos is None:
             kv_cache.pos += T
-        return self.transformer.ln_f(x)
+        return self.head_input(x)
+
+    def head_input(self, x):
+        """The residual stream's end -> the lm_head's input: ln_f, times muP's output multiplier 1/m_N. A pipeline's
+        last stage ends here (parallel.py)."""
+        return times(self.transformer.ln_f(x), 1 / self.config.width_mult)
 
     def embed(self, idx, at):
         """The residual stream's start: token (and learned position) embeddings of idx (B, T) at positions `at` (a

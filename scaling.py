@@ -142,6 +142,12 @@ def parse_args(argv):
                    help='with a fit file: its method (default: the first of these it has)')
     g.add_argument('--hparams', help='a `scaling.py hparams --json` file: its lr (and batch) laws')
     g.add_argument('--bcrit', help='a `scaling.py bcrit --json` file: batch = B_crit at the predicted loss')
+    g.add_argument('--parametrization', choices=['mup', 'completep'], help="write a muP (or CompleteP) config whose "
+                   "LR is a small tuned model's, instead of eta_opt(C) (docs/parametrization.md)")
+    g.add_argument('--tuned', metavar='RUN_DIR', help='with --parametrization: the tuned run (its shape and LR)')
+    g.add_argument('--base_lr', type=float, help='with --parametrization, instead of --tuned: the tuned peak LR')
+    g.add_argument('--base_n_embd', type=int, help='... and the width it was tuned at')
+    g.add_argument('--base_n_layer', type=int, help='... and the depth (completep)')
     g.add_argument('--block_size', type=int, default=1024, help='context length, tokens')
     g.add_argument('--aspect', type=float, default=64.0, help='n_embd / n_layer of the shape rule')
     g.add_argument('--head_dim', type=int, default=64)

@@ -86,6 +86,10 @@ norm_eps = 1e-5
 qk_norm = False                    # RMS-normalize queries and keys (modded-nanogpt, nanochat)
 zero_init_proj = False             # residual output projections start at zero (modded-nanogpt)
 logit_softcap = None               # cap * tanh(logits / cap) (Gemma 2; modded-nanogpt 30, nanochat 15); None = off
+parametrization = 'sp'             # 'sp' | 'mup' (LR transfers across width) | 'completep' (and depth): AdamW only
+base_n_embd = None                 # the width the LR was tuned at (None: this model's; docs/parametrization.md)
+base_n_layer = None                # completep: the depth it was tuned at (None: this model's)
+base_head_dim = None               # the head size it was tuned at (None: this model's)
 # optimizer
 optimizer = 'adamw'                # 'adamw' | 'muon' (Muon on the blocks' matrices, AdamW on the rest: muon.py)
 learning_rate = 6e-3               # peak LR of AdamW (best of experiments/isoflop-shakespeare's LR sweep at 0.95M params)
@@ -258,8 +262,8 @@ def build_model(c, rt, meta, model_config):
     # a rank that holds part of the model reads only its part of a sharded checkpoint, after the split (restore)
     model, _, where, ckpt = load_model('resume', source, vars(c), for_resume=True, shards=rt.mesh is None)
     # the model comes from the checkpoint; a config that asks for another shape is a mistake, not a wish
-    shape = {f.name for f in dataclasses.fields(GPTConfig)} - {'dropout', 'vocab_size'}
-    differ = {k: (v, getattr(c, k)) for k, v in ckpt['model_config'].items() if k in shape and getattr(c, k) != v}
+    shape = [f.name for f in dataclasses.fields(GPTConfig) if f.name not in ('dropout', 'vocab_size')]
+    differ = {k: (getattr(model.config, k), getattr(c, k)) for k in shape if getattr(c, k) != getattr(model.config, k)}
     if differ:
         raise ConfigError("checkpoint model differs from this config: " +
                           ", ".join(f"{k} is {a} in the checkpoint, {b} here" for k, (a, b) in differ.items()))

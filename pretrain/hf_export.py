@@ -16,11 +16,16 @@ zero_init_proj and dropout change training only. Why the logits agree, detail by
   - GPT-2's Conv1D layers store weights (in, out): gpt2_weights.TRANSPOSED, the names GPT.from_pretrained reads.
   - model.py's q, k, v (and SwiGLU's gate and up) are separate matrices, as Llama's; GPT-2 stacks q, k, v in c_attn.
   - tied weights: only the embedding is stored (transformers ties lm_head to it from tie_word_embeddings).
+  - parametrization='mup' or 'completep' (model.py): its multipliers are folded into the weights they follow (_folded):
+    the attention scale sqrt(base_head_dim)/head_dim into the query projection (both classes scale by 1/sqrt(head_dim);
+    RoPE is linear), the output multiplier 1/m_N into ln_f's gain and bias, the residual branches' 1/m_L into both
+    output projections. The exported model is the plain class, computing the same function.
 Tokenizer: GPT-2 BPE runs get vocab.json and merges.txt (byte for byte the encoder.json and vocab.bpe the repo's
 tokenizer is built from) and a tokenizer_config.json for AutoTokenizer; byte-level runs and trained BPEs get a
 tokenizer.json (the `tokenizers` format) that encodes to the same ids (tokenizer_json says how).
 """
 import json
+import math
 import os
 import shutil
 
@@ -90,11 +95,23 @@ def hf_config(config, eot, dtype):
 # -----------------------------------------------------------------------------
 # the weights
 
+def _folded(model):
+    """model.state_dict() with the parametrization's multipliers (GPTConfig's width_mult, depth_mult, attn_scale)
+    folded into the weights and biases before them; 'sp', or a model at its base shape, is returned as it is."""
+    c, sd = model.config, model.state_dict()
+    into = {'.attn.c_q.': 1.0 if c.attn_scale is None else c.attn_scale * math.sqrt(c.head_dim),
+            'transformer.ln_f.': 1 / c.width_mult, '.attn.c_proj.': 1 / c.depth_mult, '.mlp.c_proj.': 1 / c.depth_mult}
+    for name in sd:
+        f = next((f for part, f in into.items() if part in name), 1.0)
+        sd[name] = sd[name] if f == 1 else sd[name] * f
+    return sd
+
+
 def _gpt2_weights(model):
     """{GPT2LMHeadModel name: tensor}. model.py's names are GPT-2's but for q, k and v, which GPT-2 stacks in one
     c_attn (gpt2_weights.unfuse undoes it); Conv1D weights are stored (in, out)."""
     c, V = model.config, model.config.vocab_size
-    sd = model.state_dict()
+    sd = _folded(model)
     H, Hkv, C = c.n_head, c.kv_heads, c.n_embd
     out = {}
     for name, w in sd.items():
@@ -121,7 +138,7 @@ def _gpt2_weights(model):
 def _llama_weights(model):
     """{LlamaForCausalLM name: tensor}: the same matrices under Llama's names."""
     c, V = model.config, model.config.vocab_size
-    sd = model.state_dict()
+    sd = _folded(model)
     out = {'model.embed_tokens.weight': sd['transformer.wte.weight'][:V],
            'model.norm.weight': sd['transformer.ln_f.weight']}
     if not c.tie_weights:

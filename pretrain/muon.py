@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from model import is_hidden
 from pretrain.runtime import cpu_has_fast_bf16
 
 # Jordan 2024: the quintic p(x) = a x + b x^3 + c x^5 with the largest slope at 0 (a) that still maps the
@@ -213,8 +214,8 @@ class Muon(torch.optim.Optimizer):
 
 
 def muon_param_groups(model, lr_adam, lr_muon=None, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8):
-    """Param groups for Muon(groups) from a GPT (model.py): Muon for every 2-D parameter inside the blocks (names
-    containing '.h.'), AdamW for the rest; weight decay on matrices only, as training.configure_optimizer. Each
+    """Param groups for Muon(groups) from a GPT (model.py): Muon for every 2-D parameter inside the blocks
+    (model.is_hidden), AdamW for the rest; weight decay on matrices only, as training.configure_optimizer. Each
     trainable parameter lands in exactly one group (a tied lm_head is wte's tensor); empty groups are left out.
     lr_muon: default lr_adam. With the 'moonlight' scale one lr fits both (Liu et al. 2025 sec. 2.2), so a loop
     that writes one scheduled lr into every group (train.py) is right. q, k and v (and SwiGLU's gate and up) are
@@ -224,7 +225,7 @@ def muon_param_groups(model, lr_adam, lr_muon=None, weight_decay=0.0, betas=(0.9
     for name, p in model.named_parameters():     # de-duplicated: a tied weight comes once
         if not p.requires_grad:
             continue
-        if '.h.' in name and p.dim() == 2:
+        if is_hidden(name, p):
             muon.append(p)
         else:
             (adam_decay if p.dim() >= 2 else adam_no_decay).append(p)

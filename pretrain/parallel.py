@@ -230,7 +230,7 @@ class _Stage(nn.Module):
             if self.first:
                 x = gpt.embed(x, at)
             x = gpt.run_blocks(x, self.blocks, at)
-            return gpt.lm_logits(gpt.transformer.ln_f(x)) if self.last else x
+            return gpt.lm_logits(gpt.head_input(x)) if self.last else x
 
 
 class Pipeline(nn.Module):

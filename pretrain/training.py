@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from model import is_hidden
 from pretrain.checkpoint import CKPT_NAME, checkpoint_path, init_from_kind
 from pretrain.configurator import ConfigError
 from pretrain.parallel import (MODES, Pipeline, check_layout, check_micro_batches, clip_grad_norm_, local, no_sync,
@@ -77,6 +78,8 @@ def check_knobs(c, world=1):
          f"{c.warmup_iters} steps)")
     need(c.optimizer != 'muon' or c.muon_lr is not None,
          "optimizer='muon' needs muon_lr, the peak learning rate of its matrices (e.g. --muon_lr=0.02)")
+    need(c.optimizer != 'muon' or c.parametrization == 'sp', f"optimizer='muon' with parametrization="
+         f"{c.parametrization!r}: Muon scales each matrix's update to its shape itself; use optimizer='adamw'")
     if c.branch_from is not None:
         need(c.init_from == 'resume', "branch_from starts a branch from a parent's checkpoint: it needs "
                                       "init_from='resume'")
@@ -107,23 +110,35 @@ def configure_optimizer(model, c, device):
     """AdamW (weight decay on matrices and embeddings only, not on biases and norm gains), or with
     optimizer='muon' Muon on the blocks' 2-D weights and AdamW on the rest, in one optimizer object. A group's peak
     learning rate is peak_lr(group, c); the schedule scales it (lr_multiplier)."""
-    params = [p for p in model.parameters() if p.requires_grad]
     betas = (c.beta1, c.beta2)
     if c.optimizer == 'muon':
         from pretrain.muon import Muon, muon_param_groups
         groups = muon_param_groups(model, lr_adam=c.learning_rate, lr_muon=c.muon_lr, weight_decay=c.weight_decay,
                                    betas=betas)
         return Muon(groups, momentum=c.muon_momentum, ns_dtype=None if c.muon_ns_dtype == 'auto' else c.muon_ns_dtype)
-    groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': c.weight_decay},
-              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+    # muP and CompleteP (model.py, references 11-12): the hidden matrices' LR is learning_rate / m_N (Yang et al. 2022,
+    # Table 3; CompleteP's m_L^(alpha-1) is 1 at its alpha = 1), their lr_scale, fixed by the shape. torch's AdamW
+    # decays by lr * weight_decay, so under muP their per-step decay shrinks as 1/m_N too; CompleteP (Dey et al. 2025,
+    # Table 1) gives them weight_decay * m_N instead, a per-step decay that stays the base's, and eps / (m_N m_L).
+    conf = model.config
+    m, completep = conf.width_mult, conf.parametrization == 'completep'
+    split = {}   # (lr_scale, decays) -> params: 'sp', and any model at its base shape, gets sp's two groups
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            split.setdefault((1 / m if is_hidden(name, p) else 1.0, p.dim() >= 2), []).append(p)
+    groups = [{'params': ps, 'lr_scale': s, 'lr': c.learning_rate * s,
+               'weight_decay': (c.weight_decay / s if completep else c.weight_decay) if decays else 0.0}
+              for (s, decays), ps in split.items()]
     extra = {'fused': True} if device.type == 'cuda' else {}  # one kernel for all params on CUDA
-    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=betas, **extra)
+    eps = 1e-8 / (m * conf.depth_mult) if completep else 1e-8   # torch's default at the base
+    return torch.optim.AdamW(groups, lr=c.learning_rate, betas=betas, eps=eps, **extra)
 
 
 def peak_lr(group, c):
-    """A param group's peak learning rate: muon_lr for Muon's matrices, learning_rate for AdamW's groups. Read from
-    the knobs at every step (not from the group, whose values a resumed optimizer state would bring back)."""
-    return c.muon_lr if group.get('use_muon') else c.learning_rate
+    """A param group's peak learning rate: muon_lr for Muon's matrices, learning_rate x the group's lr_scale (muP's
+    shape rule, set by configure_optimizer; absent: 1) for AdamW's. Read from the knobs at every step (not from the
+    group's lr, which a resumed optimizer state would bring back)."""
+    return c.muon_lr if group.get('use_muon') else c.learning_rate * group.get('lr_scale', 1.0)
 
 
 def lr_multiplier(step, c):

@@ -185,6 +185,28 @@ def test_hparams_and_bcrit_files_set_batch_and_lr(tmp_path):
     assert math.isclose(p['batch_target'], 2e8 / p['loss'] ** (1 / 0.21))
 
 
+@pytest.mark.parametrize('tuned_as', ['sp', 'mup'])
+def test_a_mup_plan_takes_its_base_and_lr_from_a_tuned_run(tmp_path, tuned_as):
+    """--parametrization with --tuned: the run's shape is the base (or, for a run that had a base, its base, to which
+    its LR refers) and its peak LR is the plan's, not eta_opt(C); the config carries the fields and runs as muP."""
+    model = dict(n_embd=128, n_layer=4, n_head=8, parametrization=tuned_as, base_n_layer=None, base_head_dim=None,
+                 base_n_embd=64 if tuned_as == 'mup' else None)
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'log.jsonl').write_text(json.dumps(dict(type='run', model=model,
+                                                                config=dict(learning_rate=3e-3))) + '\n')
+    p = budget.plan(compute=1e19, vocab_size=50257, parametrization='completep', tuned=str(tmp_path / 'run'))
+    assert p['learning_rate'] == 3e-3 and 'tuned at n_embd' in p['lr_source']
+    base = 64 if tuned_as == 'mup' else 128
+    assert {k: p['model_knobs'][k] for k in ('parametrization', 'base_n_embd', 'base_n_layer', 'base_head_dim')} == \
+        dict(parametrization='completep', base_n_embd=base, base_n_layer=4, base_head_dim=16)
+    (tmp_path / 'c.py').write_text(budget.config_text(p, 'out-x'))
+    c = model_config_from(configurator.read_config_file(str(tmp_path / 'c.py')), 50257)
+    assert c.width_mult == p['n_embd'] / base and c.depth_mult == p['n_layer'] / 4
+    q = budget.plan(compute=1e19, vocab_size=50257, parametrization='mup', base_lr=0.01, base_n_embd=256)
+    assert q['learning_rate'] == 0.01 and q['model_knobs']['base_n_embd'] == 256
+    assert q['model_knobs']['base_n_layer'] is None   # depth is CompleteP's
+
+
 def test_written_config_uses_only_train_py_knobs(tmp_path):
     p = budget.plan(compute=1e19, base_config=os.path.join(ROOT, 'config', 'gpt2.py'), vocab_size=50257)
     text = budget.config_text(p, 'out-x')
@@ -299,6 +321,10 @@ def test_check_without_a_saved_plan_plans_again(tmp_path, capsys):
     (['--gpus', '8'], ['not enough to plan']),
     (['--compute', '1e20', '--bcrit', 'BROKEN'], ['not valid JSON']),
     (['--compute', '1e20', '--law', 'BROKEN'], ['not valid JSON']),
+    (['--compute', '1e20', '--parametrization', 'mup'], ['needs the base', '--tuned', '--base_lr']),
+    (['--compute', '1e20', '--base_lr', '0.01'], ['are for --parametrization']),
+    (['--compute', '1e20', '--parametrization', 'mup', '--tuned', 'NOWHERE'], ['no run log']),
+    (['--compute', '1e20', '--parametrization', 'mup', '--base_lr', '-1', '--base_n_embd', '64'], ['--base_lr must']),
 ])
 def test_bad_input_one_line(tmp_path, capsys, argv, words):
     hp = tmp_path / 'hp.json'

@@ -1,6 +1,6 @@
 """Tests for export.py and pretrain/hf_export.py: for each family and several shapes (GQA and MQA, odd vocabularies
-padded to 64s, tied and untied, with and without biases), the exported directory loaded by `transformers` gives
-this repo's logits within 1e-5 in float32 and the same greedy tokens; GPT.from_pretrained reads an exported GPT-2
+padded to 64s, tied and untied, with and without biases, muP and CompleteP's multipliers), the exported directory
+loaded by `transformers` gives this repo's logits within 1e-5 in float32 and the same greedy tokens; GPT.from_pretrained reads an exported GPT-2
 directory back to the same weights; AutoTokenizer encodes as the repo's tokenizers do; every knob neither class
 computes is refused in one line; bad input is one line and leaves nothing half-written."""
 import copy
@@ -38,6 +38,12 @@ SHAPES = {   # name: (tokenizer, GPTConfig fields, the class it must become)
     'llama-mqa-untied-bias': ('gpt2', dict(BODY, vocab_size=GPT2_VOCAB, n_kv_head=1, bias=True, tie_weights=False,
                                            norm='rmsnorm', pos_emb='rope', mlp='swiglu', mlp_hidden=40),
                               'LlamaForCausalLM'),
+    # muP / CompleteP: the attention scale, output and branch multipliers folded into the weights (hf_export._folded)
+    'gpt2-completep': ('bytes', dict(BODY, vocab_size=BYTES_VOCAB, parametrization='completep', base_n_embd=24,
+                                     base_n_layer=1, base_head_dim=4), 'GPT2LMHeadModel'),
+    'llama-mup-untied': ('bytes', dict(BODY, vocab_size=BYTES_VOCAB, n_kv_head=2, bias=False, norm='rmsnorm',
+                                       pos_emb='rope', mlp='swiglu', tie_weights=False, parametrization='mup',
+                                       base_n_embd=48, base_head_dim=2), 'LlamaForCausalLM'),
     'llama-mha-wide-heads': ('bytes', dict(vocab_size=BYTES_VOCAB, block_size=48, n_layer=1, n_head=2, n_embd=48,
                                            bias=False, norm='rmsnorm', pos_emb='rope', mlp='swiglu',
                                            tie_weights=False), 'LlamaForCausalLM'),
@@ -96,11 +102,13 @@ def test_transformers_logits_equal_ours(exported, name):
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
     # in float64 the rounding of either side is gone: GPT-2 is the same function to 1e-12. Llama's cos/sin tables
     # stay float32 on both sides at any dtype (model.apply_rope rotates in float32; transformers builds the tables
-    # in float32), from angles computed differently (float64 here, float32 there), so 1e-5 remains its bound
+    # in float32), from angles computed differently (float64 here, float32 there), so 1e-5 remains its bound; so it
+    # is for muP's multipliers, folded into the float32 weights (each product rounded once)
     with torch.no_grad():
         ours64 = copy.deepcopy(model).double()(x)[0][..., :c.vocab_size]
         theirs64 = hf.double()(x).logits
-    torch.testing.assert_close(theirs64, ours64, atol=1e-12 if c.pos_emb == 'learned' else 1e-5, rtol=0)
+    exact = c.pos_emb == 'learned' and c.parametrization == 'sp'
+    torch.testing.assert_close(theirs64, ours64, atol=1e-12 if exact else 1e-5, rtol=0)
 
 
 @pytest.mark.parametrize('name', SHAPES)

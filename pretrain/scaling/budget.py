@@ -238,14 +238,37 @@ def model_knobs(base_config, data_dir, vocab_size):
     return knobs, base, vocab_size, note
 
 
+def transfer(parametrization, tuned=None, base_lr=None, base_n_embd=None, base_n_layer=None):
+    """A muP / CompleteP plan's base (docs/parametrization.md), instead of a fitted eta_opt(C): a tuned run's shape and
+    peak LR (a run that had a base keeps it: its LR refers to it), or --base_lr at --base_n_embd (and --base_n_layer)
+    -> (GPTConfig fields, the base LR, where from)."""
+    if bool(tuned) == bool(base_lr and base_n_embd):
+        raise ScalingError(f"--parametrization {parametrization} needs the base it transfers from, one of: --tuned "
+                           f"RUN_DIR (a run tuned at a small shape), or --base_lr with --base_n_embd")
+    base = dict(n_embd=base_n_embd, n_layer=base_n_layer, head_dim=None)
+    if tuned:
+        runs = records(log_path(tuned))[0] if os.path.isfile(log_path(tuned)) else []
+        if not runs:
+            raise ScalingError(f"--tuned {tuned}: no run log ({log_path(tuned)}) to take the base shape and LR from")
+        m, base_lr = runs[-1]['model'], runs[-1]['config']['learning_rate']
+        own = dict(n_embd=m['n_embd'], n_layer=m['n_layer'], head_dim=m['n_embd'] // m['n_head'])
+        had_base = m.get('parametrization', 'sp') != 'sp'
+        base = {k: (m.get(f'base_{k}') if had_base else None) or v for k, v in own.items()}
+    fields = dict(parametrization=parametrization, base_n_embd=base['n_embd'], base_head_dim=base['head_dim'],
+                  base_n_layer=base['n_layer'] if parametrization == 'completep' else None)
+    return fields, base_lr, (f"{parametrization}: the LR {'of ' + tuned if tuned else '--base_lr'}, tuned at n_embd "
+                             f"{base['n_embd']} (the hidden matrices' LR is it x base_n_embd / n_embd)")
+
+
 def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None, bench=None, params=None,
          tokens=None, price=None, law='besiroglu', fit_method=None, hparams_file=None, bcrit_file=None,
          block_size=1024, aspect=64.0, head_dim=64, data_dir='data/fineweb10B', vocab_size=None, base_config=None,
-         max_micro_batch=64, warmup_frac=0.02, gpu_memory=None, ci=0.95, gpus_per_node=8):
+         max_micro_batch=64, warmup_frac=0.02, gpu_memory=None, ci=0.95, gpus_per_node=8, parametrization=None,
+         tuned=None, base_lr=None, base_n_embd=None, base_n_layer=None):
     """Everything `scaling.py budget` prints and writes, as one dict (see docs/budget.md)."""
     notes = []
     for name, v in dict(compute=compute, peak_tflops=peak_tflops, hours=hours, params=params, tokens=tokens,
-                        price=price, gpu_memory=gpu_memory).items():
+                        price=price, gpu_memory=gpu_memory, base_lr=base_lr).items():
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ScalingError(f"--{name} must be a positive number, got {v!r}")
     if not (isinstance(gpus, int) and gpus >= 1):
@@ -254,6 +277,9 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
         raise ScalingError(f"--mfu must be in (0, 1] (a fraction of the peak, e.g. 0.4), got {mfu:g}")
     if mfu is not None and bench:
         raise ScalingError("--mfu and --bench both give the MFU: pass one")
+    if not parametrization and (tuned or base_lr or base_n_embd or base_n_layer):
+        raise ScalingError("--tuned, --base_lr, --base_n_embd and --base_n_layer are for --parametrization mup or "
+                           "completep")
     if not 0 <= warmup_frac < 1 or block_size < 1 or head_dim < 1 or not aspect > 0:
         raise ScalingError("need 0 <= --warmup_frac < 1, --block_size >= 1, --head_dim >= 1 and --aspect > 0")
 
@@ -282,6 +308,9 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
     knobs, base, vocab, note = model_knobs(base_config, data_dir, vocab_size)
     notes += [note] if note else []
     knobs = dict(knobs, block_size=block_size)
+    if parametrization:   # muP / CompleteP: the model knobs get the base; the LR is the base's, not eta_opt(C)
+        fields, mup_lr, mup_source = transfer(parametrization, tuned, base_lr, base_n_embd, base_n_layer)
+        knobs.update(fields)
 
     def config_of(shape):
         try:
@@ -352,6 +381,8 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
         batch_target, b_source = float(bcrit.law(p, loss)), f"B_crit(L = {loss:.3f}) from {bcrit_file}"
     batch_source = f"B_opt = {b_k:.4g} C^{b_s:.4g} ({b_source})" if not bcrit_file else b_source
     learning_rate = float(f"{lr_k * C ** lr_s:.3g}")
+    if parametrization:
+        learning_rate, lr_source = mup_lr, mup_source
 
     # how to spread the model (parallel.py): the first of these that holds micro-batch 1, cheapest first. Data
     # parallel alone; then tensor parallel within a node (2, 4, 8 GPUs: two all-reduces of activations per block,
