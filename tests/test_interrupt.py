@@ -16,8 +16,11 @@ SCRIPTS = {'train.py': [], 'prepare.py': [], 'sample.py': [], 'eval.py': [], 'be
 
 def start(args):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    # A shell without job control starts background commands (`pytest &`, nohup) with SIGINT ignored, and Python
+    # keeps an ignored SIGINT ignored: give the child Ctrl-C's default, as a terminal would
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_library(proc, marker, timeout=60):
