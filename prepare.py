@@ -86,11 +86,13 @@ class TextFiles:
     document (an empty file, "text": "") is none: it is neither counted nor read, so it is never picked for val."""
 
     def __init__(self, files, bad_utf8="error"):
-        self.files, self.bad_utf8, self.replaced = files, bad_utf8, []
+        # replaced: the documents read with undecodable bytes, each once however often it is read (a BPE's training
+        # reads the corpus before the encoding does), in the order met
+        self.files, self.bad_utf8, self.replaced = files, bad_utf8, {}
         # a first pass, which reads only the .jsonl files: the val split needs the number of documents up front
         self.n_docs = sum(sum(1 for _ in self._jsonl(p)) if p.lower().endswith(".jsonl") else os.path.getsize(p) > 0
                           for p in files)
-        self.replaced = []
+        self.replaced = {}
 
     def _decode(self, data, where):
         try:
@@ -99,7 +101,7 @@ class TextFiles:
             if self.bad_utf8 == "error":
                 raise DataError(f"{where}: invalid UTF-8 at byte {e.start} (0x{data[e.start:e.start + 1].hex()}); "
                                 f"nothing was written (--bad_utf8 replace substitutes U+FFFD)") from None
-            self.replaced.append(where)
+            self.replaced[where] = None
             return data.decode("utf-8", errors="replace")
 
     def __iter__(self):
@@ -365,7 +367,7 @@ def prepare(source="shakespeare", out=None, tokenizer="gpt2", val_fraction=None,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if reader is not None and reader.replaced:
-        print(f"warning: invalid UTF-8 in {len(reader.replaced)} document(s) (first: {reader.replaced[0]}); "
+        print(f"warning: invalid UTF-8 in {len(reader.replaced)} document(s) (first: {next(iter(reader.replaced))}); "
               f"the undecodable bytes were replaced by U+FFFD", file=sys.stderr)
     print(f"wrote {_summary(out, meta, time.time() - t0)}")
     return out

@@ -318,6 +318,15 @@ def test_bad_utf8_replace_says_what_it_did(tmp_path, capsys):
     assert sorted(docs) == ["abc\ufffddef", "fine\n"]
 
 
+def test_bad_utf8_replace_counts_each_document_once_with_a_trained_bpe(tmp_path, capsys):
+    """A BPE reads the corpus twice (training, then encoding): a document with bad bytes is still one document."""
+    for i in range(6):
+        (tmp_path / f"{i}.txt").write_bytes(b"to be or not to be\n" * 20 + (b"abc\xffdef" if i == 3 else b""))
+    rc, _, err = run_main(["text", "--input", tmp_path, "--out", tmp_path / "o", "--tokenizer", "bpe",
+                           "--vocab_size", "260", "--bad_utf8", "replace"], capsys)
+    assert rc == 0 and "invalid UTF-8 in 1 document(s)" in err and "3.txt" in err
+
+
 def test_cli_error_is_one_line_in_a_fresh_process(tmp_path):
     r = conftest.run_python(["prepare.py", "text", "--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
                             timeout=60)
