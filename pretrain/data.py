@@ -158,10 +158,11 @@ def read_meta(data_dir):
 
 
 def write_text(path, text):
-    """Atomic: a temp file in the same directory, fsync, rename (meta.json here; bench.py and scaling.py too)."""
+    """Atomic: a temp file in the same directory, fsync, rename (meta.json and a BPE's file here; bench.py and
+    scaling.py too). bytes are written as they are (a BPE's file is hashed: no newline translation)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with names_file(path), open(tmp, "w") as f:
+        with names_file(path), open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
