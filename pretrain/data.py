@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -272,9 +272,16 @@ class TiktokenTokenizer:
         return self.enc.decode([int(i) for i in ids])  # invalid UTF-8 becomes U+FFFD
 
     def count_bytes(self, ids):
-        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte."""
-        ids = np.asarray(ids)
-        return len(self.enc.decode_bytes([int(i) for i in ids[ids != self.eot]]))
+        """UTF-8 bytes of the text these ids spell (end-of-text spells none): the denominator of bits per byte. A
+        decode concatenates each id's bytes, so their lengths summed are its length, without building the text."""
+        return int(self._id_bytes[np.asarray(ids, dtype=np.int64)].sum())
+
+    @cached_property
+    def _id_bytes(self):
+        """Bytes each id spells (end-of-text: 0), one table per tokenizer: ~20 ms for GPT-2's 50,257 ids."""
+        lengths = np.array([len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)], np.int64)
+        lengths[self.eot] = 0
+        return lengths
 
 
 def sha256_of(path):
