@@ -65,12 +65,9 @@ def check_layout(c, world):
         raise ConfigError(f"pipeline_schedule={c.pipeline_schedule!r} is not allowed: must be one of "
                           f"{', '.join(map(repr, SCHEDULES))}")
     tp, pp = c.tensor_parallel, c.pipeline_parallel
-    if c.block_size % tp:
-        raise ConfigError(f"block_size={c.block_size} is not divisible by tensor_parallel={tp}: the sequence is split "
-                          f"between the blocks' matrices (sequence parallelism)")
     if world % (tp * pp):
         raise ConfigError(f"tensor_parallel={tp} x pipeline_parallel={pp} does not divide the {world} process(es)")
-    check_shape(c.n_head, c.n_kv_head or c.n_head, c.n_layer, tp, pp * SCHEDULES[c.pipeline_schedule][1])
+    check_shape(c.n_head, c.n_kv_head or c.n_head, c.n_layer, tp, pp * SCHEDULES[c.pipeline_schedule][1], c.block_size)
     split = [f"parallel={c.parallel!r}"] * (c.parallel == 'fsdp') + [f"tensor_parallel={tp}"] * (tp > 1) + \
         [f"pipeline_parallel={pp}"] * (pp > 1)
     if split:
@@ -78,7 +75,12 @@ def check_layout(c, world):
     return world // (tp * pp)
 
 
-def check_shape(n_head, kv_heads, n_layer, tp, stages):
+def check_shape(n_head, kv_heads, n_layer, tp, stages, seq_len=None):
+    """What a model's shape allows: check_layout's, wrap's (a checkpoint's or GPT-2's own shape) and the budget
+    planner's rule. seq_len: the training sequence, where known (wrap's was checked by check_layout)."""
+    if seq_len is not None and seq_len % tp:
+        raise ConfigError(f"block_size={seq_len} is not divisible by tensor_parallel={tp}: the sequence is split "
+                          f"between the blocks' matrices (sequence parallelism)")
     if n_head % tp or kv_heads % tp:
         raise ConfigError(f"tensor_parallel={tp} needs n_head ({n_head}) and the key/value heads ({kv_heads}) "
                           f"divisible by it: each rank computes whole heads")

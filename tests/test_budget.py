@@ -245,6 +245,19 @@ def test_memory_picks_the_cheapest_mode_that_fits_and_the_config_carries_it(tmp_
     assert (small['parallel'], small['activation_checkpointing']) == ('ddp', False)
 
 
+def test_a_layout_the_planner_writes_is_one_train_py_accepts():
+    """Tensor parallelism splits the sequence too (sequence parallelism): at a block_size no degree divides, the
+    planner splits the model into pipeline stages only, as train.py's check_layout would refuse anything else."""
+    from types import SimpleNamespace
+    from pretrain.parallel import check_layout
+    for block_size in (1024, 1001):
+        p = budget.plan(compute=2e23, gpu='H100', gpus=8, block_size=block_size)
+        knobs = {**configurator.script_defaults(TRAIN_PY), **p['model_knobs'], 'block_size': block_size,
+                 **{k: p[k] for k in ('n_layer', 'n_head', 'n_embd', 'tensor_parallel', 'pipeline_parallel')}}
+        check_layout(SimpleNamespace(**{**knobs, 'parallel': 'fsdp', 'dtype': 'bfloat16'}), 8)
+        assert (p['tensor_parallel'] > 1) == (block_size == 1024)
+
+
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory):
     return word_corpus(tmp_path_factory, 20, 40)

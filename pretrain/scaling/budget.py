@@ -21,6 +21,7 @@ from model import ModelError
 from pretrain.data import read_meta, DataError
 from pretrain.scaling.runlog import ScalingError, log_path, read_json, records
 from pretrain.hardware import gpu_peak_tflops
+from pretrain.parallel import check_shape
 from pretrain.scaling import bcrit, hparams, laws
 from pretrain.scaling.sweep import TRAIN_PY, shape_for
 
@@ -394,10 +395,15 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
     # micro-batch up to max_micro_batch and the batch's share per rank that holds.
     mem_gib = gpu_memory or next((gib for key, gib in GPU_MEMORY_GIB if gpu_name and key.lower() in gpu_name.lower()),
                                  None)
-    tps = [t for t in (1, 2, 4, 8) if t <= gpus_per_node and gpus % t == 0 and conf.n_head % t == 0
-           and conf.kv_heads % t == 0]
+    def splits_model(tp, pp):   # train.py's rule (parallel.check_shape): whole heads, a block per stage at least
+        try:
+            check_shape(conf.n_head, conf.kv_heads, conf.n_layer, tp, pp, block_size)
+            return True
+        except configurator.ConfigError:
+            return False
+    tps = [t for t in (1, 2, 4, 8) if t <= gpus_per_node and gpus % t == 0 and splits_model(t, 1)]
     splits = [(t, 1) for t in tps] + [(tps[-1], 2 ** i) for i in range(1, 11)
-                                      if gpus % (tps[-1] * 2 ** i) == 0 and 2 ** i <= conf.n_layer]
+                                      if gpus % (tps[-1] * 2 ** i) == 0 and splits_model(tps[-1], 2 ** i)]
 
     def micro_batches(m, tp, pp):   # a step's micro-batches of m sequences per data-parallel rank, to the nearest
         return round(batch_target / (block_size * m * (gpus // (tp * pp))))
