@@ -158,7 +158,27 @@ def _loss_bytes(config, tokens, compute_dtype, parallel, plain=False):
     return grads, grads + copies + 3 * 4 * rows * Vp
 
 
-PIPELINE_SCHEDULES = ('gpipe', '1f1b', 'interleaved1f1b')   # parallel.SCHEDULES; the interleaved one: 2 stages a rank
+STAGES_PER_RANK = {'gpipe': 1, '1f1b': 1, 'interleaved1f1b': 2}   # the pipeline schedules parallel.py runs
+
+
+def pipeline_part(rank, pp, per_rank, n_layer, tie_weights):
+    """What pipeline rank `rank` of pp holds: the one placement, which parallel._split makes and train_memory counts.
+    Its stages are looped as torch's interleaved schedules place them (stage s on rank s mod pp); stage s of
+    n = pp * per_rank holds blocks s*L//n .. (s+1)*L//n - 1 (the remainder spread: Llama 3's 126 blocks in 16 stages,
+    7 or 8), the first stage the embeddings, the last ln_f and the head, and a tied embedding is on the last as on
+    the first (Megatron-LM keeps a copy there too) -> (stage ids, n, block indices, holds(parameter name))."""
+    n = pp * per_rank
+    ids = [rank + k * pp for k in range(per_rank)]
+    blocks = {i for s in ids for i in range(s * n_layer // n, (s + 1) * n_layer // n)}
+    first, last = 0 in ids, n - 1 in ids
+
+    def holds(name):
+        if name.startswith('transformer.h.'):
+            return int(name.split('.')[2]) in blocks
+        if name in ('transformer.wte.weight', 'transformer.wpe.weight'):
+            return first or name == 'transformer.wte.weight' and tie_weights and last
+        return last
+    return ids, n, blocks, holds
 
 
 def in_flight(schedule, pp, n, rank):
@@ -227,8 +247,8 @@ def train_memory(config, micro_batch, world_size=1, parallel='ddp', activation_c
         raise ModelError(f"compute_dtype={compute_dtype!r}, expected one of {sorted(_DTYPE_BYTES)}")
     if optimizer not in ('adamw', 'muon'):
         raise ModelError(f"optimizer={optimizer!r}, expected 'adamw' or 'muon'")
-    if schedule not in PIPELINE_SCHEDULES:
-        raise ModelError(f"schedule={schedule!r}, expected one of {PIPELINE_SCHEDULES}")
+    if schedule not in STAGES_PER_RANK:
+        raise ModelError(f"schedule={schedule!r}, expected one of {tuple(STAGES_PER_RANK)}")
     whole = (world_size, micro_batch, tp, pp, micro_batches)
     if not all(isinstance(v, int) and v >= 1 for v in whole) or world_size % (tp * pp):
         raise ModelError(f"world_size, micro_batch, tp, pp and micro_batches must be ints >= 1, tp x pp dividing "
@@ -244,18 +264,9 @@ def _rank_memory(c, micro_batch, dp, parallel, activation_checkpointing, compute
     """train_memory of pipeline rank `rank` (0 without a pipeline)."""
     a = _DTYPE_BYTES[compute_dtype]
     W = dp if parallel == 'fsdp' else 1
-    per_rank = 2 if schedule == 'interleaved1f1b' and pp > 1 else 1
-    S, L = pp * per_rank, c.n_layer
-    stages = [rank + k * pp for k in range(per_rank)]   # looped, as parallel.wrap places them
-    layers = {i for s in stages for i in range(s * L // S, (s + 1) * L // S)}
+    stages, S, layers, held = pipeline_part(rank, pp, STAGES_PER_RANK[schedule] if pp > 1 else 1, c.n_layer,
+                                            c.tie_weights)
     first, last = 0 in stages, S - 1 in stages
-
-    def held(name):
-        if name.startswith('transformer.h.'):
-            return int(name.split('.')[2]) in layers
-        if name in ('transformer.wte.weight', 'transformer.wpe.weight'):
-            return first or name == 'transformer.wte.weight' and c.tie_weights and last
-        return last
     # (shape on this GPU before FSDP, in a block): one FSDP group per block of transformer.h, the rest in the root group
     shapes = [(_tp_shape(name, s, tp), name.startswith('transformer.h.'))
               for name, s in _parameters(dataclasses.astuple(c)) if held(name)]

@@ -40,14 +40,16 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
 from torch.nn.parallel import DistributedDataParallel
 
 from model import GPT
+from pretrain.accounting import STAGES_PER_RANK, pipeline_part
 from pretrain import lm_loss
 from pretrain.configurator import ConfigError
 from pretrain.runtime import resolve_device, resolve_dtype
 
 MODES = ('ddp', 'fsdp')
-# torch.distributed.pipelining's schedules, with the stages each rank runs: interleaved, two (Narayanan et al. 2021,
-# sec. 2.2: rank r holds stages r and r + p, so the bubble shrinks by 2 for twice the activation sends)
-SCHEDULES = {'gpipe': (ScheduleGPipe, 1), '1f1b': (Schedule1F1B, 1), 'interleaved1f1b': (ScheduleInterleaved1F1B, 2)}
+# torch.distributed.pipelining's schedules; the stages each rank runs are accounting.STAGES_PER_RANK's: interleaved,
+# two (Narayanan et al. 2021, sec. 2.2: rank r holds stages r and r + p, so the bubble shrinks by 2 for twice the
+# activation sends)
+SCHEDULES = {'gpipe': ScheduleGPipe, '1f1b': Schedule1F1B, 'interleaved1f1b': ScheduleInterleaved1F1B}
 TIED = {'lm_head.weight': 'transformer.wte.weight'}   # a tied lm_head is the token embedding, stored under its name
 
 
@@ -67,7 +69,8 @@ def check_layout(c, world):
     tp, pp = c.tensor_parallel, c.pipeline_parallel
     if world % (tp * pp):
         raise ConfigError(f"tensor_parallel={tp} x pipeline_parallel={pp} does not divide the {world} process(es)")
-    check_shape(c.n_head, c.n_kv_head or c.n_head, c.n_layer, tp, pp * SCHEDULES[c.pipeline_schedule][1], c.block_size)
+    check_shape(c.n_head, c.n_kv_head or c.n_head, c.n_layer, tp, pp * STAGES_PER_RANK[c.pipeline_schedule],
+                c.block_size)
     split = [f"parallel={c.parallel!r}"] * (c.parallel == 'fsdp') + [f"tensor_parallel={tp}"] * (tp > 1) + \
         [f"pipeline_parallel={pp}"] * (pp > 1)
     if split:
@@ -157,7 +160,7 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False, sch
         return wrapped
     tp, pp = mesh['tp'].size(), mesh['pp'].size()
     c = model.config   # the knobs were checked (check_layout); GPT-2's weights bring their own shape
-    check_shape(c.n_head, c.kv_heads, c.n_layer, tp, pp * SCHEDULES[schedule][1])
+    check_shape(c.n_head, c.kv_heads, c.n_layer, tp, pp * STAGES_PER_RANK[schedule])
     if tp > 1:   # Megatron-LM's split, with the residual stream, norms and dropouts split along the sequence
         # between the blocks' matrices (sequence parallelism, Korthikanti et al. 2022 sec. 4.2.2): an all-gather
         # before q, k, v and before the MLP, a reduce-scatter after each output projection, as torchtitan's plan
@@ -174,7 +177,7 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False, sch
         parallelize_module(model.transformer, mesh['tp'], {
             'drop': PrepareModuleOutput(output_layouts=whole, desired_output_layouts=seq),
             'ln_f': PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(whole,), use_local_output=True)})
-    roots = _split(model, mesh['pp'], SCHEDULES[schedule][1], rt, tp) if pp > 1 else [model]
+    roots = _split(model, mesh['pp'], STAGES_PER_RANK[schedule], rt, tp) if pp > 1 else [model]
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if rt.dtype == 'bfloat16' else MixedPrecisionPolicy()
     for block in (b for root in roots for b in (root.blocks if pp > 1 else model.transformer.h)):
@@ -188,22 +191,19 @@ def wrap(model, rt, parallel, compile=False, activation_checkpointing=False, sch
 
 
 def _split(model, pp_mesh, per_rank, rt, tp):
-    """Keep in `model` this rank's stages, looped as torch's interleaved schedules place them (stage s on rank
-    s mod p) -> their _Stage modules. Stage s of n holds blocks s*L//n .. (s+1)*L//n - 1: n_layer / n each, the
-    remainder spread (Llama 3's 126 blocks in 16 stages: 7 or 8). A tied embedding stays on the last stage as on the
-    first (Megatron-LM keeps a copy there too): sync_grads sums the two copies' gradients."""
-    p, r, L = pp_mesh.size(), pp_mesh.get_local_rank(), model.config.n_layer
-    n = p * per_rank
-    ids = [r + k * p for k in range(per_rank)]
-    mine = {i for s in ids for i in range(s * L // n, (s + 1) * L // n)}
+    """Keep in `model` this rank's part (accounting.pipeline_part: its stages, their blocks, the embeddings on the
+    first stage, ln_f and the head on the last, a tied embedding on both: sync_grads sums the two copies'
+    gradients) -> its stages' _Stage modules."""
+    L = model.config.n_layer
+    ids, n, blocks, holds = pipeline_part(pp_mesh.get_local_rank(), pp_mesh.size(), per_rank, L,
+                                          model.config.tie_weights)
     for i in range(L):
-        if i not in mine:
+        if i not in blocks:
             model.transformer.h[i] = nn.Module()   # an empty stand-in: the kept blocks keep their index
-    first, last, tied = 0 in ids, n - 1 in ids, model.config.tie_weights
     for name in ('wte', 'wpe'):
-        if name in model.transformer and not first and not (name == 'wte' and tied and last):
+        if name in model.transformer and not holds(f'transformer.{name}.weight'):
             del model.transformer[name]
-    if not last:
+    if not holds('transformer.ln_f.weight'):
         del model.transformer['ln_f'], model.lm_head
     return [_Stage(model, s, n, rt, tp) for s in ids]
 
@@ -247,8 +247,7 @@ class Pipeline(nn.Module):
         self.first, self.last = any(s.first for s in stages), any(s.last for s in stages)
         self.device, vocab = rt.device, model.config.vocab_size
         pipes = [PipelineStage(s, s.index, n, rt.device, group=self.group) for s in stages]
-        cls, per_rank = SCHEDULES[schedule]
-        self.schedule = cls(pipes if per_rank > 1 else pipes[0], micro_batches,
+        self.schedule = SCHEDULES[schedule](pipes if len(pipes) > 1 else pipes[0], micro_batches,
                             loss_fn=lambda logits, y: lm_loss.cross_entropy(logits, y, vocab))
         # a tied embedding's two copies, on the first and the last stage: one group per (dp, tp) pair of them
         self.tied_group = dist.new_subgroups_by_enumeration(
