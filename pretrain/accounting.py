@@ -29,11 +29,16 @@ def _parameters(fields):
     return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
 
+def parameter_shapes(config):
+    """(name, shape) of GPT(config)'s parameters, in the model's order, tied ones once: built once per config."""
+    return _parameters(dataclasses.astuple(config))
+
+
 def count_params(config):
     """Parameters of GPT(config). n_params: all, vocab counted unpadded (padding rows never affect the output or get
     a gradient). n_params_nonembed: Kaplan et al. 2020's N: all but the token and position embeddings and an untied
     lm_head (the per-vocabulary matrices); norms and biases included."""
-    params = _parameters(dataclasses.astuple(config))
+    params = parameter_shapes(config)
     pad = (config.padded_vocab_size - config.vocab_size) * config.n_embd
     return dict(n_params=sum(math.prod(s) - pad * (name in _VOCAB_MATRICES) for name, s in params),
                 n_params_nonembed=sum(math.prod(s) for name, s in params if name not in _EMBEDDINGS))
@@ -269,7 +274,7 @@ def _rank_memory(c, micro_batch, dp, parallel, activation_checkpointing, compute
     first, last = 0 in stages, S - 1 in stages
     # (shape on this GPU before FSDP, in a block): one FSDP group per block of transformer.h, the rest in the root group
     shapes = [(_tp_shape(name, s, tp), name.startswith('transformer.h.'))
-              for name, s in _parameters(dataclasses.astuple(c)) if held(name)]
+              for name, s in parameter_shapes(c) if held(name)]
     matrices = [s for s, blk in shapes if blk and len(s) == 2]   # Muon's parameters; autocast copies these
     local = sum(_numel(s, W) for s, _ in shapes)
     weights = 4 * local + (2 * c.block_size * c.head_dim * 4 if c.pos_emb == 'rope' else 0)

@@ -39,8 +39,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
                                                RowwiseParallel, SequenceParallel, parallelize_module)
 from torch.nn.parallel import DistributedDataParallel
 
-from model import GPT
-from pretrain.accounting import STAGES_PER_RANK, pipeline_part
+from pretrain.accounting import STAGES_PER_RANK, parameter_shapes, pipeline_part
 from pretrain import lm_loss
 from pretrain.configurator import ConfigError
 from pretrain.runtime import resolve_device, resolve_dtype
@@ -366,8 +365,7 @@ def sharded_state(model, optimizer, rt):
     if rt.mesh is not None and rt.mesh['pp'].size() > 1:
         stages = [None] * rt.mesh['pp'].size()
         dist.all_gather_object(stages, optim_state['param_groups'], group=rt.mesh['pp'].get_group())
-        with torch.device('meta'):
-            order = {n: i for i, (n, _) in enumerate(GPT(model.config).named_parameters())}
+        order = {n: i for i, (n, _) in enumerate(parameter_shapes(model.config))}
         optim_state['param_groups'] = [{**g, 'params': sorted({n for s in stages for n in s[i]['params']},
                                                               key=order.get)}
                                        for i, g in enumerate(optim_state['param_groups'])]
