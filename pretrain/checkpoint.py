@@ -109,23 +109,18 @@ def numbered_checkpoints(out_dir):
     return sorted(found)
 
 
-_deferring = []   # non-empty while a _defer_sigint is active: an inner one (a sharded save's manifest) defers to it
-
-
 @contextlib.contextmanager
 def _defer_sigint():
     """Ctrl-C while a checkpoint is being written: finish the write, then raise KeyboardInterrupt. Interrupting
     torch's writer midway surfaces as a RuntimeError from inside it, not as a clean KeyboardInterrupt."""
-    if _deferring or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     hit = []
     old = signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
-    _deferring.append(hit)
     try:
         yield
     finally:
-        _deferring.pop()
         signal.signal(signal.SIGINT, old)
     if hit:   # reached only when the write went through
         raise KeyboardInterrupt
@@ -191,21 +186,25 @@ def _write_error(path, e):
 def save_checkpoint(out_dir, state, keep=1):
     """Write state to <out_dir>/ckpt.pt atomically; keep = 1: only ckpt.pt; k > 1: ckpt_<step>.pt of the last k
     too; 0: of every checkpoint. On any failure the previous checkpoint is untouched and CheckpointError says so."""
-    path = os.path.join(out_dir, CKPT_NAME)
     with _defer_sigint():
-        try:
-            _write_atomic(state, path)
-            if keep != 1:
-                numbered = os.path.join(out_dir, f"ckpt_{state['step']:06d}.pt")
-                if os.path.exists(numbered):
-                    os.remove(numbered)
-                os.link(path, numbered)
-                old = numbered_checkpoints(out_dir)
-                for _, p in (old[:-keep] if keep > 1 else []):
-                    os.remove(p)
-            _remove_unnamed_shards(out_dir)   # shard directories whose manifests are gone or replaced
-        except (OSError, RuntimeError) as e:
-            raise _write_error(path, e) from None
+        _save_checkpoint(out_dir, state, keep)
+
+
+def _save_checkpoint(out_dir, state, keep):   # save_checkpoint, with Ctrl-C deferred by the caller
+    path = os.path.join(out_dir, CKPT_NAME)
+    try:
+        _write_atomic(state, path)
+        if keep != 1:
+            numbered = os.path.join(out_dir, f"ckpt_{state['step']:06d}.pt")
+            if os.path.exists(numbered):
+                os.remove(numbered)
+            os.link(path, numbered)
+            old = numbered_checkpoints(out_dir)
+            for _, p in (old[:-keep] if keep > 1 else []):
+                os.remove(p)
+        _remove_unnamed_shards(out_dir)   # shard directories whose manifests are gone or replaced
+    except (OSError, RuntimeError) as e:
+        raise _write_error(path, e) from None
 
 
 def save_sharded_checkpoint(out_dir, state, shards, keep=1):
@@ -235,9 +234,9 @@ def save_sharded_checkpoint(out_dir, state, shards, keep=1):
         failed = [None]
         if master:
             try:   # save_checkpoint also removes the directories no manifest names any more
-                save_checkpoint(out_dir, {**state, 'sharded': name[0], 'aliases': shards['aliases'],
-                                          'param_groups': shards['optimizer']['param_groups'],
-                                          'checksums': {k: v for rank in sums for k, v in rank.items()}}, keep)
+                _save_checkpoint(out_dir, {**state, 'sharded': name[0], 'aliases': shards['aliases'],
+                                           'param_groups': shards['optimizer']['param_groups'],
+                                           'checksums': {k: v for rank in sums for k, v in rank.items()}}, keep)
             except CheckpointError as e:
                 failed = [str(e)]
                 _remove_unnamed_shards(out_dir)   # the new directory, whose manifest could not be written
@@ -320,7 +319,8 @@ def load_checkpoint(path, for_resume=False, shards=True):
         if bad:
             raise CheckpointError(f"checkpoint {path} is damaged: tensor {bad[0]} does not match the checksum written "
                                   f"with it ({len(bad)} tensor(s) differ); use an earlier checkpoint or a good copy")
-    if 'model' in ckpt and 'sharded' not in ckpt:   # an older checkpoint's fused q/k/v: as this model holds them
+    if 'model' in ckpt and not sharded:   # an older checkpoint's fused q/k/v: as this model holds them (read_shards
+        # splits a shard directory's itself)
         config = model_config(ckpt, path)
         split = {n: t for name, w in ckpt['model'].items() for n, t in unfuse(name, w, config)}
         ckpt['fused'], ckpt['model'] = len(split) != len(ckpt['model']), split
@@ -372,8 +372,9 @@ def read_shards(manifest, with_optimizer=True, into=None):
     for alias, name in manifest['aliases'].items():   # a tied weight, stored once: the same tensor under both names
         state['model'][alias] = state['model'][name]
     config = model_config(manifest, shard_dir)   # an older checkpoint's fused q/k/v: as this model holds them
-    names = {name: [n for n, _ in unfuse(name, w, config)] for name, w in state['model'].items()}
-    state['model'] = {n: t for name, w in state['model'].items() for n, t in unfuse(name, w, config)}
+    parts = {name: unfuse(name, w, config) for name, w in state['model'].items()}
+    names = {name: [n for n, _ in split] for name, split in parts.items()}
+    state['model'] = dict(kv for split in parts.values() for kv in split)
     if with_optimizer:
         groups = [{**g, 'params': [n for name in g['params'] for n in names[name]]} for g in manifest['param_groups']]
         named = {n: st for name, s in state['optimizer']['state'].items() for n, st in _unfuse_state(name, s, config)}
