@@ -312,7 +312,7 @@ def bench(cfg):
     fpt = {f: flops_per_token(mconf, formula=f, seq_len=T) for f in FORMULAS}
 
     summaries = [summarize(total, accum, step_times, fpt, peak, rt.world) for total, accum, step_times in runs]
-    first = summaries[0]
+    first, run_layout = summaries[0], layout_knobs(cfg, accums[0])
     record = {
         'bench': 'train', 'time': time.time(), 'torch': torch.__version__,
         'device': str(rt.device),
@@ -329,11 +329,10 @@ def bench(cfg):
         'peak_memory_bytes': mem_bytes, 'peak_memory_kind': mem_kind,
         # the estimate for what this run does
         'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing'],
-        'layout': layout_knobs(cfg, accums[0]),
+        'layout': run_layout,
         'memory_estimate': {'parallel': cfg['parallel'], 'activation_checkpointing': cfg['activation_checkpointing'],
                             **train_memory(mconf, B, rt.world, cfg['parallel'], cfg['activation_checkpointing'],
-                                           compute_dtype=rt.dtype, optimizer=cfg['optimizer'],
-                                           **layout_knobs(cfg, accums[0])),
+                                           compute_dtype=rt.dtype, optimizer=cfg['optimizer'], **run_layout),
                             'leaves_out': MEMORY_LEAVES_OUT},
         'sampling': sampling,
         # from the start of bench() (torch imported) to the end of the first optimizer step, compilation included;
@@ -345,9 +344,6 @@ def bench(cfg):
     end_of_run(rt)
     return record, rt.master
 
-
-# -----------------------------------------------------------------------------
-# scaling across processes: the same model under torchrun at each count
 
 # -----------------------------------------------------------------------------
 # memory per GPU: the estimate alone, no model built
@@ -488,11 +484,11 @@ def format_memory(r):
 
 
 def main(argv):
-    return cli(lambda: report(parse_config(argv, DEFAULTS, __doc__, NULLABLE), argv),
+    return cli(lambda: report(parse_config(argv, DEFAULTS, __doc__, NULLABLE)),
                (ConfigError, DataError, ModelError, CheckpointError))
 
 
-def report(cfg, argv):
+def report(cfg):
     with json_output(cfg['json']) as emit:
         record, master = (memory_plan(cfg), True) if cfg['memory'] else bench(cfg)
         if master:   # the table (on stderr with --json=-: data.json_output), and the record for --json
