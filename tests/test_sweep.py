@@ -58,6 +58,12 @@ def test_plan_spans_the_optimum_and_its_commands_parse_in_train_py(tmp_path):
                     train_args="--pos_emb=learned"):
         built = built_model(r['args'])
         assert built.pos_emb == 'learned' and r['N'] == accounting.count_params(built)['n_params']
+    # grouped-query attention: heads come in multiples of the key/value heads, so train.py builds every model
+    for r in sweep.plan([1e13], sizes=5, span=10, data_dir=str(tmp_path), out_root=str(tmp_path / 'sweep'),
+                        train_args="--n_kv_head=4"):
+        built = built_model(r['args'])
+        assert built.n_kv_head == 4 and built.n_head % 4 == 0 and built.n_embd == 16 * built.n_head
+        assert r['N'] == accounting.count_params(built)['n_params']
 
 
 FAKE_TRAIN = r'''

@@ -320,10 +320,8 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
             raise ScalingError(f"the planned model: {e}")
 
     def choose(n_target):   # with GQA, heads in groups of the key/value heads (each group shares one)
-        g = knobs.get('n_kv_head') or 1
-        shape = shape_for(n_target, aspect, head_dim * g, lambda L, k, d: count_params(
-            config_of(dict(n_layer=L, n_head=k * g, n_embd=d)))[key])
-        shape['n_head'] *= g
+        shape = shape_for(n_target, aspect, head_dim, lambda L, k, d: count_params(
+            config_of(dict(n_layer=L, n_head=k, n_embd=d)))[key], knobs.get('n_kv_head') or 1)
         conf = config_of(shape)
         return shape, conf, count_params(conf), flops_per_token(conf, 'palm')
 

@@ -35,25 +35,27 @@ def _shell(arg):
     return arg if re.fullmatch(r"[\w@%+=:,./'-]+", arg) else shlex.quote(arg)
 
 
-def shape_for(target, aspect, head_dim, count):
+def shape_for(target, aspect, head_dim, count, group=1):
     """n_layer = round((target / (12 aspect^2))^(1/3)) from N ~ 12 L d^2 with d = aspect * L; n_embd = the multiple
-    of head_dim (at most 4096 heads) whose count(L, heads, n_embd) is closest to target in log: the fewest heads
-    whose count exceeds target, or one fewer (a few counts: doubling steps from the guess, then bisection)."""
+    of head_dim (at most 4096 groups of heads) whose count(L, heads, n_embd) is closest to target in log: the fewest
+    heads whose count exceeds target, or one group fewer (a few counts: doubling steps from the guess, then
+    bisection). group: the heads come in groups of that many (grouped-query attention: a multiple of n_kv_head)."""
     L = max(1, round((target / (12 * aspect ** 2)) ** (1 / 3)))
-    n = lambda k: count(L, k, k * head_dim)
-    lo, hi, step = 1, 4096, 1   # the fewest heads whose count exceeds target (4096 if none) is in [lo, hi]
-    k = min(hi - 1, max(lo, round((target / (12 * L)) ** 0.5 / head_dim)))
+    n = lambda k: count(L, k * group, k * group * head_dim)
+    lo, hi, step = 1, 4096, 1   # the fewest groups whose count exceeds target (4096 if none) is in [lo, hi]
+    k = min(hi - 1, max(lo, round((target / (12 * L)) ** 0.5 / (head_dim * group))))
     while lo < hi:
         lo, hi, k = (lo, k, k - step) if n(k) > target else (k + 1, hi, k + step)
         step *= 2
         k = k if lo <= k < hi else (lo + hi) // 2   # bracketed: bisection
     k = min((max(1, lo - 1), lo), key=lambda k: abs(math.log(n(k) / target)))   # the fewer heads on a tie
-    return dict(n_layer=L, n_head=k, n_embd=k * head_dim)
+    return dict(n_layer=L, n_head=k * group, n_embd=k * group * head_dim)
 
 
 def model_counter(data_dir, vocab_size, block_size, train_config, train_args):
-    """-> (count(n_layer, n_head, n_embd, full=False), vocab_size, train tokens or None, extra train.py args); count
-    counts the model train.py builds, with its precedence: defaults, --train_config, the plan's knobs, --train_args."""
+    """-> (count(n_layer, n_head, n_embd, full=False), vocab_size, train tokens or None, extra train.py args, the
+    key/value heads or None); count counts the model train.py builds, with its precedence: defaults, --train_config,
+    the plan's knobs, --train_args."""
     meta_path = os.path.join(data_dir, 'meta.json')
     meta = read_json(meta_path, '; run prepare.py again or pass --vocab_size') if os.path.exists(meta_path) else {}
     vocab_size = vocab_size or meta.get('vocab_size')
@@ -80,7 +82,7 @@ def model_counter(data_dir, vocab_size, block_size, train_config, train_args):
         except (ModelError, TypeError) as e:  # a bad model knob in --train_config or --train_args
             raise ScalingError(f"the planned model: {e}")
         return c if full else c['n_params']
-    return count, vocab_size, (meta.get('train') or {}).get('tokens'), extra
+    return count, vocab_size, (meta.get('train') or {}).get('tokens'), extra, {**knobs, **last}.get('n_kv_head')
 
 
 def _nname(N, C=None):
@@ -103,7 +105,8 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
     if lr_points and lr_law:
         raise ScalingError("--lr_points and --lr_law both set the learning rate: pass one")
     micro_steps(total_batch_size, batch_size, block_size)   # train.py's batch rule, before any run is planned
-    count, vocab_size, train_tokens, extra = model_counter(data_dir, vocab_size, block_size, train_config, train_args)
+    count, vocab_size, train_tokens, extra, kv_heads = model_counter(data_dir, vocab_size, block_size, train_config,
+                                                                     train_args)
     base = lambda shape: dict(data_dir=data_dir, **shape, block_size=block_size, batch_size=batch_size,
                               total_batch_size=total_batch_size)  # the model and data knobs of every command
     ladder = span ** (1 / (sizes - 1)) if sizes > 1 else None
@@ -119,7 +122,7 @@ def plan(budgets, sizes=5, span=10.0, tokens_per_param=20.0, aspect=32.0, head_d
             targets = n_star * span ** np.linspace(-0.5, 0.5, sizes) if sizes > 1 else np.array([n_star])
         seen = set()
         for t in sorted(targets, key=lambda t: abs(math.log(t / n_star))):  # centre first: collisions go outward
-            s = shape_for(t, aspect, head_dim, count)
+            s = shape_for(t, aspect, head_dim, count, kv_heads or 1)
             if (s['n_layer'], s['n_embd']) in seen:
                 warn(f"budget {C:g}: N={t:.3g} gets the same shape as a size nearer the optimum; dropped "
                      f"(shapes are coarse at this size: a wider --span or a smaller --head_dim helps)")
