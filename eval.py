@@ -28,9 +28,9 @@ import torch
 
 from pretrain import hellaswag
 from pretrain.accounting import count_params
-from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
+from pretrain.checkpoint import CheckpointError, init_from_kind, load_model_and_tokenizer
 from pretrain.configurator import ConfigError, knobs, parse_config
-from pretrain.data import DataError, TokenLoader, get_tokenizer, json_output, read_meta, tokenizer_id
+from pretrain.data import DataError, TokenLoader, json_output, read_meta, tokenizer_id
 from model import ModelError
 from pretrain.runtime import end_of_run, setup_runtime
 from pretrain.training import bits_per_byte, evaluate
@@ -136,11 +136,7 @@ def run(cfg, emit):
     names = check_eval_knobs(cfg)
     rt = setup_runtime(cfg)
     say = (lambda msg: print(msg, file=sys.stderr)) if rt.master else (lambda msg: None)
-    model, tokenizer_name, where, ckpt = load_model(cfg['init_from'], cfg['out_dir'])
-    tokenizer = get_tokenizer(tokenizer_name, source=ckpt)
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise ConfigError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer "
-                          f"{tokenizer.name!r} has {tokenizer.vocab_size} tokens")
+    model, tokenizer, where, ckpt = load_model_and_tokenizer(cfg['init_from'], cfg['out_dir'])
     data_dir = run_data_dir(cfg, ckpt) if 'bpb' in names else None
     del ckpt   # the optimizer state can be twice the model's size
     if 'hellaswag' in names and tokenizer.name != 'gpt2':   # before any download

@@ -20,9 +20,9 @@ from pretrain.cli import cli, run_script  # first: Ctrl-C from here on, the impo
 import os
 import sys
 
-from pretrain.checkpoint import CheckpointError, consolidate, load_model
+from pretrain.checkpoint import CheckpointError, consolidate, load_model_and_tokenizer
 from pretrain.configurator import ConfigError, knobs, parse_config
-from pretrain.data import DataError, get_tokenizer, tokenizer_id
+from pretrain.data import DataError, tokenizer_id
 from pretrain.hf_export import ExportError, export
 from model import ModelError
 
@@ -51,14 +51,13 @@ def run(cfg):
         step = consolidate(cfg['out_dir'], cfg['pt_path'])
         print(f"{cfg['out_dir']} (step {step}) -> {cfg['pt_path']}: a single-file checkpoint")
         return 'pt', [cfg['pt_path']]
-    model, tokenizer_name, where, ckpt = load_model('resume', cfg['out_dir'])
-    tokenizer = get_tokenizer(tokenizer_name, source=ckpt)
+    model, tokenizer, where, ckpt = load_model_and_tokenizer('resume', cfg['out_dir'])
     cls, files = export(model, tokenizer, cfg['hf_dir'], cfg['force'])
     print(f"{where} -> {cfg['hf_dir']}: {cls} ({', '.join(files)})")
     what = {'bytes': "byte-level (ids 0..255 are the UTF-8 bytes, <|endoftext|> = 256)",
             'bpe': f"the run's byte-level BPE, {tokenizer_id(ckpt)}, <|endoftext|> = {tokenizer.eot}"}
-    if tokenizer_name in what:
-        print(f"tokenizer: {what[tokenizer_name]}, in tokenizer.json; AutoTokenizer.from_pretrained loads it "
+    if tokenizer.name in what:
+        print(f"tokenizer: {what[tokenizer.name]}, in tokenizer.json; AutoTokenizer.from_pretrained loads it "
               f"(the `tokenizers` package)")
     return cls, files
 

@@ -20,9 +20,9 @@ import time
 import torch
 
 from pretrain.accounting import count_params
-from pretrain.checkpoint import CheckpointError, init_from_kind, load_model
+from pretrain.checkpoint import CheckpointError, init_from_kind, load_model_and_tokenizer
 from pretrain.configurator import ConfigError, knobs, parse_config
-from pretrain.data import DataError, get_tokenizer
+from pretrain.data import DataError
 from pretrain.generate import generate_stream
 from model import ModelError
 from pretrain.runtime import device_sync, setup_runtime
@@ -68,11 +68,7 @@ def check_sample_knobs(cfg):
 
 def load_for_sampling(cfg):
     """-> (model on CPU in eval mode, tokenizer, a one-line description). The tokenizer is read from the run."""
-    model, tokenizer_name, where, ckpt = load_model(cfg['init_from'], cfg['out_dir'])
-    tokenizer = get_tokenizer(tokenizer_name, source=ckpt)
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise ConfigError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer "
-                          f"{tokenizer.name!r} has {tokenizer.vocab_size} tokens")
+    model, tokenizer, where, _ = load_model_and_tokenizer(cfg['init_from'], cfg['out_dir'])
     check_finite(model, where)
     model.eval()
     return model, tokenizer, where

@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from pretrain.cli import first_line
 from pretrain.configurator import ConfigError
-from pretrain.data import TOKENIZERS
+from pretrain.data import TOKENIZERS, get_tokenizer
 from pretrain.gpt2_weights import HF_REPOS, unfuse
 from model import GPT, PRESETS, GPTConfig, ModelError
 
@@ -497,6 +497,18 @@ def init_from_kind(init_from, allowed):
 
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
+
+
+def load_model_and_tokenizer(init_from, out_dir):
+    """load_model for the scripts that read and write text (sample.py, eval.py, export.py) -> (model on the CPU,
+    tokenizer, one-line description, checkpoint or None): the tokenizer the run recorded (a trained BPE from the
+    checkpoint itself), which must have the model's vocabulary."""
+    model, tokenizer_name, where, ckpt = load_model(init_from, out_dir)
+    tokenizer = get_tokenizer(tokenizer_name, source=ckpt)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise CheckpointError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer "
+                              f"{tokenizer.name!r} has {tokenizer.vocab_size} tokens")
+    return model, tokenizer, where, ckpt
 
 
 def model_config_from(cfg, vocab_size=None):

@@ -234,8 +234,8 @@ def _fsync(path):
 
 
 def export(model, tok, hf_dir, force=False, cache_dir=None):
-    """Write model (a GPT) and its tokenizer (data.get_tokenizer's) as a Hugging Face directory hf_dir -> (class
-    name, [file names]).
+    """Write model (a GPT) and its tokenizer (checkpoint.load_model_and_tokenizer's: the model's vocabulary) as a
+    Hugging Face directory hf_dir -> (class name, [file names]).
     Everything goes into a temporary directory beside hf_dir first, each file fsynced, then renamed into place
     (a directory replaced with force is moved aside first and deleted last): a failure at any point (a refused
     knob, a full disk) leaves hf_dir as it was and no temporary directory."""
@@ -249,9 +249,6 @@ def export(model, tok, hf_dir, force=False, cache_dir=None):
     # each tensor contiguous and its own storage: the safetensors format stores no shared or strided tensors
     weights = {k: w.detach().to('cpu').contiguous().clone() for k, w in weights.items()}
     dtype = str(model.lm_head.weight.dtype).removeprefix('torch.')   # the checkpoint's: float32 from train.py
-    if tok.vocab_size != model.config.vocab_size:
-        raise ExportError(f"the model's vocab_size is {model.config.vocab_size} but its tokenizer {tok.name!r} has "
-                          f"{tok.vocab_size} tokens")
     eot = tok.eot
     files = {'config.json': _json_bytes(hf_config(model.config, eot, dtype)),
              'generation_config.json': _json_bytes(dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)),
