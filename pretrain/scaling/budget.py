@@ -421,7 +421,7 @@ def plan(compute=None, gpu=None, peak_tflops=None, gpus=1, hours=None, mfu=None,
             break
         micro = m
     dp = gpus // (tp * pp)
-    accum = max(1, round(batch_target / (block_size * dp * micro)))
+    accum = max(1, micro_batches(micro, tp, pp))
     mem = train_memory(conf, micro, gpus, mode, checkpointing, tp=tp, pp=pp, micro_batches=accum)
     if (tp, pp, parallel, checkpointing) != (1, 1, 'ddp', False):
         need = train_memory(conf, 1, gpus)['total'] / 2 ** 30
