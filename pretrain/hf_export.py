@@ -197,11 +197,11 @@ def tokenizer_json(ranks, pattern=None):
                            vocab={spell(t): i for t, i in ranks.items()}, merges=merges))
 
 
-def tokenizer_files(tok, block_size, cache_dir=None):
+def tokenizer_files(tok, block_size):
     """{file name: bytes} of a run's tokenizer (data.get_tokenizer's)."""
     special = dict(bos_token=EOT_TEXT, eos_token=EOT_TEXT, unk_token=EOT_TEXT, pad_token=EOT_TEXT)
     if tok.name == 'gpt2':
-        paths = _gpt2_files(os.path.abspath(cache_dir or CACHE_DIR))   # the files get_tokenizer built it from
+        paths = _gpt2_files(os.path.abspath(CACHE_DIR))   # the files get_tokenizer built it from
         files = {}
         for ours, theirs in (('encoder.json', 'vocab.json'), ('vocab.bpe', 'merges.txt')):
             with open(paths[ours], 'rb') as f:
@@ -233,7 +233,7 @@ def _fsync(path):
         os.close(fd)
 
 
-def export(model, tok, hf_dir, force=False, cache_dir=None):
+def export(model, tok, hf_dir, force=False):
     """Write model (a GPT) and its tokenizer (checkpoint.load_model_and_tokenizer's: the model's vocabulary) as a
     Hugging Face directory hf_dir -> (class name, [file names]).
     Everything goes into a temporary directory beside hf_dir first, each file fsynced, then renamed into place
@@ -252,7 +252,7 @@ def export(model, tok, hf_dir, force=False, cache_dir=None):
     eot = tok.eot
     files = {'config.json': _json_bytes(hf_config(model.config, eot, dtype)),
              'generation_config.json': _json_bytes(dict(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)),
-             **tokenizer_files(tok, model.config.block_size, cache_dir)}
+             **tokenizer_files(tok, model.config.block_size)}
     hf_dir = os.path.abspath(hf_dir)
     parent = os.path.dirname(hf_dir)
     os.makedirs(parent, exist_ok=True)
