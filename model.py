@@ -351,7 +351,7 @@ class GPT(nn.Module):
             if pos0 + T > self.config.block_size:
                 raise ModelError(f"cannot forward {pos0 + T} positions, block_size is {self.config.block_size}")
             at = slice(pos0, pos0 + T)
-        x = self.run_blocks(self.embed(idx, at), self.transformer.h, at, kv_cache, pos)
+        x = self.run_blocks(self.embed(idx, at), self.transformer.h, at, kv_cache)
         if kv_cache is not None and pos is None:
             kv_cache.pos += T
         return self.head_input(x)
@@ -370,9 +370,10 @@ class GPT(nn.Module):
                                          else at)
         return self.transformer.drop(x)
 
-    def run_blocks(self, x, blocks, at, kv_cache=None, pos=None):
-        """x through `blocks`, all of transformer.h or a pipeline stage's part of it, at positions `at`."""
+    def run_blocks(self, x, blocks, at, kv_cache=None):
+        """x through `blocks`, all of transformer.h or a pipeline stage's part of it, at positions `at` (as embed's)."""
         rope = (self.rope_cos[at], self.rope_sin[at]) if self.config.pos_emb == 'rope' else None
+        pos = None if isinstance(at, slice) else at   # decode_step's position: the cache's fixed-shape write
         for block in blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None:
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
